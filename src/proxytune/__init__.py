@@ -1,0 +1,16 @@
+"""proxytune: tune hyperparameters on small proxies, train the big model once.
+
+>>> import proxytune as pt
+>>> plan = pt.parameterize(target, base=base, recipe="mup", optimizer="adamw")
+>>> opt = plan.optimizer(lr=3e-3, weight_decay=0.1)
+>>> print(plan.explain())
+"""
+
+from .plan import Plan, TensorPlan, parameterize
+from .rules.recipes import OPTIMIZERS, RECIPES, WD_POLICIES
+from .shapes import PlanError
+
+__version__ = "0.1.0"
+
+__all__ = ["Plan", "TensorPlan", "parameterize", "PlanError", "RECIPES", "OPTIMIZERS", "WD_POLICIES",
+           "__version__"]

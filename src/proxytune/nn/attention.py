@@ -1,0 +1,142 @@
+"""Attention logit scale: muP uses ``q.k / d_head`` where SP uses
+``q.k / sqrt(d_head)`` (Tensor Programs V). Relative to the base this is a
+factor ``(d_head / base_d_head)^-1/2`` on the logits, which is 1 when width
+grows by adding heads at a fixed head dim.
+
+An *adapter* finds attention modules and applies that factor. Three ship:
+
+- :class:`ScaleAttribute`: the module keeps its scale in an attribute
+  (default ``attn_scale``, ``None`` meaning ``1/sqrt(head_dim)``) that its
+  forward passes to ``F.scaled_dot_product_attention(scale=...)``. Setting a
+  constant is free, in both modes.
+- :class:`MultiheadAttention`: ``torch.nn.MultiheadAttention``; its query
+  projection is fused with key and value, so the factor is applied to the
+  query rows of ``in_proj_weight``/``in_proj_bias`` by a weight multiplier.
+- :class:`QueryProjection`: a separate query projection child (``q_proj``,
+  ``query``, ``q``, ``wq``, ``to_q``, ``c_q``); the factor is folded into its
+  weight and bias like any other multiplier.
+
+Write your own by subclassing :class:`AttentionAdapter`: ``match`` returns an
+:class:`AttentionSite` for a module it handles (or None), ``install`` changes
+the module for a given factor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .multipliers import add_multiplier
+
+_HEAD_ATTRS = ("num_heads", "n_head", "n_heads", "num_attention_heads", "nheads", "n_heads_q")
+_EMBED_ATTRS = ("embed_dim", "n_embd", "hidden_size", "d_model", "dim", "width")
+
+
+def head_dim_of(module: nn.Module) -> int | None:
+    """The module's head dim from common attribute names, or None."""
+    hd = getattr(module, "head_dim", None)
+    if isinstance(hd, int) and hd > 0:
+        return hd
+    heads = next((getattr(module, a) for a in _HEAD_ATTRS if isinstance(getattr(module, a, None), int)), None)
+    embed = next((getattr(module, a) for a in _EMBED_ATTRS if isinstance(getattr(module, a, None), int)), None)
+    if heads and embed:
+        return embed // heads
+    return None
+
+
+def looks_like_attention(module: nn.Module) -> bool:
+    """Heuristic used only to warn or refuse: class name or head-count attribute."""
+    cls = type(module).__name__.lower()
+    return "attention" in cls or "attn" in cls or any(hasattr(module, a) for a in _HEAD_ATTRS)
+
+
+@dataclass
+class AttentionSite:
+    """One attention module and how its logit factor is applied."""
+
+    module: str
+    adapter: str
+    head_dim: int
+    base_head_dim: int
+    query_params: list[str] = field(default_factory=list)
+    value: float | None = None  # ScaleAttribute: the absolute scale to set
+
+
+class AttentionAdapter:
+    """Base class: find attention modules and apply the logit factor."""
+
+    name = "adapter"
+
+    def match(self, name: str, module: nn.Module, base_module: nn.Module) -> AttentionSite | None:
+        raise NotImplementedError
+
+    def install(self, module: nn.Module, site: AttentionSite, factor: float) -> None:
+        """Apply ``factor`` to ``module`` (no-op for folded query projections)."""
+
+
+class ScaleAttribute(AttentionAdapter):
+    """Modules with a scale attribute used as the SDPA ``scale`` argument."""
+
+    name = "scale-attribute"
+
+    def __init__(self, attr: str = "attn_scale") -> None:
+        self.attr = attr
+
+    def match(self, name, module, base_module):
+        if not hasattr(module, self.attr):
+            return None
+        hd, bhd = head_dim_of(module), head_dim_of(base_module)
+        if hd is None or bhd is None:
+            return None
+        current = getattr(module, self.attr)
+        return AttentionSite(name, self.name, hd, bhd,
+                             value=float(current) if current is not None else 1.0 / math.sqrt(hd))
+
+    def install(self, module, site, factor):
+        setattr(module, self.attr, site.value * factor)
+
+
+class MultiheadAttention(AttentionAdapter):
+    """``torch.nn.MultiheadAttention``: scale the query rows of the fused projection."""
+
+    name = "torch-mha"
+
+    def match(self, name, module, base_module):
+        if not isinstance(module, nn.MultiheadAttention):
+            return None
+        return AttentionSite(name, self.name, module.head_dim, base_module.head_dim)
+
+    def install(self, module, site, factor):
+        e = module.embed_dim
+        if module._qkv_same_embed_dim:
+            add_multiplier(module, "in_proj_weight", factor, rows=(0, e))
+        else:
+            add_multiplier(module, "q_proj_weight", factor)
+        if module.in_proj_bias is not None:
+            add_multiplier(module, "in_proj_bias", factor, rows=(0, e))
+
+
+class QueryProjection(AttentionAdapter):
+    """A separate query projection child: fold the factor into its weight and bias."""
+
+    name = "query-projection"
+
+    def __init__(self, names: tuple[str, ...] = ("q_proj", "query", "q", "wq", "to_q", "c_q")) -> None:
+        self.names = names
+
+    def match(self, name, module, base_module):
+        child = next((c for c in self.names if isinstance(getattr(module, c, None), nn.Module)), None)
+        if child is None:
+            return None
+        hd, bhd = head_dim_of(module), head_dim_of(base_module)
+        if hd is None or bhd is None:
+            return None
+        q = getattr(module, child)
+        prefix = f"{name}.{child}" if name else child
+        params = [f"{prefix}.{p}" for p, t in q.named_parameters(recurse=False) if t is not None]
+        return AttentionSite(name, self.name, hd, bhd, query_params=params)
+
+
+DEFAULT_ADAPTERS: tuple[AttentionAdapter, ...] = (ScaleAttribute(), MultiheadAttention(), QueryProjection())

@@ -1,0 +1,575 @@
+"""The plan: per-tensor init, multiplier, LR, weight decay and eps, keyed by name.
+
+``parameterize(target, base, recipe, optimizer)`` compares the target with the
+base shape, applies the recipe's rules to every tensor, re-initializes the
+target and returns a :class:`Plan`. The plan is plain data (JSON round trip);
+nothing is stored on tensors, so it survives ``torch.save``/``load``,
+``deepcopy``, DDP (``module.`` prefix) and ``torch.compile`` (``_orig_mod.``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .nn.attention import DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, head_dim_of, looks_like_attention
+from .nn.multipliers import add_multiplier
+from .rules.recipes import (
+    ALIGNMENT_CHOICES, MODES, MUON_SCALES, WD_POLICIES, Scale, TensorContext, check_choice,
+    get_optimizer, get_recipe, tensor_scales,
+)
+from .shapes import DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_name
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class TensorPlan:
+    """Everything the plan decided for one parameter (see ``Plan.explain``)."""
+
+    name: str
+    role: str
+    shape: list[int]
+    base_shape: list[int]
+    layout: str
+    fan_in: int
+    fan_out: int
+    m_in: float
+    m_out: float
+    width: float
+    depth: float
+    block: str | None
+    branch_output: bool
+    base_std: float
+    init_source: str
+    explicit: Scale
+    folded: Scale
+    aliases: list[str] = field(default_factory=list)
+    readout_use: str | None = None
+    readout_multiplier: float = 1.0
+    attn_factor: float = 1.0
+    muon: bool = False
+    muon_scale: float = 1.0
+    no_decay: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def scale(self, mode: str) -> Scale:
+        return self.folded if mode == "folded" else self.explicit
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["explicit"], d["folded"] = self.explicit.to_dict(), self.folded.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TensorPlan":
+        d = dict(d)
+        d["explicit"], d["folded"] = Scale(**d["explicit"]), Scale(**d["folded"])
+        return cls(**d)
+
+
+def _std(t: torch.Tensor) -> float:
+    if t.numel() < 2:
+        return float(t.detach().abs().double().mean()) if t.numel() else 0.0
+    return float(t.detach().double().std())
+
+
+def _torch_default_std(fan_in_torch: int | None) -> float | None:
+    """Std of torch's default Linear/Conv init (kaiming-uniform with a=sqrt(5),
+    and the matching bias): uniform(+-1/sqrt(fan_in)), std = 1/sqrt(3 fan_in)."""
+    if fan_in_torch is None or fan_in_torch <= 0:
+        return None
+    return 1.0 / math.sqrt(3.0 * fan_in_torch)
+
+
+def _torch_fan_in(module: nn.Module, attr: str, shape: Sequence[int]) -> int | None:
+    """torch's fan-in of a Linear/Conv weight of this shape (dim 1 x kernel);
+    for a bias, pass the weight's shape."""
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and attr == "weight" and len(shape) >= 2:
+        return shape[1] * math.prod(shape[2:])
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and attr == "bias":
+        w = module.weight
+        return w.shape[1] * math.prod(w.shape[2:])
+    return None
+
+
+def _named_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Canonical name -> parameter (each tied alias listed)."""
+    out: dict[str, nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        out.setdefault(canonical_name(name), p)
+    return out
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module and attribute behind a canonical parameter name."""
+    mod_name, _, attr = name.rpartition(".")
+    inner = model
+    while True:  # unwrap DDP / torch.compile wrappers
+        if hasattr(inner, "_orig_mod"):
+            inner = inner._orig_mod
+        elif isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = inner.module
+        else:
+            break
+    return (inner.get_submodule(mod_name) if mod_name else inner), attr
+
+
+@dataclass
+class Plan:
+    """The per-tensor scaling plan for one (target, base, recipe, optimizer).
+
+    Build it with :func:`parameterize`. ``optimizer()`` builds the optimizer
+    with per-tensor groups, ``explain()`` prints the table, ``save``/``load``
+    round-trip it through JSON, ``apply(model)`` re-initializes and installs
+    a plan on a fresh instance of the target model.
+    """
+
+    recipe: str
+    optimizer_name: str
+    mode: str
+    alignment: str
+    weight_decay_policy: str
+    muon_scale_mode: str
+    tensors: dict[str, TensorPlan]
+    attention: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        self._model: nn.Module | None = None
+
+    # ----------------------------------------------------------------- data
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "recipe": self.recipe, "optimizer": self.optimizer_name,
+            "mode": self.mode, "alignment": self.alignment,
+            "weight_decay_policy": self.weight_decay_policy, "muon_scale": self.muon_scale_mode,
+            "attention": self.attention, "notes": self.notes,
+            "tensors": {k: v.to_dict() for k, v in self.tensors.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        if d.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
+        return cls(
+            recipe=d["recipe"], optimizer_name=d["optimizer"], mode=d["mode"], alignment=d["alignment"],
+            weight_decay_policy=d["weight_decay_policy"], muon_scale_mode=d["muon_scale"],
+            tensors={k: TensorPlan.from_dict(v) for k, v in d["tensors"].items()},
+            attention=list(d.get("attention", [])), notes=list(d.get("notes", [])))
+
+    def save(self, path: str | Path) -> None:
+        """Write the plan as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        """Read a plan written by :meth:`save`."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise PlanError(f"no plan file at {str(path)!r}") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PlanError(f"{str(path)!r} is not a proxytune plan: {exc}") from None
+
+    def bind(self, model: nn.Module) -> "Plan":
+        """Remember ``model`` so ``optimizer()`` needs no ``model=`` argument."""
+        self._model = model
+        return self
+
+    # ---------------------------------------------------------------- model
+    def _resolve(self, model: nn.Module | None) -> dict[str, nn.Parameter]:
+        model = model if model is not None else self._model
+        if model is None:
+            raise PlanError("this plan is not bound to a model: pass model=... (or call plan.bind(model))")
+        params = _named_params(model)
+        missing = [n for n in self.tensors if n not in params]
+        unplanned = sorted({canonical_name(n) for n in params} - set(self.tensors)
+                           - {a for t in self.tensors.values() for a in t.aliases})
+        if missing or unplanned:
+            msg = "the model does not match the plan."
+            if missing:
+                msg += f" Planned but not in the model: {', '.join(missing[:6])}."
+            if unplanned:
+                msg += f" In the model but not planned: {', '.join(unplanned[:6])}."
+            raise PlanError(msg)
+        return params
+
+    def apply(self, model: nn.Module, *, reinit: bool = True) -> nn.Module:
+        """Re-initialize ``model`` with the planned std and install the forward
+        multipliers the plan's mode needs. Call it on a freshly built target,
+        before wrapping it in DDP or ``torch.compile``."""
+        params = self._resolve(model)
+        if reinit:
+            with torch.no_grad():
+                for name, tp in self.tensors.items():
+                    p = params[name]
+                    if p.is_meta:
+                        continue
+                    own = _std(p)
+                    sc = tp.scale(self.mode)
+                    factor = (tp.base_std * sc.init / own) if own > 0 and tp.base_std > 0 else sc.init
+                    if factor != 1.0:
+                        p.mul_(factor)
+        for name, tp in self.tensors.items():
+            sc = tp.scale(self.mode)
+            if sc.multiplier != 1.0:
+                mod, attr = _owner(model, name)
+                add_multiplier(mod, attr, sc.multiplier)
+            if tp.readout_use is not None and tp.readout_multiplier != 1.0:
+                mod, attr = _owner(model, tp.readout_use)
+                add_multiplier(mod, attr, tp.readout_multiplier * sc.multiplier)
+        adapters = {a.name: a for a in DEFAULT_ADAPTERS}
+        for site in self.attention:
+            if site["adapter"] in adapters and site["adapter"] != "query-projection":
+                mod = _owner(model, site["module"] + ".x")[0] if site["module"] else model
+                adapters[site["adapter"]].install(mod, AttentionSite(**site["site"]), site["factor"])
+        self._model = model
+        return model
+
+    # ------------------------------------------------------------ optimizer
+    def param_groups(
+        self, lr: float, weight_decay: float = 0.0, *, eps: float | tuple | None = None,
+        gamma: dict[str, float] | None = None, model: nn.Module | None = None,
+        muon_lr: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One torch param group per tensor with its planned lr / weight_decay / eps.
+
+        ``lr``, ``weight_decay`` and ``eps`` are the base values (tuned at the
+        base shape). ``gamma`` holds per-role LR constants (Everett et al.'s
+        ``gamma_l``: ``{"embedding": 2.0, "readout": 0.5}``), tuned at the base
+        and transferred unchanged. ``muon_lr`` is the base LR of Muon's matrix
+        groups (default ``lr``).
+        """
+        _check_positive("lr", lr)
+        if muon_lr is not None:
+            _check_positive("muon_lr", muon_lr)
+        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise PlanError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        gamma = dict(gamma or {})
+        for role, g in gamma.items():
+            if role not in ("embedding", "hidden", "readout", "vector", "scalar"):
+                raise PlanError(f"gamma has unknown role {role!r}; valid: embedding, hidden, readout, vector, scalar")
+            _check_positive(f"gamma[{role!r}]", g)
+        spec = get_optimizer(self.optimizer_name)
+        params = self._resolve(model)
+        groups = []
+        for name, tp in self.tensors.items():
+            sc = tp.scale(self.mode)
+            base_lr = muon_lr if (tp.muon and muon_lr is not None) else lr
+            g: dict[str, Any] = {
+                "params": [params[name]], "name": name, "role": tp.role,
+                "lr": base_lr * gamma.get(tp.role, 1.0) * sc.lr,
+                "weight_decay": 0.0 if tp.no_decay else weight_decay * sc.wd,
+            }
+            if self.optimizer_name == "adafactor":
+                e1, e2 = eps if isinstance(eps, tuple) else (None, 1e-3 if eps is None else eps)
+                g["eps"] = (None if e1 is None else e1 * sc.eps, e2 * sc.init)
+            elif self.optimizer_name == "muon":
+                g["use_muon"] = tp.muon
+                if tp.muon:
+                    g["scale"] = tp.muon_scale
+                    g["eps"] = 1e-7 * sc.eps
+                else:
+                    g["eps"] = (1e-8 if eps is None else eps) * sc.eps
+            elif spec.has_eps:
+                g["eps"] = (1e-8 if eps is None else eps) * sc.eps
+            groups.append(g)
+        return groups
+
+    def optimizer(
+        self, lr: float, weight_decay: float = 0.0, *, model: nn.Module | None = None,
+        gamma: dict[str, float] | None = None, eps: float | tuple | None = None,
+        muon_lr: float | None = None, **kwargs: Any,
+    ) -> torch.optim.Optimizer:
+        """Build the optimizer named in the plan with per-tensor param groups.
+
+        Extra keyword arguments go to the optimizer (``betas``, ``momentum``...).
+        """
+        from .optim import build_optimizer
+
+        groups = self.param_groups(lr, weight_decay, eps=eps, gamma=gamma, model=model, muon_lr=muon_lr)
+        return build_optimizer(self.optimizer_name, groups, lr=lr, **kwargs)
+
+    # -------------------------------------------------------------- explain
+    def explain(self, lr: float | None = None, weight_decay: float | None = None,
+                eps: float | None = None, *, mode: str | None = None, max_rows: int | None = None) -> str:
+        """A table with one row per tensor: role, width multipliers (m_in,
+        m_out), depth multiplier (m_L), init std, forward multiplier, lr, wd
+        and eps (absolute when the base value is given, else as a multiplier
+        of the base value), followed by the plan's notes."""
+        mode = mode or self.mode
+        head = (f"proxytune plan: recipe={self.recipe} optimizer={self.optimizer_name} mode={mode} "
+                f"alignment={self.alignment} weight_decay={self.weight_decay_policy}")
+        cols = ["tensor", "role", "shape", "m_in", "m_out", "m_L", "init std", "mult", "lr", "wd", "eps"]
+        rows = []
+
+        def rel(base: float | None, mult: float) -> str:
+            return f"x{mult:.4g}" if base is None else f"{base * mult:.3g}"
+
+        for name, tp in self.tensors.items():
+            sc = tp.scale(mode)
+            mult = sc.multiplier
+            wd_txt = "0 (no decay)" if tp.no_decay else rel(weight_decay, sc.wd)
+            eps_txt = "-" if not get_optimizer(self.optimizer_name).has_eps else rel(eps, sc.eps)
+            role = tp.role + ("*" if tp.branch_output else "") + ("/muon" if tp.muon else "")
+            rows.append([
+                name, role, "x".join(map(str, tp.shape)), f"{tp.m_in:.3g}", f"{tp.m_out:.3g}",
+                f"{tp.depth:.3g}", f"{tp.base_std * sc.init:.3g}", f"{mult:.3g}", rel(lr, sc.lr), wd_txt, eps_txt,
+            ])
+        shown = rows if max_rows is None or len(rows) <= max_rows else rows[:max_rows]
+        widths = [max(len(c), *(len(r[i]) for r in shown)) if shown else len(c) for i, c in enumerate(cols)]
+        fmt = "  ".join("{:<%d}" % w for w in widths)
+        lines = [head, fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*r) for r in shown]
+        if len(shown) < len(rows):
+            lines.append(f"... {len(rows) - len(shown)} more tensors")
+        lines.append("role* = residual-branch output; lr/wd/eps shown as multipliers of the base value "
+                     "unless base values were given.")
+        for tp in self.tensors.values():
+            for n in tp.notes:
+                lines.append(f"note: {tp.name}: {n}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        return "\n".join(lines)
+
+
+def _check_positive(what: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise PlanError(f"{what} must be a finite number > 0, got {value!r}")
+
+
+def _base_module_name(name: str, pattern: re.Pattern, base_counts: dict[str, int]) -> str:
+    m = pattern.search(name + ".")
+    if not m:
+        return name
+    key = name[: m.start(1)]
+    n = base_counts.get(key)
+    if not n:
+        return name
+    return name[: m.start(1)] + str(int(m.group(1)) % n) + name[m.end(1):]
+
+
+def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern,
+                     adapters: Sequence[AttentionAdapter]) -> tuple[list[tuple[AttentionAdapter, AttentionSite]], list[str]]:
+    counts: dict[str, int] = {}
+    for n, _ in base.named_modules():
+        m = pattern.search(n + ".")
+        if m:
+            key = n[: m.start(1)]
+            counts[key] = max(counts.get(key, 0), int(m.group(1)) + 1)
+    sites, unhandled = [], []
+    for name, mod in target.named_modules():
+        name = canonical_name(name)
+        try:
+            bmod = base.get_submodule(_base_module_name(name, pattern, counts)) if name else base
+        except AttributeError:
+            continue
+        for ad in adapters:
+            site = ad.match(name, mod, bmod)
+            if site is not None:
+                sites.append((ad, site))
+                break
+        else:
+            if looks_like_attention(mod) and not any(name.startswith(s.module + ".") for _, s in sites):
+                hd, bhd = head_dim_of(mod), head_dim_of(bmod)
+                unhandled.append((name, hd, bhd))
+    return sites, unhandled
+
+
+def parameterize(
+    target: nn.Module,
+    base: nn.Module,
+    recipe: str = "mup",
+    optimizer: str = "adamw",
+    *,
+    mode: str = "folded",
+    alignment: str = "full",
+    weight_decay: str = "independent",
+    muon_scale: str = "spectral",
+    roles: dict[str, str] | None = None,
+    layouts: dict[str, str] | None = None,
+    block_pattern: str | None = None,
+    branch_outputs: Iterable[str] | None = None,
+    tied: str = "embedding",
+    attention: Sequence[AttentionAdapter] | None = None,
+    decay_vectors: bool = False,
+    apply: bool = True,
+) -> Plan:
+    """Plan (and by default apply) a parameterization of ``target`` relative to ``base``.
+
+    Args:
+        target: the model to train (may be on ``meta``; then only the plan is built).
+        base: the same model code at the proxy shape where HPs are tuned. On
+            ``meta`` it is free to build; a materialized base also gives its
+            exact init statistics (else they are inferred from the target's
+            own init, see ``explain``).
+        recipe: ``sp``, ``ntk``, ``mup``, ``mf``, ``sp-perlayer``, ``depth-mup``, ``completep``.
+        optimizer: ``sgd``, ``adam``, ``adamw``, ``adam-atan2``, ``adafactor``, ``muon``.
+        mode: ``folded`` (default: multipliers absorbed into init/lr/eps/wd, the
+            forward pass untouched) or ``explicit`` (multipliers in the forward
+            pass, as the papers write them).
+        alignment: ``full`` or ``none``: which column of Everett et al.'s LR
+            exponent table to use.
+        weight_decay: ``independent`` (``lr x wd`` constant), ``sqrt-width``
+            (Fan et al. 2025) or ``none``.
+        muon_scale: ``spectral`` (update scale ``sqrt(max(1, fan_out/fan_in))``)
+            or ``rms`` (``0.2 sqrt(max(fan_in, fan_out))``, matches AdamW's RMS).
+        roles: glob -> role overrides, e.g. ``{"lm_head.weight": "readout"}``.
+        layouts: glob -> ``"out_in"`` / ``"in_out"`` for modules proxytune
+            does not know.
+        block_pattern: regex whose group 1 is the block index.
+        branch_outputs: globs naming residual-branch output tensors.
+        tied: policy for a weight tied between embedding and readout:
+            ``embedding`` (default; the readout use gets a forward multiplier,
+            as the mup package does), ``readout``, or ``error``.
+        attention: extra attention adapters tried before the built-in ones.
+        decay_vectors: also apply weight decay to 0-D/1-D tensors (biases,
+            gains); off by default, as in most LM training code.
+        apply: re-initialize ``target`` and install multipliers now.
+    """
+    rec = get_recipe(recipe)
+    spec = get_optimizer(optimizer)
+    check_choice("mode", mode, MODES)
+    check_choice("alignment", alignment, ALIGNMENT_CHOICES)
+    check_choice("weight-decay policy", weight_decay, WD_POLICIES)
+    check_choice("muon scale", muon_scale, MUON_SCALES)
+    if not isinstance(target, nn.Module) or not isinstance(base, nn.Module):
+        raise PlanError("target and base must both be torch.nn.Module instances")
+    pattern = re.compile(block_pattern or DEFAULT_BLOCK_PATTERN)
+    shapes = analyze(target, base, roles=roles, layouts=layouts, block_pattern=block_pattern,
+                     branch_outputs=list(branch_outputs) if branch_outputs is not None else None, tied=tied)
+    notes: list[str] = []
+
+    # Attention logit factor.
+    adapters = list(attention or ()) + list(DEFAULT_ADAPTERS)
+    sites, unhandled = _attention_sites(target, base, pattern, adapters)
+    attn_records, q_factor = [], {}
+    for ad, site in sites:
+        factor = (site.head_dim / site.base_head_dim) ** rec.attn_exponent
+        attn_records.append({"module": site.module, "adapter": ad.name, "factor": factor,
+                             "site": asdict(site)})
+        for qn in site.query_params:
+            q_factor[qn] = factor
+        if factor != 1.0:
+            notes.append(f"attention {site.module!r}: head dim {site.base_head_dim} -> {site.head_dim}, "
+                         f"logits x{factor:.4g} via {ad.name}")
+    if rec.attn_exponent != 0:
+        for name, hd, bhd in unhandled:
+            if hd is not None and bhd is not None and hd != bhd:
+                raise PlanError(
+                    f"attention module {name!r} changes head dim {bhd} -> {hd}; {recipe} needs its logits "
+                    f"scaled by ({hd}/{bhd})^{rec.attn_exponent:g}. Give the module an `attn_scale` attribute "
+                    "that its forward passes as F.scaled_dot_product_attention(scale=...), a separate query "
+                    "projection named q_proj, or pass attention=[<adapter>] (see proxytune.nn.attention); "
+                    "or keep the head dim fixed and grow the number of heads.")
+            if hd is None and any(s.m_in != 1 or s.m_out != 1 for s in shapes):
+                notes.append(f"{name!r} looks like attention but its head dim is unknown: if it changes, "
+                             "pass an attention adapter so the logits get the 1/d_head rule")
+
+    # Depth: branch outputs must exist where depth rules apply.
+    if rec.depth_alpha is not None:
+        blocks_with_depth = {s.block for s in shapes if s.block is not None and s.depth != 1.0}
+        with_branch = {s.block for s in shapes if s.branch_output}
+        lacking = sorted(blocks_with_depth - with_branch)
+        if lacking:
+            raise PlanError(
+                f"{recipe} scales residual branches with depth, but no branch-output tensor was found in "
+                f"block(s) {', '.join(lacking[:4])}; pass branch_outputs=['*.attn.out.*', '*.mlp.down.*'] "
+                "(globs for the last matrix and bias of each residual branch)")
+
+    base_params = _named_params(base)
+    t_params = _named_params(target)
+    t_modules = {canonical_name(n): m for n, m in target.named_modules()}
+    tensors: dict[str, TensorPlan] = {}
+    transfer_down = False
+    for s in shapes:
+        tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
+                          muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
+                          decay_vectors=decay_vectors, optimizer=optimizer)
+        transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
+        tensors[s.name] = tp
+    if transfer_down:
+        notes.append("the base is larger than the target in width or depth: transferring down "
+                     "(allowed; the rules are the same, read them as multipliers < 1)")
+    if any(tp.init_source.startswith("target") for tp in tensors.values()):
+        notes.append("base is on 'meta': base init std inferred from the target's own init (torch's "
+                     "default fan-in init is recognized; other inits are assumed width-independent). "
+                     "Pass a materialized base for exact base statistics.")
+    if mode == "folded" and any(tp.readout_multiplier != 1 for tp in tensors.values()):
+        notes.append("a tied embedding/readout weight keeps a forward multiplier on its readout use "
+                     "(it cannot be folded into a shared tensor)")
+    if any(r["adapter"] == "torch-mha" and r["factor"] != 1 for r in attn_records):
+        notes.append("nn.MultiheadAttention fuses q/k/v: its query rows get a weight multiplier in both modes")
+    plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
+                weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
+                attention=attn_records, notes=notes)
+    if apply and not any(p.is_meta for p in target.parameters()):
+        plan.apply(target)
+    plan._model = target
+    return plan
+
+
+def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str, nn.Parameter],
+                 base_params: dict[str, nn.Parameter],
+                 t_modules: dict[str, nn.Module], *, alignment: str, muon_scale: str, wd_policy: str,
+                 q_factor: float, decay_vectors: bool, optimizer: str) -> TensorPlan:
+    muon_matrix = optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
+    ctx = TensorContext(role=s.role, width=s.width, depth=s.depth, in_block=s.block is not None,
+                        branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix)
+    explicit, folded = tensor_scales(rec, spec, ctx, alignment=alignment, muon_scale=muon_scale,
+                                     wd_policy=wd_policy)
+    notes = list(s.notes)
+    # Base init std: measured on the base when it is materialized, else inferred.
+    tp_ = tparams[s.name]
+    bp = base_params[s.base_name]
+    mod_name, _, attr = s.name.rpartition(".")
+    module = t_modules.get(mod_name, target) if mod_name else target
+    if tuple(s.shape) == tuple(s.base_shape) and not tp_.is_meta:
+        base_std, source = _std(tp_), "target (same shape as base)"
+    elif not bp.is_meta:
+        base_std, source = _std(bp), "base"
+    elif tp_.is_meta:
+        raise PlanError(f"both target and base are on 'meta': tensor {s.name!r} has no init statistics; "
+                        "materialize the base (it is small) or the target")
+    else:
+        own = _std(tp_)
+        fan_t = _torch_fan_in(module, attr, s.shape)
+        fan_b = None
+        if fan_t:
+            # a bias shares its weight's fan-in: read the base weight's shape
+            wname = s.base_name[: -len(attr)] + "weight" if attr == "bias" else s.base_name
+            wb = base_params.get(wname)
+            fan_b = _torch_fan_in(module, "weight", tuple(wb.shape)) if wb is not None else None
+        ref = _torch_default_std(fan_t)
+        if ref and own > 0 and abs(own / ref - 1) < 0.05 and fan_b:
+            base_std, source = 1.0 / math.sqrt(3.0 * fan_b), "target (torch default fan-in init)"
+        else:
+            base_std, source = own, "target (assumed width-independent)"
+    muon_scale_value = 1.0
+    if muon_matrix:
+        fi, fo = s.fan_in, s.fan_out
+        muon_scale_value = (math.sqrt(max(1.0, fo / fi)) if muon_scale == "spectral"
+                            else 0.2 * math.sqrt(max(fi, fo)))
+    readout_multiplier = 1.0
+    if s.tied_readout is not None and rec.tied_readout_multiplier:
+        from .rules.everett import AB
+        a_e, b_e = AB[rec.abc]["embedding"]
+        a_r, b_r = AB[rec.abc]["readout"]
+        # folded readout init exponent minus the embedding's: mup -> 1/m_in
+        readout_multiplier = float(s.m_out) ** float(-((a_r + b_r) - (a_e + b_e)))
+    return TensorPlan(
+        name=s.name, role=s.role, shape=list(s.shape), base_shape=list(s.base_shape), layout=s.layout,
+        fan_in=s.fan_in, fan_out=s.fan_out, m_in=s.m_in, m_out=s.m_out, width=s.width, depth=s.depth,
+        block=s.block, branch_output=s.branch_output, base_std=base_std, init_source=source,
+        explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
+        readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
+        muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes)

@@ -1,0 +1,392 @@
+"""Compare a target model with its base (proxy) shape, tensor by tensor.
+
+The result is, per parameter name: its layout (which dimension is fan-in and
+which fan-out, from the module that owns it, never from dimension order
+alone), its role (embedding, hidden, readout, vector, scalar), its width
+multipliers, its block stack and depth multiplier, and whether it is a
+residual-branch output. Nothing is stored on the tensors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+#: Default pattern for repeated blocks: a dotted name segment ``layers``,
+#: ``blocks``, ``h`` or ``layer`` followed by the block index.
+DEFAULT_BLOCK_PATTERN = r"(?:^|\.)(?:layers|blocks|h|layer)\.(\d+)\."
+
+#: Residual-branch outputs of common model families (glob on the full name).
+DEFAULT_BRANCH_OUTPUTS: tuple[str, ...] = (
+    "*attn.c_proj.*", "*attn.proj.*", "*attn.out_proj.*", "*attn.o_proj.*", "*attn.wo.*",
+    "*attention.wo.*", "*attention.o_proj.*", "*attention.out_proj.*",
+    "*attention.output.dense.*", "*attention.dense.*",
+    "*mlp.c_proj.*", "*mlp.proj.*", "*mlp.down_proj.*", "*mlp.down.*", "*mlp.fc2.*",
+    "*mlp.w2.*", "*mlp.dense_4h_to_h.*", "*feed_forward.w2.*", "*ffn.down.*", "*ffn.out.*",
+    "*ffn.w2.*", "*.output.dense.*", "*.fc2.*",
+)
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+if hasattr(nn, "RMSNorm"):
+    _NORMS = _NORMS + (nn.RMSNorm,)
+
+
+class PlanError(ValueError):
+    """A model/base pair or an option the rules cannot handle, with what to change."""
+
+
+def canonical_name(name: str) -> str:
+    """Parameter name without wrapper prefixes: DDP's ``module.``, torch.compile's
+    ``_orig_mod.``, and torch parametrizations' ``parametrizations.<attr>.original``."""
+    name = re.sub(r"(^|\.)parametrizations\.([^.]+)\.original$", r"\1\2", name)
+    parts = [p for p in name.split(".") if p != "_orig_mod"]
+    while parts and parts[0] == "module":
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+@dataclass
+class _Entry:
+    name: str
+    param: torch.Tensor
+    module: nn.Module
+    module_name: str
+    attr: str
+
+
+def param_entries(model: nn.Module) -> list[_Entry]:
+    """Every (name, parameter, owning module) including each alias of a tied weight."""
+    out: list[_Entry] = []
+    seen: set[tuple[int, str]] = set()
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for attr, p in mod._parameters.items():
+            if p is None:
+                continue
+            full = f"{mod_name}.{attr}" if mod_name else attr
+            name = canonical_name(full)
+            if (id(p), name) in seen:
+                continue
+            seen.add((id(p), name))
+            owner, owner_name, owner_attr = mod, mod_name, attr
+            m = re.match(r"^(.*?)\.?parametrizations\.([^.]+)$", mod_name)
+            if m:  # the parametrized module is two levels up
+                owner_name, owner_attr = m.group(1), m.group(2)
+                owner = model.get_submodule(owner_name) if owner_name else model
+            out.append(_Entry(name, p, owner, canonical_name(owner_name) if owner_name else "", owner_attr))
+    return out
+
+
+@dataclass
+class Layout:
+    """Which tensor dimension is fan-in / fan-out (None: not a matrix side)."""
+
+    kind: str  # embedding | out_in | in_out | conv | conv_t | vector | scalar | nd
+    in_dim: int | None
+    out_dim: int | None
+    note: str = ""
+
+
+def module_layout(module: nn.Module, attr: str, ndim: int, override: str | None = None) -> Layout:
+    """Fan-in / fan-out dimensions of ``module.<attr>`` from the module type."""
+    if override is not None:
+        if override not in ("out_in", "in_out"):
+            raise PlanError(f"layout override {override!r} is not one of 'out_in', 'in_out'")
+        return Layout(override, 1 if override == "out_in" else 0, 0 if override == "out_in" else 1,
+                      "layout from override")
+    if ndim == 0:
+        return Layout("scalar", None, None)
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and attr == "weight":
+        return Layout("embedding", 0, 1)
+    if ndim == 1:
+        return Layout("vector", None, 0)
+    if isinstance(module, nn.modules.conv._ConvNd) and attr == "weight":
+        if module.transposed:
+            return Layout("conv_t", 0, 1)
+        return Layout("conv", 1, 0)
+    if type(module).__name__ == "Conv1D" and attr == "weight" and ndim == 2:
+        return Layout("in_out", 0, 1, "HF Conv1D: weight stored (in, out)")
+    if isinstance(module, nn.MultiheadAttention):
+        if attr in ("bias_k", "bias_v"):
+            return Layout("vector", None, ndim - 1)
+        return Layout("out_in", 1, 0)
+    if isinstance(module, nn.Linear) and attr == "weight":
+        return Layout("out_in", 1, 0)
+    if ndim == 2:
+        return Layout("out_in", 1, 0, f"layout of {type(module).__name__}.{attr} assumed (out, in)")
+    return Layout("nd", ndim - 1, ndim - 2,
+                  f"{ndim}-D tensor: last two dims taken as (out, in), leading dims as a batch")
+
+
+@dataclass
+class TensorShape:
+    """What the comparison found for one parameter (keyed by canonical name)."""
+
+    name: str
+    aliases: list[str]
+    shape: tuple[int, ...]
+    base_name: str
+    base_shape: tuple[int, ...]
+    module_type: str
+    layout: str
+    fan_in: int
+    fan_out: int
+    base_fan_in: int
+    base_fan_out: int
+    role: str
+    width: float
+    m_in: float
+    m_out: float
+    block: str | None = None
+    depth: float = 1.0
+    branch_output: bool = False
+    tied_readout: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _fans(shape: tuple[int, ...], lay: Layout) -> tuple[int, int]:
+    if lay.kind == "scalar":
+        return 1, 1
+    if lay.kind == "vector":
+        return 1, shape[lay.out_dim]
+    rest = math.prod(s for i, s in enumerate(shape) if i not in (lay.in_dim, lay.out_dim))
+    if lay.kind == "nd":
+        rest = 1  # leading dims are a batch of matrices, not receptive field
+    return shape[lay.in_dim] * rest, shape[lay.out_dim]
+
+
+def _match_glob(name: str, patterns: dict[str, str] | None) -> str | None:
+    if not patterns:
+        return None
+    for pat, value in patterns.items():
+        if fnmatch.fnmatchcase(name, pat):
+            return value
+    return None
+
+
+def _blocks(names: list[str], pattern: re.Pattern) -> dict[str, tuple[str, int, int, int]]:
+    """name -> (stack key, index, span start, span end) for names inside a block."""
+    out = {}
+    for n in names:
+        m = pattern.search(n)
+        if m:
+            out[n] = (n[: m.start(1)], int(m.group(1)), m.start(1), m.end(1))
+    return out
+
+
+def _list(names, k: int = 6) -> str:
+    names = sorted(names)
+    more = f" (and {len(names) - k} more)" if len(names) > k else ""
+    return ", ".join(repr(n) for n in names[:k]) + more
+
+
+def analyze(
+    target: nn.Module,
+    base: nn.Module,
+    *,
+    roles: dict[str, str] | None = None,
+    layouts: dict[str, str] | None = None,
+    block_pattern: str | None = None,
+    branch_outputs: tuple[str, ...] | list[str] | None = None,
+    tied: str = "embedding",
+) -> list[TensorShape]:
+    """Compare ``target`` with ``base`` and return one :class:`TensorShape` per
+    distinct parameter, in the target's parameter order.
+
+    Raises :class:`PlanError` with the tensor name(s) and shapes when the pair
+    cannot be matched.
+    """
+    from .rules.recipes import ROLES
+
+    if roles:
+        for pat, role in roles.items():
+            if role not in ROLES:
+                raise PlanError(f"roles[{pat!r}] = {role!r} is not a role; valid: {', '.join(ROLES)}")
+    if tied not in ("embedding", "readout", "error"):
+        raise PlanError(f"unknown tied-weight policy {tied!r}; valid: embedding, readout, error")
+    pattern = re.compile(block_pattern or DEFAULT_BLOCK_PATTERN)
+    branch_globs = tuple(branch_outputs) if branch_outputs is not None else DEFAULT_BRANCH_OUTPUTS
+
+    t_entries = param_entries(target)
+    b_entries = param_entries(base)
+    t_names = [e.name for e in t_entries]
+    b_by_name = {e.name: e for e in b_entries}
+
+    # Depth: map every target block index onto the base's stack.
+    t_blocks = _blocks(list(dict.fromkeys(t_names)), pattern)
+    b_blocks = _blocks(list(b_by_name), pattern)
+    n_t: dict[str, int] = defaultdict(int)
+    n_b: dict[str, int] = defaultdict(int)
+    for key, idx, _, _ in t_blocks.values():
+        n_t[key] = max(n_t[key], idx + 1)
+    for key, idx, _, _ in b_blocks.values():
+        n_b[key] = max(n_b[key], idx + 1)
+
+    def base_name_of(name: str) -> str:
+        if name in t_blocks:
+            key, idx, s, e = t_blocks[name]
+            if n_b.get(key):
+                return name[:s] + str(idx % n_b[key]) + name[e:]
+        return name
+
+    mapped = {n: base_name_of(n) for n in t_names}
+    missing = sorted({mapped[n] for n in t_names} - set(b_by_name))
+    extra = sorted(set(b_by_name) - set(mapped.values()))
+    if missing or extra:
+        digits = any(re.search(r"\.\d+\.", n) for n in missing + extra)
+        if digits and not t_blocks:
+            raise PlanError(
+                "target and base differ in depth but no block pattern matches their parameter names "
+                f"(e.g. {_list(missing + extra, 3)}); pass block_pattern= a regex whose group 1 is the "
+                f"block index (default {DEFAULT_BLOCK_PATTERN!r})")
+        msg = "target and base have different parameter names."
+        if missing:
+            msg += f" In the target but not the base: {_list(missing)}."
+        if extra:
+            msg += f" In the base but not the target: {_list(extra)}."
+        msg += " Build the base with the same model code, changing only width and depth."
+        raise PlanError(msg)
+
+    # Layouts and raw per-dimension comparison.
+    finite_sizes: set[int] = set()
+    rows = []
+    for e in t_entries:
+        be = b_by_name[mapped[e.name]]
+        ov = _match_glob(e.name, layouts)
+        lay = module_layout(e.module, e.attr, e.param.ndim, ov)
+        shp, bshp = tuple(e.param.shape), tuple(be.param.shape)
+        if len(shp) != len(bshp):
+            raise PlanError(f"tensor {e.name!r} has shape {shp} in the target but {bshp} in the base")
+        diff = [i for i in range(len(shp)) if shp[i] != bshp[i]]
+        finite = set()
+        if lay.kind == "embedding":
+            finite = {0}
+            finite_sizes.add(bshp[0])
+        elif lay.kind in ("conv", "conv_t"):
+            finite = set(range(2, len(shp)))
+        elif lay.kind == "nd":
+            finite = set(range(len(shp) - 2))
+        bad = sorted(set(diff) & finite)
+        if bad:
+            raise PlanError(
+                f"tensor {e.name!r}: dimension {bad[0]} is a finite dimension (vocabulary, kernel or "
+                f"batch of matrices) but differs: base {bshp}, target {shp}. Only width and depth may "
+                "differ between base and target.")
+        rows.append((e, be, lay, shp, bshp, diff))
+    for e, be, lay, shp, bshp, diff in rows:
+        # An output that grows at a different rate than the input and has a
+        # vocabulary's size is a readout whose class count changed.
+        if lay.kind in ("out_in", "in_out") and lay.out_dim in diff and bshp[lay.out_dim] in finite_sizes \
+                and shp[lay.out_dim] / bshp[lay.out_dim] != shp[lay.in_dim] / bshp[lay.in_dim]:
+            raise PlanError(
+                f"tensor {e.name!r}: its output size {bshp[lay.out_dim]} equals the base vocabulary size "
+                f"and differs: base {bshp}, target {shp}. Vocabulary and class counts must be the same "
+                "in base and target.")
+
+    any_width = any(diff for *_, diff in rows)
+    inferred: set[int] = set()
+    if not any_width:
+        # No width change at all (base shape itself, or depth only): a size that
+        # is the output of one matrix and the input of another is a width.
+        ins, outs = set(), set()
+        for e, be, lay, shp, *_ in rows:
+            if lay.in_dim is not None and lay.kind != "embedding":
+                ins.add(shp[lay.in_dim])
+            if lay.out_dim is not None and lay.kind != "vector":
+                outs.add(shp[lay.out_dim])
+        inferred = (ins & outs) - finite_sizes
+
+    def is_width(shp, bshp, dim) -> bool:
+        if dim is None:
+            return False
+        return shp[dim] != bshp[dim] if any_width else shp[dim] in inferred
+
+    by_id: dict[int, list[tuple]] = {}
+    order: list[int] = []
+    for row in rows:
+        pid = id(row[0].param)
+        if pid not in by_id:
+            by_id[pid] = []
+            order.append(pid)
+        by_id[pid].append(row)
+
+    result: list[TensorShape] = []
+    for pid in order:
+        uses = []
+        for e, be, lay, shp, bshp, diff in by_id[pid]:
+            w_in = is_width(shp, bshp, lay.in_dim) and lay.kind != "embedding"
+            w_out = is_width(shp, bshp, lay.out_dim)
+            if lay.kind == "scalar":
+                role = "scalar"
+            elif lay.kind == "vector":
+                role = "vector" if w_out else "scalar"
+            elif lay.kind == "embedding":
+                role = "embedding"
+            elif w_in and w_out:
+                role = "hidden"
+            elif w_out:
+                role = "embedding"
+            elif w_in:
+                role = "readout"
+            else:
+                role = "scalar"
+            forced = _match_glob(e.name, roles)
+            uses.append((e, be, lay, shp, bshp, forced or role, forced is not None))
+        e, be, lay, shp, bshp, role, forced = uses[0]
+        notes = [lay.note] if lay.note else []
+        tied_readout = None
+        use_roles = {u[5] for u in uses}
+        if len(uses) > 1 and not any(u[6] for u in uses) and len(use_roles) > 1:
+            names = [u[0].name for u in uses]
+            if use_roles == {"embedding", "readout"} and tied != "error":
+                pick = [u for u in uses if u[5] == tied][0]
+                other = [u for u in uses if u[5] != tied][0]
+                e, be, lay, shp, bshp, role, forced = pick
+                notes.append(f"tied with {other[0].name!r}: {tied} rules (tied={tied!r})")
+                if tied == "embedding":
+                    tied_readout = other[0].name
+            else:
+                raise PlanError(
+                    f"tensor {names[0]!r} is tied to {_list(names[1:])} and its uses have different roles "
+                    f"({', '.join(sorted(use_roles))}); pass roles={{{names[0]!r}: '<role>'}}, untie the "
+                    "weights, or for embedding/readout ties use tied='embedding' (the default: embedding "
+                    "rules plus a forward multiplier on the readout use) or tied='readout'.")
+        elif len(uses) > 1:
+            role = next((u[5] for u in uses if u[6]), role)
+        if forced:
+            notes.append("role from override")
+        fi, fo = _fans(shp, lay)
+        bfi, bfo = _fans(bshp, lay)
+        m_in, m_out = fi / bfi, fo / bfo
+        width = {"embedding": m_out, "vector": m_out, "hidden": m_in, "readout": m_in}.get(role, 1.0)
+        block = None
+        depth = 1.0
+        if e.name in t_blocks:
+            key, idx, *_ = t_blocks[e.name]
+            block = f"{key}{idx}"
+            depth = n_t[key] / n_b[key]
+        branch = block is not None and (
+            any(fnmatch.fnmatchcase(e.name, g) for g in branch_globs)
+            or (isinstance(e.module, nn.modules.linear.NonDynamicallyQuantizableLinear)
+                and e.module_name.endswith("out_proj")))
+        result.append(TensorShape(
+            name=e.name, aliases=[u[0].name for u in uses if u[0].name != e.name],
+            shape=shp, base_name=be.name, base_shape=bshp, module_type=type(e.module).__name__,
+            layout=lay.kind, fan_in=fi, fan_out=fo, base_fan_in=bfi, base_fan_out=bfo,
+            role=role, width=width, m_in=m_in, m_out=m_out, block=block, depth=depth,
+            branch_output=branch, tied_readout=tied_readout, notes=notes))
+    return result
+
+
+def block_stacks(shapes: list[TensorShape]) -> dict[str, float]:
+    """Depth multiplier of every block stack found (stack prefix -> m_L)."""
+    out = {}
+    for s in shapes:
+        if s.block is not None:
+            out[re.sub(r"\d+$", "", s.block)] = s.depth
+    return out
