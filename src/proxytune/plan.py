@@ -321,9 +321,11 @@ class Plan:
             wd_txt = "0 (no decay)" if tp.no_decay else rel(weight_decay, sc.wd)
             eps_txt = "-" if not get_optimizer(self.optimizer_name).has_eps else rel(eps, sc.eps)
             role = tp.role + ("*" if tp.branch_output else "") + ("/muon" if tp.muon else "")
+            init_txt = (f"{tp.base_std * sc.init:.3g}" if tp.base_std > 0
+                        else "const" if sc.init == 1 else f"const x{sc.init:.3g}")
             rows.append([
                 name, role, "x".join(map(str, tp.shape)), f"{tp.m_in:.3g}", f"{tp.m_out:.3g}",
-                f"{tp.depth:.3g}", f"{tp.base_std * sc.init:.3g}", f"{mult:.3g}", rel(lr, sc.lr), wd_txt, eps_txt,
+                f"{tp.depth:.3g}", init_txt, f"{mult:.3g}", rel(lr, sc.lr), wd_txt, eps_txt,
             ])
         shown = rows if max_rows is None or len(rows) <= max_rows else rows[:max_rows]
         widths = [max(len(c), *(len(r[i]) for r in shown)) if shown else len(c) for i, c in enumerate(cols)]
