@@ -108,18 +108,23 @@ def _named_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    """The module and attribute behind a canonical parameter name."""
-    mod_name, _, attr = name.rpartition(".")
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` through DDP / torch.compile wrappers."""
     inner = model
-    while True:  # unwrap DDP / torch.compile wrappers
+    while True:
         if hasattr(inner, "_orig_mod"):
             inner = inner._orig_mod
         elif isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             inner = inner.module
         else:
             break
-    return (inner.get_submodule(mod_name) if mod_name else inner), attr
+    return inner.get_submodule(name) if name else inner
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module and attribute behind a canonical parameter name."""
+    mod_name, _, attr = name.rpartition(".")
+    return _submodule(model, mod_name), attr
 
 
 @dataclass
@@ -205,8 +210,9 @@ class Plan:
 
     def apply(self, model: nn.Module, *, reinit: bool = True) -> nn.Module:
         """Re-initialize ``model`` with the planned std and install the forward
-        multipliers the plan's mode needs. Call it on a freshly built target,
-        before wrapping it in DDP or ``torch.compile``."""
+        multipliers the plan's mode needs. Call it once, on a freshly built
+        target (the init is rescaled relative to the model's own), before
+        wrapping it in DDP or ``torch.compile``."""
         params = self._resolve(model)
         if reinit:
             with torch.no_grad():
@@ -230,8 +236,8 @@ class Plan:
         adapters = {a.name: a for a in DEFAULT_ADAPTERS}
         for site in self.attention:
             if site["adapter"] in adapters and site["adapter"] != "query-projection":
-                mod = _owner(model, site["module"] + ".x")[0] if site["module"] else model
-                adapters[site["adapter"]].install(mod, AttentionSite(**site["site"]), site["factor"])
+                adapters[site["adapter"]].install(_submodule(model, site["module"]),
+                                                  AttentionSite(**site["site"]), site["factor"])
         self._model = model
         return model
 
@@ -239,7 +245,7 @@ class Plan:
     def param_groups(
         self, lr: float, weight_decay: float = 0.0, *, eps: float | tuple | None = None,
         gamma: dict[str, float] | None = None, model: nn.Module | None = None,
-        muon_lr: float | None = None,
+        muon_lr: float | None = None, merge: bool = False,
     ) -> list[dict[str, Any]]:
         """One torch param group per tensor with its planned lr / weight_decay / eps.
 
@@ -247,7 +253,9 @@ class Plan:
         base shape). ``gamma`` holds per-role LR constants (Everett et al.'s
         ``gamma_l``: ``{"embedding": 2.0, "readout": 0.5}``), tuned at the base
         and transferred unchanged. ``muon_lr`` is the base LR of Muon's matrix
-        groups (default ``lr``).
+        groups (default ``lr``). ``merge=True`` puts tensors whose settings are
+        all equal into one group (``names`` lists them), so foreach/fused
+        optimizer kernels batch them as they would for a plain model.
         """
         _check_positive("lr", lr)
         if muon_lr is not None:
@@ -283,6 +291,8 @@ class Plan:
             elif spec.has_eps:
                 g["eps"] = (1e-8 if eps is None else eps) * sc.eps
             groups.append(g)
+        if merge:
+            return _merge_groups(groups)
         return groups
 
     def optimizer(
@@ -296,7 +306,8 @@ class Plan:
         """
         from .optim import build_optimizer
 
-        groups = self.param_groups(lr, weight_decay, eps=eps, gamma=gamma, model=model, muon_lr=muon_lr)
+        groups = self.param_groups(lr, weight_decay, eps=eps, gamma=gamma, model=model, muon_lr=muon_lr,
+                                   merge=True)
         return build_optimizer(self.optimizer_name, groups, lr=lr, **kwargs)
 
     # -------------------------------------------------------------- explain
@@ -342,6 +353,18 @@ class Plan:
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
+
+
+def _merge_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged: dict[tuple, dict[str, Any]] = {}
+    for g in groups:
+        key = tuple(sorted((k, repr(v)) for k, v in g.items() if k not in ("params", "name", "role")))
+        if key not in merged:
+            merged[key] = {k: v for k, v in g.items() if k not in ("params", "name", "role")}
+            merged[key].update(params=[], names=[])
+        merged[key]["params"] += g["params"]
+        merged[key]["names"].append(g["name"])
+    return list(merged.values())
 
 
 def _check_positive(what: str, value: Any) -> None:
