@@ -382,11 +382,3 @@ def analyze(
             branch_output=branch, tied_readout=tied_readout, notes=notes))
     return result
 
-
-def block_stacks(shapes: list[TensorShape]) -> dict[str, float]:
-    """Depth multiplier of every block stack found (stack prefix -> m_L)."""
-    out = {}
-    for s in shapes:
-        if s.block is not None:
-            out[re.sub(r"\d+$", "", s.block)] = s.depth
-    return out
