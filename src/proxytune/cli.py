@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import typer
 
+from .builders import build_model, load_builder
 from .plan import parameterize
 from .rules.recipes import OPTIMIZERS, RECIPES, WD_POLICIES
 from .shapes import PlanError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="proxytune: tune hyperparameters on small proxies, train the big model once.")
-
-BUILTIN_MODELS = {"gpt": "proxytune.models.gpt:build", "mlp": "proxytune.models.mlp:build"}
-
-
-def load_builder(spec: str) -> Callable[..., torch.nn.Module]:
-    """``gpt``/``mlp`` or ``pkg.module:function`` -> the model builder."""
-    target = BUILTIN_MODELS.get(spec, spec)
-    if ":" not in target:
-        raise PlanError(f"--model {spec!r}: expected a built-in name ({', '.join(BUILTIN_MODELS)}) "
-                        "or 'pkg.module:function'")
-    mod_name, fn_name = target.split(":", 1)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise PlanError(f"--model {spec!r}: cannot import module {mod_name!r} ({exc})") from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise PlanError(f"--model {spec!r}: module {mod_name!r} has no function {fn_name!r}")
-    return fn
-
 
 def _parse_options(options: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -49,19 +28,6 @@ def _parse_options(options: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
-
-
-def build_model(fn: Callable[..., torch.nn.Module], width: int, depth: int, device: str,
-                options: dict[str, Any]) -> torch.nn.Module:
-    """Call a builder with width/depth/options, on ``device`` (``meta`` is free)."""
-    kwargs = dict(options, width=width, depth=depth)
-    try:
-        if "device" in inspect.signature(fn).parameters:
-            return fn(device=device, **kwargs)
-        with torch.device(device):
-            return fn(**kwargs)
-    except TypeError as exc:
-        raise PlanError(f"the model builder rejected its arguments {kwargs}: {exc}") from None
 
 
 @app.command()

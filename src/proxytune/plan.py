@@ -191,6 +191,10 @@ class Plan:
         return self
 
     # ---------------------------------------------------------------- model
+    def parameters(self, model: nn.Module | None = None) -> dict[str, nn.Parameter]:
+        """The model's parameters keyed by planned tensor name (checks the model matches)."""
+        return self._resolve(model)
+
     def _resolve(self, model: nn.Module | None) -> dict[str, nn.Parameter]:
         model = model if model is not None else self._model
         if model is None:

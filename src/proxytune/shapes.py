@@ -30,6 +30,8 @@ DEFAULT_BRANCH_OUTPUTS: tuple[str, ...] = (
     "*mlp.c_proj.*", "*mlp.proj.*", "*mlp.down_proj.*", "*mlp.down.*", "*mlp.fc2.*",
     "*mlp.w2.*", "*mlp.dense_4h_to_h.*", "*feed_forward.w2.*", "*ffn.down.*", "*ffn.out.*",
     "*ffn.w2.*", "*.output.dense.*", "*.fc2.*",
+    # mixture-of-experts output projections (proxytune's moe, Mixtral, Qwen-MoE naming)
+    "*mlp.experts.*.proj.*", "*experts.*.w2.*", "*experts.*.down_proj.*",
 )
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)

@@ -1,5 +1,5 @@
 """Reference proxy models: each module has ``build(width=..., depth=..., **options)``."""
 
-from . import gpt, mlp
+from . import gpt, mlp, moe
 
-__all__ = ["gpt", "mlp"]
+__all__ = ["gpt", "mlp", "moe"]

@@ -1,0 +1,248 @@
+"""Batched trials: K configs of one architecture trained together in one process.
+
+The members differ only in ``BATCHABLE_FIELDS`` (lr, weight decay, eps, init
+multipliers, per-role LR constants, seeds). Each member is built exactly as
+``train(config)`` builds it, then the K copies of every parameter are stacked
+into one ``(K, ...)`` tensor; ``torch.func.vmap`` over
+``torch.func.functional_call`` runs the K forward passes as one, and a batched
+optimizer (``proxytune.optim.batched``) updates all members with their own
+hyperparameters. A member that diverges is removed from the stack, so it
+neither disturbs nor slows the others.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from ..optim.batched import BATCHED_OPTIMIZERS, BatchedOptimizer, StackedParam, clip_grad_norm_batched
+from .config import BATCHABLE_FIELDS, TrainConfig
+from .loop import ProgressFn, as_config, divergence_reason
+from .result import RunResult, final_train_loss
+from .schedule import lr_factor
+from .setup import Prepared, environment, flops_per_step, optimizer_kwargs, param_settings, prepare, to_device
+
+
+class BatchError(ValueError):
+    """The configs cannot be trained as one batched group."""
+
+
+def check_batchable(configs: Sequence[TrainConfig]) -> None:
+    """Raise BatchError naming the fields that differ where they must not."""
+    if not configs:
+        raise BatchError("no configs to train")
+    ref = configs[0].architecture_key()
+    for i, cfg in enumerate(configs[1:], start=1):
+        key = cfg.architecture_key()
+        diff = [k for k in ref if ref[k] != key[k]]
+        if diff:
+            raise BatchError(f"config {i} differs from config 0 in {', '.join(diff)}; members of a batched group "
+                             f"may differ only in {', '.join(BATCHABLE_FIELDS)}")
+    if configs[0].optimizer not in BATCHED_OPTIMIZERS:
+        raise BatchError(f"optimizer {configs[0].optimizer!r} has no batched update (batched: "
+                         f"{', '.join(BATCHED_OPTIMIZERS)}); train these configs one by one")
+    if configs[0].mode != "folded":
+        raise BatchError("batched trials need mode='folded' (explicit multipliers are parametrizations, "
+                         "which functional_call cannot stack)")
+
+
+def group_batchable(configs: Sequence[TrainConfig]) -> list[list[int]]:
+    """Indices of ``configs`` grouped so each group can be trained batched."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(repr(sorted(cfg.architecture_key().items())), []).append(i)
+    return list(groups.values())
+
+
+def _stack_hp(settings: list[dict[str, dict[str, Any]]], name: str, key: str, device: torch.device,
+              dtype: torch.dtype) -> Tensor | None:
+    values = [s[name].get(key) for s in settings]
+    if any(v is None for v in values):
+        return None
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
+def set_attention_impl(model: nn.Module, impl: str) -> bool:
+    """Switch the reference models' attention implementation; False when the model has none."""
+    found = False
+    for mod in model.modules():
+        if hasattr(mod, "attention_impl"):
+            mod.attention_impl = impl
+            found = True
+    return found
+
+
+def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: ProgressFn | None = None,
+                  attention: str = "auto") -> list[RunResult]:
+    """Train ``configs`` together; returns one RunResult per config, in order.
+
+    Each member's result matches ``train(config)`` up to float rounding (same
+    init, same batches, same update arithmetic). ``attention``: ``auto`` runs
+    the reference models' attention as plain matmuls under ``vmap`` on CPU
+    (torch has no batching rule for its fused CPU kernel, so it would loop
+    over members); ``sdpa`` or ``math`` force one.
+    """
+    cfgs = [as_config(c) for c in configs]
+    check_batchable(cfgs)
+    start = time.perf_counter()
+    c0 = cfgs[0]
+    preps = [prepare(c) for c in cfgs]
+    device = preps[0].device
+    k_total = len(cfgs)
+
+    names = [n for n, _ in preps[0].model.named_parameters()]
+    member_params = [dict(p.model.named_parameters()) for p in preps]
+    settings = [param_settings(p) for p in preps]
+    dtype = member_params[0][names[0]].dtype
+    stacked = []
+    for n in names:
+        t = torch.stack([mp[n].detach() for mp in member_params]).requires_grad_(True)
+        s0 = settings[0][n]
+        stacked.append(StackedParam(
+            name=n, param=t,
+            lr=_stack_hp(settings, n, "lr", device, dtype),
+            weight_decay=_stack_hp(settings, n, "weight_decay", device, dtype),
+            eps=_stack_hp(settings, n, "eps", device, dtype) if not isinstance(s0.get("eps"), tuple) else None,
+            use_muon=bool(s0.get("use_muon", False)), muon_scale=float(s0.get("scale", 1.0)),
+        ))
+    opt_kwargs = optimizer_kwargs(c0)
+    opt = BatchedOptimizer(c0.optimizer, stacked, **opt_kwargs)
+
+    template = _meta_template(preps[0].model)
+    if attention == "auto":
+        attention = "math" if device.type == "cpu" else "sdpa"
+    set_attention_impl(template, attention)
+    buffers = _shared_buffers(preps)
+    loss_fn = preps[0].loss_fn
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c0.precision == "bf16")
+
+    def member_loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(functional_call(template, (params, buffers), (x,), strict=True), y)
+
+    # Members with the same data seed see the same batches: sample once, share them.
+    seeds = [c.batch_seed for c in cfgs]
+    gens = {s: torch.Generator().manual_seed(s) for s in dict.fromkeys(seeds)}
+    vbatches = [to_device(b, preps[0]) for b in preps[0].data.val_batches(c0.eval_batches, c0.batch_size, c0.seq_len)]
+    data = preps[0].data
+
+    active = list(range(k_total))  # config index of each stack row
+    losses: list[list[float]] = [[] for _ in cfgs]
+    evals: list[list[dict[str, float]]] = [[] for _ in cfgs]
+    outcome: dict[int, tuple[str, str, int | None]] = {}
+    flops_step = 0
+    warmup = c0.warmup_steps
+    for step in range(c0.steps):
+        factor = lr_factor(step, c0.steps, c0.schedule, warmup, c0.final_lr_frac, c0.cooldown)
+        batch = {s: to_device(data.sample("train", c0.batch_size, c0.seq_len, g), preps[0]) for s, g in gens.items()}
+        if step == 0:
+            flops_step = flops_per_step(preps[0].model, loss_fn, *batch[seeds[0]])
+        params = {sp.name: sp.param for sp in stacked}
+        active_seeds = [seeds[i] for i in active]
+        if len(set(active_seeds)) == 1:
+            x, y = batch[active_seeds[0]]
+            fn = vmap(member_loss, in_dims=(0, None, None))
+        else:
+            x = torch.stack([batch[s][0] for s in active_seeds])
+            y = torch.stack([batch[s][1] for s in active_seeds])
+            fn = vmap(member_loss, in_dims=(0, 0, 0))
+        with autocast:
+            member_losses = fn(params, x, y)
+        member_losses.sum().backward()
+        if c0.grad_clip is not None:
+            clip_grad_norm_batched([sp.param for sp in stacked], c0.grad_clip)
+        opt.step(factor)
+        opt.zero_grad()
+
+        values = member_losses.detach().double().tolist()
+        leaving = []
+        for row, (i, value) in enumerate(zip(active, values)):
+            losses[i].append(value)
+            reason = divergence_reason(value, losses[i][0], cfgs[i].diverge_factor)
+            if reason:
+                outcome[i] = ("diverged", reason, step)
+                leaving.append(row)
+        if (step + 1) % c0.eval_every == 0 or step + 1 == c0.steps:
+            keep_rows = [r for r in range(len(active)) if r not in leaving]
+            if keep_rows:
+                vals = _evaluate(member_loss, stacked, vbatches, autocast)
+                for row in keep_rows:
+                    i = active[row]
+                    val = vals[row]
+                    evals[i].append({"step": step + 1, "val_loss": val, "train_loss": final_train_loss(losses[i]),
+                                     "lr_factor": factor, "time": time.perf_counter() - start})
+                    if not math.isfinite(val):
+                        outcome[i] = ("diverged", f"validation loss became {val}", step)
+                        leaving.append(row)
+        if leaving:
+            keep = [r for r in range(len(active)) if r not in leaving]
+            active = [active[r] for r in keep]
+            if not active:
+                break
+            opt.keep(torch.tensor(keep, device=device))
+        if progress is not None:
+            progress(step + 1, c0.steps, sum(values) / len(values))
+
+    wall = time.perf_counter() - start
+    env = environment(data, device)
+    n_params = preps[0].n_params
+    results = []
+    for i, cfg in enumerate(cfgs):
+        status, reason, diverged_step = outcome.get(i, ("complete", "", None))
+        ok = status == "complete"
+        done = len(losses[i])
+        results.append(RunResult(
+            status=status,
+            final_train_loss=final_train_loss(losses[i]) if ok else math.inf,
+            final_val_loss=evals[i][-1]["val_loss"] if ok else math.inf,
+            train_losses=losses[i], evals=evals[i], steps_done=done,
+            tokens=done * cfg.tokens_per_step(),
+            wall_time=wall / k_total,
+            flops=float(flops_step) * done,
+            n_params=n_params,
+            config=cfg.model_dump(mode="json"),
+            env=dict(env, batch_group={"size": k_total, "index": i, "group_wall_time": wall}),
+            diverged_step=diverged_step, reason=reason,
+        ))
+    return results
+
+
+def _meta_template(model: nn.Module) -> nn.Module:
+    """A parameter-free copy of ``model`` for functional_call; tied weights stay tied.
+
+    (``.to("meta")`` would give each use of a tied weight its own tensor, and
+    functional_call would then feed the stacked weight to one use only.)
+    """
+    memo = {id(p): nn.Parameter(p.detach().to("meta"), p.requires_grad) for p in model.parameters()}
+    memo.update({id(b): b.to("meta") for b in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+def _shared_buffers(preps: list[Prepared]) -> dict[str, Tensor]:
+    """Buffers (e.g. rotary tables) must be identical across members: they are passed unbatched."""
+    bufs = [dict(p.model.named_buffers()) for p in preps]
+    for name, b in bufs[0].items():
+        for other in bufs[1:]:
+            if not torch.equal(other[name], b):
+                raise BatchError(f"buffer {name!r} differs between members; batched trials need identical buffers "
+                                 "(models with running statistics, e.g. BatchNorm, must be trained one by one)")
+    return bufs[0]
+
+
+@torch.no_grad()
+def _evaluate(member_loss: Callable, stacked: list[StackedParam], batches: list[tuple[Tensor, Tensor]],
+              autocast: Any) -> list[float]:
+    params = {sp.name: sp.param.detach() for sp in stacked}
+    fn = vmap(member_loss, in_dims=(0, None, None))
+    total = None
+    with autocast:
+        for x, y in batches:
+            v = fn(params, x, y).double()
+            total = v if total is None else total + v
+    return (total / len(batches)).tolist()

@@ -1,0 +1,172 @@
+"""The configuration of one training run.
+
+One pydantic model describes everything a run depends on: model and its base
+shape, parameterization, optimizer, data, schedule and stopping rules. Sweeps
+(and the batched trainer) build these; a stored trial keeps its config as a
+plain dict (``config.model_dump()``), so it can be rerun exactly.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from ..rules.recipes import MODES, OPTIMIZERS, RECIPES, WD_POLICIES
+
+SCHEDULES = ("constant", "cosine", "wsd", "linear")
+ROLES = ("embedding", "hidden", "readout", "vector", "scalar")
+
+_CHOICES = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "mode": MODES, "weight_decay_policy": WD_POLICIES,
+            "schedule": SCHEDULES}
+
+# Fields that may differ between the members of one batched group (see
+# ``train_batched``); every other field must be equal across the group.
+BATCHABLE_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "role_lr", "role_init", "seed", "data_seed")
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run depends on.
+
+    ``lr``, ``weight_decay`` and ``eps`` are *base* values: the ones tuned at
+    the base shape (``base_width`` x ``base_depth``). The rules core turns
+    them into per-tensor values for the target shape (``width`` x ``depth``).
+    With no base shape the base is the target itself, so the run is plain
+    training under the recipe's base-shape values.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # model
+    model: str = Field("gpt", description="built-in name (gpt, mlp, moe) or 'pkg.module:function'")
+    width: int = Field(64, gt=0)
+    depth: int = Field(2, gt=0)
+    base_width: int | None = Field(None, gt=0, description="width of the proxy the HPs are tuned at")
+    base_depth: int | None = Field(None, gt=0, description="depth of the proxy the HPs are tuned at")
+    model_options: dict[str, Any] = Field(default_factory=dict, description="extra builder keyword arguments")
+
+    # parameterization
+    recipe: str = "mup"
+    optimizer: str = "adamw"
+    mode: str = "folded"
+    alignment: Literal["full", "none"] = "full"
+    weight_decay_policy: str = "independent"
+    roles: dict[str, str] = Field(default_factory=dict, description="glob -> role overrides")
+
+    # optimizer hyperparameters (base values)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    eps: float | None = Field(None, gt=0, description="Adam eps at the base (None: optimizer default)")
+    betas: tuple[float, float] = (0.9, 0.95)
+    momentum: float | None = Field(None, ge=0, lt=1, description="SGD / Muon momentum (None: 0.9 / 0.95)")
+    nesterov: bool | None = Field(None, description="Nesterov momentum (None: off for SGD, on for Muon)")
+    role_lr: dict[str, float] = Field(default_factory=dict,
+                                      description="per-role LR constants (Everett's gamma), e.g. {readout: 0.5}")
+    init_scale: float = Field(1.0, ge=0, description="multiplies the init std of every weight matrix")
+    role_init: dict[str, float] = Field(default_factory=dict,
+                                        description="per-role init multipliers, e.g. {readout: 0} for a zero readout")
+
+    # data
+    data: str = Field("stdlib", description="'stdlib', 'teacher', a text file, or a .bin token file")
+    data_options: dict[str, Any] = Field(default_factory=dict,
+                                         description="loader options, e.g. {vocab_size: 50304, dtype: uint16}")
+    batch_size: int = Field(16, gt=0)
+    seq_len: int = Field(64, gt=0)
+
+    # schedule and stopping
+    steps: int = Field(200, gt=0)
+    schedule: str = "cosine"
+    warmup: int | float = Field(0.1, ge=0, description="warmup steps (int) or fraction of steps (float < 1)")
+    final_lr_frac: float = Field(0.1, ge=0, le=1, description="LR at the end, as a fraction of the peak")
+    cooldown: float = Field(0.2, gt=0, le=1, description="WSD: fraction of steps spent decaying")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (None: no clipping)")
+    eval_every: int = Field(50, gt=0)
+    eval_batches: int = Field(4, gt=0)
+    diverge_factor: float = Field(3.0, gt=1, description="stop when loss exceeds this multiple of the first loss")
+
+    # execution
+    seed: int = 0
+    data_seed: int | None = Field(None, description="seed of the batch order (None: same as seed)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    precision: Literal["fp32", "bf16", "fp64"] = Field(
+        "fp32", description="fp32; bf16 autocast; fp64 (parameters in float64: exact comparisons in tests)")
+    threads: int | None = Field(None, gt=0, description="torch threads for this process (None: leave as is)")
+    tags: dict[str, Any] = Field(default_factory=dict, description="free-form labels stored with the result")
+
+    @field_validator("recipe", "optimizer", "mode", "weight_decay_policy", "schedule")
+    @classmethod
+    def _named_choice(cls, v: str, info: ValidationInfo) -> str:
+        return _choice(info.field_name, v, _CHOICES[info.field_name])
+
+    @field_validator("role_lr", "role_init")
+    @classmethod
+    def _roles(cls, v: dict[str, float]) -> dict[str, float]:
+        for role, value in v.items():
+            _choice("role", role, ROLES)
+            if not value >= 0:
+                raise ValueError(f"multiplier for role {role!r} must be >= 0, got {value}")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if isinstance(self.warmup, float) and self.warmup >= 1:
+            raise ValueError("warmup as a float is a fraction of steps and must be < 1; give an int for steps")
+        if self.role_lr.get("hidden", 1.0) == 0 and self.optimizer == "muon":
+            raise ValueError("role_lr[hidden] = 0 freezes every Muon matrix")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup length in steps."""
+        if isinstance(self.warmup, float):
+            return int(round(self.warmup * self.steps))
+        return min(int(self.warmup), self.steps)
+
+    @property
+    def batch_seed(self) -> int:
+        """Seed of the data order."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def tokens_per_step(self) -> int:
+        """Tokens (or samples, for vector tasks) consumed by one step."""
+        return self.batch_size * (self.seq_len if self.data != "teacher" else 1)
+
+    def architecture_key(self) -> dict[str, Any]:
+        """The fields batched members must share (everything but BATCHABLE_FIELDS and tags)."""
+        return self.model_dump(exclude=set(BATCHABLE_FIELDS) | {"tags"})
+
+
+def _choice(what: str, value: str, valid: Any) -> str:
+    if value in valid:
+        return value
+    close = difflib.get_close_matches(value, list(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown {what} {value!r}{hint} (valid: {', '.join(valid)})")
+
+
+def misspelled_keys(data: dict[str, Any]) -> list[str]:
+    """Messages for keys of ``data`` that are not TrainConfig fields, with the closest valid name."""
+    fields = list(TrainConfig.model_fields)
+    out = []
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            out.append(f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    return out
+
+
+def make_config(**kwargs: Any) -> TrainConfig:
+    """Build a TrainConfig; unknown keys raise ValueError naming the closest valid key."""
+    bad = misspelled_keys(kwargs)
+    if bad:
+        raise ValueError("; ".join(bad))
+    return TrainConfig(**kwargs)

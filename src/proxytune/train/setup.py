@@ -1,0 +1,217 @@
+"""Turning a TrainConfig into a model, a plan, data and a loss.
+
+Shared by the single-run trainer and the batched trainer, so a member of a
+batched group starts from exactly the parameters ``train(config)`` would.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..builders import BUILTIN_MODELS, accepts, build_model, load_builder
+from ..plan import Plan, parameterize
+from .config import TrainConfig
+
+LM_MODELS = ("gpt", "moe")
+# The base model is built under its own seed so building it never shifts the
+# target's random stream (a run's init depends on ``seed`` only).
+_BASE_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class Prepared:
+    """What a run trains: the parameterized model, its plan, data and loss."""
+
+    config: TrainConfig
+    model: nn.Module
+    plan: Plan
+    data: Any
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+    n_params: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; checks a requested GPU exists."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+@functools.lru_cache(maxsize=8)
+def _load_data_cached(source: str, options_key: tuple) -> Any:
+    from .. import data as data_mod
+
+    options = dict(options_key)
+    if source == "teacher":
+        return data_mod.TeacherTask(**options)
+    return data_mod.load(source, **options)
+
+
+def load_data(config: TrainConfig) -> Any:
+    """The config's corpus or synthetic task (cached per process: corpora are read-only)."""
+    options = dict(config.data_options)
+    if config.data == "teacher":
+        # The teacher's shape follows the MLP's unless the user says otherwise.
+        for key in ("d_in", "d_out"):
+            if key in config.model_options and key not in options:
+                options[key] = config.model_options[key]
+    return _load_data_cached(config.data, tuple(sorted(options.items())))
+
+
+def _builder_options(config: TrainConfig, data: Any, builder: Callable[..., nn.Module]) -> dict[str, Any]:
+    options = dict(config.model_options)
+    if getattr(data, "task", "lm") == "lm":
+        if config.model in LM_MODELS or accepts(builder, "vocab"):
+            options.setdefault("vocab", data.vocab_size)
+        if config.model in LM_MODELS or accepts(builder, "seq_len"):
+            options.setdefault("seq_len", config.seq_len)
+    elif config.model == "mlp":
+        options.setdefault("d_in", data.d_in)
+        options.setdefault("d_out", data.d_out)
+    return options
+
+
+def to_device(batch: tuple[torch.Tensor, torch.Tensor], prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a batch to the run's device; float inputs take the model's dtype."""
+    dtype = torch.float64 if prep.config.precision == "fp64" else torch.float32
+    return tuple(t.to(prep.device, dtype=dtype) if t.is_floating_point() else t.to(prep.device)  # type: ignore[return-value]
+                 for t in batch)
+
+
+def loss_function(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean cross-entropy for LM and classification, mean squared error for regression."""
+    if task == "regression":
+        return F.mse_loss
+
+    def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        flat = logits.reshape(-1, logits.shape[-1])
+        if flat.dtype in (torch.float16, torch.bfloat16):
+            flat = flat.float()  # the loss of a low-precision forward pass is still computed in fp32
+        return F.cross_entropy(flat, targets.reshape(-1))
+
+    return cross_entropy
+
+
+def build_models(config: TrainConfig, data: Any, device: torch.device | str) -> tuple[nn.Module, nn.Module]:
+    """(target, base): the target on ``device`` seeded by ``config.seed``, the base on CPU."""
+    builder = load_builder(config.model)
+    options = _builder_options(config, data, builder)
+    base_width = config.base_width or config.width
+    base_depth = config.base_depth or config.depth
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + _BASE_SEED_OFFSET)
+        base = build_model(builder, base_width, base_depth, "cpu", options)
+    torch.manual_seed(config.seed)
+    target = build_model(builder, config.width, config.depth, device, options)
+    return target, base
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Build and parameterize the model for ``config`` and load its data."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    data = load_data(config)
+    target, base = build_models(config, data, device)
+    if config.precision == "fp64":
+        target = target.to(torch.float64)
+    plan = parameterize(target, base, recipe=config.recipe, optimizer=config.optimizer, mode=config.mode,
+                        alignment=config.alignment, weight_decay=config.weight_decay_policy,
+                        roles=config.roles or None)
+    apply_init_multipliers(plan, target, config)
+    n_params = sum(p.numel() for p in target.parameters())
+    return Prepared(config, target, plan, data, loss_function(getattr(data, "task", "lm")), device, n_params)
+
+
+def apply_init_multipliers(plan: Plan, model: nn.Module, config: TrainConfig) -> None:
+    """Scale each tensor's init by ``init_scale`` (weights only) x ``role_init[role]``."""
+    if config.init_scale == 1.0 and not config.role_init:
+        return
+    params = plan.parameters(model)
+    with torch.no_grad():
+        for name, tp in plan.tensors.items():
+            mult = config.role_init.get(tp.role, 1.0)
+            if tp.role not in ("vector", "scalar"):
+                mult *= config.init_scale
+            if mult != 1.0:
+                params[name].mul_(mult)
+
+
+def param_settings(prep: Prepared) -> dict[str, dict[str, Any]]:
+    """Per-parameter lr / weight_decay / eps (and Muon keys) from the plan, keyed by parameter name."""
+    cfg = prep.config
+    groups = prep.plan.param_groups(cfg.lr, cfg.weight_decay, eps=cfg.eps, gamma=cfg.role_lr or None,
+                                    model=prep.model)
+    by_id = {id(p): n for n, p in prep.model.named_parameters()}
+    out = {}
+    for g in groups:
+        (p,) = g["params"]
+        out[by_id[id(p)]] = {k: v for k, v in g.items() if k not in ("params", "name")}
+    return out
+
+
+def optimizer_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments for the torch optimizer besides the param groups."""
+    if config.optimizer == "sgd":
+        momentum = 0.9 if config.momentum is None else config.momentum
+        return {"momentum": momentum, "nesterov": bool(config.nesterov) and momentum > 0}
+    if config.optimizer in ("adam", "adamw", "adam-atan2"):
+        return {"betas": config.betas}
+    if config.optimizer == "muon":
+        return {"betas": config.betas, "momentum": 0.95 if config.momentum is None else config.momentum,
+                "nesterov": True if config.nesterov is None else config.nesterov}
+    return {}
+
+
+def flops_per_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one forward + backward pass, counted by torch on the ``meta`` device (free)."""
+    from copy import deepcopy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        meta = deepcopy(model).to("meta")
+        xm, ym = x.to("meta"), y.to("meta")
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss_fn(meta(xm), ym).backward()
+        return int(counter.get_total_flops())
+    except Exception:  # noqa: BLE001 - an estimate must never break a run
+        n = sum(p.numel() for p in model.parameters())
+        return 6 * n * x.numel()
+
+
+def environment(data: Any, device: torch.device) -> dict[str, Any]:
+    """Versions and data identity stored with every run."""
+    from .. import __version__
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "proxytune": __version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "argv0": sys.argv[0] if sys.argv else "",
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    info = data.info() if hasattr(data, "info") else {}
+    env["data"] = info
+    return env
+
+
+__all__ = ["Prepared", "prepare", "resolve_device", "load_data", "build_models", "param_settings",
+           "optimizer_kwargs", "flops_per_step", "environment", "loss_function", "BUILTIN_MODELS"]
