@@ -17,19 +17,17 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import proxytune as pt
+from _common import ROOT, write_section
 from proxytune.models import gpt
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def make(variant: str, args) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -111,15 +109,6 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_section(ROOT / "BENCHMARKS.md", "B3. Overhead" + (" (GPU)" if args.device != "cpu" else " (CPU)"), text)
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the section ``## title`` of BENCHMARKS.md."""
-    old = path.read_text() if path.exists() else "# proxytune benchmarks\n"
-    section = f"## {title}\n\n{body}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(section + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + section
-    path.write_text(new)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def _parse_options(options: list[str]) -> dict[str, Any]:
 
 @app.command()
 def explain(
-    model: str = typer.Option("gpt", help="built-in name (gpt, mlp) or pkg.module:build_fn"),
+    model: str = typer.Option("gpt", help="built-in name (gpt, mlp, moe) or pkg.module:build_fn"),
     width: int = typer.Option(..., help="target width"),
     depth: int = typer.Option(..., help="target depth (blocks)"),
     base_width: int = typer.Option(..., help="base (proxy) width where HPs are tuned"),
@@ -70,6 +70,129 @@ def explain(
         typer.echo(json.dumps(plan.to_dict(), indent=1))
     else:
         typer.echo(plan.explain(lr=lr, weight_decay=wd, eps=eps))
+
+
+def _config_error(exc: Exception) -> str:
+    """One readable line per problem, for pydantic and plain errors alike."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping of TrainConfig fields")
+    return data
+
+
+@app.command()
+def train(
+    model: Optional[str] = typer.Option(None, help="built-in name (gpt, mlp, moe) or pkg.module:build_fn [gpt]"),
+    width: Optional[int] = typer.Option(None, help="width [64]"),
+    depth: Optional[int] = typer.Option(None, help="depth (blocks) [2]"),
+    base_width: Optional[int] = typer.Option(None, help="base width the HPs refer to [= width]"),
+    base_depth: Optional[int] = typer.Option(None, help="base depth the HPs refer to [= depth]"),
+    recipe: Optional[str] = typer.Option(None, help=f"one of: {', '.join(RECIPES)} [mup]"),
+    optimizer: Optional[str] = typer.Option(None, help=f"one of: {', '.join(OPTIMIZERS)} [adamw]"),
+    lr: Optional[float] = typer.Option(None, help="base learning rate [3e-3]"),
+    wd: Optional[float] = typer.Option(None, help="base weight decay [0]"),
+    eps: Optional[float] = typer.Option(None, help="base Adam eps [optimizer default]"),
+    steps: Optional[int] = typer.Option(None, help="training steps [200]"),
+    batch_size: Optional[int] = typer.Option(None, help="sequences per step [16]"),
+    seq_len: Optional[int] = typer.Option(None, help="tokens per sequence [64]"),
+    schedule: Optional[str] = typer.Option(None, help="constant, cosine, wsd or linear [cosine]"),
+    warmup: Optional[float] = typer.Option(None, help="warmup steps (>= 1) or fraction of steps (< 1) [0.1]"),
+    data: Optional[str] = typer.Option(None, help="stdlib, teacher, a text file or a .bin token file [stdlib]"),
+    data_option: list[str] = typer.Option([], help="data loader option key=value, e.g. vocab_size=50304"),
+    option: list[str] = typer.Option([], help="model builder option key=value (repeatable)"),
+    seed: Optional[int] = typer.Option(None, help="seed of init and batch order [0]"),
+    threads: Optional[int] = typer.Option(None, help="torch threads"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or auto [cpu]"),
+    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp64 [fp32]"),
+    eval_every: Optional[int] = typer.Option(None, help="evaluate every k steps [50]"),
+    grad_clip: Optional[float] = typer.Option(None, help="max gradient norm; 0 turns clipping off [1.0]"),
+    config: Optional[str] = typer.Option(None, help="YAML/JSON file of TrainConfig fields (flags override it)"),
+    save: Optional[str] = typer.Option(None, help="write the full RunResult as JSON to this path"),
+    as_json: bool = typer.Option(False, "--json", help="print the RunResult as JSON instead of a table"),
+) -> None:
+    """Train one model (progress bar, then a result table)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .train import make_config
+    from .train import train as run_training
+
+    flags = dict(model=model, width=width, depth=depth, base_width=base_width, base_depth=base_depth,
+                 recipe=recipe, optimizer=optimizer, lr=lr, weight_decay=wd, eps=eps, steps=steps,
+                 batch_size=batch_size, seq_len=seq_len, schedule=schedule, data=data, seed=seed,
+                 threads=threads, device=device, precision=precision, eval_every=eval_every)
+    if warmup is not None:
+        flags["warmup"] = int(warmup) if warmup >= 1 else warmup
+    if grad_clip is not None:
+        flags["grad_clip"] = grad_clip if grad_clip > 0 else None
+    try:
+        fields = _load_config_file(config) if config else {}
+        fields.update({k: v for k, v in flags.items() if v is not None})
+        if option:
+            fields["model_options"] = {**fields.get("model_options", {}), **_parse_options(option)}
+        if data_option:
+            fields["data_options"] = {**fields.get("data_options", {}), **_parse_options(data_option)}
+        cfg = make_config(**fields)
+    except Exception as exc:  # noqa: BLE001 - every config problem is a user error here
+        typer.echo(f"error: {_config_error(exc)}", err=True)
+        raise typer.Exit(2) from None
+
+    console = Console(stderr=True)
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
+            task = bar.add_task("train", total=cfg.steps, loss="-")
+            result = run_training(cfg, progress=lambda step, total, loss: bar.update(
+                task, completed=step, loss=f"{loss:.4f}"))
+    except (PlanError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if save:
+        with open(save, "w") as fh:
+            fh.write(result.to_json())
+    if as_json:
+        typer.echo(result.to_json())
+        return
+    _print_result(Console(), result)
+
+
+def _print_result(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    cfg = result.config
+    title = (f"{cfg['model']} width {cfg['width']} depth {cfg['depth']}, {cfg['recipe']} + {cfg['optimizer']}, "
+             f"lr {cfg['lr']:g}")
+    console.print(f"[bold]{title}[/bold]")
+    table = Table()
+    table.add_column("step", justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("val loss", justify="right")
+    for e in result.evals:
+        table.add_row(str(e["step"]), f"{e['train_loss']:.4f}", f"{e['val_loss']:.4f}")
+    console.print(table)
+    summary = Table(show_header=False)
+    for key, value in result.summary().items():
+        shown = f"{value:.4f}" if isinstance(value, float) and key.endswith("loss") else (
+            f"{value:.3g}" if key == "flops" else str(value))
+        summary.add_row(key, shown)
+    if result.diverged:
+        summary.add_row("diverged at step", f"{result.diverged_step} ({result.reason})")
+    console.print(summary)
 
 
 @app.command()

@@ -27,7 +27,16 @@ from .config import BATCHABLE_FIELDS, TrainConfig
 from .loop import ProgressFn, as_config, divergence_reason
 from .result import RunResult, final_train_loss
 from .schedule import lr_factor
-from .setup import Prepared, environment, flops_per_step, optimizer_kwargs, param_settings, prepare, to_device
+from .setup import (
+    Prepared,
+    environment,
+    flops_per_step,
+    optimizer_kwargs,
+    param_settings,
+    prepare,
+    stacked_losses,
+    to_device,
+)
 
 
 class BatchError(ValueError):
@@ -121,10 +130,16 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
     set_attention_impl(template, attention)
     buffers = _shared_buffers(preps)
     loss_fn = preps[0].loss_fn
+    task = getattr(preps[0].data, "task", "lm")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c0.precision == "bf16")
 
-    def member_loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(functional_call(template, (params, buffers), (x,), strict=True), y)
+    def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(template, (params, buffers), (x,), strict=True)
+
+    def losses_of(params: dict[str, Tensor], x: Tensor, y: Tensor, shared: bool) -> Tensor:
+        with autocast:
+            out = vmap(member_forward, in_dims=(0, None if shared else 0))(params, x)
+        return stacked_losses(task, out, y, shared)
 
     # Members with the same data seed see the same batches: sample once, share them.
     seeds = [c.batch_seed for c in cfgs]
@@ -145,15 +160,13 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
             flops_step = flops_per_step(preps[0].model, loss_fn, *batch[seeds[0]])
         params = {sp.name: sp.param for sp in stacked}
         active_seeds = [seeds[i] for i in active]
-        if len(set(active_seeds)) == 1:
+        shared = len(set(active_seeds)) == 1
+        if shared:
             x, y = batch[active_seeds[0]]
-            fn = vmap(member_loss, in_dims=(0, None, None))
         else:
             x = torch.stack([batch[s][0] for s in active_seeds])
             y = torch.stack([batch[s][1] for s in active_seeds])
-            fn = vmap(member_loss, in_dims=(0, 0, 0))
-        with autocast:
-            member_losses = fn(params, x, y)
+        member_losses = losses_of(params, x, y, shared)
         member_losses.sum().backward()
         if c0.grad_clip is not None:
             clip_grad_norm_batched([sp.param for sp in stacked], c0.grad_clip)
@@ -171,7 +184,7 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
         if (step + 1) % c0.eval_every == 0 or step + 1 == c0.steps:
             keep_rows = [r for r in range(len(active)) if r not in leaving]
             if keep_rows:
-                vals = _evaluate(member_loss, stacked, vbatches, autocast)
+                vals = _evaluate(losses_of, stacked, vbatches)
                 for row in keep_rows:
                     i = active[row]
                     val = vals[row]
@@ -236,13 +249,10 @@ def _shared_buffers(preps: list[Prepared]) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def _evaluate(member_loss: Callable, stacked: list[StackedParam], batches: list[tuple[Tensor, Tensor]],
-              autocast: Any) -> list[float]:
+def _evaluate(losses_of: Callable, stacked: list[StackedParam], batches: list[tuple[Tensor, Tensor]]) -> list[float]:
     params = {sp.name: sp.param.detach() for sp in stacked}
-    fn = vmap(member_loss, in_dims=(0, None, None))
     total = None
-    with autocast:
-        for x, y in batches:
-            v = fn(params, x, y).double()
-            total = v if total is None else total + v
+    for x, y in batches:
+        v = losses_of(params, x, y, True).double()
+        total = v if total is None else total + v
     return (total / len(batches)).tolist()

@@ -9,11 +9,10 @@ from typing import Any
 
 import torch
 
-from ..optim import build_optimizer
 from .config import TrainConfig
 from .result import RunResult, final_train_loss
 from .schedule import lr_factor
-from .setup import Prepared, environment, flops_per_step, optimizer_kwargs, param_settings, prepare, to_device
+from .setup import Prepared, environment, flops_per_step, optimizer_kwargs, prepare, to_device
 
 # progress(step_done, total_steps, last_train_loss)
 ProgressFn = Callable[[int, int, float], None]
@@ -72,10 +71,9 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
     start = time.perf_counter()
     prep = prepare(cfg)
     model, device = prep.model, prep.device
-    settings = param_settings(prep)
-    params = dict(model.named_parameters())
-    groups = [dict(s, params=[params[name]], name=name) for name, s in settings.items()]
-    opt = build_optimizer(cfg.optimizer, groups, lr=cfg.lr, **optimizer_kwargs(cfg))
+    # Tensors with equal settings share a group, so foreach kernels batch them as for a plain model.
+    opt = prep.plan.optimizer(cfg.lr, cfg.weight_decay, model=model, gamma=cfg.role_lr or None, eps=cfg.eps,
+                              **optimizer_kwargs(cfg))
     peak = [g["lr"] for g in opt.param_groups]
 
     gen = torch.Generator().manual_seed(cfg.batch_seed)

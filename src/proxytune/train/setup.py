@@ -68,6 +68,8 @@ def load_data(config: TrainConfig) -> Any:
         for key in ("d_in", "d_out"):
             if key in config.model_options and key not in options:
                 options[key] = config.model_options[key]
+        # The held-out set must cover every evaluation batch.
+        options.setdefault("n_val", max(1024, config.eval_batches * config.batch_size))
     return _load_data_cached(config.data, tuple(sorted(options.items())))
 
 
@@ -105,6 +107,25 @@ def loss_function(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     return cross_entropy
 
 
+def stacked_losses(task: str, out: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
+    """Per-member mean losses ``(K,)`` of stacked outputs ``(K, ...)``.
+
+    ``y`` holds each member's targets ``(K, ...)``, or one batch for all when
+    ``shared``. Computed outside ``vmap`` on the flattened stack: one
+    contiguous kernel instead of K strided ones, same value per member as
+    ``loss_function``.
+    """
+    k = out.shape[0]
+    if shared:
+        y = y.expand(k, *y.shape)
+    if task == "regression":
+        return (out - y).pow(2).reshape(k, -1).mean(1)
+    flat = out.reshape(-1, out.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    return F.cross_entropy(flat, y.reshape(-1), reduction="none").view(k, -1).mean(1)
+
+
 def build_models(config: TrainConfig, data: Any, device: torch.device | str) -> tuple[nn.Module, nn.Module]:
     """(target, base): the target on ``device`` seeded by ``config.seed``, the base on CPU."""
     builder = load_builder(config.model)
@@ -125,6 +146,8 @@ def prepare(config: TrainConfig) -> Prepared:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     data = load_data(config)
+    if hasattr(data, "check"):
+        data.check(config.seq_len)  # fail before building anything when the data is too short
     target, base = build_models(config, data, device)
     if config.precision == "fp64":
         target = target.to(torch.float64)
