@@ -215,6 +215,12 @@ def main() -> None:
     ]
     if proc_line:
         lines += ["", proc_line]
+    k8 = [(b, w, r) for b, w, k, _, r in rows if k == 8]
+    if k8:
+        best = max(k8, key=lambda row: row[2])
+        lines += ["", f"Goal of 3x at K = 8 ({'GPU' if p['device'] != 'cpu' else 'CPU'}): "
+                  f"{'reached' if best[2] >= 3 else 'not reached'}; best K = 8 ratio {best[2]:.2f}x "
+                  f"(batch {best[0]}, width {best[1]})."]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
