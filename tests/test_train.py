@@ -221,3 +221,14 @@ def test_all_members_diverging_ends_the_group():
     res = train_batched([lm(lr=100.0, optimizer="sgd", recipe="sp", grad_clip=None, steps=40, seed=s)
                          for s in range(2)])
     assert all(r.status == "diverged" and r.steps_done < 40 for r in res)
+
+
+def test_on_eval_prunes_single_and_batched_members():
+    res = train(lm(steps=12, eval_every=4), on_eval=lambda step, val: step >= 8)
+    assert res.status == "pruned" and res.steps_done == 8 and math.isfinite(res.final_val_loss)
+    members = [lm(lr=lr, steps=12, eval_every=4) for lr in (1e-3, 3e-3, 1e-2)]
+    out = train_batched(members, on_eval=lambda i, step, val: i == 1 and step >= 4)
+    assert [r.status for r in out] == ["complete", "pruned", "complete"]
+    assert out[1].steps_done == 4 and out[0].steps_done == 12
+    alone = train(members[2])
+    assert out[2].final_val_loss == pytest.approx(alone.final_val_loss, rel=1e-4)

@@ -9,8 +9,10 @@
 from .plan import Plan, TensorPlan, parameterize
 from .rules.recipes import OPTIMIZERS, RECIPES, WD_POLICIES
 from .shapes import PlanError
+from .sweep import Sweep, SweepConfig
+from .train import RunResult, TrainConfig, train, train_batched
 
 __version__ = "0.1.0"
 
 __all__ = ["Plan", "TensorPlan", "parameterize", "PlanError", "RECIPES", "OPTIMIZERS", "WD_POLICIES",
-           "__version__"]
+           "TrainConfig", "RunResult", "train", "train_batched", "Sweep", "SweepConfig", "__version__"]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -193,6 +196,136 @@ def _print_result(console: Any, result: Any) -> None:
     if result.diverged:
         summary.add_row("diverged at step", f"{result.diverged_step} ({result.reason})")
     console.print(summary)
+
+
+# ------------------------------------------------------------------ sweeps
+def _sweep_errors(fn: Callable[[], Any]) -> Any:
+    from .data import DataError
+    from .sweep import SweepConfigError
+
+    try:
+        return fn()
+    except (SweepConfigError, DataError, PlanError, ValueError) as exc:
+        typer.echo(f"error: {_config_error(exc)}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _status_tables(status: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    counts = Table(title="trials", show_header=True)
+    for key in status["counts"]:
+        counts.add_column(key, justify="right")
+    counts.add_row(*(str(v) for v in status["counts"].values()))
+    best = Table(title="best per size")
+    best.add_column("size")
+    best.add_column("best point")
+    best.add_column("val loss", justify="right")
+    best.add_column("trial", justify="right")
+    for row in sorted(status["best"], key=lambda r: repr(r["size"])):
+        best.add_row(_fmt_point(row["size"]) or "-", _fmt_point(row["best"]), f"{row['val_loss']:.4f}",
+                     str(row["trial"]))
+    return [counts, best]
+
+
+def _fmt_point(point: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+
+
+def _run_sweep(sweep: Any) -> None:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .sweep.runner import best_per_group
+
+    console = Console()
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    task = bar.add_task(sweep.cfg.name, total=None, detail="")
+    state: dict[str, Any] = {"last_table": 0.0, "tables": []}
+
+    def on_poll(counts: dict[str, int], store: Any) -> None:
+        finished = counts["complete"] + counts["diverged"] + counts["pruned"] + counts["failed"]
+        total = finished + counts["running"] + counts["waiting"]
+        detail = ", ".join(f"{k} {v}" for k, v in counts.items() if v and k != "complete")
+        bar.update(task, completed=finished, total=total, detail=detail)
+        if time.time() - state["last_table"] > 5:
+            state["tables"] = _status_tables({"counts": counts, "best": best_per_group(store.records())})[1:]
+            state["last_table"] = time.time()
+            live.update(Group(bar, *state["tables"]))
+
+    with Live(Group(bar), console=console, refresh_per_second=4, transient=True) as live:
+        try:
+            counts = sweep.run(on_poll=on_poll)
+        except KeyboardInterrupt:
+            console.print("[yellow]stopped: running trials were returned to the queue; "
+                          f"continue with: proxytune resume {sweep.cfg.run_dir}[/yellow]")
+            raise typer.Exit(130) from None
+    for table in _status_tables({"counts": counts, "best": best_per_group(sweep.records())}):
+        console.print(table)
+    console.print(f"results: {sweep.cfg.run_dir}  (proxytune status / export {sweep.cfg.run_dir})")
+
+
+@app.command()
+def sweep(
+    config: str = typer.Argument(..., help="sweep YAML file"),
+    workers: Optional[int] = typer.Option(None, help="worker processes (overrides executor.workers)"),
+    threads: Optional[int] = typer.Option(None, help="torch threads per worker"),
+    batch: Optional[int] = typer.Option(None, help="trials trained together per worker (1 = off)"),
+) -> None:
+    """Run (or continue) the sweep described in CONFIG: progress bar and live table of the best trials."""
+    from .sweep import Sweep
+
+    sw = _sweep_errors(lambda: Sweep.from_yaml(config).with_executor(workers=workers, threads=threads, batch=batch))
+    _sweep_errors(lambda: _run_sweep(sw))
+
+
+@app.command()
+def resume(
+    run_dir: str = typer.Argument(..., help="the sweep's directory, e.g. runs/my-sweep"),
+    workers: Optional[int] = typer.Option(None, help="worker processes"),
+    threads: Optional[int] = typer.Option(None, help="torch threads per worker"),
+    batch: Optional[int] = typer.Option(None, help="trials trained together per worker"),
+) -> None:
+    """Continue a sweep after a crash, kill or reboot: finished trials are kept, lost ones re-run."""
+    from .sweep import Sweep
+
+    sw = _sweep_errors(lambda: Sweep.open(run_dir).with_executor(workers=workers, threads=threads, batch=batch))
+    _sweep_errors(lambda: _run_sweep(sw))
+
+
+@app.command()
+def status(
+    run_dir: str = typer.Argument(..., help="the sweep's directory, e.g. runs/my-sweep"),
+    as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """Trials done / running / waiting / diverged / failed, and the best trial per size."""
+    from rich.console import Console
+
+    from .sweep import Sweep
+
+    st = _sweep_errors(lambda: Sweep.open(run_dir).status())
+    if as_json:
+        typer.echo(json.dumps(st, default=str))
+        return
+    for table in _status_tables(st):
+        Console().print(table)
+
+
+@app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="the sweep's directory"),
+    fmt: str = typer.Option("csv", "--format", help="csv or parquet"),
+    out: Optional[str] = typer.Option(None, help="output path (default: RUN_DIR/trials.<format>)"),
+) -> None:
+    """Write one row per trial (axes, status, losses, tokens, wall time) for your own analysis."""
+    from .sweep import Sweep
+
+    sw = _sweep_errors(lambda: Sweep.open(run_dir))
+    path = out or str(Path(run_dir) / f"trials.{fmt}")
+    written = _sweep_errors(lambda: sw.export(path, fmt))
+    typer.echo(str(written))
 
 
 @app.command()

@@ -88,8 +88,12 @@ def set_attention_impl(model: nn.Module, impl: str) -> bool:
     return found
 
 
+# on_eval(member_index, step, val_loss) -> True to stop that member (status "pruned")
+MemberEvalFn = Callable[[int, int, float], bool]
+
+
 def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: ProgressFn | None = None,
-                  attention: str = "auto") -> list[RunResult]:
+                  on_eval: MemberEvalFn | None = None, attention: str = "auto") -> list[RunResult]:
     """Train ``configs`` together; returns one RunResult per config, in order.
 
     Each member's result matches ``train(config)`` up to float rounding (same
@@ -193,6 +197,9 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
                     if not math.isfinite(val):
                         outcome[i] = ("diverged", f"validation loss became {val}", step)
                         leaving.append(row)
+                    elif on_eval is not None and step + 1 < c0.steps and on_eval(i, step + 1, val):
+                        outcome[i] = ("pruned", f"stopped by on_eval at step {step + 1}", None)
+                        leaving.append(row)
         if leaving:
             keep = [r for r in range(len(active)) if r not in leaving]
             active = [active[r] for r in keep]
@@ -208,7 +215,7 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
     results = []
     for i, cfg in enumerate(cfgs):
         status, reason, diverged_step = outcome.get(i, ("complete", "", None))
-        ok = status == "complete"
+        ok = status != "diverged"
         done = len(losses[i])
         results.append(RunResult(
             status=status,

@@ -16,6 +16,8 @@ from .setup import Prepared, environment, flops_per_step, optimizer_kwargs, prep
 
 # progress(step_done, total_steps, last_train_loss)
 ProgressFn = Callable[[int, int, float], None]
+# on_eval(step, val_loss) -> True to stop the run here (status "pruned"), e.g. for successive halving
+EvalFn = Callable[[int, float], bool]
 
 
 def as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
@@ -58,7 +60,8 @@ def val_batches(prep: Prepared) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [to_device(b, prep) for b in prep.data.val_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)]
 
 
-def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None = None) -> RunResult:
+def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None = None,
+          on_eval: EvalFn | None = None) -> RunResult:
     """Train one model as ``config`` says and return what happened.
 
     Uses the plan from the rules core for init and per-tensor param groups,
@@ -111,11 +114,14 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
             if not math.isfinite(val):
                 status, reason, diverged_step = "diverged", f"validation loss became {val}", step
                 break
+            if on_eval is not None and step + 1 < cfg.steps and on_eval(step + 1, val):
+                status, reason = "pruned", f"stopped by on_eval at step {step + 1}"
+                break
         if progress is not None:
             progress(step + 1, cfg.steps, value)
 
     steps_done = len(losses)
-    ok = status == "complete"
+    ok = status != "diverged"
     return RunResult(
         status=status,
         final_train_loss=final_train_loss(losses) if ok else math.inf,

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATUSES = ("complete", "diverged")
+STATUSES = ("complete", "diverged", "pruned")
 
 # Final train loss = mean over this many last steps: one batch is too noisy to compare LRs.
 FINAL_WINDOW = 10
@@ -17,7 +17,8 @@ FINAL_WINDOW = 10
 class RunResult:
     """The outcome of one run.
 
-    ``status`` is ``complete`` or ``diverged``. A diverged run is a result,
+    ``status`` is ``complete``, ``diverged`` or ``pruned`` (stopped early by
+    a caller, e.g. successive halving). A diverged run is a result,
     not an error: its final losses are ``inf`` and ``diverged_step`` says
     when the loss went non-finite or above ``diverge_factor`` x the first loss.
     """

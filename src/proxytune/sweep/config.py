@@ -1,0 +1,279 @@
+"""The sweep file: one pydantic schema, read from YAML.
+
+Example (``sweep.yaml``)::
+
+    name: width-transfer
+    model: gpt                      # or mypkg.models:build
+    data: stdlib                    # or a text file / .bin token file
+    recipe: mup
+    optimizer: adamw
+    base: {width: 32, depth: 2}     # the shape the HPs refer to
+    axes:
+      width: [32, 64, 128]
+      log2_lr: {start: -10, stop: -4, step: 1}
+      seed: [0, 1]
+    train: {steps: 300, batch_size: 16, seq_len: 64, warmup: 0.1}
+    strategy: {kind: grid}
+    executor: {kind: local, workers: 2, threads: 1, batch: 8}
+    storage: null                   # runs/<name>/trials.journal, or postgresql://...
+
+Axis names are TrainConfig fields (``width``, ``depth``, ``lr``,
+``weight_decay``, ``init_scale``, ``batch_size``, ``steps``, ``seed``...),
+``log2_<field>`` for a field swept in octaves, or ``role_lr.<role>`` /
+``role_init.<role>`` for per-role constants. Values are a list, a
+``{start, stop, step}`` range (grid), or ``{low, high}`` bounds (random/TPE).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..train.config import ROLES, TrainConfig
+
+STRATEGIES = ("grid", "random", "tpe", "halving", "hyperband", "telescoping")
+EXECUTORS = ("local", "ray")
+# Fields set by the sweep itself, not by ``train:``.
+_OWNED = ("model", "model_options", "data", "data_options", "recipe", "optimizer", "base_width", "base_depth")
+
+
+class SweepConfigError(ValueError):
+    """A sweep file that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(_Strict):
+    """``{start, stop, step}``: an inclusive grid; ``{low, high}``: bounds for random/TPE sampling."""
+
+    start: float | None = None
+    stop: float | None = None
+    step: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Range:
+        grid = (self.start, self.stop, self.step)
+        bounds = (self.low, self.high)
+        if all(v is not None for v in grid) and all(v is None for v in bounds):
+            if not self.step > 0 or self.stop < self.start:
+                raise ValueError("a range needs step > 0 and stop >= start")
+            return self
+        if all(v is not None for v in bounds) and all(v is None for v in grid):
+            if not self.high > self.low:
+                raise ValueError("bounds need high > low")
+            return self
+        raise ValueError("give either {start, stop, step} (a grid) or {low, high} (sampling bounds)")
+
+    def values(self) -> list[float]:
+        if self.start is None:
+            raise ValueError("{low, high} bounds have no grid values; use start/stop/step for grid strategies")
+        n = int(math.floor((self.stop - self.start) / self.step + 1e-9)) + 1
+        return [round(self.start + i * self.step, 10) for i in range(n)]
+
+
+class StrategyConfig(_Strict):
+    kind: Literal["grid", "random", "tpe", "halving", "hyperband", "telescoping"] = "grid"
+    n_trials: int | None = Field(None, gt=0, description="trials to run (random, tpe, halving, hyperband)")
+    seed: int = 0
+    min_resource: int | None = Field(None, gt=0, description="halving/hyperband: eval steps before the first cut")
+    reduction_factor: int = Field(3, ge=2, description="halving/hyperband: keep 1 / reduction_factor per rung")
+    shrink: float = Field(4.0, gt=1, description="telescoping: grid points shrink by shrink^(1/n_hps) per doubling")
+    min_points: int = Field(3, ge=1, description="telescoping: never fewer points per HP than this")
+    scale_axis: str = Field("width", description="telescoping: the axis that grows stage by stage")
+
+
+class ExecutorConfig(_Strict):
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(1, gt=0)
+    threads: int = Field(1, gt=0, description="torch threads per worker")
+    batch: int = Field(1, gt=0, description="trials trained together in one worker (1 = off)")
+    lease_seconds: float = Field(60.0, gt=1, description="a running trial whose heartbeat is older is re-queued")
+    address: str | None = Field(None, description="ray: cluster address (None: start ray locally)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs per task")
+
+
+class SweepConfig(_Strict):
+    """A whole sweep: what to train, over which axes, how, and where to store it."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: str = "gpt"
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    data: str = "stdlib"
+    data_options: dict[str, Any] = Field(default_factory=dict)
+    recipe: str = "mup"
+    optimizer: str = "adamw"
+    base: dict[str, int] = Field(default_factory=dict, description="{width: .., depth: ..} of the base shape")
+    axes: dict[str, list[Any] | Range] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict, description="fixed TrainConfig fields")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    storage: str | None = Field(None, description="None: a local file under runs_dir/name; or postgresql://...")
+    runs_dir: str = "runs"
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: dict[str, int]) -> dict[str, int]:
+        for key in v:
+            if key not in ("width", "depth"):
+                raise ValueError(_unknown("base", key, ["width", "depth"]))
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        fields = [f for f in TrainConfig.model_fields if f not in _OWNED]
+        for key in v:
+            if key in _OWNED:
+                raise ValueError(f"train.{key} is set at the top level of the sweep file, not under train")
+            if key not in fields:
+                raise ValueError(_unknown("train", key, fields))
+        return v
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: dict[str, list[Any] | Range]) -> dict[str, list[Any] | Range]:
+        for name, spec in v.items():
+            field_name(name)  # raises with a suggestion
+            if isinstance(spec, list) and not spec:
+                raise ValueError(f"axis {name!r} has no values")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        kind = self.strategy.kind
+        if kind in ("grid", "telescoping"):
+            for name, spec in self.axes.items():
+                if isinstance(spec, Range) and spec.start is None:
+                    raise ValueError(f"axis {name!r}: strategy {kind} needs a list or {{start, stop, step}}")
+        if kind in ("random", "tpe", "halving", "hyperband") and not self.strategy.n_trials:
+            raise ValueError(f"strategy {kind} needs strategy.n_trials")
+        if kind == "telescoping":
+            if self.strategy.scale_axis not in self.axes or not isinstance(self.axes[self.strategy.scale_axis], list):
+                raise ValueError(f"telescoping grows axis {self.strategy.scale_axis!r}: list its values under axes")
+        # Every point must make a valid TrainConfig: check the first one now, before anything is written.
+        base_config(self)
+        return self
+
+    # ------------------------------------------------------------------ io
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SweepConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise SweepConfigError(f"sweep file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SweepConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise SweepConfigError(f"{path}: expected a mapping of sweep settings at the top level")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "sweep config") -> SweepConfig:
+        bad = [_unknown("sweep", k, list(cls.model_fields)) for k in data if k not in cls.model_fields]
+        if bad:
+            raise SweepConfigError(f"{source}: " + "; ".join(bad))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SweepConfigError(f"{source}: " + _format(exc)) from None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def storage_url(self) -> str:
+        """The Optuna storage: an explicit URL, or the sweep's own journal file."""
+        return self.storage or str(self.run_dir / "trials.journal")
+
+    def identity(self) -> dict[str, Any]:
+        """What stored trials depend on: everything but axes, strategy, executor and storage."""
+        return self.model_dump(mode="json", exclude={"axes", "strategy", "executor", "storage", "runs_dir"})
+
+
+def field_name(axis: str) -> str:
+    """The TrainConfig field an axis sets (``log2_lr`` -> ``lr``, ``role_lr.readout`` -> ``role_lr``)."""
+    fields = [f for f in TrainConfig.model_fields if f not in _OWNED]
+    if axis.startswith(("role_lr.", "role_init.")):
+        field, role = axis.split(".", 1)
+        if role not in ROLES:
+            raise ValueError(_unknown(f"{field} role", role, list(ROLES)))
+        return field
+    name = axis[5:] if axis.startswith("log2_") else axis
+    if name not in fields:
+        valid = fields + [f"log2_{f}" for f in ("lr", "weight_decay", "eps", "init_scale")]
+        raise ValueError(_unknown("axis", axis, valid))
+    return name
+
+
+def apply_point(fields: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields with one sweep point's axis values applied."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in fields.items()}
+    for axis, value in point.items():
+        if axis.startswith(("role_lr.", "role_init.")):
+            field, role = axis.split(".", 1)
+            out[field] = {**out.get(field, {}), role: float(value)}
+        elif axis.startswith("log2_"):
+            out[axis[5:]] = 2.0 ** float(value)
+        else:
+            out[axis] = value
+    return out
+
+
+def base_fields(cfg: SweepConfig) -> dict[str, Any]:
+    """TrainConfig fields shared by every point of the sweep."""
+    fields = dict(cfg.train)
+    fields.update(model=cfg.model, model_options=cfg.model_options, data=cfg.data, data_options=cfg.data_options,
+                  recipe=cfg.recipe, optimizer=cfg.optimizer)
+    if "width" in cfg.base:
+        fields["base_width"] = cfg.base["width"]
+    if "depth" in cfg.base:
+        fields["base_depth"] = cfg.base["depth"]
+    fields["threads"] = cfg.executor.threads
+    return fields
+
+
+def first_point(cfg: SweepConfig) -> dict[str, Any]:
+    point = {}
+    for axis, spec in cfg.axes.items():
+        if isinstance(spec, list):
+            point[axis] = spec[0]
+        elif spec.start is not None:
+            point[axis] = spec.start
+        else:
+            point[axis] = spec.low
+    return point
+
+
+def base_config(cfg: SweepConfig) -> TrainConfig:
+    """The TrainConfig of the sweep's first point (validates every fixed field)."""
+    return TrainConfig(**apply_point(base_fields(cfg), first_point(cfg)))
+
+
+def _unknown(where: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"unknown {where} key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+
+
+def _format(exc: ValidationError) -> str:
+    out = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = ".".join(str(x) for x in e["loc"][:-1])
+            msg = "unknown key"
+            model = {"strategy": StrategyConfig, "executor": ExecutorConfig}.get(parent)
+            if model is not None:
+                msg = _unknown(parent, str(e["loc"][-1]), list(model.model_fields))
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(out)

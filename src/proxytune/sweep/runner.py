@@ -1,0 +1,275 @@
+"""``Sweep``: set up a sweep, run it with an executor, report and export it."""
+
+from __future__ import annotations
+
+import csv
+import math
+import multiprocessing as mp
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..train.setup import load_data
+from .config import SweepConfig, SweepConfigError, base_config
+from .space import grid_points, group_key, is_batchable_axis, telescoping_stage
+from .store import SweepStore
+from .worker import StopRequested, open_store, run_worker
+
+CONFIG_FILE = "sweep.yaml"
+# on_poll(counts, store): called about once a second while a sweep runs
+PollFn = Callable[[dict[str, int], SweepStore], None]
+
+
+class Sweep:
+    """A sweep: ``Sweep.from_yaml("sweep.yaml").run()``; resumable by running it again."""
+
+    def __init__(self, cfg: SweepConfig) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Sweep:
+        return cls(SweepConfig.from_yaml(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sweep:
+        return cls(SweepConfig.from_dict(data))
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Sweep:
+        """The sweep stored in ``run_dir`` (its saved ``sweep.yaml``)."""
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise SweepConfigError(f"{str(run_dir)!r} is not a sweep directory (no {CONFIG_FILE} in it)")
+        cfg = SweepConfig.from_yaml(path)
+        # The saved copy lives in runs_dir/name: keep pointing at it wherever the command runs from.
+        return cls(cfg.model_copy(update={"runs_dir": str(Path(run_dir).resolve().parent)}))
+
+    def with_executor(self, **changes: Any) -> Sweep:
+        """The same sweep with executor settings changed (workers, threads, batch...)."""
+        ex = self.cfg.executor.model_copy(update={k: v for k, v in changes.items() if v is not None})
+        return Sweep(self.cfg.model_copy(update={"executor": ex}))
+
+    # ------------------------------------------------------------------- setup
+    def prepare(self) -> SweepStore:
+        """Check data and storage, open (or create) the study and enqueue the points.
+
+        Every check that can fail runs before anything is written.
+        """
+        cfg = self.cfg
+        first = base_config(cfg)
+        data = load_data(first)  # a missing or too-short data file fails here
+        if hasattr(data, "check"):
+            data.check(first.seq_len)
+        if cfg.strategy.kind in ("halving", "hyperband"):
+            warnings.warn(f"strategy {cfg.strategy.kind!r} stops trials early, which favours large learning rates "
+                          "(they look good early); never use its optimum for the transfer verdict.", stacklevel=2)
+        store = open_store(cfg, create=True)
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = cfg.run_dir / CONFIG_FILE
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        os.replace(tmp, saved)
+        if cfg.strategy.kind == "grid":
+            store.enqueue(grid_points(cfg.axes))
+        elif cfg.strategy.kind == "telescoping" and not store.trials():
+            store.enqueue(telescoping_stage(cfg, 0, None), stage=0)
+        return store
+
+    # --------------------------------------------------------------------- run
+    def run(self, *, on_poll: PollFn | None = None, poll_seconds: float = 1.0) -> dict[str, int]:
+        """Run (or continue) the sweep until no trial is left; returns the final counts."""
+        store = self.prepare()
+        while True:
+            if self.cfg.executor.kind == "ray":
+                _run_ray(self.cfg, store, on_poll, poll_seconds)
+            else:
+                _run_local(self.cfg, store, on_poll, poll_seconds)
+            if self.cfg.strategy.kind != "telescoping" or not self._advance_stage(store):
+                break
+        return store.counts()
+
+    def _advance_stage(self, store: SweepStore) -> bool:
+        stages = [t.user_attrs.get("stage", 0) for t in store.trials()]
+        stage = max(stages) if stages else 0
+        done = [r for r in store.records() if r["stage"] == stage]
+        if not done or any(r["status"] in ("waiting", "running") for r in done):
+            return False
+        points = telescoping_stage(self.cfg, stage + 1, done)
+        return bool(points) and store.enqueue(points, stage=stage + 1) > 0
+
+    # ---------------------------------------------------------------- reading
+    def store(self) -> SweepStore:
+        return open_store(self.cfg, create=False)
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.store().records()
+
+    def status(self) -> dict[str, Any]:
+        """Counts per status and the best completed trial of every size."""
+        store = self.store()
+        return {"counts": store.counts(), "best": best_per_group(store.records())}
+
+    def export(self, path: str | Path, fmt: str = "csv") -> Path:
+        """Write one row per trial (axes, status, losses, tokens, time) as CSV or Parquet."""
+        rows = self.records()
+        path = Path(path)
+        if fmt == "csv":
+            columns = _columns(rows)
+            with path.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        elif fmt == "parquet":
+            try:
+                import pandas as pd
+                pd.DataFrame(rows, columns=_columns(rows)).to_parquet(path)
+            except ImportError as exc:
+                raise SweepConfigError(f"parquet export needs pandas and pyarrow ({exc}); "
+                                       "pip install pandas pyarrow, or use --format csv") from None
+        else:
+            raise SweepConfigError(f"unknown export format {fmt!r}; valid: csv, parquet")
+        return path
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols or ["trial", "status"]
+
+
+def best_per_group(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lowest-loss completed trial for every combination of the non-batchable axes (the 'size')."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["status"] != "complete" or not math.isfinite(r["val_loss"]):
+            continue
+        point = {k: v for k, v in r.items() if k not in _RECORD_KEYS}
+        key = group_key(point)
+        if key not in best or r["val_loss"] < best[key]["val_loss"]:
+            best[key] = {"size": {k: v for k, v in point.items() if not is_batchable_axis(k)},
+                         "best": {k: v for k, v in point.items() if is_batchable_axis(k)},
+                         "val_loss": r["val_loss"], "trial": r["trial"]}
+    return list(best.values())
+
+
+_RECORD_KEYS = {"trial", "status", "stage", "val_loss", "train_loss", "steps", "tokens", "flops", "wall_time",
+                "diverged_step", "error"}
+
+
+# ------------------------------------------------------------------ executors
+def _worker_entry(config: dict[str, Any], index: int) -> None:
+    try:
+        run_worker(config, index)
+    except StopRequested:
+        pass
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_seconds: float) -> None:
+    """N worker processes (spawned), one GPU each when there are GPUs; respawned while work is waiting."""
+    ctx = mp.get_context("spawn")
+    config = cfg.model_dump(mode="json")
+    n_gpus = _gpu_count()
+    procs: list[mp.Process] = []
+    spawned = 0
+
+    def spawn(n: int) -> None:
+        nonlocal spawned
+        for _ in range(n):
+            env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if n_gpus:
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(spawned % n_gpus)
+            proc = ctx.Process(target=_worker_entry, args=(config, spawned), name=f"proxytune-worker-{spawned}")
+            proc.start()
+            if n_gpus:
+                if env_before is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = env_before
+            procs.append(proc)
+            spawned += 1
+
+    spawn(cfg.executor.workers)
+    idle_respawns = 0
+    try:
+        while True:
+            time.sleep(poll_seconds)
+            store.requeue_stale()
+            counts = store.counts()
+            if on_poll is not None:
+                on_poll(counts, store)
+            alive = [p for p in procs if p.is_alive()]
+            if counts["waiting"] and len(alive) < cfg.executor.workers:
+                idle_respawns = idle_respawns + 1 if not alive else 0
+                if idle_respawns > 3:
+                    raise RuntimeError("workers keep exiting while trials are waiting; see the failed trials' errors "
+                                       "(proxytune status)")
+                spawn(cfg.executor.workers - len(alive))
+                continue
+            if not alive and not counts["waiting"] and not _own_running(store):
+                break
+    except BaseException:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker gives its trials back to the queue
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+        store.requeue_stale()
+        raise
+    for p in procs:
+        p.join()
+
+
+def _own_running(store: SweepStore) -> bool:
+    """Running trials that will come back to this sweep process (stale ones are re-queued)."""
+    stale = {t.number for t in store.stale()}
+    return any(t.number in stale for t in store.trials()) if stale else False
+
+
+def _ray_worker(config: dict[str, Any], index: int) -> int:
+    return run_worker(config, index, install_signals=False)
+
+
+def _run_ray(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_seconds: float) -> None:
+    """Workers as Ray tasks (``ray.init()`` locally, or ``executor.address`` for a cluster)."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepConfigError("executor 'ray' needs Ray: pip install 'proxytune[ray]'") from None
+    if "://" not in cfg.storage_url() and cfg.executor.address:
+        warnings.warn("a Ray cluster with a local journal file only works when every node shares the file; "
+                      "use a postgresql:// storage for many machines", stacklevel=2)
+    if not ray.is_initialized():
+        ray.init(address=cfg.executor.address, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=cfg.executor.threads, num_gpus=cfg.executor.gpus_per_worker)(_ray_worker)
+    config = cfg.model_dump(mode="json")
+    pending = [task.remote(config, i) for i in range(cfg.executor.workers)]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, timeout=poll_seconds)
+            ray.get(done)
+            store.requeue_stale()
+            if on_poll is not None:
+                on_poll(store.counts(), store)
+            if not pending and store.counts()["waiting"]:
+                pending = [task.remote(config, i) for i in range(cfg.executor.workers)]
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise

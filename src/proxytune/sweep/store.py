@@ -1,0 +1,362 @@
+"""Where a sweep's trials live: an Optuna storage, with leases for crash safety.
+
+Default storage: one journal file per sweep (``runs/<name>/trials.journal``),
+safe for many processes on one machine, no server. ``postgresql://...`` (any
+SQLAlchemy URL) for many machines.
+
+Every trial records its sweep point, full TrainConfig, curve, final metrics,
+status and environment as Optuna user attributes. States:
+
+- ``waiting``: enqueued, not yet claimed;
+- ``running``: claimed by a worker that holds a *lease* (host, pid, expiry)
+  renewed by a heartbeat thread. A running trial whose lease expired, or
+  whose worker process on this host is gone, is *stale*: it is marked
+  failed (``status="requeued"``) and its point is enqueued again;
+- ``complete`` (Optuna COMPLETE, value = final val loss), ``diverged``
+  (COMPLETE with value ``inf``: a result, not a failure), ``pruned``,
+  ``failed`` (an exception in training; the error is kept).
+
+A point never runs twice: claiming is an atomic WAITING -> RUNNING transition
+in the storage, and a claimed trial whose point is already complete, or held
+by a running trial with a lower number, steps aside (``status="duplicate"``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from ..train.result import RunResult
+from .config import SweepConfig, SweepConfigError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+IDENTITY_ATTR = "proxytune_identity"
+HOST = socket.gethostname()
+
+
+def point_id(point: dict[str, Any]) -> str:
+    """Canonical text of a sweep point (the key that makes 'the same point' exact)."""
+    return json.dumps({k: point[k] for k in sorted(point)}, sort_keys=True)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; file paths become journal storages."""
+    if "://" not in url:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary; the message is what matters
+        raise SweepConfigError(f"cannot open storage {_redact(url)}: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def existing_studies(url: str) -> list[str]:
+    """Names of the studies in a storage, without creating anything (a missing file has none)."""
+    if "://" not in url and not Path(url).exists():
+        return []
+    storage = open_storage(url)
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+class SweepStore:
+    """The trials of one sweep in one Optuna storage."""
+
+    def __init__(self, cfg: SweepConfig, study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+        self.cfg = cfg
+        self.study = study
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(cfg.name)
+        self.lease_seconds = cfg.executor.lease_seconds
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, cfg: SweepConfig, *, create: bool, sampler: Any = None, pruner: Any = None) -> SweepStore:
+        """Open the sweep's study; with ``create``, make it if missing.
+
+        Refuses a storage file that belongs to another sweep, and a stored
+        sweep whose identity (model, data, recipe, base, training settings)
+        differs from ``cfg``, naming what changed.
+        """
+        url = cfg.storage_url()
+        file_store = "://" not in url
+        names = existing_studies(url)
+        if file_store and names and cfg.name not in names:
+            raise SweepConfigError(f"storage file {url!r} belongs to sweep {', '.join(names)!r}, not {cfg.name!r}; "
+                                   "use another runs_dir or storage")
+        if cfg.name not in names and not create:
+            raise SweepConfigError(f"no sweep named {cfg.name!r} in {_redact(url)}")
+        storage = open_storage(url)
+        identity = cfg.identity()
+        if cfg.name in names:
+            study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner)
+            stored = study.user_attrs.get(IDENTITY_ATTR)
+            if stored is not None and stored != identity:
+                changes = _diff(stored, identity)
+                raise SweepConfigError(
+                    f"sweep {cfg.name!r} in {_redact(url)} was run with a different configuration; its stored trials "
+                    f"would not match: {'; '.join(changes)}. Restore these settings, or give the sweep a new name.")
+        else:
+            study = optuna.create_study(study_name=cfg.name, storage=storage, direction="minimize",
+                                        sampler=sampler, pruner=pruner, load_if_exists=True)
+            study.set_user_attr(IDENTITY_ATTR, identity)
+        return cls(cfg, study, storage)
+
+    # --------------------------------------------------------------- trials
+    def trials(self, states: Iterable[TrialState] | None = None) -> list[optuna.trial.FrozenTrial]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False,
+                                           states=tuple(states) if states is not None else None)
+
+    def enqueue(self, points: list[dict[str, Any]], stage: int = 0) -> int:
+        """Enqueue the points not already waiting, running or done; returns how many were added."""
+        taken = {t.user_attrs.get("point_id") for t in self.trials()
+                 if t.state != TrialState.FAIL}
+        added = 0
+        for point in points:
+            pid = point_id(point)
+            if pid in taken:
+                continue
+            self.study.enqueue_trial({}, user_attrs={"point": point, "point_id": pid, "stage": stage,
+                                                     "status": "waiting"})
+            taken.add(pid)
+            added += 1
+        return added
+
+    def claim(self, limit: int, same_group: Any = None) -> list[optuna.trial.FrozenTrial]:
+        """Atomically take up to ``limit`` waiting trials (``same_group(point)`` equal to the first's)."""
+        claimed: list[optuna.trial.FrozenTrial] = []
+        group = None
+        for t in self.trials((TrialState.WAITING,)):
+            if len(claimed) >= limit:
+                break
+            point = t.user_attrs.get("point", {})
+            key = same_group(point) if same_group is not None else None
+            if claimed and key != group:
+                continue
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    continue
+            except UpdateFinishedTrialError:
+                continue
+            self._set_lease(t._trial_id)
+            if self._is_duplicate(t):
+                self._finish_state(t._trial_id, TrialState.FAIL, None, {"status": "duplicate"})
+                continue
+            claimed.append(self.storage.get_trial(t._trial_id))
+            group = key
+        return claimed
+
+    def register(self, trial_id: int, point: dict[str, Any], stage: int = 0) -> bool:
+        """Record the point of a trial created by a sampler (``study.ask``); False if it is a duplicate."""
+        pid = point_id(point)
+        for key, value in (("point", point), ("point_id", pid), ("stage", stage), ("status", "running")):
+            self.storage.set_trial_user_attr(trial_id, key, value)
+        self._set_lease(trial_id)
+        if self._is_duplicate(self.storage.get_trial(trial_id)):
+            self._finish_state(trial_id, TrialState.FAIL, None, {"status": "duplicate"})
+            return False
+        return True
+
+    def _is_duplicate(self, trial: optuna.trial.FrozenTrial) -> bool:
+        pid = trial.user_attrs.get("point_id")
+        for other in self.trials((TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+            if other._trial_id == trial._trial_id or other.user_attrs.get("point_id") != pid:
+                continue
+            if other.state != TrialState.RUNNING or other.number < trial.number:
+                return True
+        return False
+
+    # ---------------------------------------------------------------- leases
+    def _set_lease(self, trial_id: int) -> None:
+        self.storage.set_trial_user_attr(trial_id, "lease", {"host": HOST, "pid": os.getpid(),
+                                                             "until": time.time() + self.lease_seconds})
+
+    def heartbeat(self, trial_ids: Iterable[int]) -> None:
+        for tid in trial_ids:
+            try:
+                self._set_lease(tid)
+            except (UpdateFinishedTrialError, RuntimeError):
+                pass  # finished meanwhile
+
+    def stale(self) -> list[optuna.trial.FrozenTrial]:
+        """Running trials whose worker is gone: lease expired, or its process on this host no longer exists."""
+        now = time.time()
+        out = []
+        for t in self.trials((TrialState.RUNNING,)):
+            lease = t.user_attrs.get("lease")
+            if lease is None:
+                started = t.datetime_start.timestamp() if t.datetime_start else now
+                if now - started > self.lease_seconds:
+                    out.append(t)
+            elif lease["until"] < now or (lease["host"] == HOST and not _alive(lease["pid"])):
+                out.append(t)
+        return out
+
+    def requeue_stale(self) -> int:
+        """Fail the stale trials and enqueue their points again; returns how many."""
+        n = 0
+        for t in self.stale():
+            if self._finish_state(t._trial_id, TrialState.FAIL, None, {"status": "requeued"}):
+                point = t.user_attrs.get("point")
+                if point is not None:
+                    self.study.enqueue_trial({}, user_attrs={"point": point, "point_id": point_id(point),
+                                                             "stage": t.user_attrs.get("stage", 0),
+                                                             "status": "waiting", "requeued_from": t.number})
+                n += 1
+        return n
+
+    # --------------------------------------------------------------- results
+    def finish(self, trial_id: int, result: RunResult) -> bool:
+        """Store a RunResult and close the trial (False if it had been re-queued meanwhile)."""
+        data = result.to_dict()
+        attrs = {"status": result.status, "result": {k: v for k, v in data.items() if k not in ("config", "env")},
+                 "config": data["config"], "env": data["env"]}
+        if result.status == "pruned":
+            return self._finish_state(trial_id, TrialState.PRUNED, None, attrs)
+        value = result.final_val_loss if result.status == "complete" else math.inf
+        return self._finish_state(trial_id, TrialState.COMPLETE, [value], attrs)
+
+    def fail(self, trial_id: int, error: str, config: dict[str, Any] | None = None) -> bool:
+        attrs = {"status": "failed", "error": error[-4000:]}
+        if config is not None:
+            attrs["config"] = config
+        return self._finish_state(trial_id, TrialState.FAIL, None, attrs)
+
+    def release(self, trial_id: int) -> bool:
+        """Give a claimed trial back (clean stop): fail it as ``requeued`` and enqueue its point again."""
+        trial = self.storage.get_trial(trial_id)
+        if not self._finish_state(trial_id, TrialState.FAIL, None, {"status": "requeued"}):
+            return False
+        point = trial.user_attrs.get("point")
+        if point is not None:
+            self.study.enqueue_trial({}, user_attrs={"point": point, "point_id": point_id(point),
+                                                     "stage": trial.user_attrs.get("stage", 0),
+                                                     "status": "waiting", "requeued_from": trial.number})
+        return True
+
+    def _finish_state(self, trial_id: int, state: TrialState, values: list[float] | None,
+                      attrs: dict[str, Any]) -> bool:
+        try:
+            for key, value in attrs.items():
+                self.storage.set_trial_user_attr(trial_id, key, value)
+            self.storage.set_trial_state_values(trial_id, state=state, values=values)
+            return True
+        except UpdateFinishedTrialError:
+            return False
+
+    # ---------------------------------------------------------------- reading
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per trial (point axes as columns), for status, export and analysis."""
+        rows = []
+        for t in self.trials():
+            status = _status(t)
+            if status in ("requeued", "duplicate"):
+                continue
+            res = t.user_attrs.get("result", {})
+            row = {"trial": t.number, "status": status, "stage": t.user_attrs.get("stage", 0)}
+            row.update(t.user_attrs.get("point", {}))
+            row.update({
+                "val_loss": _float(res.get("final_val_loss")),
+                "train_loss": _float(res.get("final_train_loss")),
+                "steps": res.get("steps_done"), "tokens": res.get("tokens"), "flops": res.get("flops"),
+                "wall_time": res.get("wall_time"), "diverged_step": res.get("diverged_step"),
+                "error": t.user_attrs.get("error", ""),
+            })
+            rows.append(row)
+        return rows
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("complete", "diverged", "pruned", "failed", "running", "waiting")}
+        for t in self.trials():
+            s = _status(t)
+            if s in out:
+                out[s] += 1
+        return out
+
+
+def _status(t: optuna.trial.FrozenTrial) -> str:
+    if t.state == TrialState.WAITING:
+        return "waiting"
+    if t.state == TrialState.RUNNING:
+        return "running"
+    if t.state == TrialState.PRUNED:
+        return "pruned"
+    if t.state == TrialState.COMPLETE:
+        return t.user_attrs.get("status", "complete")
+    return t.user_attrs.get("status", "failed")
+
+
+def _float(v: Any) -> float:
+    if v is None:
+        return math.nan
+    return float(v)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) still answers signal 0.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: stored {old!r}, now {new!r}"]
+    return []
+
+
+class Heartbeat:
+    """Renews the leases of a worker's running trials every lease/4 seconds, in a thread."""
+
+    def __init__(self, store: SweepStore, trial_ids: list[int]) -> None:
+        self.store = store
+        self.trial_ids = list(trial_ids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.store.lease_seconds / 4):
+            self.store.heartbeat(self.trial_ids)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,136 @@
+"""The worker loop: claim trials, train them (batched when possible), store the results.
+
+The same function runs in a local worker process and in a Ray task. It only
+talks to the store, so any number of workers on any number of machines can
+share one sweep.
+"""
+
+from __future__ import annotations
+
+import signal
+import traceback
+from typing import Any
+
+import optuna
+import torch
+
+from ..train import TrainConfig, group_batchable, train, train_batched
+from ..train.batched import BatchError
+from ..optim.batched import BATCHED_OPTIMIZERS
+from .config import SweepConfig, apply_point, base_fields
+from .space import group_key, suggest_point
+from .store import Heartbeat, SweepStore
+
+SAMPLED = ("random", "tpe", "halving", "hyperband")
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT reached a worker: give the claimed trials back and exit."""
+
+
+def sampler_and_pruner(cfg: SweepConfig) -> tuple[Any, Any]:
+    kind, s = cfg.strategy.kind, cfg.strategy
+    sampler = optuna.samplers.TPESampler(seed=s.seed) if kind == "tpe" else optuna.samplers.RandomSampler(seed=s.seed)
+    pruner: Any = optuna.pruners.NopPruner()
+    if kind == "halving":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=s.min_resource or "auto",
+                                                        reduction_factor=s.reduction_factor)
+    elif kind == "hyperband":
+        steps = int(cfg.train.get("steps", TrainConfig.model_fields["steps"].default))
+        pruner = optuna.pruners.HyperbandPruner(min_resource=s.min_resource or 1, max_resource=steps,
+                                                reduction_factor=s.reduction_factor)
+    return sampler, pruner
+
+
+def open_store(cfg: SweepConfig, create: bool = False) -> SweepStore:
+    sampler, pruner = sampler_and_pruner(cfg)
+    return SweepStore.open(cfg, create=create, sampler=sampler, pruner=pruner)
+
+
+def _next_trials(store: SweepStore, cfg: SweepConfig) -> list[tuple[int, dict[str, Any]]]:
+    """(trial_id, point) pairs to run next; empty when there is nothing left for this worker."""
+    k = cfg.executor.batch
+    claimed = store.claim(k, same_group=group_key)
+    if claimed or cfg.strategy.kind not in SAMPLED:
+        return [(t._trial_id, t.user_attrs["point"]) for t in claimed]
+    done = sum(1 for t in store.trials() if t.user_attrs.get("status") not in ("requeued", "duplicate", "failed"))
+    out = []
+    for _ in range(min(k, cfg.strategy.n_trials - done)):
+        trial = store.study.ask()
+        point = suggest_point(trial, cfg)
+        if store.register(trial._trial_id, point):
+            out.append((trial._trial_id, point))
+    return out
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: bool = True) -> int:
+    """Run trials of the sweep ``config`` until none is left; returns how many this worker finished."""
+    cfg = SweepConfig.model_validate(config)
+    torch.set_num_threads(cfg.executor.threads)
+    if install_signals:
+        signal.signal(signal.SIGTERM, _raise_stop)
+        signal.signal(signal.SIGINT, _raise_stop)
+    store = open_store(cfg)
+    fields = base_fields(cfg)
+    finished = 0
+    while True:
+        store.requeue_stale()
+        batch = _next_trials(store, cfg)
+        if not batch:
+            return finished
+        ids = [tid for tid, _ in batch]
+        pending = set(ids)
+        try:
+            with Heartbeat(store, ids):
+                configs = [TrainConfig(**apply_point(fields, p)) for _, p in batch]
+                for group in group_batchable(configs):
+                    members = [(ids[i], configs[i]) for i in group]
+                    for tid, result in _train_group(store, members):
+                        if tid in pending:
+                            if result is None:  # failed and stored as failed by _train_group
+                                pending.discard(tid)
+                                continue
+                            store.finish(tid, result)
+                            pending.discard(tid)
+                            finished += 1
+        except StopRequested:
+            for tid in pending:
+                store.release(tid)
+            raise
+        except Exception:  # noqa: BLE001 - a failing trial is stored, the worker goes on
+            err = traceback.format_exc()
+            for tid in pending:
+                store.fail(tid, err)
+
+
+def _train_group(store: SweepStore, members: list[tuple[int, TrainConfig]]):  # noqa: ANN202
+    """Yield (trial_id, RunResult) for a group of same-architecture configs."""
+    pruning = not isinstance(store.study.pruner, optuna.pruners.NopPruner)
+    trials = {tid: optuna.Trial(store.study, tid) for tid, _ in members} if pruning else {}
+
+    def report(tid: int, step: int, val: float) -> bool:
+        if not pruning:
+            return False
+        trials[tid].report(val, step)
+        return trials[tid].should_prune()
+
+    configs = [c for _, c in members]
+    if len(members) > 1 and configs[0].optimizer in BATCHED_OPTIMIZERS and configs[0].mode == "folded":
+        try:
+            results = train_batched(configs, on_eval=lambda i, step, val: report(members[i][0], step, val))
+            yield from zip([tid for tid, _ in members], results)
+            return
+        except BatchError:
+            pass  # e.g. per-member buffers: fall back to one at a time
+    for tid, cfg in members:
+        try:
+            yield tid, train(cfg, on_eval=lambda step, val, tid=tid: report(tid, step, val))
+        except StopRequested:
+            raise
+        except Exception:  # noqa: BLE001
+            store.fail(tid, traceback.format_exc(), cfg.model_dump(mode="json"))
+            yield tid, None
