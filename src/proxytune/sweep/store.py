@@ -245,16 +245,20 @@ class SweepStore:
         return self._finish_state(trial_id, TrialState.FAIL, None, attrs)
 
     def release(self, trial_id: int) -> bool:
-        """Give a claimed trial back (clean stop): fail it as ``requeued`` and enqueue its point again."""
+        """Give a claimed trial back (clean stop): enqueue its point again, then fail it as ``requeued``.
+
+        Enqueueing first means an interrupted release can only leave a
+        duplicate in the queue (resolved when claimed), never lose the point.
+        """
         trial = self.storage.get_trial(trial_id)
-        if not self._finish_state(trial_id, TrialState.FAIL, None, {"status": "requeued"}):
+        if trial.state != TrialState.RUNNING:
             return False
         point = trial.user_attrs.get("point")
         if point is not None:
             self.study.enqueue_trial({}, user_attrs={"point": point, "point_id": point_id(point),
                                                      "stage": trial.user_attrs.get("stage", 0),
                                                      "status": "waiting", "requeued_from": trial.number})
-        return True
+        return self._finish_state(trial_id, TrialState.FAIL, None, {"status": "requeued"})
 
     def _finish_state(self, trial_id: int, state: TrialState, values: list[float] | None,
                       attrs: dict[str, Any]) -> bool:

@@ -98,6 +98,9 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
                             pending.discard(tid)
                             finished += 1
         except StopRequested:
+            # A second Ctrl-C or SIGTERM must not interrupt the hand-back.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             for tid in pending:
                 store.release(tid)
             raise
