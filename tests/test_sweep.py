@@ -217,6 +217,15 @@ def test_export_csv_and_cli(tmp_path):
     assert res.exit_code == 0, res.output
     lines = (run_dir / "trials.csv").read_text().splitlines()
     assert len(lines) == 3 and "val_loss" in lines[0] and "log2_lr" in lines[0]
+    res = runner.invoke(app, ["export", str(run_dir), "--format", "parquet"])
+    try:
+        import pandas as pd
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert res.exit_code == 2 and "pip install" in res.output
+    else:
+        assert res.exit_code == 0, res.output
+        assert len(pd.read_parquet(run_dir / "trials.parquet")) == 2
     res = runner.invoke(app, ["status", str(tmp_path / "runs")])
     assert res.exit_code == 2 and "not a sweep directory" in res.output
     bad = tmp_path / "bad.yaml"

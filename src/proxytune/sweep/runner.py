@@ -16,7 +16,7 @@ import yaml
 
 from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
-from .space import grid_points, group_key, is_batchable_axis, telescoping_stage
+from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
 from .store import SweepStore
 from .worker import StopRequested, open_store, run_worker
 
@@ -75,7 +75,7 @@ class Sweep:
         tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         os.replace(tmp, saved)
         if cfg.strategy.kind == "grid":
-            store.enqueue(grid_points(cfg.axes))
+            store.enqueue(largest_first(grid_points(cfg.axes), cfg.train))
         elif cfg.strategy.kind == "telescoping" and not store.trials():
             store.enqueue(telescoping_stage(cfg, 0, None), stage=0)
         return store

@@ -32,6 +32,20 @@ def grid_points(axes: dict[str, list[Any] | Range]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(axis_values(axes[n]) for n in names))]
 
 
+def largest_first(points: list[dict[str, Any]], fixed: dict[str, Any]) -> list[dict[str, Any]]:
+    """Points reordered so the most expensive shapes run first (shorter sweeps on several workers).
+
+    Cost estimate: width^2 x depth x steps x batch_size x seq_len, from the
+    point or the fixed training settings; the order inside a shape is kept.
+    """
+    def cost(p: dict[str, Any]) -> float:
+        get = {**fixed, **p}.get
+        return float(get("width", 1)) ** 2 * float(get("depth", 1)) * float(get("steps", 1)) * float(
+            get("batch_size", 1)) * float(get("seq_len", 1))
+
+    return sorted(points, key=cost, reverse=True)  # sorted() is stable
+
+
 def group_key(point: dict[str, Any]) -> str:
     """Points with equal keys differ only in batchable axes."""
     return repr(sorted((k, v) for k, v in point.items() if not is_batchable_axis(k)))

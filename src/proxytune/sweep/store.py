@@ -144,11 +144,21 @@ class SweepStore:
             added += 1
         return added
 
-    def claim(self, limit: int, same_group: Any = None) -> list[optuna.trial.FrozenTrial]:
-        """Atomically take up to ``limit`` waiting trials (``same_group(point)`` equal to the first's)."""
+    def claim(self, limit: int, same_group: Any = None, share: int = 1) -> list[optuna.trial.FrozenTrial]:
+        """Atomically take up to ``limit`` waiting trials (``same_group(point)`` equal to the first's).
+
+        ``share``: the number of workers; a worker takes at most its share of
+        the first group's waiting trials, so one large group does not leave
+        the other workers idle.
+        """
         claimed: list[optuna.trial.FrozenTrial] = []
         group = None
-        for t in self.trials((TrialState.WAITING,)):
+        waiting = self.trials((TrialState.WAITING,))
+        if waiting and same_group is not None and share > 1:
+            first = same_group(waiting[0].user_attrs.get("point", {}))
+            n = sum(1 for t in waiting if same_group(t.user_attrs.get("point", {})) == first)
+            limit = min(limit, max(1, math.ceil(n / share)))
+        for t in waiting:
             if len(claimed) >= limit:
                 break
             point = t.user_attrs.get("point", {})

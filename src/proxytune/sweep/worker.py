@@ -50,7 +50,7 @@ def open_store(cfg: SweepConfig, create: bool = False) -> SweepStore:
 def _next_trials(store: SweepStore, cfg: SweepConfig) -> list[tuple[int, dict[str, Any]]]:
     """(trial_id, point) pairs to run next; empty when there is nothing left for this worker."""
     k = cfg.executor.batch
-    claimed = store.claim(k, same_group=group_key)
+    claimed = store.claim(k, same_group=group_key, share=cfg.executor.workers)
     if claimed or cfg.strategy.kind not in SAMPLED:
         return [(t._trial_id, t.user_attrs["point"]) for t in claimed]
     done = sum(1 for t in store.trials() if t.user_attrs.get("status") not in ("requeued", "duplicate", "failed"))

@@ -217,6 +217,15 @@ def flops_per_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torc
         return 6 * n * x.numel()
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return ""
+
+
 def environment(data: Any, device: torch.device) -> dict[str, Any]:
     """Versions and data identity stored with every run."""
     from .. import __version__
@@ -225,6 +234,8 @@ def environment(data: Any, device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "proxytune": __version__,
+        "numpy": _version("numpy"),
+        "optuna": _version("optuna"),
         "platform": platform.platform(),
         "device": str(device),
         "argv0": sys.argv[0] if sys.argv else "",
