@@ -1,0 +1,1 @@
+"""From trials to answers: optima, transfer verdict, laws, rules of thumb, prediction."""
