@@ -328,6 +328,87 @@ def export(
     typer.echo(str(written))
 
 
+# ---------------------------------------------------------------- analysis
+@app.command()
+def analyze(
+    run_dir: str = typer.Argument(..., help="the sweep's directory"),
+    hp: str = typer.Option("log2_lr", help="the HP axis whose optimum is sought"),
+    size_axis: str = typer.Option("width", help="the axis along which transfer is judged"),
+    as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """Optimum per size (with 90% interval) and the transfer verdict of a sweep."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .analysis.optimum import optima_by_group
+    from .analysis.verdict import transfer_verdict
+    from .sweep import Sweep
+
+    records = _sweep_errors(lambda: Sweep.open(run_dir).records())
+    if not any(hp in r for r in records):
+        typer.echo(f"error: the sweep has no axis {hp!r}", err=True)
+        raise typer.Exit(2)
+    optima = optima_by_group(records, hp)
+    verdict = None
+    sizes = {o.group.get(size_axis) for o in optima if size_axis in o.group}
+    if len(sizes) >= 2 and len(sizes) == len(optima):
+        verdict = transfer_verdict(optima, size_axis)
+    if as_json:
+        typer.echo(json.dumps({"optima": [o.to_dict() for o in optima],
+                               "verdict": verdict.to_dict() if verdict else None}, default=str))
+        return
+    table = Table(title=f"optimum of {hp} per size")
+    for col in ("size", "optimum (90% interval)", "best grid point", "loss", "notes"):
+        table.add_column(col)
+    for o in optima:
+        table.add_row(_fmt_point(o.group), f"{o.value:.2f} ({o.interval[0]:.2f} .. {o.interval[1]:.2f})",
+                      f"{o.best_grid_value:g}", f"{o.best_grid_loss:.4f}", "; ".join(o.notes) or "-")
+    console = Console()
+    console.print(table)
+    if verdict:
+        console.print(verdict.line)
+    else:
+        console.print(f"no transfer verdict: needs one optimum per value of {size_axis!r} (2 or more values)")
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("proxytune-demo", help="output directory (sweeps, report, figures)"),
+    quick: bool = typer.Option(False, "--quick", help="the 2-minute preset (2 widths, 4 learning rates)"),
+    gpu: bool = typer.Option(False, "--gpu", help="the larger GPU preset (default when CUDA is available)"),
+    cpu: bool = typer.Option(False, "--cpu", help="force the CPU preset even when a GPU is present"),
+    workers: int = typer.Option(2, help="worker processes on CPU"),
+) -> None:
+    """SP vs muP width sweeps on the built-in corpus, then verdict, prediction for a 4x wider target, report."""
+    import torch
+    from rich.console import Console
+
+    from .demo import run_demo
+
+    preset = "quick" if quick else ("gpu" if gpu or (torch.cuda.is_available() and not cpu) else "cpu")
+    console = Console()
+    console.print(f"[bold]proxytune demo[/bold] ({preset} preset) -> {out}/")
+
+    shown: dict[str, int] = {}
+
+    def on_poll(recipe: str, counts: dict[str, int]) -> None:
+        done = counts["complete"] + counts["diverged"] + counts["failed"]
+        total = done + counts["running"] + counts["waiting"]
+        if shown.get(recipe) != done:
+            shown[recipe] = done
+            console.print(f"  {recipe}: {done}/{total} trials done")
+
+    summary = _sweep_errors(lambda: run_demo(out, preset, workers, log=console.print, on_poll=on_poll))
+    for recipe, line in summary["verdicts"].items():
+        console.print(f"[bold]{recipe}[/bold]: {line}")
+    pred = summary["prediction"]
+    loss = pred["loss"]
+    console.print(f"target width {pred['target_width']} ({pred['target_params'] / 1e6:.2f} M params): "
+                  f"lr {pred['lr']:.3g} (90% {pred['lr_interval'][0]:.3g} .. {pred['lr_interval'][1]:.3g})"
+                  + (f", expected loss {loss['value']:.3f}" if loss else ""))
+    console.print(f"report: {out}/report.md (figures, optima, verdict, target plan)")
+
+
 @app.command()
 def recipes() -> None:
     """List the recipes and optimizers with their sources."""
