@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from proxytune.cli import app
@@ -36,3 +38,37 @@ def test_demo_quick_writes_report_and_prediction(tmp_path):
     res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "summary.json").read_text())["prediction"]["lr"] == pred["lr"]
+
+
+def test_predict_report_and_rules_from_a_three_width_sweep(tmp_path):
+    from proxytune.analysis.predict import predict_from_sweep
+    from proxytune.sweep import Sweep
+
+    sw = Sweep.from_dict({
+        "name": "p", "model": "gpt", "data_options": {"max_bytes": 200_000}, "base": {"width": 32, "depth": 1},
+        "axes": {"width": [32, 48, 64, 80], "log2_lr": [-9, -7, -5]},
+        "train": {"depth": 1, "steps": 16, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 2},
+        "executor": {"workers": 1, "batch": 3}, "runs_dir": str(tmp_path / "runs")})
+    sw.run()
+    plan_path = tmp_path / "plan.json"
+    out = predict_from_sweep(sw, width=256, tokens=1e6, plan_path=plan_path)
+    assert out["target"]["width"] == 256 and out["target"]["params"] > 0
+    assert any("fitted law" in n for n in out["notes"])
+    assert any("token-horizon" in n for n in out["notes"])
+    lo, hi = out["hp"]["interval"]
+    assert lo <= out["hp"]["value"] <= hi and out["hp"]["lr"] == 2.0 ** out["hp"]["value"]
+    assert out["loss"] is not None, out["notes"]
+    assert out["loss"]["interval"][0] <= out["loss"]["value"] <= out["loss"]["interval"][1]
+    plan = json.loads(plan_path.read_text())
+    hidden = [g for g in plan["groups"] if g["role"] == "hidden"]
+    assert hidden and all(g["lr"] < plan["base_hparams"]["lr"] for g in hidden)  # muP: hidden lr / m
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(tmp_path / "runs" / "p")])
+    assert res.exit_code == 0, res.output
+    report = (tmp_path / "runs" / "p" / "report" / "report.md").read_text()
+    assert "## Verdict" in report and (tmp_path / "runs" / "p" / "report" / "lr_curves.png").exists()
+    res = runner.invoke(app, ["predict", "--rule", "steplaw", "--params", "1.2e9", "--tokens", "2.4e10", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["lr"] == pytest.approx(1.79 * 1.2e9 ** -0.713 * 2.4e10 ** 0.307)
+    res = runner.invoke(app, ["predict", "--rule", "steplaww", "--params", "1"])
+    assert res.exit_code == 2 and "steplaw" in res.output

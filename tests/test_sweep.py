@@ -62,6 +62,13 @@ def test_config_errors_name_the_key_and_write_nothing(tmp_path, change, message)
     assert not (tmp_path / "runs").exists()
 
 
+def test_unbuildable_shape_is_refused_before_any_trial(tmp_path):
+    sw = Sweep.from_dict(sweep_dict(tmp_path, axes={"width": [32, 40], "log2_lr": [-8]}))
+    with pytest.raises(SweepConfigError, match="width.*40.*multiple of head_dim"):
+        sw.run()
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_data_and_unreachable_storage_write_nothing(tmp_path):
     sw = Sweep.from_dict(sweep_dict(tmp_path, data=str(tmp_path / "missing.txt"), data_options={}))
     with pytest.raises(ValueError, match="missing.txt"):

@@ -372,6 +372,93 @@ def analyze(
 
 
 @app.command()
+def predict(
+    run_dir: Optional[str] = typer.Argument(None, help="the sweep's directory (omit with --rule)"),
+    width: Optional[int] = typer.Option(None, help="target width"),
+    depth: Optional[int] = typer.Option(None, help="target depth [the proxies' depth]"),
+    tokens: Optional[float] = typer.Option(None, help="target training tokens"),
+    hp: str = typer.Option("log2_lr", help="the HP axis to predict"),
+    rule: Optional[str] = typer.Option(None, help="a rule of thumb instead of a sweep (see: proxytune rules)"),
+    params: Optional[float] = typer.Option(None, help="--rule: parameter count N"),
+    input_: list[str] = typer.Option([], "--input", help="--rule: other inputs key=value (repeatable)"),
+    plan_out: Optional[str] = typer.Option(None, "--plan", help="write the target's per-tensor plan JSON here"),
+    as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """Target HPs + expected loss + interval from a sweep's laws (or a rule of thumb), and the target's plan."""
+    from rich.console import Console
+
+    if rule is not None:
+        from .analysis.rules_of_thumb import apply_rule
+
+        inputs = _parse_options(input_)
+        if params is not None:
+            inputs["params"] = params
+        if tokens is not None:
+            inputs["tokens"] = tokens
+        result = _sweep_errors(lambda: apply_rule(rule, **inputs))
+        if as_json:
+            typer.echo(json.dumps(result, default=str))
+            return
+        for key, value in result.items():
+            if key != "notes":
+                typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+        for note in result.get("notes", []):
+            typer.echo(f"note: {note}")
+        return
+    if run_dir is None or width is None:
+        typer.echo("error: give a sweep directory and --width (or --rule NAME with its inputs)", err=True)
+        raise typer.Exit(2)
+    from .analysis.predict import predict_from_sweep
+    from .sweep import Sweep
+
+    sw = _sweep_errors(lambda: Sweep.open(run_dir))
+    path = plan_out or str(Path(run_dir) / f"plan-width{width}.json")
+    result = _sweep_errors(lambda: predict_from_sweep(sw, width, depth, tokens, hp, plan_path=path))
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+        return
+    console = Console()
+    t = result["target"]
+    h = result["hp"]
+    console.print(f"[bold]target[/bold] width {t['width']} depth {t['depth']} ({t['params'] / 1e6:.2f} M params)")
+    console.print(f"{h['name']}: {h['value']:.2f} (90% {h['interval'][0]:.2f} .. {h['interval'][1]:.2f})"
+                  + (f"  ->  lr {h['lr']:.4g} ({h['lr_interval'][0]:.3g} .. {h['lr_interval'][1]:.3g})"
+                     if "lr" in h else ""))
+    if result["loss"]:
+        loss = result["loss"]
+        console.print(f"expected loss: {loss['value']:.4f} (90% {loss['interval'][0]:.4f} .. "
+                      f"{loss['interval'][1]:.4f}); {loss['law']}")
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+    console.print(f"per-tensor plan: {path}")
+    console.print(result["plan"]["snippet"])
+
+
+@app.command()
+def rules() -> None:
+    """The rules of thumb `predict --rule` knows: formula, source, domain of validity."""
+    from .analysis.rules_of_thumb import explain_rules
+
+    typer.echo(explain_rules())
+
+
+@app.command()
+def report(
+    run_dir: str = typer.Argument(..., help="the sweep's directory"),
+    out: Optional[str] = typer.Option(None, help="output directory [RUN_DIR/report]"),
+    hp: str = typer.Option("log2_lr", help="the HP axis"),
+    size_axis: str = typer.Option("width", help="the axis along which transfer is judged"),
+) -> None:
+    """Markdown report with figures: loss vs log2 LR per size, optimum vs size, loss vs size, verdict."""
+    from .analysis.report import write_sweep_report
+    from .sweep import Sweep
+
+    sw = _sweep_errors(lambda: Sweep.open(run_dir))
+    path = _sweep_errors(lambda: write_sweep_report(sw, Path(out or Path(run_dir) / "report"), hp, size_axis))
+    typer.echo(str(path))
+
+
+@app.command()
 def demo(
     out: str = typer.Option("proxytune-demo", help="output directory (sweeps, report, figures)"),
     quick: bool = typer.Option(False, "--quick", help="the 2-minute preset (2 widths, 4 learning rates)"),

@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"widths": [32, 64], "lr": {"start": -11, "stop": -3, "step": 2}, "depth": 2,
               "train": {"steps": 60, "batch_size": 8, "seq_len": 64, "eval_every": 60, "eval_batches": 4}},
     # about 10 minutes on 2 CPU cores (B1's CPU preset, shortened)
-    "cpu": {"widths": [32, 64, 128], "lr": {"start": -11, "stop": -4, "step": 1}, "depth": 2,
+    "cpu": {"widths": [32, 48, 64, 96], "lr": {"start": -11, "stop": -4, "step": 1}, "depth": 2,
             "train": {"steps": 200, "batch_size": 16, "seq_len": 64, "eval_every": 100, "eval_batches": 8}},
     # a lent GPU
     "gpu": {"widths": [128, 256, 512, 1024], "lr": {"start": -13, "stop": -5, "step": 1}, "depth": 4,
@@ -116,12 +116,12 @@ def predict_target(cfg: SweepConfig, optima: list[Optimum], records: list[dict[s
         lo, hi = 2.0 ** rows[-1].interval[0], 2.0 ** rows[-1].interval[1]
         notes.append("lr transferred from the largest proxy (a law needs 3 or more widths)")
     loss: dict[str, Any] = {}
-    if len(rows) >= 3:
+    if len(rows) >= 4:
         law = fit_saturating_power_law(ns, [o.best_grid_loss for o in rows])
         lo_l, hi_l = law.interval(n_target, 0.9)
         loss = {"value": law.predict(n_target), "interval": [lo_l, hi_l], "law": str(law)}
     else:
-        notes.append("no loss prediction: L = a N^b + c needs 3 or more widths")
+        notes.append("no loss prediction: L = a N^b + c (3 parameters) needs 4 or more widths")
     base = build_model(load_builder("gpt"), widths[0], depth, "cpu", {})
     target = build_model(load_builder("gpt"), target_width, depth, "meta", {})
     plan = parameterize(target, base, recipe=cfg.recipe, optimizer=cfg.optimizer)

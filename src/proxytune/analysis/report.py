@@ -114,3 +114,44 @@ def optima_table(panels: dict[str, list[Optimum]], size_axis: str = "width") -> 
                          f"{o.interval[1]:.2f}) | {o.best_grid_value:g} | {o.best_grid_loss:.4f} | "
                          f"{'; '.join(o.notes) or '-'} |")
     return "\n".join(lines)
+
+
+def write_sweep_report(sweep: Any, out: Path, hp: str = "log2_lr", size_axis: str = "width") -> Path:
+    """``report.md`` + PNG figures for one sweep: optima, verdict, loss vs HP / size."""
+    from .optimum import optima_by_group
+    from .verdict import transfer_verdict
+
+    out.mkdir(parents=True, exist_ok=True)
+    records = sweep.records()
+    optima = optima_by_group(records, hp)
+    if not optima:
+        raise ValueError("no finished trials to report on yet")
+    name = f"{sweep.cfg.recipe} + {sweep.cfg.optimizer}"
+    panels = {name: optima}
+    figs = [lr_curves_figure(panels, out / "lr_curves.png", size_axis, hp)]
+    verdict_line = "no transfer verdict (needs 2 or more sizes along one axis)"
+    sizes = {o.group.get(size_axis) for o in optima}
+    if len(sizes) >= 2 and len(sizes) == len(optima):
+        verdict_line = transfer_verdict(optima, size_axis).line
+        figs.append(optimum_figure(panels, out / "optimum_vs_size.png", size_axis))
+    by_size: dict[Any, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("status") == "complete" and r.get("params"):
+            by_size.setdefault(r["params"], []).append(r)
+    if len(by_size) >= 2:
+        ns = sorted(by_size)
+        figs.append(loss_figure({name: (ns, [min(x["val_loss"] for x in by_size[n]) for n in ns])},
+                                out / "loss_vs_params.png"))
+    counts = sweep.store().counts()
+    lines = [
+        f"# Sweep report: {sweep.cfg.name}", "",
+        f"Model `{sweep.cfg.model}`, data `{sweep.cfg.data}`, recipe `{sweep.cfg.recipe}`, optimizer "
+        f"`{sweep.cfg.optimizer}`, base {sweep.cfg.base or 'the target itself'}.", "",
+        "Trials: " + ", ".join(f"{k} {v}" for k, v in counts.items()), "",
+        "## Verdict", "", verdict_line, "",
+        "## Optimum per size", "", optima_table(panels, size_axis), "",
+        "## Figures", "", *[f"![{f.stem}]({f.name})" for f in figs], "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -65,6 +65,7 @@ class Sweep:
         data = load_data(first)  # a missing or too-short data file fails here
         if hasattr(data, "check"):
             data.check(first.seq_len)
+        _check_shapes(cfg)
         if cfg.strategy.kind in ("halving", "hyperband"):
             warnings.warn(f"strategy {cfg.strategy.kind!r} stops trials early, which favours large learning rates "
                           "(they look good early); never use its optimum for the transfer verdict.", stacklevel=2)
@@ -134,6 +135,28 @@ class Sweep:
         else:
             raise SweepConfigError(f"unknown export format {fmt!r}; valid: csv, parquet")
         return path
+
+
+def _check_shapes(cfg: SweepConfig) -> None:
+    """Build every distinct model shape of a grid on ``meta`` (free) so a bad width fails before any trial."""
+    from ..builders import build_model, load_builder
+    from ..train.config import TrainConfig
+    from ..train.setup import LM_MODELS
+    from .config import apply_point, base_fields
+
+    axes = {a: v for a, v in cfg.axes.items() if not is_batchable_axis(a)}
+    if not axes or any(not isinstance(v, list) and v.start is None for v in axes.values()):
+        return
+    builder = load_builder(cfg.model)
+    for point in grid_points(axes):
+        tc = TrainConfig(**apply_point(base_fields(cfg), point))
+        options = dict(tc.model_options)
+        if tc.model in LM_MODELS:
+            options.setdefault("seq_len", tc.seq_len)
+        try:
+            build_model(builder, tc.width, tc.depth, "meta", options)
+        except Exception as exc:  # noqa: BLE001 - any builder error is a config error here
+            raise SweepConfigError(f"the model cannot be built at {point}: {exc}") from None
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
