@@ -53,7 +53,7 @@ def test_predict_report_and_rules_from_a_three_width_sweep(tmp_path):
     plan_path = tmp_path / "plan.json"
     out = predict_from_sweep(sw, width=256, tokens=1e6, plan_path=plan_path)
     assert out["target"]["width"] == 256 and out["target"]["params"] > 0
-    assert any("fitted law" in n for n in out["notes"])
+    assert any("law fitted on 4 optima" in n for n in out["notes"]), out["notes"]
     assert any("token-horizon" in n for n in out["notes"])
     lo, hi = out["hp"]["interval"]
     assert lo <= out["hp"]["value"] <= hi and out["hp"]["lr"] == 2.0 ** out["hp"]["value"]
@@ -72,3 +72,19 @@ def test_predict_report_and_rules_from_a_three_width_sweep(tmp_path):
     assert json.loads(res.stdout)["lr"] == pytest.approx(1.79 * 1.2e9 ** -0.713 * 2.4e10 ** 0.307)
     res = runner.invoke(app, ["predict", "--rule", "steplaww", "--params", "1"])
     assert res.exit_code == 2 and "steplaw" in res.output
+
+
+def test_optimal_lr_law_in_params_and_tokens(tmp_path):
+    from proxytune.analysis.predict import predict_from_sweep
+    from proxytune.sweep import Sweep
+
+    sw = Sweep.from_dict({
+        "name": "nd", "model": "gpt", "data_options": {"max_bytes": 200_000}, "base": {"width": 32, "depth": 1},
+        "axes": {"width": [32, 48, 64], "steps": [8, 16], "log2_lr": [-9, -7, -5]},
+        "train": {"depth": 1, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 2},
+        "executor": {"workers": 1, "batch": 3}, "runs_dir": str(tmp_path / "runs")})
+    sw.run()
+    out = predict_from_sweep(sw, width=128, tokens=1e5)
+    assert any("law fitted on 6 optima" in n and "N^" in n and "D^" in n for n in out["notes"]), out["notes"]
+    assert not any("token-horizon" in n for n in out["notes"])  # the sweep has data on tokens
+    assert out["target"]["tokens"] == 1e5

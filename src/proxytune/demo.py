@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.optimum import Optimum, optima_by_group
+from .analysis.predict import predict_from_sweep
 from .analysis.report import loss_figure, lr_curves_figure, optima_table, optimum_figure
 from .analysis.verdict import Verdict, transfer_verdict
 from .sweep import Sweep, SweepConfig
@@ -25,8 +26,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # about 2 minutes on 2 CPU cores
     "quick": {"widths": [32, 64], "lr": {"start": -11, "stop": -3, "step": 2}, "depth": 2,
               "train": {"steps": 60, "batch_size": 8, "seq_len": 64, "eval_every": 60, "eval_batches": 4}},
-    # about 10 minutes on 2 CPU cores (B1's CPU preset, shortened)
-    "cpu": {"widths": [32, 48, 64, 96], "lr": {"start": -11, "stop": -4, "step": 1}, "depth": 2,
+    # about 10 minutes on 2 CPU cores (B1's CPU preset: widths 8x apart)
+    "cpu": {"widths": [32, 64, 128, 256], "lr": {"start": -10, "stop": -4, "step": 1}, "depth": 2,
             "train": {"steps": 200, "batch_size": 16, "seq_len": 64, "eval_every": 100, "eval_batches": 8}},
     # a lent GPU
     "gpu": {"widths": [128, 256, 512, 1024], "lr": {"start": -13, "stop": -5, "step": 1}, "depth": 4,
@@ -70,7 +71,15 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
         records[recipe] = sweep.records()
         panels[recipe] = optima_by_group(records[recipe], "log2_lr", size_axes=["width"])
         verdicts[recipe] = transfer_verdict(panels[recipe], "width")
-    prediction = predict_target(configs["mup"], panels["mup"], records["mup"], out)
+    widths = PRESETS[preset]["widths"]
+    mup = Sweep(configs["mup"])
+    result = predict_from_sweep(mup, width=4 * widths[-1], plan_path=out / "target-plan.json")
+    (out / "target_snippet.py").write_text(result["plan"]["snippet"])
+    loss = result["loss"]
+    prediction = {"target_width": result["target"]["width"], "target_params": result["target"]["params"],
+                  "lr": result["hp"]["lr"], "lr_interval": result["hp"]["lr_interval"],
+                  "log2_lr": result["hp"]["value"], "loss": loss, "notes": result["notes"],
+                  "plan": str(out / "target-plan.json"), "snippet": str(out / "target_snippet.py")}
     summary = {
         "preset": preset,
         "verdicts": {r: v.line for r, v in verdicts.items()},
@@ -79,7 +88,9 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
         "optima": {r: [o.to_dict() for o in ops] for r, ops in panels.items()},
         "prediction": prediction,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "summary.json").write_text(json.dumps(
+        {**summary, "prediction": {**prediction, "loss": {k: v for k, v in (prediction["loss"] or {}).items()
+                                                          if k != "fit"} or None}}, indent=1, default=str))
     write_report(out, panels, verdicts, records, prediction, depth=PRESETS[preset]["depth"])
     return summary
 
@@ -91,55 +102,6 @@ def _params(width: int, depth: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def predict_target(cfg: SweepConfig, optima: list[Optimum], records: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """HPs and loss of a 4x wider target from the muP sweep, and its per-tensor plan (JSON + snippet)."""
-    import torch
-
-    from .analysis.laws import fit_power_law, fit_saturating_power_law
-    from .builders import build_model, load_builder
-    from .plan import parameterize
-
-    depth = cfg.train["depth"]
-    rows = sorted((o for o in optima if math.isfinite(o.value)), key=lambda o: o.group["width"])
-    widths = [int(o.group["width"]) for o in rows]
-    target_width = 4 * widths[-1]
-    ns = [_params(w, depth) for w in widths]
-    n_target = _params(target_width, depth)
-    notes = []
-    lr_law = fit_power_law(ns, [2.0 ** o.value for o in rows]) if len(rows) >= 3 else None
-    if lr_law is not None:
-        lr = lr_law.predict(n_target)
-        lo, hi = lr_law.interval(n_target, 0.9)
-        notes.append(f"lr from the fitted law {lr_law}")
-    else:
-        lr = 2.0 ** rows[-1].value
-        lo, hi = 2.0 ** rows[-1].interval[0], 2.0 ** rows[-1].interval[1]
-        notes.append("lr transferred from the largest proxy (a law needs 3 or more widths)")
-    loss: dict[str, Any] = {}
-    if len(rows) >= 4:
-        law = fit_saturating_power_law(ns, [o.best_grid_loss for o in rows])
-        lo_l, hi_l = law.interval(n_target, 0.9)
-        loss = {"value": law.predict(n_target), "interval": [lo_l, hi_l], "law": str(law)}
-    else:
-        notes.append("no loss prediction: L = a N^b + c (3 parameters) needs 4 or more widths")
-    base = build_model(load_builder("gpt"), widths[0], depth, "cpu", {})
-    target = build_model(load_builder("gpt"), target_width, depth, "meta", {})
-    plan = parameterize(target, base, recipe=cfg.recipe, optimizer=cfg.optimizer)
-    plan.save(out / "target-plan.json")
-    # lr at the base shape that the plan scales per tensor: muP's base LR transfers unchanged.
-    base_lr = lr
-    snippet = (f"import proxytune as pt\nfrom proxytune.models import gpt\n\n"
-               f"target = gpt.build(width={target_width}, depth={depth})\n"
-               f"base = gpt.build(width={widths[0]}, depth={depth}, device=\"meta\")\n"
-               f"plan = pt.parameterize(target, base, recipe=\"{cfg.recipe}\", optimizer=\"{cfg.optimizer}\")\n"
-               f"opt = plan.optimizer(lr={base_lr:.4g}, betas=(0.9, 0.95))\n")
-    (out / "target_snippet.py").write_text(snippet)
-    del torch
-    return {"target_width": target_width, "target_params": n_target, "lr": lr, "lr_interval": [lo, hi],
-            "log2_lr": math.log2(lr), "loss": loss, "notes": notes, "plan": str(out / "target-plan.json"),
-            "snippet": str(out / "target_snippet.py")}
-
-
 def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str, Verdict],
                  records: dict[str, list[dict[str, Any]]], prediction: dict[str, Any], depth: int = 2) -> Path:
     names = {RECIPES[r]: ops for r, ops in panels.items()}
@@ -148,8 +110,10 @@ def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str
     for r, ops in panels.items():
         rows = sorted((o for o in ops if math.isfinite(o.best_grid_loss)), key=lambda o: o.group["width"])
         points[RECIPES[r]] = ([_params(int(o.group["width"]), depth) for o in rows], [o.best_grid_loss for o in rows])
-    figs.append(loss_figure(points, out / "loss_vs_params.png"))
     loss = prediction.get("loss") or {}
+    extrapolation = ({"recipe": "muP", "law": loss["fit"], "target": prediction["target_params"],
+                      "interval": loss["interval"]} if loss else None)
+    figs.append(loss_figure(points, out / "loss_vs_params.png", extrapolation))
     lines = [
         "# proxytune demo report", "",
         "Reference GPT on the built-in stdlib byte corpus; grid sweeps over width and log2 learning rate.", "",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 SEED_AXES = ("seed", "data_seed")
-_META = ("trial", "status", "stage", "val_loss", "train_loss", "steps", "tokens", "flops", "params", "wall_time",
+_META = ("trial", "status", "stage", "val_loss", "train_loss", "steps_done", "tokens", "flops", "params", "wall_time",
          "diverged_step", "error")
 
 

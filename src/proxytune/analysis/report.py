@@ -51,7 +51,7 @@ def lr_curves_figure(panels: dict[str, list[Optimum]], path: Path, size_axis: st
 
 def optimum_figure(panels: dict[str, list[Optimum]], path: Path, size_axis: str = "width",
                    fits: dict[str, Any] | None = None) -> Path:
-    """Optimal log2 HP vs size with its 90% interval, one line per recipe (and the fitted law when given)."""
+    """Optimal log2 HP vs size with its 90% interval, per recipe, and the fitted law (3 or more sizes)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, optima in panels.items():
@@ -59,7 +59,16 @@ def optimum_figure(panels: dict[str, list[Optimum]], path: Path, size_axis: str 
         xs = [float(o.group[size_axis]) for o in rows]
         ys = [o.value for o in rows]
         err = [[o.value - o.interval[0] for o in rows], [o.interval[1] - o.value for o in rows]]
-        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=name)
+        line = ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=name)
+        if len(set(xs)) >= 3:
+            from .laws import fit_log2_hp
+
+            law = fit_log2_hp(xs, ys, x_name=size_axis)
+            import numpy as np
+
+            grid = np.geomspace(min(xs), max(xs), 30)
+            ax.plot(grid, [float(law.predict_log(x)) for x in grid], "--", color=line[0].get_color(),
+                    label=f"{name}: fit, {law.exponent:+.2f} octaves per doubling")
     ax.set_xscale("log", base=2)
     ax.set_xlabel(size_axis)
     ax.set_ylabel("optimal log2 lr")

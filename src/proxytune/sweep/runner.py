@@ -181,7 +181,7 @@ def best_per_group(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-_RECORD_KEYS = {"trial", "status", "stage", "val_loss", "train_loss", "steps", "tokens", "flops", "params",
+_RECORD_KEYS = {"trial", "status", "stage", "val_loss", "train_loss", "steps_done", "tokens", "flops", "params",
                 "wall_time", "diverged_step", "error"}
 
 

@@ -294,7 +294,7 @@ class SweepStore:
             row.update({
                 "val_loss": _float(res.get("final_val_loss")),
                 "train_loss": _float(res.get("final_train_loss")),
-                "steps": res.get("steps_done"), "tokens": res.get("tokens"), "flops": res.get("flops"),
+                "steps_done": res.get("steps_done"), "tokens": res.get("tokens"), "flops": res.get("flops"),
                 "params": res.get("n_params"),
                 "wall_time": res.get("wall_time"), "diverged_step": res.get("diverged_step"),
                 "error": t.user_attrs.get("error", ""),
