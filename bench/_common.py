@@ -18,7 +18,7 @@ def machine(device: str, threads: int) -> str:
     """One line naming the hardware a figure was measured on."""
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} ({os.cpu_count()} CPU cores)"
-    return f"{os.cpu_count()} CPU cores ({platform.machine()}), {threads} threads"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), {threads} torch thread{'s' if threads != 1 else ''} per process"
 
 
 def provenance(script: str, device: str, threads: int) -> str:
