@@ -52,6 +52,7 @@ def explain(
     save: Optional[str] = typer.Option(None, help="write the plan as JSON to this path"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
     seed: int = typer.Option(0, help="seed for building the base"),
+    run_check: bool = typer.Option(False, "--check", help="also run the quick coordinate check for this plan"),
 ) -> None:
     """Print the per-tensor plan (role, multipliers, init std, lr, wd, eps) for a target/base pair."""
     try:
@@ -73,6 +74,8 @@ def explain(
         typer.echo(json.dumps(plan.to_dict(), indent=1))
     else:
         typer.echo(plan.explain(lr=lr, weight_decay=wd, eps=eps))
+    if run_check:
+        _explain_check(model, width, depth, base_width, base_depth, recipe, optimizer, lr, _parse_options(option))
 
 
 def _config_error(exc: Exception) -> str:
@@ -196,6 +199,23 @@ def _print_result(console: Any, result: Any) -> None:
     if result.diverged:
         summary.add_row("diverged at step", f"{result.diverged_step} ({result.reason})")
     console.print(summary)
+
+
+def _explain_check(model: str, width: int, depth: int, base_width: int, base_depth: int, recipe: str,
+                   optimizer: str, lr: float | None, options: dict[str, Any]) -> None:
+    """The quick coordinate check for an explained plan: widths from the base up (at most 4, capped for CPU)."""
+    from .diagnose import coord_check
+
+    sizes = [base_width]
+    while sizes[-1] * 2 <= min(width, 8 * base_width, 512) and len(sizes) < 4:
+        sizes.append(sizes[-1] * 2)
+    if len(sizes) < 2:
+        sizes.append(base_width * 2)
+    result = _sweep_errors(lambda: coord_check(model, widths=sizes, depth=min(depth, base_depth), recipe=recipe,
+                                               optimizer=optimizer, lr=lr or 1e-2, seeds=1,
+                                               model_options=options))
+    typer.echo(f"\nquick coordinate check (widths {sizes}, depth {min(depth, base_depth)}):")
+    typer.echo(result.table())
 
 
 # ------------------------------------------------------------------ sweeps
@@ -494,6 +514,73 @@ def demo(
                   f"lr {pred['lr']:.3g} (90% {pred['lr_interval'][0]:.3g} .. {pred['lr_interval'][1]:.3g})"
                   + (f", expected loss {loss['value']:.3f}" if loss else ""))
     console.print(f"report: {out}/report.md (figures, optima, verdict, target plan)")
+
+
+# ------------------------------------------------------------- diagnostics
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PlanError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command("coord-check")
+def coord_check_cmd(
+    model: str = typer.Option("gpt", help="built-in name or pkg.module:build_fn"),
+    widths: Optional[str] = typer.Option(None, help="comma-separated widths, e.g. 64,128,256,512"),
+    depths: Optional[str] = typer.Option(None, help="comma-separated depths, e.g. 2,4,8,16"),
+    width: int = typer.Option(64, help="fixed width for a depth sweep"),
+    depth: int = typer.Option(2, help="fixed depth for a width sweep"),
+    recipe: str = typer.Option("mup", help=f"one of: {', '.join(RECIPES)}"),
+    optimizer: str = typer.Option("adamw", help=f"one of: {', '.join(OPTIMIZERS)}"),
+    lr: float = typer.Option(1e-2, help="base learning rate"),
+    steps: int = typer.Option(3, help="optimizer steps"),
+    seeds: int = typer.Option(2, help="seeds per size"),
+    data: str = typer.Option("stdlib", help="corpus: stdlib or a text file"),
+    option: list[str] = typer.Option([], help="builder option key=value (repeatable)"),
+    figure: Optional[str] = typer.Option("coord_check.png", help="PNG path for the figure ('' for none)"),
+    as_json: bool = typer.Option(False, "--json", help="print the tidy records and slopes as JSON"),
+) -> None:
+    """Coordinate check across widths or depths: verdict, slope table, figure (one panel per step)."""
+    from .diagnose import coord_check
+
+    result = _sweep_errors(lambda: coord_check(
+        model, widths=_int_list(widths, "--widths"), depths=_int_list(depths, "--depths"), width=width,
+        depth=depth, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, seeds=seeds, data=data,
+        model_options=_parse_options(option)))
+    if as_json:
+        typer.echo(json.dumps({"passed": result.passed, "line": result.line, "slopes": result.slopes,
+                               "records": result.to_records()}, default=str))
+    else:
+        typer.echo(result.table())  # ends with the verdict line
+    if figure:
+        result.figure(figure)
+        if not as_json:
+            typer.echo(f"figure: {figure}")
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@app.command()
+def check(
+    model: str = typer.Option("gpt", help="built-in name or pkg.module:build_fn"),
+    data: str = typer.Option("stdlib", help="stdlib, a text file or a .bin token file"),
+    recipe: str = typer.Option("mup", help=f"one of: {', '.join(RECIPES)}"),
+    optimizer: str = typer.Option("adamw", help=f"one of: {', '.join(OPTIMIZERS)}"),
+    widths: str = typer.Option("32,64,128", help="3 or more comma-separated proxy widths"),
+    depth: int = typer.Option(2, help="proxy depth"),
+    option: list[str] = typer.Option([], help="builder option key=value (repeatable)"),
+    data_option: list[str] = typer.Option([], help="data option key=value, e.g. vocab_size=50304"),
+) -> None:
+    """The quick verdict: coordinate check + alignment + a mini LR sweep at 3 widths -> transfers or why not."""
+    from .diagnose.check import quick_check
+
+    result = _sweep_errors(lambda: quick_check(
+        model, widths=tuple(_int_list(widths, "--widths") or ()), depth=depth, recipe=recipe, optimizer=optimizer,
+        data=data, model_options=_parse_options(option), data_options=_parse_options(data_option)))
+    typer.echo(result.report())
+    raise typer.Exit(0 if result.transfers else 1)
 
 
 @app.command()

@@ -1,0 +1,112 @@
+"""``proxytune check``: the quick verdict on a model + data + recipe, with what to change when it fails.
+
+Three pieces of evidence, each cheap on CPU for small proxies:
+
+1. a coordinate check across widths (does every module's update stay the
+   same size as the model widens?);
+2. the alignment measurement (does the plan's LR-exponent column match what
+   training does?);
+3. a mini LR sweep at the same widths (batched trials) and its transfer
+   verdict: does the optimal learning rate stay put?
+
+The verdict is "transfers" only when the coordinate check passes and the
+optimum does not drift; otherwise it says "does not transfer, because ..."
+with the evidence and a suggestion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..analysis.optimum import optima_by_group
+from ..analysis.verdict import Verdict, transfer_verdict
+from ..train import TrainConfig, train_batched
+from .alignment import AlignmentCheck, alignment_check
+from .coord import CoordCheck, coord_check
+
+# The mini sweep is short and single-seed: its drift limit is looser than the report's.
+MINI_SWEEP_THRESHOLDS = {"max_drift_per_doubling": 0.5, "max_relative_regret": 0.05}
+
+
+@dataclass
+class QuickCheck:
+    transfers: bool
+    line: str
+    reasons: list[str]
+    coord: CoordCheck
+    alignment: AlignmentCheck | None
+    sweep: Verdict | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def report(self) -> str:
+        parts = [self.line, "", "coordinate check: " + self.coord.line]
+        if self.alignment is not None:
+            parts.append("alignment: " + self.alignment.line)
+        if self.sweep is not None:
+            parts.append("mini LR sweep: " + self.sweep.line)
+        return "\n".join(parts)
+
+
+def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2,
+                recipe: str = "mup", optimizer: str = "adamw", data: str = "stdlib",
+                model_options: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
+                log2_lrs: tuple[float, ...] = (-10, -8.5, -7, -5.5, -4), steps: int = 60, batch_size: int = 8,
+                seq_len: int = 32, alignment: str = "full") -> QuickCheck:
+    """Run the three checks and return the verdict (a few minutes at most for small proxies on CPU)."""
+    widths = tuple(sorted(widths))
+    if len(widths) < 3:
+        raise ValueError("quick_check needs 3 or more widths")
+    coord = coord_check(model, widths=list(widths), depth=depth, recipe=recipe, optimizer=optimizer, data=data,
+                        model_options=model_options, seeds=1, steps=3, batch_size=batch_size, seq_len=seq_len,
+                        lr=2.0 ** log2_lrs[len(log2_lrs) // 2])
+    align = None
+    if model == "gpt" or ":" in model:
+        try:
+            align = alignment_check(widths[-1], model=model, depth=depth, base_width=widths[0], recipe=recipe,
+                                    optimizer="adam" if optimizer in ("adam", "adamw") else optimizer,
+                                    batch_size=batch_size, seq_len=seq_len, assumed=alignment,
+                                    model_options=model_options)
+        except Exception as exc:  # noqa: BLE001 - alignment is supporting evidence, never fatal
+            align = None
+            coord.line += f" (alignment not measured: {exc})"
+    records = []
+    for w in widths:
+        configs = [TrainConfig(model=model, width=w, depth=depth, base_width=widths[0], base_depth=depth,
+                               recipe=recipe, optimizer=optimizer, data=data, data_options=data_options or {},
+                               model_options=model_options or {}, lr=2.0 ** x, steps=steps,
+                               batch_size=batch_size, seq_len=seq_len, eval_every=steps, eval_batches=4,
+                               tags={"log2_lr": x}) for x in log2_lrs]
+        for cfg, res in zip(configs, train_batched(configs)):
+            records.append({"width": w, "log2_lr": cfg.tags["log2_lr"], "status": res.status,
+                            "val_loss": res.final_val_loss})
+    optima = optima_by_group(records, "log2_lr", size_axes=["width"])
+    sweep = transfer_verdict(optima, "width", MINI_SWEEP_THRESHOLDS) if len(optima) >= 2 else None
+    reasons = _reasons(coord, align, sweep, recipe)
+    ok = coord.passed and sweep is not None and sweep.passed
+    line = "transfers" if ok else "does not transfer, because " + "; ".join(reasons)
+    return QuickCheck(ok, line, reasons, coord, align, sweep, records)
+
+
+def _reasons(coord: CoordCheck, align: AlignmentCheck | None, sweep: Verdict | None, recipe: str) -> list[str]:
+    out = []
+    if coord.blowups:
+        names = ", ".join(coord.blowups[:4])
+        if recipe in ("sp", "ntk"):
+            hint = f"recipe {recipe!r} does not scale their learning rates with width: use mup or sp-perlayer"
+        elif any("head" in n or "out" in n for n in coord.blowups):
+            hint = "readout not recognized? pass roles={'<name>.weight': 'readout'} (see proxytune explain)"
+        else:
+            hint = "check that roles and the attention scale were detected (proxytune explain)"
+        out.append(f"the updates of {names} grow with width ({hint})")
+    if coord.vanishing:
+        out.append(f"the updates of {', '.join(coord.vanishing[:4])} vanish with width (learning rate scaled down "
+                   "too much for those tensors)")
+    if sweep is None:
+        out.append("the mini LR sweep found no usable optimum")
+    elif not sweep.passed and math.isfinite(sweep.drift_per_doubling):
+        out.append(f"the optimal LR moves by {sweep.drift_per_doubling:+.2f} octaves per doubling of width")
+    if align is not None and not align.passed:
+        out.append(f"alignment: {align.line}")
+    return out or ["the evidence is inconclusive"]

@@ -1,0 +1,38 @@
+"""`proxytune check` (the quick verdict), `coord-check` and `explain --check` from the command line."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from proxytune.cli import app
+from proxytune.diagnose.check import quick_check
+
+
+def test_quick_check_separates_mup_from_sp():
+    ok = quick_check("gpt", recipe="mup")
+    assert ok.transfers and ok.line == "transfers"
+    assert ok.sweep is not None and abs(ok.sweep.drift_per_doubling) <= 0.5
+    bad = quick_check("gpt", recipe="sp")
+    assert not bad.transfers and bad.line.startswith("does not transfer, because")
+    assert "grow with width" in bad.line and "use mup" in bad.line
+    assert "octaves per doubling" in bad.line
+    assert "coordinate check" in bad.report() and "mini LR sweep" in bad.report()
+
+
+def test_coord_check_cli_and_explain_check(tmp_path):
+    runner = CliRunner()
+    fig = tmp_path / "cc.png"
+    res = runner.invoke(app, ["coord-check", "--widths", "32,64,128", "--depth", "1", "--seeds", "1",
+                              "--recipe", "sp", "--figure", str(fig), "--json"])
+    assert res.exit_code == 1, res.output  # SP fails the width check
+    data = json.loads(res.stdout)
+    assert not data["passed"] and data["line"].startswith("FAIL") and data["records"]
+    assert fig.stat().st_size > 0
+    res = runner.invoke(app, ["coord-check", "--widths", "32,x"])
+    assert res.exit_code == 2 and "comma-separated integers" in res.output
+    res = runner.invoke(app, ["explain", "--width", "128", "--depth", "1", "--base-width", "32",
+                              "--base-depth", "1", "--check"])
+    assert res.exit_code == 0, res.output
+    assert "quick coordinate check (widths [32, 64, 128]" in res.output and "PASS" in res.output
