@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.optimum import Optimum, optima_by_group
-from .analysis.predict import predict_from_sweep
+from .analysis.predict import count_params, predict_from_sweep
 from .analysis.report import loss_figure, lr_curves_figure, optima_table, optimum_figure
 from .analysis.verdict import Verdict, transfer_verdict
 from .sweep import Sweep, SweepConfig
@@ -91,25 +91,21 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
     (out / "summary.json").write_text(json.dumps(
         {**summary, "prediction": {**prediction, "loss": {k: v for k, v in (prediction["loss"] or {}).items()
                                                           if k != "fit"} or None}}, indent=1, default=str))
-    write_report(out, panels, verdicts, records, prediction, depth=PRESETS[preset]["depth"])
+    write_report(out, panels, verdicts, records, prediction, depth=PRESETS[preset]["depth"],
+                 seq_len=PRESETS[preset]["train"]["seq_len"])
     return summary
 
 
-def _params(width: int, depth: int) -> int:
-    from .builders import build_model, load_builder
-
-    model = build_model(load_builder("gpt"), width, depth, "meta", {})
-    return sum(p.numel() for p in model.parameters())
-
-
 def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str, Verdict],
-                 records: dict[str, list[dict[str, Any]]], prediction: dict[str, Any], depth: int = 2) -> Path:
+                 records: dict[str, list[dict[str, Any]]], prediction: dict[str, Any], depth: int = 2,
+                 seq_len: int = 64) -> Path:
     names = {RECIPES[r]: ops for r, ops in panels.items()}
     figs = [lr_curves_figure(names, out / "lr_curves.png"), optimum_figure(names, out / "optimum_vs_width.png")]
     points = {}
     for r, ops in panels.items():
         rows = sorted((o for o in ops if math.isfinite(o.best_grid_loss)), key=lambda o: o.group["width"])
-        points[RECIPES[r]] = ([_params(int(o.group["width"]), depth) for o in rows], [o.best_grid_loss for o in rows])
+        points[RECIPES[r]] = ([count_params("gpt", int(o.group["width"]), depth, {"seq_len": seq_len}) for o in rows],
+                              [o.best_grid_loss for o in rows])
     loss = prediction.get("loss") or {}
     extrapolation = ({"recipe": "muP", "law": loss["fit"], "target": prediction["target_params"],
                       "interval": loss["interval"]} if loss else None)

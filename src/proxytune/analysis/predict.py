@@ -19,7 +19,7 @@ from .optimum import optima_by_group
 from .rules_of_thumb import apply_rule
 
 
-def _count_params(model_name: str, width: int, depth: int, options: dict[str, Any]) -> int:
+def count_params(model_name: str, width: int, depth: int, options: dict[str, Any]) -> int:
     model = build_model(load_builder(model_name), width, depth, "meta", options)
     return sum(p.numel() for p in model.parameters())
 
@@ -50,11 +50,11 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     nvars: dict[str, list[float]] = {"N": [], "D": [], "B": []}
     for o in optima:
         g = {**first.model_dump(), **o.group}
-        nvars["N"].append(_count_params(first.model, int(g["width"]), int(g["depth"]), options))
+        nvars["N"].append(count_params(first.model, int(g["width"]), int(g["depth"]), options))
         per_step = int(g["batch_size"]) * (int(g["seq_len"]) if first.data != "teacher" else 1)
         nvars["B"].append(per_step)
         nvars["D"].append(int(g["steps"]) * per_step)
-    n_target = _count_params(first.model, width, depth, options)
+    n_target = count_params(first.model, width, depth, options)
     tokens_proxy = max(nvars["D"])
     target_vars = {"N": n_target, "D": tokens if tokens is not None else tokens_proxy,
                    "B": batch_tokens if batch_tokens is not None else max(nvars["B"])}

@@ -25,13 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .spectral import format_table, probe_batch, train_proxy
+from .spectral import format_table, probe_batch, rms, train_proxy
 
 __all__ = ["AlignmentCheck", "alignment_check", "log_alignment"]
-
-
-def _rms(t: torch.Tensor) -> float:
-    return float(t.double().pow(2).mean().sqrt())
 
 
 def log_alignment(dw: torch.Tensor, z: torch.Tensor, fan_in: int | None = None) -> float:
@@ -41,10 +37,10 @@ def log_alignment(dw: torch.Tensor, z: torch.Tensor, fan_in: int | None = None) 
     if fan_in < 2:
         return float("nan")
     dw, z = dw.double(), z.double().reshape(-1, dw.shape[1])
-    den = _rms(dw) * _rms(z)
+    den = rms(dw) * rms(z)
     if den == 0:
         return float("nan")
-    return math.log(_rms(z @ dw.T) / den) / math.log(fan_in)
+    return math.log(rms(z @ dw.T) / den) / math.log(fan_in)
 
 
 @dataclass
@@ -112,10 +108,10 @@ def alignment_check(
     for name, z in inputs.items():
         tp = plan.tensors[name]
         dw = (params[name].detach() - init[name]).double()
-        rnd = torch.randn(dw.shape, generator=gen, dtype=torch.float64) * _rms(dw)
+        rnd = torch.randn(dw.shape, generator=gen, dtype=torch.float64) * rms(dw)
         records.append({"layer": name, "role": tp.role, "fan_in": tp.fan_in, "fan_out": tp.fan_out,
                         "A": log_alignment(dw, z, tp.fan_in), "A_random": log_alignment(rnd, z, tp.fan_in),
-                        "dW_rms": _rms(dw), "z_rms": _rms(z)})
+                        "dW_rms": rms(dw), "z_rms": rms(z)})
     hidden = [r for r in records if r["role"] == "hidden" and math.isfinite(r["A"])]
     notes = []
     if not hidden:

@@ -39,11 +39,14 @@ class QuickCheck:
     alignment: AlignmentCheck | None
     sweep: Verdict | None
     records: list[dict[str, Any]] = field(default_factory=list)
+    alignment_error: str = ""
 
     def report(self) -> str:
         parts = [self.line, "", "coordinate check: " + self.coord.line]
         if self.alignment is not None:
             parts.append("alignment: " + self.alignment.line)
+        elif self.alignment_error:
+            parts.append("alignment: not measured (" + self.alignment_error + ")")
         if self.sweep is not None:
             parts.append("mini LR sweep: " + self.sweep.line)
         return "\n".join(parts)
@@ -61,7 +64,7 @@ def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), 
     coord = coord_check(model, widths=list(widths), depth=depth, recipe=recipe, optimizer=optimizer, data=data,
                         model_options=model_options, seeds=1, steps=3, batch_size=batch_size, seq_len=seq_len,
                         lr=2.0 ** log2_lrs[len(log2_lrs) // 2])
-    align = None
+    align, align_error = None, ""
     if model == "gpt" or ":" in model:
         try:
             align = alignment_check(widths[-1], model=model, depth=depth, base_width=widths[0], recipe=recipe,
@@ -69,8 +72,7 @@ def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), 
                                     batch_size=batch_size, seq_len=seq_len, assumed=alignment,
                                     model_options=model_options)
         except Exception as exc:  # noqa: BLE001 - alignment is supporting evidence, never fatal
-            align = None
-            coord.line += f" (alignment not measured: {exc})"
+            align_error = str(exc)
     records = []
     for w in widths:
         configs = [TrainConfig(model=model, width=w, depth=depth, base_width=widths[0], base_depth=depth,
@@ -86,7 +88,7 @@ def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), 
     reasons = _reasons(coord, align, sweep, recipe)
     ok = coord.passed and sweep is not None and sweep.passed
     line = "transfers" if ok else "does not transfer, because " + "; ".join(reasons)
-    return QuickCheck(ok, line, reasons, coord, align, sweep, records)
+    return QuickCheck(ok, line, reasons, coord, align, sweep, records, align_error)
 
 
 def _reasons(coord: CoordCheck, align: AlignmentCheck | None, sweep: Verdict | None, recipe: str) -> list[str]:

@@ -32,6 +32,7 @@ from ..builders import accepts, build_model, load_builder
 from ..plan import parameterize
 from ..rules.recipes import get_optimizer, get_recipe
 from ..shapes import DEFAULT_BLOCK_PATTERN
+from .spectral import loglog_slope, rms
 
 __all__ = ["CoordCheck", "coord_check"]
 
@@ -125,10 +126,6 @@ def _mean_over_seeds(records: Sequence[dict[str, Any]], key: str) -> dict[tuple[
     for r in records:
         acc.setdefault((r["module"], r["step"], r["size"]), []).append(r[key])
     return {k: float(np.mean(v)) for k, v in acc.items()}
-
-
-def _rms(t: torch.Tensor) -> float:
-    return float(t.detach().double().pow(2).mean().sqrt())
 
 
 def _first_tensor(out: Any) -> torch.Tensor | None:
@@ -239,7 +236,7 @@ def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width
             target(task.x)
         ref = dict(captured)
         for n, t in ref.items():
-            result[n] = [(_rms(t), float("nan"))]
+            result[n] = [(rms(t), float("nan"))]
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             task.loss(target).backward()
@@ -249,19 +246,11 @@ def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width
                 target(task.x)
             for n, t in captured.items():
                 if n in ref:
-                    result[n].append((_rms(t), _rms(t - ref[n])))
+                    result[n].append((rms(t), rms(t - ref[n])))
     finally:
         for h in hooks:
             h.remove()
     return result
-
-
-def _slope(sizes: Sequence[int], values: Sequence[float]) -> float:
-    v = np.asarray(values, dtype=float)
-    ok = np.isfinite(v) & (v > 0)
-    if ok.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(np.asarray(sizes, dtype=float)[ok]), np.log(v[ok]), 1)[0])
 
 
 def _check_sizes(label: str, sizes: Any) -> list[int]:
@@ -428,7 +417,7 @@ def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], depth_axis: boo
                 continue
             ro = [float(np.mean([v[0] for v in vv])) for vv in vals]
             rd = [float(np.mean([v[1] for v in vv])) for vv in vals]
-            sd, so = _slope(sizes, rd), _slope(sizes, ro)
+            sd, so = loglog_slope(sizes, rd), loglog_slope(sizes, ro)
             if not judged:
                 verdict = "not judged"
             elif not math.isfinite(sd):

@@ -99,6 +99,11 @@ def probe_batch(batch_size: int = 8, seq_len: int = 32, seed: int = 12345) -> to
     return x
 
 
+def rms(t: torch.Tensor) -> float:
+    """Root mean square of a tensor's entries, in float64."""
+    return float(t.detach().double().pow(2).mean().sqrt())
+
+
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Least-squares slope of ``log y`` against ``log x`` (nan when undefined)."""
     xs_, ys_ = np.asarray(xs, float), np.asarray(ys, float)

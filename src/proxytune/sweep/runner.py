@@ -243,7 +243,8 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
                                        "(proxytune status)")
                 spawn(cfg.executor.workers - len(alive))
                 continue
-            if not alive and not counts["waiting"] and not _own_running(store):
+            # Stale running trials are ours to redo (they become waiting on the next poll).
+            if not alive and not counts["waiting"] and not store.stale():
                 break
     except BaseException:
         for p in procs:
@@ -257,12 +258,6 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
         raise
     for p in procs:
         p.join()
-
-
-def _own_running(store: SweepStore) -> bool:
-    """Running trials that will come back to this sweep process (stale ones are re-queued)."""
-    stale = {t.number for t in store.stale()}
-    return any(t.number in stale for t in store.trials()) if stale else False
 
 
 def _ray_worker(config: dict[str, Any], index: int) -> int:

@@ -229,11 +229,7 @@ class SweepStore:
         n = 0
         for t in self.stale():
             if self._finish_state(t._trial_id, TrialState.FAIL, None, {"status": "requeued"}):
-                point = t.user_attrs.get("point")
-                if point is not None:
-                    self.study.enqueue_trial({}, user_attrs={"point": point, "point_id": point_id(point),
-                                                             "stage": t.user_attrs.get("stage", 0),
-                                                             "status": "waiting", "requeued_from": t.number})
+                self._reenqueue(t)
                 n += 1
         return n
 
@@ -263,12 +259,16 @@ class SweepStore:
         trial = self.storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             return False
+        self._reenqueue(trial)
+        return self._finish_state(trial_id, TrialState.FAIL, None, {"status": "requeued"})
+
+    def _reenqueue(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Put a trial's point back in the queue as a new waiting trial."""
         point = trial.user_attrs.get("point")
         if point is not None:
             self.study.enqueue_trial({}, user_attrs={"point": point, "point_id": point_id(point),
                                                      "stage": trial.user_attrs.get("stage", 0),
                                                      "status": "waiting", "requeued_from": trial.number})
-        return self._finish_state(trial_id, TrialState.FAIL, None, {"status": "requeued"})
 
     def _finish_state(self, trial_id: int, state: TrialState, values: list[float] | None,
                       attrs: dict[str, Any]) -> bool:
