@@ -17,6 +17,7 @@ from proxytune.analysis.laws import (
     fit_log_linear,
     fit_power_law,
     fit_saturating_power_law,
+    t_cdf,
     t_quantile,
 )
 
@@ -58,6 +59,31 @@ def test_t_quantile_symmetry_and_errors():
             t_quantile(bad, 3)
     with pytest.raises(ValueError, match="df > 0"):
         t_quantile(0.9, 0)
+
+
+def test_t_cdf_values_inverse_and_errors():
+    # tables: P(T <= 2.228139) = 0.975 at 10 df; Cauchy (1 df): 1/2 + atan(t)/pi
+    assert t_cdf(2.228139, 10) == pytest.approx(0.975, abs=1e-7)
+    for t in (-30.0, -1.0, 0.3, 5.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, rel=1e-12)
+    assert t_cdf(0.0, 3.5) == 0.5
+    assert t_cdf(-1.7, 2.5) == pytest.approx(1.0 - t_cdf(1.7, 2.5), rel=1e-12)
+    for p, df in ((0.9, 2), (0.01, 4.5), (0.999, 30)):
+        assert t_cdf(t_quantile(p, df), df) == pytest.approx(p, rel=1e-10)
+    assert math.isnan(t_cdf(float("nan"), 3))
+    assert t_cdf(math.inf, 3) == 1.0 and t_cdf(-math.inf, 3) == 0.0
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="df > 0"):
+            t_cdf(1.0, bad)
+
+
+def test_t_quantile_far_tails_keep_relative_precision():
+    # Cauchy quantile in closed form: -cot(pi p) for the lower tail
+    for p in (1e-10, 1e-6, 0.01):
+        expected = -1.0 / math.tan(math.pi * p)
+        assert t_quantile(p, 1) == pytest.approx(expected, rel=1e-12)
+        assert t_quantile(1.0 - p, 1) == pytest.approx(-expected, rel=1e-6)  # 1 - p is rounded
+    assert t_cdf(t_quantile(1e-10, 3.0), 3.0) == pytest.approx(1e-10, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------
@@ -264,6 +290,16 @@ def test_saturating_law_recovers_synthetic_parameters():
         law.interval(1e11)
 
 
+def test_saturating_law_floor_at_its_bound():
+    """A pure power law (c = 0) puts the floor on its lower bound, and the fit stays exact."""
+    n = np.geomspace(1e6, 1e9, 6)
+    loss = 5.0 * n**-0.1
+    law = fit_saturating_power_law(n, loss, n_bootstrap=0)
+    assert law.b == pytest.approx(-0.1, rel=1e-8)
+    assert 0.0 <= law.c < 1e-10
+    assert law.resid_std < 1e-12
+
+
 def test_saturating_law_errors():
     with pytest.raises(ValueError, match="at least 4 points"):
         fit_saturating_power_law([1, 2, 3], [3.0, 2.5, 2.2])
@@ -325,6 +361,22 @@ def test_chinchilla_custom_inits_and_errors():
         fit_chinchilla(N, np.where(np.arange(7) == 3, 0.0, D), loss)
     with pytest.raises(ValueError, match="both vary"):
         fit_chinchilla(N, np.full(7, 1e10), loss)
+
+
+def test_chinchilla_is_deterministic_and_reports_its_objective():
+    N = np.array([1e6, 1e7, 1e8, 1e6, 1e7, 1e8, 1e9, 3e7])
+    D = np.array([1e9, 1e9, 1e9, 1e10, 1e10, 1e10, 1e11, 3e9])
+    loss = _true_loss(N, D) * (1.0 + 0.003 * np.sin(np.arange(8)))
+    a = fit_chinchilla(N, D, loss, n_starts=8)
+    b = fit_chinchilla(N, D, loss, n_starts=8)
+    assert a.to_dict() == b.to_dict()
+    assert a.n_starts == 8
+    # ``objective`` is the Huber objective (delta = 1e-3) of the returned parameters
+    r = np.log(a.predict(N, D)) - np.log(loss)
+    huber = np.where(np.abs(r) <= 1e-3, 0.5 * r**2, 1e-3 * (np.abs(r) - 0.5e-3))
+    assert a.objective == pytest.approx(float(huber.sum()), rel=1e-9)
+    with pytest.raises(ValueError, match="n_starts"):
+        fit_chinchilla(N, D, loss, n_starts=0)
 
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Laws across scale: fit a law on the proxies, read off the target.
 
-Fits across scale, all deterministic, numpy only:
+Fits across scale, all deterministic, with numpy and scipy:
 
 * :func:`fit_power_law` -- ``y = c * x^alpha``, by ordinary least squares on
   ``log y = log c + alpha log x`` (natural logs). Prediction intervals are the
@@ -14,16 +14,18 @@ Fits across scale, all deterministic, numpy only:
 * :func:`fit_saturating_power_law` -- ``L(N) = a N^b + c`` with ``b < 0`` and
   ``0 <= c < min L``, the law of Mu-scaling (Yao & Wang 2023, "Research without
   Re-search: Maximal Update Parametrization Yields Accurate Loss Prediction
-  across Scales"); intervals from a residual bootstrap.
+  across Scales"): ``c`` profiled on a grid and refined with
+  ``scipy.optimize.minimize_scalar`` (bounded), then all three parameters by
+  ``scipy.optimize.least_squares`` (trust-region reflective, with bounds);
+  intervals from a residual bootstrap.
 * :func:`fit_chinchilla` -- ``L(N, D) = E + A / N^alpha + B / D^beta``
   (Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models",
-  approach 3): Huber loss in log space, minimised from a grid of initialisations
-  (batched Levenberg-Marquardt / IRLS in numpy instead of the paper's L-BFGS).
+  approach 3): Huber loss in log space, minimised as in the paper with L-BFGS
+  (``scipy.optimize.minimize``, ``method="L-BFGS-B"``, analytic gradient) from the
+  best-scoring points of the paper's grid of initialisations.
 
-:func:`t_quantile` is the Student t quantile used by the intervals,
-implemented here (no scipy): bisection on the t CDF, written with the
-regularized incomplete beta function evaluated by its continued fraction
-(modified Lentz's method, as in Press et al., "Numerical Recipes", sec. 6.4).
+:func:`t_cdf` and :func:`t_quantile` (Student t, used by the intervals) are thin,
+input-checking wrappers over ``scipy.special.stdtr`` / ``scipy.special.stdtrit``.
 
 Every fitted law has ``predict``, ``interval`` (where it makes sense),
 ``to_dict()`` (JSON-safe) and a readable ``str()``.
@@ -31,13 +33,13 @@ Every fitted law has ``predict``, ``interval`` (where it makes sense),
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import optimize, special
 
 __all__ = [
     "ChinchillaLaw",
@@ -57,111 +59,29 @@ ArrayLike = float | Sequence[float] | np.ndarray
 
 
 # ---------------------------------------------------------------------------
-# Student t distribution (no scipy)
+# Student t distribution (scipy.special)
 # ---------------------------------------------------------------------------
-
-_FPMIN = 1e-300
-_EPS = 1e-15
-
-
-def _lentz_step(aa: float, c: float, d: float) -> tuple[float, float, float]:
-    """One modified-Lentz update with coefficient ``aa``: returns (c, d, factor to multiply h by)."""
-    d = 1.0 + aa * d
-    if abs(d) < _FPMIN:
-        d = _FPMIN
-    c = 1.0 + aa / c
-    if abs(c) < _FPMIN:
-        c = _FPMIN
-    d = 1.0 / d
-    return c, d, d * c
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz's method).
-
-    Press et al., "Numerical Recipes" (3rd ed.), eq. 6.4.5 / routine ``betacf``.
-    Converges fast for ``x < (a + 1) / (a + b + 2)``.
-    """
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    if abs(d) < _FPMIN:
-        d = _FPMIN
-    d = 1.0 / d
-    h = d
-    max_iter = 10_000 + int(20 * math.sqrt(max(a, b)))
-    for m in range(1, max_iter + 1):
-        m2 = 2 * m
-        c, d, factor = _lentz_step(m * (b - m) * x / ((qam + m2) * (a + m2)), c, d)  # even step
-        h *= factor
-        c, d, delta = _lentz_step(-(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)), c, d)  # odd step
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            return h
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x})")
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function ``I_x(a, b)``, for ``a, b > 0`` and ``0 <= x <= 1``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def _t_upper_tail(t: float, df: float) -> float:
-    """``P(T > t)`` for ``t >= 0``: ``0.5 * I_{df / (df + t^2)}(df / 2, 1 / 2)``."""
-    return 0.5 * _betainc(0.5 * df, 0.5, df / (df + t * t))
 
 
 def t_cdf(t: float, df: float) -> float:
     """CDF of Student's t distribution with ``df`` degrees of freedom (``df > 0``, need not be an integer).
 
-    ``P(T <= t) = 1 - 0.5 I_{df / (df + t^2)}(df / 2, 1 / 2)`` for ``t >= 0`` (symmetric for
-    ``t < 0``), with the regularized incomplete beta function ``I`` from its continued fraction.
+    A thin wrapper over :func:`scipy.special.stdtr` that checks its input.
     """
     if not df > 0:
         raise ValueError(f"t distribution needs df > 0, got {df}")
     if math.isnan(t):
         return math.nan
-    tail = _t_upper_tail(abs(t), df)
-    return 1.0 - tail if t >= 0 else tail
-
-
-@functools.lru_cache(maxsize=1024)
-def _t_quantile_cached(p: float, df: float) -> float:
-    tail = 1.0 - p  # p > 0.5 here, so the target tail is in (0, 0.5)
-    lo, hi = 0.0, 1.0
-    while _t_upper_tail(hi, df) > tail:  # bracket: tail(lo) >= target > tail(hi)
-        lo, hi = hi, 2.0 * hi
-        if hi > 1e300:
-            return math.inf
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_upper_tail(mid, df) > tail:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-14 * hi:
-            break
-    return 0.5 * (lo + hi)
+    return float(special.stdtr(float(df), float(t)))
 
 
 def t_quantile(p: float, df: float) -> float:
     """Quantile of Student's t distribution: the ``t`` with ``P(T <= t) = p``.
 
-    Method: bisection (to relative precision 1e-14) on the upper tail
-    ``P(T > t) = 0.5 I_{df/(df+t^2)}(df/2, 1/2)``, the regularized incomplete beta
-    function evaluated with its continued fraction (modified Lentz, Press et al.,
-    "Numerical Recipes", sec. 6.4). Working with the tail (not ``1 - CDF``) keeps
-    full relative precision far in the tails. ``df`` need not be an integer.
-    Results are cached.
+    A thin wrapper over :func:`scipy.special.stdtrit` that checks its input. The quantile
+    is computed from the smaller tail ``min(p, 1 - p)`` (exact in floating point for
+    ``p >= 0.5``), which keeps full relative precision far in the tails and makes the
+    result exactly antisymmetric about ``p = 0.5``. ``df`` need not be an integer.
 
     >>> round(t_quantile(0.975, 10), 6)
     2.228139
@@ -173,9 +93,8 @@ def t_quantile(p: float, df: float) -> float:
         raise ValueError(f"t_quantile needs df > 0, got {df}")
     if p == 0.5:
         return 0.0
-    if p < 0.5:
-        return -_t_quantile_cached(1.0 - p, df)
-    return _t_quantile_cached(p, df)
+    q = -float(special.stdtrit(df, min(p, 1.0 - p)))  # >= 0: the upper-tail quantile
+    return q if p > 0.5 else -q
 
 
 def _two_sided_t(confidence: float, df: int) -> float:
@@ -687,7 +606,7 @@ def _sat_profile(xc: np.ndarray, loss: np.ndarray, cs: np.ndarray) -> tuple[np.n
     return sse, zm, b
 
 
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_B_MAX = -1e-12  # upper bound on b: the law must decrease with N (b < 0)
 
 
 def _fit_saturating_core(ln: np.ndarray, loss: np.ndarray, grid: int = 200) -> tuple[float, float, float, float]:
@@ -705,54 +624,38 @@ def _fit_saturating_core(ln: np.ndarray, loss: np.ndarray, grid: int = 200) -> t
     if not np.isfinite(sse[k]):
         raise ValueError("the loss does not decrease with N: no saturating power law a N^b + c with b < 0 fits")
 
-    # golden-section refinement of c between the grid neighbours of the best point
-    lo, hi = cs[max(k - 1, 0)], cs[min(k + 1, len(cs) - 1)]
+    # refine c between the grid neighbours of the best point (1-D profile, bounded Brent)
+    lo, hi = float(cs[max(k - 1, 0)]), float(cs[min(k + 1, len(cs) - 1)])
+    best_c, best = float(cs[k]), float(sse[k])
+    if hi > lo:
+        def f(c: float) -> float:
+            v = float(_sat_profile(xc, loss, np.array([c]))[0][0])
+            return v if math.isfinite(v) else 1e300  # Brent's parabolic steps need finite values
 
-    def f(c: float) -> float:
-        return float(_sat_profile(xc, loss, np.array([c]))[0][0])
+        res = optimize.minimize_scalar(f, bounds=(lo, hi), method="bounded",
+                                       options={"xatol": 1e-12 * max(hi, 1e-300), "maxiter": 200})
+        if res.fun < best:
+            best_c, best = float(res.x), float(res.fun)
+    _, zz, bb = _sat_profile(xc, loss, np.array([best_c]))
+    start = np.array([zz[0], min(bb[0], _B_MAX), best_c])
 
-    x1, x2 = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    f1, f2 = f(x1), f(x2)
-    for _ in range(40):
-        if f1 <= f2:
-            hi, x2, f2 = x2, x1, f1
-            x1 = hi - _GOLDEN * (hi - lo)
-            f1 = f(x1)
-        else:
-            lo, x1, f1 = x1, x2, f2
-            x2 = lo + _GOLDEN * (hi - lo)
-            f2 = f(x2)
-    best_c, best = (cs[k], float(sse[k]))
-    for cc, ff in ((x1, f1), (x2, f2)):
-        if ff < best:
-            best_c, best = cc, ff
-    s, zz, bb = _sat_profile(xc, loss, np.array([best_c]))
-    theta = np.array([zz[0], bb[0], best_c])
-    cur = float(s[0])
+    # joint least squares in L on (log a_centred, b, c): trust-region reflective keeps
+    # b < 0 and 0 <= c <= c_max through bounds
+    def resid(th: np.ndarray) -> np.ndarray:
+        return np.exp(th[0] + th[1] * xc) + th[2] - loss
 
-    # Levenberg-Marquardt on (log a_centred, b, c) for the squared error in L
-    lam = 1e-3
-    for _ in range(50):
-        e = np.exp(theta[0] + theta[1] * xc)
-        r = e + theta[2] - loss
-        J = np.column_stack([e, e * xc, np.ones_like(xc)])
-        g = J.T @ r
-        H = J.T @ J
-        improved = False
-        for _ in range(10):
-            step = np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), -g)
-            cand = theta + step
-            cand[2] = min(max(cand[2], 0.0), c_max)
-            if cand[1] < 0:
-                new = float(np.sum((np.exp(cand[0] + cand[1] * xc) + cand[2] - loss) ** 2))
-                if new < cur:
-                    rel = (cur - new) / max(cur, 1e-300)
-                    theta, cur, lam = cand, new, max(lam / 10.0, 1e-12)
-                    improved = True
-                    break
-            lam *= 10.0
-        if not improved or rel < 1e-12:
-            break
+    def jac(th: np.ndarray) -> np.ndarray:
+        e = np.exp(th[0] + th[1] * xc)
+        return np.column_stack([e, e * xc, np.ones_like(xc)])
+
+    theta, cur = start, float(np.sum(resid(start) ** 2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        sol = optimize.least_squares(resid, start, jac=jac, method="trf",
+                                     bounds=([-np.inf, -np.inf, 0.0], [np.inf, _B_MAX, c_max]),
+                                     ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=200)
+    new = float(np.sum(sol.fun**2))
+    if np.all(np.isfinite(sol.x)) and new < cur:  # never return worse than the profile start
+        theta, cur = sol.x, new
     return float(theta[0] - theta[1] * m), float(theta[1]), float(theta[2]), cur
 
 
@@ -767,8 +670,10 @@ def fit_saturating_power_law(n: ArrayLike, loss: ArrayLike, *, confidence: float
     Method (deterministic): ``c`` is profiled out -- for each ``c`` on a grid over
     ``[0, min L)`` (uniform plus geometric near ``min L``), ``log(L - c) = log a + b log N``
     is fitted by OLS and scored by its squared error in ``L``; the best grid point is
-    refined by golden-section search, then ``(log a, b, c)`` by Levenberg-Marquardt on the
-    squared error in ``L`` (``log N`` centred, so the fit is invariant to the unit of ``N``:
+    refined by bounded Brent search (:func:`scipy.optimize.minimize_scalar`), then
+    ``(log a, b, c)`` jointly by :func:`scipy.optimize.least_squares` (trust-region
+    reflective, bounds ``b < 0`` and ``0 <= c < min L``) on the squared error in ``L``
+    (``log N`` centred, so the fit is invariant to the unit of ``N``:
     params in millions or in counts give the same ``b``, ``c`` and predictions).
 
     Intervals: residual bootstrap with ``n_bootstrap`` resamples (``seed`` fixed): the
@@ -921,74 +826,55 @@ def _chinchilla_objective_np(theta: np.ndarray, ln: np.ndarray, ld: np.ndarray, 
     return np.where(np.isfinite(obj), obj, np.inf)
 
 
-def _chinchilla_lm(theta: np.ndarray, ln: np.ndarray, ld: np.ndarray, ll: np.ndarray, delta: float,
-                   max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-    """Minimise the Huber objective from every row of ``theta`` at once (batched, numpy).
+def _chinchilla_lbfgs(start: np.ndarray, xn: np.ndarray, xd: np.ndarray, ll: np.ndarray, delta: float,
+                      max_iter: int) -> tuple[np.ndarray, float]:
+    """Minimise the Huber objective from one start with L-BFGS-B and its analytic gradient.
 
-    Levenberg-Marquardt on the iteratively reweighted least-squares majoriser of the Huber
-    loss: with residuals ``r``, ``psi(r) = clip(r, -delta, delta)`` and IRLS weights
-    ``w = min(1, delta / |r|)``, each step solves ``(J^T W J + lam diag(J^T W J)) s = -J^T psi``
-    and is kept only if the objective decreases (else ``lam`` grows), so every start
-    descends monotonically. ``J`` is the Jacobian of the LSE prediction: softmax weights
-    ``(p1, p2, p3)`` give ``d/da = p1``, ``d/db = p2``, ``d/de = p3``,
-    ``d/dalpha = -p1 log N``, ``d/dbeta = -p2 log D``.
+    Works in the centred parameters ``(a', b', e, alpha, beta)`` with ``a' = a - alpha mean(log N)``
+    (likewise ``b'``) on ``xn = log N - mean``, ``xd = log D - mean``: the same objective, but
+    ``a`` and ``alpha`` are no longer nearly collinear, which L-BFGS needs to converge quickly.
+    With ``p`` the softmax weights of the three LSE terms and ``psi = clip(r, -delta, delta)``,
+    the gradient is ``sum psi * (p1, p2, p3, -p1 xn, -p2 xd)``.
     """
-    th = theta.copy()
-    k = len(th)
-    obj = _chinchilla_objective_np(th, ln, ld, ll, delta)
-    lam = np.full(k, 1e-3)
-    active = np.isfinite(obj)
-    eye = np.eye(5)
-    for _ in range(max_iter):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        t = th[idx]
-        lse, p = _chinchilla_terms(t, ln, ld)
-        r = lse - ll[None, :]
-        psi = np.clip(r, -delta, delta)
-        w = np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-300))
-        J = np.stack([p[..., 0], p[..., 1], p[..., 2], -p[..., 0] * ln[None, :], -p[..., 1] * ld[None, :]], axis=-1)
-        g = np.einsum("kni,kn->ki", J, psi)
-        H = np.einsum("kni,kn,knj->kij", J, w, J)
-        dg = np.einsum("kii->ki", H) + 1e-12
-        A = H + lam[idx, None, None] * (dg[:, :, None] * eye[None])
-        try:
-            step = np.linalg.solve(A, -g[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = -g / dg
-        cand = t + step
-        new = _chinchilla_objective_np(cand, ln, ld, ll, delta)
-        old = obj[idx]
-        better = new < old
-        acc = idx[better]
-        th[acc] = cand[better]
-        obj[acc] = new[better]
-        lam[acc] = np.maximum(lam[acc] / 3.0, 1e-12)
-        lam[idx[~better]] *= 4.0
-        # converged: tiny relative decrease on an accepted step, or a step nobody can take
-        done = np.zeros(k, dtype=bool)
-        done[acc] = (old[better] - new[better]) <= 1e-13 * np.maximum(old[better], 1e-300)
-        done[idx[~better]] = lam[idx[~better]] > 1e12
-        active &= ~done
-    return th, obj
+
+    def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
+        t1 = u[0] - u[3] * xn
+        t2 = u[1] - u[4] * xd
+        mx = np.maximum(np.maximum(t1, t2), u[2])  # stable log-sum-exp
+        e1, e2, e3 = np.exp(t1 - mx), np.exp(t2 - mx), np.exp(u[2] - mx)
+        tot = e1 + e2 + e3
+        r = mx + np.log(tot) - ll
+        a = np.abs(r)
+        obj = float(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum())
+        w = np.clip(r, -delta, delta) / tot  # psi / tot: times e_k gives psi * softmax_k
+        g1, g2 = e1 * w, e2 * w
+        return obj, np.array([g1.sum(), g2.sum(), (e3 * w).sum(), -(g1 @ xn), -(g2 @ xd)])
+
+    # the objective is ~1e-5 here and L-BFGS-B's ftol is relative to max(|f|, 1), so the
+    # defaults would stop far too early: tighten both, maxiter bounds the work
+    res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
+                            options={"maxiter": max_iter, "ftol": 1e-13, "gtol": 1e-10})
+    return res.x, float(res.fun)
 
 
 def fit_chinchilla(n: ArrayLike, d: ArrayLike, loss: ArrayLike, *, inits: Iterable[Sequence[float]] | None = None,
-                   huber_delta: float = 1e-3, n_starts: int | None = 256, max_iter: int = 300) -> ChinchillaLaw:
+                   huber_delta: float = 1e-3, n_starts: int | None = 32,
+                   max_iter: int = 300) -> ChinchillaLaw:
     """Fit ``L(N, D) = E + A / N^alpha + B / D^beta`` as in Hoffmann et al. 2022 (approach 3).
 
     With ``A = exp(a)``, ``B = exp(b)``, ``E = exp(e)``, minimise over ``(a, b, e, alpha, beta)``
     ``sum_i Huber_delta( LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i )``
     (``delta = 1e-3``) from several initialisations and keep the best by objective.
-    The paper minimises with L-BFGS; here every start is optimised at once by a batched
-    Levenberg-Marquardt / IRLS descent written in numpy (same objective, monotone
-    decrease; fast and thread-free for these small problems).
+    As in the paper, each start is minimised with L-BFGS (:func:`scipy.optimize.minimize`,
+    ``method="L-BFGS-B"``, analytic gradient, at most ``max_iter`` iterations).
 
     ``inits`` are rows ``(a, b, e, alpha, beta)``; by default the paper's grid
     (``alpha, beta in {0, .5, .., 2}``, ``e in {-1, -.5, .., 1}``, ``a, b in {0, 5, .., 25}``;
-    4500 starts). To keep the fit fast, the objective is evaluated at every start and only
-    the ``n_starts`` best are optimised (``n_starts=None`` optimises all of them).
+    4500 starts). The objective is evaluated at every start and only the ``n_starts`` best
+    are optimised (``n_starts=None`` optimises all of them). The default is 32, not more:
+    one L-BFGS run (~100 evaluations of a Python objective) costs 5-10 ms, so 256 starts take
+    1.5-3 s per fit against 0.2-0.4 s for 32, and on synthetic problems (8-49 points, 0.1-1% noise)
+    the best of the 16 best-scored starts already reached the same minimum as the best of 256.
     At least 6 points are needed (5 parameters), and ``N`` and ``D`` must both vary.
     """
     ns = _positive(n, "n", "N enters through log N")
@@ -1011,12 +897,24 @@ def fit_chinchilla(n: ArrayLike, d: ArrayLike, loss: ArrayLike, *, inits: Iterab
         if n_starts < 1:
             raise ValueError(f"n_starts must be >= 1 or None, got {n_starts}")
         order = order[:n_starts]
+    mn, md = float(ln.mean()), float(ld.mean())
+    best_theta, best_obj = None, math.inf
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        theta, obj = _chinchilla_lm(starts[order], ln, ld, ll, huber_delta, max_iter)
-    ok = np.isfinite(obj) & np.all(np.isfinite(theta), axis=1)
-    if not ok.any():
+        for i in order:
+            if not np.isfinite(obj0[i]):
+                continue
+            u0 = starts[i].copy()
+            u0[0] -= u0[3] * mn  # a' = a - alpha mean(log N)
+            u0[1] -= u0[4] * md  # b' = b - beta mean(log D)
+            theta, _ = _chinchilla_lbfgs(u0, ln - mn, ld - md, ll, huber_delta, max_iter)
+            theta[0] += theta[3] * mn
+            theta[1] += theta[4] * md
+            # score on the original parametrisation, as reported in ``objective``
+            obj = float(_chinchilla_objective_np(theta[None, :], ln, ld, ll, huber_delta)[0])
+            if np.all(np.isfinite(theta)) and obj < best_obj:  # strict: ties keep the earlier start
+                best_theta, best_obj = theta, obj
+    if best_theta is None:
         raise ValueError("the Chinchilla fit diverged from every initialisation")
-    best = int(np.argmin(np.where(ok, obj, np.inf)))
-    a, b, e, alpha, beta = (float(v) for v in theta[best])
+    a, b, e, alpha, beta = (float(v) for v in best_theta)
     return ChinchillaLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta, n=npts,
-                         objective=float(obj[best]), huber_delta=huber_delta, n_starts=len(order))
+                         objective=best_obj, huber_delta=huber_delta, n_starts=len(order))
