@@ -1,0 +1,50 @@
+"""The limits every verdict and check in proxytune judges by, in one place.
+
+``analyze``, ``report``, ``check``, ``coord-check``, ``explain --check`` and
+``demo`` all read these, and each verdict line states the ones it used, so
+two commands can never disagree because they judged by different limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits of the transfer verdict, the coordinate check and the trust flags of a prediction."""
+
+    # transfer verdict ------------------------------------------------------------------------------
+    max_drift_per_doubling: float = 0.25
+    """Largest drift of the optimal HP (octaves, i.e. log2 units) per doubling of the size that still counts
+    as "stays put": over 16x of width (4 doublings) it adds up to one octave, a factor 2 in LR."""
+    max_relative_regret: float = 0.01
+    """Largest relative loss penalty at the largest size for using the smallest size's optimum."""
+    resolution_factor: float = 2.0
+    """A PASS needs the drift's interval inside +-(this x max_drift_per_doubling): otherwise the sweep is too
+    noisy to tell a drifting optimum from a still one, and the verdict is UNRESOLVED."""
+    confidence: float = 0.9
+    """Level of every interval proxytune prints."""
+
+    # coordinate check --------------------------------------------------------------------------------
+    coord_slope_tolerance: float = 0.4
+    """Largest |log-log slope| of a module's update size against width (or depth) that counts as
+    size-independent. Under muP the built-in GPT measures |slope| <= 0.33 from width 32 up (2 seeds, 3 steps,
+    lr 1e-3); under SP with one global LR the hidden layers measure +0.64 .. +1.9."""
+    coord_lr: float = 1e-3
+    """Base learning rate of the coordinate check: large enough to move every tensor, small enough that 3
+    steps stay in the regime the check is about (at 1e-2 the smallest models already saturate)."""
+    coord_seeds: int = 2
+
+    # trust of a prediction ---------------------------------------------------------------------------
+    max_trusted_interval_octaves: float = 2.0
+    """A predicted HP whose interval spans more than this (a factor 4 for log2 HPs) is flagged."""
+    max_width_extrapolation: float = 16.0
+    """Extrapolating more than this factor beyond the largest swept width is flagged."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+THRESHOLDS = Thresholds()
