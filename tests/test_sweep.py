@@ -36,6 +36,8 @@ def sweep_dict(tmp_path: Path, **over) -> dict:
         "train": dict(TRAIN),
         "executor": {"workers": 2, "threads": 1, "batch": 1, "lease_seconds": 20},
         "runs_dir": str(tmp_path / "runs"),
+        # exact trial counts below: no refinement pass (tests/test_refine.py covers it)
+        "strategy": {"kind": "grid", "refine": False},
     }
     d.update(over)
     return d

@@ -89,6 +89,9 @@ class StrategyConfig(_Strict):
     shrink: float = Field(4.0, gt=1, description="telescoping: grid points shrink by shrink^(1/n_hps) per doubling")
     min_points: int = Field(3, ge=1, description="telescoping: never fewer points per HP than this")
     scale_axis: str = Field("width", description="telescoping: the axis that grows stage by stage")
+    refine: bool = Field(True, description="grid: after the grid, one pass at half spacing around each size's "
+                                           "optimum whose interval is wider than the grid step")
+    refine_axis: str = Field("log2_lr", description="grid: the HP axis that the refinement pass refines")
 
 
 class ExecutorConfig(_Strict):

@@ -44,7 +44,10 @@ class Sweep:
         """The sweep stored in ``run_dir`` (its saved ``sweep.yaml``)."""
         path = Path(run_dir) / CONFIG_FILE
         if not path.is_file():
-            raise SweepConfigError(f"{str(run_dir)!r} is not a sweep directory (no {CONFIG_FILE} in it)")
+            inside = sorted(p.parent for p in Path(run_dir).glob(f"*/*/{CONFIG_FILE}")) + sorted(
+                p.parent for p in Path(run_dir).glob(f"*/{CONFIG_FILE}"))
+            hint = (": the sweeps under it are " + ", ".join(str(p) for p in inside[:6])) if inside else ""
+            raise SweepConfigError(f"{str(run_dir)!r} is not a sweep directory (no {CONFIG_FILE} in it){hint}")
         cfg = SweepConfig.from_yaml(path)
         # The saved copy lives in runs_dir/name: keep pointing at it wherever the command runs from.
         return cls(cfg.model_copy(update={"runs_dir": str(Path(run_dir).resolve().parent)}))
@@ -90,9 +93,48 @@ class Sweep:
                 _run_ray(self.cfg, store, on_poll, poll_seconds)
             else:
                 _run_local(self.cfg, store, on_poll, poll_seconds)
-            if self.cfg.strategy.kind != "telescoping" or not self._advance_stage(store):
+            if self.cfg.strategy.kind == "grid":
+                if not self._refine(store):
+                    break
+            elif self.cfg.strategy.kind != "telescoping" or not self._advance_stage(store):
                 break
         return store.counts()
+
+    def refinement_points(self, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The second-pass points of a grid sweep: the half-step values of the refined axis that each size's
+        optimum asks for (:attr:`Optimum.refine`), with every seed that ran at that size."""
+        from ..analysis.optimum import optima_by_group
+
+        st = self.cfg.strategy
+        hp = st.refine_axis
+        if st.kind != "grid" or not st.refine or hp not in self.cfg.axes:
+            return []
+        records = self.records() if records is None else records
+        done = [r for r in records if r.get("status") in ("complete", "diverged")]
+        if not done:
+            return []
+        size_axes = [a for a in self.cfg.axes if a != hp and a not in ("seed", "data_seed")]
+        points = []
+        for o in optima_by_group(done, hp, size_axes=size_axes):
+            if not o.refine:
+                continue
+            same = [r for r in done if all(r.get(a) == o.group.get(a) for a in size_axes)
+                    and r[hp] == o.best_grid_value]
+            for r in same:
+                for x in o.refine:
+                    points.append({**{a: r[a] for a in self.cfg.axes}, hp: x})
+        return largest_first(points, self.cfg.train)
+
+    def _refine(self, store: SweepStore) -> bool:
+        """Enqueue the refinement pass once (stage 1), after the grid; True when it added trials."""
+        trials = store.trials()
+        if any(t.user_attrs.get("stage", 0) >= 1 for t in trials):
+            return False
+        records = store.records()
+        if any(r["status"] in ("waiting", "running") for r in records):
+            return False
+        points = self.refinement_points(records)
+        return bool(points) and store.enqueue(points, stage=1) > 0
 
     def _advance_stage(self, store: SweepStore) -> bool:
         stages = [t.user_attrs.get("stage", 0) for t in store.trials()]
