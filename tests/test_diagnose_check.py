@@ -12,7 +12,7 @@ from proxytune.diagnose.check import quick_check
 
 def test_quick_check_separates_mup_from_sp():
     ok = quick_check("gpt", recipe="mup")
-    assert ok.transfers and ok.line == "transfers"
+    assert ok.transfers and ok.line.startswith("transfers") and not ok.sweep.failed
     assert ok.sweep is not None and abs(ok.sweep.drift_per_doubling) <= 0.5
     bad = quick_check("gpt", recipe="sp")
     assert not bad.transfers and bad.line.startswith("does not transfer, because")
@@ -36,3 +36,8 @@ def test_coord_check_cli_and_explain_check(tmp_path):
                               "--base-depth", "1", "--check"])
     assert res.exit_code == 0, res.output
     assert "quick coordinate check (widths [32, 64, 128]" in res.output and "PASS" in res.output
+    assert "lr 0.001, 2 seeds" in res.output  # the shared check settings, not --lr
+    # the same check under SP fails, and says so with its exit status
+    res = runner.invoke(app, ["explain", "--width", "128", "--depth", "1", "--base-width", "32",
+                              "--base-depth", "1", "--recipe", "sp", "--lr", "0.01", "--check"])
+    assert res.exit_code == 1 and "FAIL" in res.output, res.output

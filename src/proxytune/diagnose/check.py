@@ -9,9 +9,11 @@ Three pieces of evidence, each cheap on CPU for small proxies:
 3. a mini LR sweep at the same widths (batched trials) and its transfer
    verdict: does the optimal learning rate stay put?
 
-The verdict is "transfers" only when the coordinate check passes and the
-optimum does not drift; otherwise it says "does not transfer, because ..."
-with the evidence and a suggestion.
+Every limit comes from :mod:`proxytune.thresholds`, the same ones
+``analyze``, ``coord-check`` and ``demo`` judge by. The verdict is
+"transfers" when the coordinate check passes and the mini sweep does not FAIL
+(a sweep too short to resolve the drift says so); otherwise it says "does not
+transfer, because ..." with the evidence and a suggestion.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from typing import Any
 
 from ..analysis.optimum import optima_by_group
 from ..analysis.verdict import Verdict, transfer_verdict
+from ..thresholds import THRESHOLDS
 from ..train import TrainConfig, train_batched
 from .alignment import AlignmentCheck, alignment_check
 from .coord import CoordCheck, coord_check
-
-# The mini sweep is short and single-seed: its drift limit is looser than the report's.
-MINI_SWEEP_THRESHOLDS = {"max_drift_per_doubling": 0.5, "max_relative_regret": 0.05}
 
 
 @dataclass
@@ -55,15 +55,18 @@ class QuickCheck:
 def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2,
                 recipe: str = "mup", optimizer: str = "adamw", data: str = "stdlib",
                 model_options: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
-                log2_lrs: tuple[float, ...] = (-10, -8.5, -7, -5.5, -4), steps: int = 60, batch_size: int = 8,
-                seq_len: int = 32, alignment: str = "full") -> QuickCheck:
-    """Run the three checks and return the verdict (a few minutes at most for small proxies on CPU)."""
+                log2_lrs: tuple[float, ...] = (-10, -9, -8, -7, -6, -5, -4), steps: int = 60, batch_size: int = 8,
+                seq_len: int = 32, seeds: int = 2, alignment: str = "full") -> QuickCheck:
+    """Run the three checks and return the verdict (a few minutes at most for small proxies on CPU).
+
+    The mini sweep trains every (width, log2 LR, seed) for ``steps`` steps; ``seeds`` >= 2 lets the
+    optimum's interval include the seed-to-seed noise."""
     widths = tuple(sorted(widths))
     if len(widths) < 3:
         raise ValueError("quick_check needs 3 or more widths")
     coord = coord_check(model, widths=list(widths), depth=depth, recipe=recipe, optimizer=optimizer, data=data,
-                        model_options=model_options, seeds=1, steps=3, batch_size=batch_size, seq_len=seq_len,
-                        lr=2.0 ** log2_lrs[len(log2_lrs) // 2])
+                        model_options=model_options, seeds=THRESHOLDS.coord_seeds, steps=3, batch_size=batch_size,
+                        seq_len=seq_len, lr=THRESHOLDS.coord_lr)
     align, align_error = None, ""
     if model == "gpt" or ":" in model:
         try:
@@ -78,16 +81,20 @@ def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), 
         configs = [TrainConfig(model=model, width=w, depth=depth, base_width=widths[0], base_depth=depth,
                                recipe=recipe, optimizer=optimizer, data=data, data_options=data_options or {},
                                model_options=model_options or {}, lr=2.0 ** x, steps=steps,
-                               batch_size=batch_size, seq_len=seq_len, eval_every=steps, eval_batches=4,
-                               tags={"log2_lr": x}) for x in log2_lrs]
+                               batch_size=batch_size, seq_len=seq_len, eval_every=steps, eval_batches=4, seed=s,
+                               tags={"log2_lr": x}) for x in log2_lrs for s in range(seeds)]
         for cfg, res in zip(configs, train_batched(configs)):
-            records.append({"width": w, "log2_lr": cfg.tags["log2_lr"], "status": res.status,
+            records.append({"width": w, "log2_lr": cfg.tags["log2_lr"], "seed": cfg.seed, "status": res.status,
                             "val_loss": res.final_val_loss})
     optima = optima_by_group(records, "log2_lr", size_axes=["width"])
-    sweep = transfer_verdict(optima, "width", MINI_SWEEP_THRESHOLDS) if len(optima) >= 2 else None
+    sweep = transfer_verdict(optima, "width") if len(optima) >= 2 else None
     reasons = _reasons(coord, align, sweep, recipe)
-    ok = coord.passed and sweep is not None and sweep.passed
-    line = "transfers" if ok else "does not transfer, because " + "; ".join(reasons)
+    ok = coord.passed and sweep is not None and not sweep.failed
+    if ok:
+        line = "transfers" + ("" if sweep.passed else " (the coordinate check passes; the mini LR sweep is too short "
+                              "to resolve the drift: " + "; ".join(sweep.advice) + ")")
+    else:
+        line = "does not transfer, because " + "; ".join(reasons)
     return QuickCheck(ok, line, reasons, coord, align, sweep, records, align_error)
 
 
@@ -107,8 +114,13 @@ def _reasons(coord: CoordCheck, align: AlignmentCheck | None, sweep: Verdict | N
                    "too much for those tensors)")
     if sweep is None:
         out.append("the mini LR sweep found no usable optimum")
+    elif sweep.failed and math.isfinite(sweep.drift_per_doubling):
+        out.append(f"the optimal LR moves by {sweep.drift_per_doubling:+.2f} octaves per doubling of width "
+                   f"(limit +-{THRESHOLDS.max_drift_per_doubling:g})")
     elif not sweep.passed and math.isfinite(sweep.drift_per_doubling):
-        out.append(f"the optimal LR moves by {sweep.drift_per_doubling:+.2f} octaves per doubling of width")
+        lo, hi = sweep.drift_interval
+        out.append(f"the mini LR sweep is too short to resolve the drift of the optimal LR "
+                   f"({sweep.drift_per_doubling:+.2f} octaves per doubling, 90% {lo:+.2f} .. {hi:+.2f})")
     if align is not None and not align.passed:
         out.append(f"alignment: {align.line}")
     return out or ["the evidence is inconclusive"]

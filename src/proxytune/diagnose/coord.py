@@ -32,6 +32,7 @@ from ..builders import accepts, build_model, load_builder
 from ..plan import parameterize
 from ..rules.recipes import get_optimizer, get_recipe
 from ..shapes import DEFAULT_BLOCK_PATTERN
+from ..thresholds import THRESHOLDS
 from .spectral import loglog_slope, rms
 
 __all__ = ["CoordCheck", "coord_check"]
@@ -267,9 +268,9 @@ def _check_sizes(label: str, sizes: Any) -> list[int]:
 def coord_check(
     model: str | Callable[..., nn.Module] = "gpt", *, widths: list[int] | None = None,
     depths: list[int] | None = None, width: int = 64, depth: int = 2, base_width: int | None = None,
-    base_depth: int | None = None, recipe: str = "mup", optimizer: str = "adamw", lr: float = 1e-2,
-    steps: int = 3, seeds: int = 2, batch_size: int = 8, seq_len: int = 32, data: str = "stdlib",
-    model_options: dict[str, Any] | None = None, tolerance: float = 0.25,
+    base_depth: int | None = None, recipe: str = "mup", optimizer: str = "adamw", lr: float = THRESHOLDS.coord_lr,
+    steps: int = 3, seeds: int = THRESHOLDS.coord_seeds, batch_size: int = 8, seq_len: int = 32, data: str = "stdlib",
+    model_options: dict[str, Any] | None = None, tolerance: float = THRESHOLDS.coord_slope_tolerance,
     modules: list[str] | None = None,
 ) -> CoordCheck:
     """Coordinate check: does each module's update scale with width (or depth)?
