@@ -14,9 +14,11 @@ from typing import Any
 from ..builders import build_model, load_builder
 from ..sweep import Sweep
 from ..sweep.config import base_config
+from ..thresholds import THRESHOLDS
 from .laws import fit_log_linear, fit_saturating_power_law
 from .optimum import optima_by_group
 from .rules_of_thumb import apply_rule
+from .snippet import training_snippet
 
 
 def count_params(model_name: str, width: int, depth: int, options: dict[str, Any]) -> int:
@@ -63,7 +65,14 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     out: dict[str, Any] = {"target": {"width": width, "depth": depth, "params": n_target,
                                       "tokens": target_vars["D"], "batch_tokens": target_vars["B"]}}
     ys = [2.0 ** o.value for o in optima] if hp.startswith("log2_") else [o.value for o in optima]
-    if varying and len(optima) >= len(varying) + 2 and len(set(nvars["N"])) >= 2:
+    if varying == ["N"] and hp.startswith("log2_"):
+        # Only the size varies: the line of the optimum against log2 N, refitted to every bootstrap draw of the
+        # optima, so its interval carries each optimum's measured noise (as the transfer verdict's drift does)
+        # instead of a t-quantile on the 1-2 residual degrees of freedom of a few points.
+        value, lo, hi, slope = _line_through_draws(optima, nvars["N"], n_target, confidence)
+        notes.append(f"{hp} from the law fitted on {len(optima)} optima: {hp} = {slope:+.3f} log2 N + const, "
+                     f"its interval from the optima's bootstrap draws")
+    elif varying and len(optima) >= len(varying) + 2 and len(set(nvars["N"])) >= 2:
         law = fit_log_linear({k: nvars[k] for k in varying}, ys, confidence=confidence,
                              y_name=hp[5:] + "*" if hp.startswith("log2_") else hp)
         at = {k: target_vars[k] for k in varying}
@@ -102,7 +111,80 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
         notes.append(f"no loss prediction: L = a N^b + c (3 parameters) needs 4 or more sizes, the sweep has "
                      f"{len(best)}")
     out["notes"] = notes
+    out["recipe"] = {"recipe": first.recipe, "optimizer": first.optimizer, "sweep": cfg.name}
+    out["proxies"] = {"widths": sorted({int(g) for g in _swept(optima, first, "width")}),
+                      "depths": sorted({int(g) for g in _swept(optima, first, "depth")}),
+                      "tokens": tokens_proxy, "batch_tokens": sorted(set(nvars["B"])),
+                      "seeds": min(o.n_seeds for o in optima)}
+    out["warnings"] = trust_warnings(out, hp)
     out["plan"] = target_plan(sweep, width, depth, out["hp"], plan_path)
+    return out
+
+
+def _line_through_draws(optima: list[Any], ns: list[float], n_target: float,
+                        confidence: float) -> tuple[float, float, float, float]:
+    """(value, lo, hi, slope) at ``n_target`` of the least-squares line of the optima against log2 N."""
+    import numpy as np
+
+    x = np.log2(np.asarray(ns, dtype=float))
+    xt = math.log2(n_target)
+    rng = np.random.default_rng(0)
+
+    def at_target(y: np.ndarray) -> np.ndarray:  # y: (draws, sizes)
+        xc = x - x.mean()
+        slope = (y - y.mean(axis=-1, keepdims=True)) @ xc / float(xc @ xc)
+        return y.mean(axis=-1) + slope * (xt - x.mean()), slope
+
+    point, slope = at_target(np.asarray([[o.value for o in optima]]))
+    cols = []
+    for o in optima:
+        if o.draws:
+            cols.append(np.asarray(o.draws)[rng.integers(0, len(o.draws), 1000)])
+        else:  # no bootstrap (too few points): uniform over its interval
+            cols.append(rng.uniform(o.interval[0], o.interval[1], 1000))
+    draws, _ = at_target(np.stack(cols, axis=1))
+    tail = 50 * (1 - confidence)
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(point[0]), float(min(lo, point[0])), float(max(hi, point[0])), float(slope[0])
+
+
+def _swept(optima: list[Any], first: Any, axis: str) -> list[Any]:
+    return [o.group.get(axis, getattr(first, axis)) for o in optima]
+
+
+def trust_warnings(result: dict[str, Any], hp: str = "log2_lr") -> list[str]:
+    """What limits the trust in a prediction, in words, each with what to do about it.
+
+    Flags (limits from :mod:`proxytune.thresholds`): an HP interval wider than
+    ``max_trusted_interval_octaves``; a target deeper or shallower than every
+    proxy; a batch or token budget outside the swept ones; a width more than
+    ``max_width_extrapolation`` times the largest proxy's.
+    """
+    th = THRESHOLDS
+    out = []
+    lo, hi = result["hp"]["interval"]
+    px, t = result["proxies"], result["target"]
+    if hp.startswith("log2_") and hi - lo > th.max_trusted_interval_octaves:
+        out.append(f"the {hp[5:]} interval spans a factor {2 ** (hi - lo):.0f} ({hi - lo:.1f} octaves, more than "
+                   f"{th.max_trusted_interval_octaves:g}): do not stake a large run on it yet; run more seeds (now "
+                   f"{px['seeds']}), more proxy widths (now {len(px['widths'])}) or longer proxy runs (now "
+                   f"{px['tokens']:.3g} tokens), then predict again")
+    depths = px["depths"]
+    if depths and not depths[0] <= t["depth"] <= depths[-1]:
+        out.append(f"depth {t['depth']} was never swept (proxies: depth {', '.join(map(str, depths))}): the "
+                   f"prediction assumes the recipe's depth rule holds that far; sweep a depth axis (or check it "
+                   f"with proxytune coord-check --depths) before trusting it")
+    widths = px["widths"]
+    if widths and t["width"] > th.max_width_extrapolation * widths[-1]:
+        out.append(f"width {t['width']} is {t['width'] / widths[-1]:.0f}x the largest proxy ({widths[-1]}), more "
+                   f"than {th.max_width_extrapolation:g}x: add a wider proxy to shorten the extrapolation")
+    if t["tokens"] > px["tokens"] * (1 + 1e-9):
+        out.append(f"the target trains on {t['tokens']:.3g} tokens, the proxies on at most {px['tokens']:.3g}: "
+                   "beyond the swept token budgets (see the notes for how the LR was moved)")
+    b = px["batch_tokens"]
+    if b and not b[0] * (1 - 1e-9) <= t["batch_tokens"] <= b[-1] * (1 + 1e-9):
+        out.append(f"a batch of {t['batch_tokens']:.3g} tokens per step is outside the swept ones "
+                   f"({', '.join(f'{x:g}' for x in b)}): the LR depends on the batch; sweep a batch_size axis")
     return out
 
 
@@ -130,17 +212,6 @@ def target_plan(sweep: Sweep, width: int, depth: int, hp: dict[str, Any],
         import json
 
         Path(path).write_text(json.dumps(d, indent=1, default=str))
-    if first.model in ("gpt", "mlp", "moe"):
-        imports, fn = f"from proxytune.models import {first.model}\n", f"{first.model}.build"
-    else:
-        module, fn = first.model.split(":", 1)
-        imports = f"from {module} import {fn}\n"
-    opts = "".join(f", {k}={v!r}" for k, v in options.items())
-    d["snippet"] = (
-        f"import proxytune as pt\n{imports}\n"
-        f"target = {fn}(width={width}, depth={depth}{opts})\n"
-        f"base = {fn}(width={first.base_width or first.width}, depth={first.base_depth or first.depth}{opts}, "
-        "device=\"meta\")\n"
-        f"plan = pt.parameterize(target, base, recipe=\"{first.recipe}\", optimizer=\"{first.optimizer}\")\n"
-        f"opt = plan.optimizer(lr={lr:.4g}, weight_decay={first.weight_decay:g})\n")
+    d["snippet"] = training_snippet(first, width=width, depth=depth, lr=lr,
+                                    params=sum(p.numel() for p in target.parameters()))
     return d

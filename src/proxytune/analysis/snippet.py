@@ -1,0 +1,263 @@
+"""The torch code a user copies to train the target with the settings tuned on the proxies.
+
+``training_snippet(cfg, width=..., depth=..., lr=...)`` writes Python source
+that does what the trainer (:mod:`proxytune.train.setup` and ``loop``) does
+for ``cfg``, at the target's shape and the predicted base LR: the same base
+(shape, seed, CPU so its init statistics are exact), the same
+``parameterize`` call, init multipliers, optimizer keywords, schedule
+(``proxytune.train.lr_factor`` through ``LambdaLR``) and gradient clipping.
+Only the data is left to the user (``# your data here``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..builders import BUILTIN_MODELS, build_model, load_builder
+
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
+
+__all__ = ["training_snippet", "available_memory", "bytes_per_param", "DATA_PLACEHOLDER"]
+
+# The statement in ``next_batch`` that stands for the user's data; tests swap it for a batch.
+DATA_PLACEHOLDER = 'raise NotImplementedError("your data here: return (inputs, targets) for this step on `device`")'
+
+
+def available_memory(device: str = "cpu") -> tuple[int, str]:
+    """(bytes, what) of the memory a target would live in here: the GPU's for a CUDA device
+    (when CUDA is available), else the machine's total RAM."""
+    if device == "auto" or device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            index = torch.device(device).index if device.startswith("cuda:") else 0
+            return int(torch.cuda.get_device_properties(index or 0).total_memory), f"GPU memory (cuda:{index or 0})"
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "RAM"
+    except (ValueError, OSError, AttributeError):  # no sysconf names (non-Linux): read /proc/meminfo
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemTotal:"):
+                        return int(line.split()[1]) * 1024, "RAM"
+        except OSError:
+            pass
+    return 0, "unknown memory"
+
+
+def bytes_per_param(cfg: TrainConfig) -> int:
+    """Training memory per parameter: weights + grads + optimizer state (activations not counted).
+
+    16 B for fp32 Adam (weights, grads, two moments); fp64 doubles it; SGD keeps
+    one momentum buffer (none without momentum); Adafactor's factored state is
+    taken as negligible. Muon keeps two AdamW moments on its non-matrix tensors
+    and one buffer on matrices: counted as two, an upper bound.
+    """
+    elem = 8 if cfg.precision == "fp64" else 4  # bf16 autocast keeps fp32 parameters
+    if cfg.optimizer == "sgd":
+        states = 0 if cfg.momentum == 0 else 1
+    elif cfg.optimizer == "adafactor":
+        states = 0
+    else:
+        states = 2
+    return elem * (2 + states)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def _builder_source(model: str) -> tuple[str, str]:
+    """(import line, callable expression) for a built-in name or ``pkg.module:fn``."""
+    if model in BUILTIN_MODELS:
+        return f"from proxytune.models import {model}", f"{model}.build"
+    if ":" not in model:
+        raise ValueError(f"model {model!r}: expected a built-in name ({', '.join(BUILTIN_MODELS)}) "
+                         "or 'pkg.module:function'")
+    module, fn = model.split(":", 1)
+    head = fn.split(".", 1)[0]  # 'mod:Class.build' imports Class
+    return f"from {module} import {head}", fn
+
+
+def _model_options(cfg: TrainConfig) -> tuple[dict[str, Any], str, Any]:
+    """(builder options, task, builder or None) as the trainer computes them.
+
+    The trainer adds ``vocab``/``seq_len`` (LM data) or ``d_in``/``d_out``
+    (teacher task) from the loaded data; reading the data gives the exact
+    values. When the data or builder is not available here, fall back to the
+    config's options plus ``seq_len`` for the built-in LMs.
+    """
+    from ..train.setup import LM_MODELS, _builder_options, load_data
+
+    try:
+        builder = load_builder(cfg.model)
+    except Exception:  # noqa: BLE001 - a builder that does not import here still gets a snippet
+        builder = None
+    if builder is not None:
+        try:
+            data = load_data(cfg)
+            return _builder_options(cfg, data, builder), getattr(data, "task", "lm"), builder
+        except Exception:  # noqa: BLE001 - the data may live elsewhere; the options below are the config's
+            pass
+    options = dict(cfg.model_options)
+    if cfg.model in LM_MODELS:
+        options.setdefault("seq_len", cfg.seq_len)
+    task = "lm" if cfg.model in LM_MODELS or cfg.data != "teacher" else cfg.data_options.get("kind", "classification")
+    return options, task, builder
+
+
+def _call(fn: str, width: int, depth: int, device: str, takes_device: bool) -> str:
+    if takes_device:
+        return f"{fn}(width={width}, depth={depth}, device={device}, **options)"
+    return f"{fn}(width={width}, depth={depth}, **options)"
+
+
+def training_snippet(cfg: TrainConfig, *, width: int, depth: int, lr: float, params: int | None = None,
+                     memory_bytes: int | None = None) -> str:
+    """Python source that builds the target, parameterizes it against the base and trains it with exactly
+    the optimizer, per-tensor groups, betas, eps, weight decay, schedule, warmup and grad clipping of the
+    tuned proxy run ``cfg`` (a TrainConfig: src/proxytune/train/config.py), at base learning rate ``lr``.
+
+    ``width`` x ``depth`` is the target's shape; the base is ``cfg``'s base
+    shape (``base_width`` x ``base_depth``, or the proxy itself when unset).
+    ``params`` is the target's parameter count (counted on ``meta`` when not
+    given). When ``params`` x :func:`bytes_per_param` exceeds ``memory_bytes``
+    (default: this machine's RAM, or the GPU's memory when ``cfg.device`` is
+    CUDA and CUDA is available) the snippet builds the target on ``meta``,
+    prints why and stops before training; setting ``device`` to one where it
+    fits runs it in full. The data is left to the user: ``next_batch`` holds
+    ``# your data here`` (:data:`DATA_PLACEHOLDER`).
+    """
+    from ..train.setup import _BASE_SEED_OFFSET, optimizer_kwargs
+
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    import_line, fn = _builder_source(cfg.model)
+    options, task, builder = _model_options(cfg)
+    # A builder without a ``device`` argument is built under ``with torch.device(...)``, as build_model does;
+    # one that cannot be imported here is assumed to take ``device=`` like the built-ins.
+    takes_device = builder is None or "device" in inspect.signature(builder).parameters
+    base_width, base_depth = cfg.base_width or cfg.width, cfg.base_depth or cfg.depth
+
+    if params is None and builder is not None:
+        params = sum(p.numel() for p in build_model(builder, width, depth, "meta", options).parameters())
+    if memory_bytes is None:
+        memory_bytes, memory_what = available_memory(cfg.device)
+    else:
+        memory_what = "memory"
+    need = None if params is None else params * bytes_per_param(cfg)
+    on_meta = need is not None and memory_bytes > 0 and need > memory_bytes
+
+    device_expr = ("'cuda' if torch.cuda.is_available() else 'cpu'" if cfg.device == "auto"
+                   else repr(cfg.device))
+    device_hint = "'cuda'" if cfg.device == "auto" else repr(cfg.device)  # where a big target would go
+    init_mults = cfg.init_scale != 1.0 or bool(cfg.role_init)
+    L: list[str] = []
+    add = L.append
+    add("# Train the target with the settings tuned on the proxies (generated by proxytune).")
+    add(f"# Proxies: {cfg.model} width {cfg.width} x depth {cfg.depth}, HPs tuned at base {base_width} x {base_depth}; "
+        f"recipe {cfg.recipe}, optimizer {cfg.optimizer}.")
+    add("import functools")
+    add("")
+    add("import torch")
+    add("")
+    add("import proxytune as pt")
+    add(import_line)
+    add("from proxytune.train import lr_factor")
+    add("from proxytune.train.setup import apply_init_multipliers, loss_function" if init_mults
+        else "from proxytune.train.setup import loss_function")
+    add("")
+    if on_meta:
+        add(f"# Too big to train here: {params:,} parameters x {bytes_per_param(cfg)} B (weights, grads and optimizer")
+        add(f"# state) = about {_size(need)} > {_size(memory_bytes)} of {memory_what}, so the target is built on 'meta'")
+        add(f"# (no memory). Where it fits, set device = {device_hint} and rerun: the target is then built and")
+        add("# initialized there. (Or plan.save('plan.json') here and, there, call pt.Plan.load('plan.json').apply(t)")
+        add("# on a freshly built target t" + (", then apply_init_multipliers as below.)" if init_mults else ".)"))
+        add("device = 'meta'")
+    else:
+        add(f"device = {device_expr}")
+    add(f"lr = {lr!r}  # base LR, at the base shape; the plan scales it per tensor")
+    add(f"options = {options!r}  # the proxies' model options")
+    add("")
+    add("# The base is the proxy shape the HPs were tuned at, built on the CPU (it is small) so its init")
+    add("# statistics are exact, under the trainer's base seed; the target then gets the proxies' seed.")
+    add(f"torch.manual_seed({cfg.seed + _BASE_SEED_OFFSET})")
+    if takes_device:
+        add(f"base = {_call(fn, base_width, base_depth, repr('cpu'), True)}")
+    else:
+        add(f"base = {_call(fn, base_width, base_depth, '', False)}")
+    add(f"torch.manual_seed({cfg.seed})")
+    if takes_device:
+        add(f"target = {_call(fn, width, depth, 'device', True)}")
+    else:
+        add("with torch.device(device):")
+        add(f"    target = {_call(fn, width, depth, '', False)}")
+    if cfg.precision == "fp64":
+        add("target = target.to(torch.float64)  # the proxies trained in float64")
+    roles = f", roles={cfg.roles!r}" if cfg.roles else ""
+    add(f"plan = pt.parameterize(target, base, recipe={cfg.recipe!r}, optimizer={cfg.optimizer!r}, "
+        f"mode={cfg.mode!r}, alignment={cfg.alignment!r},")
+    add(f"                       weight_decay={cfg.weight_decay_policy!r}{roles})")
+    if init_mults:
+        add("# The proxies' init multipliers (init_scale on weights, role_init per role), applied as the trainer does.")
+        add(f"apply_init_multipliers(plan, target, pt.TrainConfig(init_scale={cfg.init_scale!r}, "
+            f"role_init={cfg.role_init!r}))")
+    # The optimizer call is the trainer's: base lr / wd / eps, per-role gamma and the optimizer's own keywords.
+    kwargs = ["model=target"]
+    if cfg.role_lr:
+        kwargs.append(f"gamma={cfg.role_lr!r}")
+    kwargs.append(f"eps={cfg.eps!r}")
+    kwargs += [f"{k}={v!r}" for k, v in optimizer_kwargs(cfg).items()]
+    add(f"opt = plan.optimizer(lr, {cfg.weight_decay!r}, {', '.join(kwargs)})")
+    if cfg.optimizer == "muon":
+        add("# Muon's matrices use the same base lr, as in the proxies (plan.optimizer(muon_lr=...) would split it).")
+    if cfg.eps is None and cfg.optimizer not in ("sgd", "adam-atan2"):
+        add("# eps=None: the optimizer's default eps at the base, scaled per tensor by the plan, as in the proxies.")
+    add("")
+    add(f"steps = {cfg.steps}  # the proxies' run length; warmup and cooldown below follow it")
+    if isinstance(cfg.warmup, float):
+        add(f"warmup = int(round({cfg.warmup!r} * steps))")
+    else:
+        add(f"warmup = min({int(cfg.warmup)}, steps)")
+    add("# LR factor of each step: the trainer's schedule function, applied to every group's peak LR.")
+    add("sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(")
+    add(f"    lr_factor, steps=steps, schedule={cfg.schedule!r}, warmup=warmup, final_frac={cfg.final_lr_frac!r}, "
+        f"cooldown={cfg.cooldown!r}))")
+    add(f"loss_fn = loss_function({task!r})")
+    add("")
+    if on_meta:
+        add("if device == 'meta':  # nothing trains on meta; the plan, groups and schedule above are real")
+        msg = (f"target: {params:,} parameters need about {_size(need)} to train ({bytes_per_param(cfg)} B/param), "
+               f"more than the {_size(memory_bytes)} of {memory_what} here: built on 'meta'. Set device = "
+               f"{device_hint} where it fits and rerun.")
+        add(f"    print({msg!r})")
+        add("    raise SystemExit(0)")
+        add("")
+    add("")
+    add("def next_batch(step):")
+    add("    # your data here: one training batch (inputs, targets), as the proxies were fed, on `device`")
+    add(f"    {DATA_PLACEHOLDER}")
+    add("")
+    add("")
+    add("target.train()")
+    add("for step in range(steps):")
+    add("    x, y = next_batch(step)")
+    if cfg.precision == "bf16":
+        add("    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):  # the proxies' bf16 autocast")
+        add("        loss = loss_fn(target(x), y)")
+    else:
+        add("    loss = loss_fn(target(x), y)")
+    add("    loss.backward()")
+    if cfg.grad_clip is not None:
+        add(f"    torch.nn.utils.clip_grad_norm_(target.parameters(), {cfg.grad_clip!r})  # the proxies' max grad norm")
+    add("    opt.step()")
+    add("    opt.zero_grad(set_to_none=True)")
+    add("    sched.step()")
+    return "\n".join(L) + "\n"
