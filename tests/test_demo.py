@@ -11,19 +11,34 @@ from typer.testing import CliRunner
 from proxytune.cli import app
 
 
-def test_demo_quick_writes_report_and_prediction(tmp_path):
+TINY = {"widths": [32, 48, 64, 80], "lr": {"start": -9, "stop": -5, "step": 2}, "depth": 1, "seeds": 2,
+        "train": {"steps": 16, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 2}}
+
+
+def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatch):
+    import proxytune.demo as demo
+
+    monkeypatch.setitem(demo.PRESETS, "quick", TINY)  # the real presets are measured in bench/, not in CI
     out = tmp_path / "demo"
     runner = CliRunner()
     res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu"])
     assert res.exit_code == 0, res.output
-    assert "sp:" in res.output and "mup:" in res.output and "target width 256" in res.output
+    for text in ("What it shows", "Drift per doubling:", "Regret:", "Wider is better:", "An octave is",
+                 "Prediction", "runs:", "Next", "proxytune predict", "proxytune check"):
+        assert text in res.output, text
+    assert str(out / "runs" / "demo-quick-mup") in res.output.replace("\n", "")
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["verdicts"]) == {"sp", "mup"}
-    assert all(v.startswith(("PASS", "FAIL")) for v in summary["verdicts"].values())
+    assert set(summary["verdicts"]) == {"sp", "mup"} and summary["seeds"] == 2
+    assert all(summary["verdicts"][r].startswith(summary["states"][r]) for r in ("sp", "mup"))
+    assert set(summary["states"].values()) <= {"PASS", "FAIL", "UNRESOLVED"}
+    assert len(summary["story"]) == 3
     pred = summary["prediction"]
-    assert pred["target_width"] == 256 and pred["lr"] > 0 and pred["lr_interval"][0] <= pred["lr"]
+    assert pred["target_width"] == 320 and pred["lr"] > 0 and pred["lr_interval"][0] <= pred["lr"]
+    assert pred["recipe"] == "muP" and pred["tokens"] == 16 * 4 * 16
     report = (out / "report.md").read_text()
-    assert "Transfer verdict" in report and "Optimum per width" in report
+    for text in ("Transfer verdict", "Optimum per width", "What it shows", "1,024 tokens", "2 seeds per point",
+                 "nats/byte", "## Next"):
+        assert text in report, text
     for name in ("lr_curves.png", "optimum_vs_width.png", "loss_vs_params.png", "target-plan.json",
                  "target_snippet.py"):
         assert (out / name).stat().st_size > 0, name
@@ -33,11 +48,24 @@ def test_demo_quick_writes_report_and_prediction(tmp_path):
     res = runner.invoke(app, ["analyze", str(out / "runs" / "demo-quick-mup"), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert len(data["optima"]) == 2 and data["verdict"]["size_axis"] == "width"
+    assert len(data["optima"]) == 4 and data["verdict"]["size_axis"] == "width"
+    # the demo's own folder is not a sweep: the error names the sweeps inside it
+    res = runner.invoke(app, ["predict", str(out), "--width", "512"])
+    assert res.exit_code == 2 and "demo-quick-mup" in res.output
     # running the demo again reuses the stored trials
     res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "summary.json").read_text())["prediction"]["lr"] == pred["lr"]
+
+
+@pytest.mark.slow
+def test_quick_preset_tells_the_true_story(tmp_path):
+    """The real --quick preset: SP is not called transferring, muP is not called failing."""
+    from proxytune.demo import run_demo
+
+    summary = run_demo(tmp_path / "demo", "quick", workers=2, log=lambda _: None)
+    assert summary["states"]["sp"] != "PASS", summary["verdicts"]["sp"]
+    assert summary["states"]["mup"] != "FAIL", summary["verdicts"]["mup"]
 
 
 def test_predict_report_and_rules_from_a_three_width_sweep(tmp_path):

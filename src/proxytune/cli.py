@@ -16,6 +16,7 @@ from .builders import build_model, load_builder
 from .plan import parameterize
 from .rules.recipes import OPTIMIZERS, RECIPES, WD_POLICIES
 from .shapes import PlanError
+from .thresholds import THRESHOLDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="proxytune: tune hyperparameters on small proxies, train the big model once.")
@@ -52,7 +53,8 @@ def explain(
     save: Optional[str] = typer.Option(None, help="write the plan as JSON to this path"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
     seed: int = typer.Option(0, help="seed for building the base"),
-    run_check: bool = typer.Option(False, "--check", help="also run the quick coordinate check for this plan"),
+    run_check: bool = typer.Option(False, "--check", help="also run the quick coordinate check for this plan "
+                                   "(exit 1 when it fails)"),
 ) -> None:
     """Print the per-tensor plan (role, multipliers, init std, lr, wd, eps) for a target/base pair."""
     try:
@@ -211,11 +213,14 @@ def _explain_check(model: str, width: int, depth: int, base_width: int, base_dep
         sizes.append(sizes[-1] * 2)
     if len(sizes) < 2:
         sizes.append(base_width * 2)
+    # the check's own LR and seeds (proxytune.thresholds), not --lr: the same evidence as coord-check and check
     result = _sweep_errors(lambda: coord_check(model, widths=sizes, depth=min(depth, base_depth), recipe=recipe,
-                                               optimizer=optimizer, lr=lr or 1e-2, seeds=1,
-                                               model_options=options))
-    typer.echo(f"\nquick coordinate check (widths {sizes}, depth {min(depth, base_depth)}):")
+                                               optimizer=optimizer, model_options=options))
+    typer.echo(f"\nquick coordinate check (widths {sizes}, depth {min(depth, base_depth)}, lr {THRESHOLDS.coord_lr:g}, "
+               f"{THRESHOLDS.coord_seeds} seeds):")
     typer.echo(result.table())
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------ sweeps
@@ -387,6 +392,8 @@ def analyze(
     console.print(table)
     if verdict:
         console.print(verdict.line)
+        for line in verdict.advice:
+            console.print(f"- {line}")
     else:
         console.print(f"no transfer verdict: needs one optimum per value of {size_axis!r} (2 or more values)")
 
@@ -440,18 +447,26 @@ def predict(
     console = Console()
     t = result["target"]
     h = result["hp"]
-    console.print(f"[bold]target[/bold] width {t['width']} depth {t['depth']} ({t['params'] / 1e6:.2f} M params)")
-    console.print(f"{h['name']}: {h['value']:.2f} (90% {h['interval'][0]:.2f} .. {h['interval'][1]:.2f})"
+    r, px = result["recipe"], result["proxies"]
+    console.print(f"[bold]target[/bold] width {t['width']} depth {t['depth']} ({t['params'] / 1e6:.2f} M params), "
+                  f"{t['tokens']:.3g} tokens; recipe {r['recipe']} + {r['optimizer']}, from sweep {r['sweep']} "
+                  f"(widths {', '.join(map(str, px['widths']))}, {px['seeds']} seed{'s' if px['seeds'] > 1 else ''})")
+    pct = f"{100 * h['confidence']:.0f}%"
+    console.print(f"{h['name']}: {h['value']:.2f} ({pct} {h['interval'][0]:.2f} .. {h['interval'][1]:.2f})"
                   + (f"  ->  lr {h['lr']:.4g} ({h['lr_interval'][0]:.3g} .. {h['lr_interval'][1]:.3g})"
                      if "lr" in h else ""))
     if result["loss"]:
         loss = result["loss"]
-        console.print(f"expected loss: {loss['value']:.4f} (90% {loss['interval'][0]:.4f} .. "
-                      f"{loss['interval'][1]:.4f}); {loss['law']}")
+        console.print(f"expected loss after {loss['at_tokens']:.3g} tokens: {loss['value']:.4f} ({pct} "
+                      f"{loss['interval'][0]:.4f} .. {loss['interval'][1]:.4f}); {loss['law']}")
+    for warning in result["warnings"]:
+        console.print(f"[bold yellow]trust:[/bold yellow] {warning}")
     for note in result["notes"]:
         console.print(f"note: {note}")
+    code = Path(path).with_name(f"train-width{width}-depth{t['depth']}.py")
+    code.write_text(result["plan"]["snippet"])
     console.print(f"per-tensor plan: {path}")
-    console.print(result["plan"]["snippet"])
+    console.print(f"training code (the tuned optimizer, groups, schedule and warmup; add your data): {code}")
 
 
 @app.command()
@@ -481,7 +496,8 @@ def report(
 @app.command()
 def demo(
     out: str = typer.Option("proxytune-demo", help="output directory (sweeps, report, figures)"),
-    quick: bool = typer.Option(False, "--quick", help="the 2-minute preset (2 widths, 4 learning rates)"),
+    quick: bool = typer.Option(False, "--quick", help="the short preset: 3 widths, 9 learning rates, 2 seeds, "
+                               "60 steps"),
     gpu: bool = typer.Option(False, "--gpu", help="the larger GPU preset (default when CUDA is available)"),
     cpu: bool = typer.Option(False, "--cpu", help="force the CPU preset even when a GPU is present"),
     workers: int = typer.Option(2, help="worker processes on CPU"),
@@ -489,31 +505,55 @@ def demo(
     """SP vs muP width sweeps on the built-in corpus, then verdict, prediction for a 4x wider target, report."""
     import torch
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
 
-    from .demo import run_demo
+    from .demo import EXPLAIN, RECIPES, preset_trials, run_demo
 
     preset = "quick" if quick else ("gpu" if gpu or (torch.cuda.is_available() and not cpu) else "cpu")
     console = Console()
     console.print(f"[bold]proxytune demo[/bold] ({preset} preset) -> {out}/")
-
-    shown: dict[str, int] = {}
+    planned = {r: preset_trials(preset) for r in RECIPES}
+    done_by: dict[str, int] = {r: 0 for r in RECIPES}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("trials"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=console)
+    task = progress.add_task("SP + muP sweeps", total=sum(planned.values()))
 
     def on_poll(recipe: str, counts: dict[str, int]) -> None:
-        done = counts["complete"] + counts["diverged"] + counts["failed"]
-        total = done + counts["running"] + counts["waiting"]
-        if shown.get(recipe) != done:
-            shown[recipe] = done
-            console.print(f"  {recipe}: {done}/{total} trials done")
+        done = counts["complete"] + counts["diverged"] + counts["failed"] + counts["pruned"]
+        planned[recipe] = max(planned[recipe], done + counts["running"] + counts["waiting"])  # + refinement
+        done_by[recipe] = done
+        progress.update(task, total=sum(planned.values()), completed=sum(done_by.values()),
+                        description=f"{RECIPES[recipe]} sweep")
 
-    summary = _sweep_errors(lambda: run_demo(out, preset, workers, log=console.print, on_poll=on_poll))
+    with progress:
+        summary = _sweep_errors(lambda: run_demo(out, preset, workers, log=progress.console.print,
+                                                 on_poll=on_poll))
+    console.print(f"\n[bold]What it shows[/bold] ({summary['seeds']} seeds per point, "
+                  f"{summary['tokens_per_trial']:,} tokens per trial):")
+    for line in summary["story"]:
+        console.print(f"  {line}")
+    console.print("\n[bold]Verdicts[/bold]")
+    for key in ("octave", "drift", "regret", "wider", "interval"):
+        console.print(f"  [dim]{EXPLAIN[key]}[/dim]")
     for recipe, line in summary["verdicts"].items():
-        console.print(f"[bold]{recipe}[/bold]: {line}")
+        console.print(f"  [bold]{RECIPES[recipe]}[/bold]: {line}")
     pred = summary["prediction"]
     loss = pred["loss"]
-    console.print(f"target width {pred['target_width']} ({pred['target_params'] / 1e6:.2f} M params): "
+    console.print(f"\n[bold]Prediction[/bold] from the {pred['recipe']} sweep for a target of width "
+                  f"{pred['target_width']} ({pred['target_params'] / 1e6:.2f} M params, {pred['tokens']:,} tokens): "
                   f"lr {pred['lr']:.3g} (90% {pred['lr_interval'][0]:.3g} .. {pred['lr_interval'][1]:.3g})"
-                  + (f", expected loss {loss['value']:.3f}" if loss else ""))
-    console.print(f"report: {out}/report.md (figures, optima, verdict, target plan)")
+                  + (f", expected loss {loss['value']:.3f} nats/byte (90% {loss['interval'][0]:.3f} .. "
+                     f"{loss['interval'][1]:.3f})" if loss else ""))
+    for warning in pred["warnings"]:
+        console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
+    console.print(f"\nruns: {', '.join(summary['runs'].values())}")
+    console.print(f"report: {out}/report.md (figures, optima, verdicts, target plan); training code: "
+                  f"{pred['snippet']}")
+    console.print("\n[bold]Next[/bold]")
+    for cmd in summary["next"]:
+        console.print(f"  {cmd}", soft_wrap=True, highlight=False, markup=False)
 
 
 # ------------------------------------------------------------- diagnostics
@@ -535,9 +575,9 @@ def coord_check_cmd(
     depth: int = typer.Option(2, help="fixed depth for a width sweep"),
     recipe: str = typer.Option("mup", help=f"one of: {', '.join(RECIPES)}"),
     optimizer: str = typer.Option("adamw", help=f"one of: {', '.join(OPTIMIZERS)}"),
-    lr: float = typer.Option(1e-2, help="base learning rate"),
+    lr: float = typer.Option(THRESHOLDS.coord_lr, help="base learning rate"),
     steps: int = typer.Option(3, help="optimizer steps"),
-    seeds: int = typer.Option(2, help="seeds per size"),
+    seeds: int = typer.Option(THRESHOLDS.coord_seeds, help="seeds per size"),
     data: str = typer.Option("stdlib", help="corpus: stdlib or a text file"),
     option: list[str] = typer.Option([], help="builder option key=value (repeatable)"),
     figure: Optional[str] = typer.Option("coord_check.png", help="PNG path for the figure ('' for none)"),

@@ -22,19 +22,39 @@ from .analysis.report import loss_figure, lr_curves_figure, optima_table, optimu
 from .analysis.verdict import Verdict, transfer_verdict
 from .sweep import Sweep, SweepConfig
 
+# Each verdict-issuing preset runs 2 seeds per point: one seed cannot tell the optimum's noise from its drift.
+# The CPU grids reach low learning rates because SP's optimum falls with width (about -1 octave per doubling).
 PRESETS: dict[str, dict[str, Any]] = {
-    # about 2 minutes on 2 CPU cores
-    "quick": {"widths": [32, 64], "lr": {"start": -11, "stop": -3, "step": 2}, "depth": 2,
+    "quick": {"widths": [64, 128, 256], "lr": {"start": -12, "stop": -4, "step": 1}, "depth": 2, "seeds": 2,
               "train": {"steps": 60, "batch_size": 8, "seq_len": 64, "eval_every": 60, "eval_batches": 4}},
-    # about 10 minutes on 2 CPU cores (B1's CPU preset: widths 8x apart)
-    "cpu": {"widths": [32, 64, 128, 256], "lr": {"start": -10, "stop": -4, "step": 1}, "depth": 2,
+    "cpu": {"widths": [32, 64, 128, 256], "lr": {"start": -11, "stop": -5, "step": 1}, "depth": 2, "seeds": 2,
             "train": {"steps": 200, "batch_size": 16, "seq_len": 64, "eval_every": 100, "eval_batches": 8}},
-    # a lent GPU
-    "gpu": {"widths": [128, 256, 512, 1024], "lr": {"start": -13, "stop": -5, "step": 1}, "depth": 4,
+    "gpu": {"widths": [128, 256, 512, 1024], "lr": {"start": -13, "stop": -5, "step": 1}, "depth": 4, "seeds": 2,
             "train": {"steps": 1000, "batch_size": 32, "seq_len": 256, "eval_every": 250, "eval_batches": 16,
                       "device": "cuda", "precision": "bf16"}},
 }
 RECIPES = {"sp": "SP, one global LR", "mup": "muP"}
+
+# One plain sentence per figure of merit, printed the first time it appears.
+EXPLAIN = {
+    "octave": "An octave is a factor 2 in learning rate: the sweep steps log2(lr) by 1, so -7 means lr = 2^-7.",
+    "drift": "Drift per doubling: how many octaves the best learning rate moves each time the width doubles; "
+             "0 means the LR tuned on the small model is right for the big one.",
+    "regret": "Regret: how much higher the widest proxy's loss is when trained with the narrowest proxy's best "
+              "LR instead of its own.",
+    "wider": "Wider is better: whether the loss at the best LR keeps falling as the model widens, as it should "
+             "when the HPs transfer.",
+    "interval": "A 90% interval is the range that holds the true value 9 times in 10, given the seed-to-seed "
+                "noise measured in the sweep.",
+}
+
+
+def preset_trials(preset: str) -> int:
+    """Trials of the grid of one recipe of ``preset`` (the refinement pass may add a few)."""
+    p = PRESETS[preset]
+    lr = p["lr"]
+    n_lr = int(round((lr["stop"] - lr["start"]) / lr["step"])) + 1
+    return len(p["widths"]) * n_lr * p["seeds"]
 
 
 def demo_sweeps(out: Path, preset: str, workers: int) -> dict[str, SweepConfig]:
@@ -44,11 +64,42 @@ def demo_sweeps(out: Path, preset: str, workers: int) -> dict[str, SweepConfig]:
     return {recipe: SweepConfig.from_dict({
         "name": f"demo-{preset}-{recipe}", "model": "gpt", "data": "stdlib", "recipe": recipe,
         "optimizer": "adamw", "base": {"width": p["widths"][0], "depth": p["depth"]},
-        "axes": {"width": p["widths"], "log2_lr": p["lr"]}, "train": train,
+        "axes": {"width": p["widths"], "log2_lr": p["lr"], "seed": list(range(p["seeds"]))}, "train": train,
         "executor": {"workers": 1 if gpu else workers, "threads": 1 if workers > 1 and not gpu else 2,
                      "batch": 8 if gpu else 1},
         "runs_dir": str(out / "runs"),
     }) for recipe in RECIPES}
+
+
+def story(verdicts: dict[str, Verdict]) -> list[str]:
+    """What the two sweeps show, in plain words, never claiming more than the verdicts resolved."""
+    sp, mup = verdicts["sp"], verdicts["mup"]
+    lines = []
+    if sp.failed:
+        lines.append(f"SP: the best learning rate moves {sp.drift_per_doubling:+.2f} octaves per doubling of width, "
+                     "so an LR tuned on a small model is wrong for a big one.")
+    elif sp.passed:
+        lines.append("SP: the best learning rate did not move measurably over these widths (unexpected: SP's "
+                     "optimum usually falls with width; try wider proxies).")
+    else:
+        lines.append("SP: this preset is too small to resolve SP's drift (" + "; ".join(sp.advice) + ").")
+    if mup.passed:
+        lines.append(f"muP: the best learning rate stays put ({mup.drift_per_doubling:+.2f} octaves per doubling, "
+                     f"within +-{mup.thresholds['max_drift_per_doubling']:g}): tune on the small model, train the "
+                     "big one once.")
+    elif mup.failed:
+        lines.append(f"muP: the best learning rate moves {mup.drift_per_doubling:+.2f} octaves per doubling: "
+                     "muP did not transfer here; see the report's notes.")
+    else:
+        lines.append("muP: this preset is too small to resolve whether the optimum stays put ("
+                     + "; ".join(mup.advice) + "). The full preset (proxytune demo) resolves it.")
+    if mup.wider_is_better == "yes":
+        lines.append("muP: wider is better: each wider model reaches a lower loss at its best LR.")
+    elif mup.wider_is_better == "no":
+        lines.append("muP: wider is NOT better here: a wider model reached a higher loss at its best LR.")
+    else:
+        lines.append("muP: the loss gain from width is within the seed-to-seed noise at this preset.")
+    return lines
 
 
 def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: int = 2,
@@ -60,49 +111,74 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     configs = demo_sweeps(out, preset, workers)
+    p = PRESETS[preset]
     panels: dict[str, list[Optimum]] = {}
     verdicts: dict[str, Verdict] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     for recipe, cfg in configs.items():
-        log(f"sweep {cfg.name}: {RECIPES[recipe]}, widths {PRESETS[preset]['widths']}, "
-            f"{len(Sweep(cfg).cfg.axes['log2_lr'].values())} learning rates")
+        log(f"sweep {cfg.name} ({RECIPES[recipe]}): widths {p['widths']}, "
+            f"{len(cfg.axes['log2_lr'].values())} learning rates, {p['seeds']} seeds -> {cfg.run_dir}")
         sweep = Sweep(cfg)
         sweep.run(on_poll=(lambda counts, store, r=recipe: on_poll(r, counts)) if on_poll else None)
         records[recipe] = sweep.records()
         panels[recipe] = optima_by_group(records[recipe], "log2_lr", size_axes=["width"])
         verdicts[recipe] = transfer_verdict(panels[recipe], "width")
-    widths = PRESETS[preset]["widths"]
+    widths = p["widths"]
     mup = Sweep(configs["mup"])
     result = predict_from_sweep(mup, width=4 * widths[-1], plan_path=out / "target-plan.json")
     (out / "target_snippet.py").write_text(result["plan"]["snippet"])
     loss = result["loss"]
-    prediction = {"target_width": result["target"]["width"], "target_params": result["target"]["params"],
+    prediction = {"recipe": RECIPES["mup"], "sweep": str(configs["mup"].run_dir),
+                  "target_width": result["target"]["width"], "target_depth": result["target"]["depth"],
+                  "target_params": result["target"]["params"], "tokens": result["target"]["tokens"],
                   "lr": result["hp"]["lr"], "lr_interval": result["hp"]["lr_interval"],
-                  "log2_lr": result["hp"]["value"], "loss": loss, "notes": result["notes"],
+                  "log2_lr": result["hp"]["value"], "log2_lr_interval": result["hp"]["interval"], "loss": loss,
+                  "warnings": result["warnings"], "notes": result["notes"],
                   "plan": str(out / "target-plan.json"), "snippet": str(out / "target_snippet.py")}
     summary = {
         "preset": preset,
+        "seeds": p["seeds"],
+        "tokens_per_trial": p["train"]["steps"] * p["train"]["batch_size"] * p["train"]["seq_len"],
+        "runs": {r: str(c.run_dir) for r, c in configs.items()},
         "verdicts": {r: v.line for r, v in verdicts.items()},
-        "drift_octaves": {r: v.drift for r, v in verdicts.items()},
+        "states": {r: v.state for r, v in verdicts.items()},
+        "advice": {r: v.advice for r, v in verdicts.items()},
+        "drift_per_doubling": {r: v.drift_per_doubling for r, v in verdicts.items()},
+        "drift_interval": {r: list(v.drift_interval) for r, v in verdicts.items()},
         "regret": {r: v.relative_regret for r, v in verdicts.items()},
+        "wider_is_better": {r: v.wider_is_better for r, v in verdicts.items()},
+        "story": story(verdicts),
         "optima": {r: [o.to_dict() for o in ops] for r, ops in panels.items()},
         "prediction": prediction,
+        "next": next_steps(out, configs),
     }
     (out / "summary.json").write_text(json.dumps(
         {**summary, "prediction": {**prediction, "loss": {k: v for k, v in (prediction["loss"] or {}).items()
                                                           if k != "fit"} or None}}, indent=1, default=str))
-    write_report(out, panels, verdicts, records, prediction, depth=PRESETS[preset]["depth"],
-                 seq_len=PRESETS[preset]["train"]["seq_len"])
+    write_report(out, panels, verdicts, records, prediction, depth=p["depth"], seq_len=p["train"]["seq_len"],
+                 summary=summary)
     return summary
+
+
+def next_steps(out: Path, configs: dict[str, SweepConfig]) -> list[str]:
+    """The commands a user runs next, on this demo's sweeps and on their own model."""
+    mup = configs["mup"].run_dir
+    return [f"proxytune analyze {mup}    # the optima and the verdict of the muP sweep",
+            f"proxytune predict {mup} --width 1024 --depth 2    # settings and expected loss for your target",
+            "proxytune check --model mypkg.models:build --data corpus.txt --recipe mup    # your own model",
+            "proxytune explain --model gpt --width 1024 --depth 24 --base-width 256 --base-depth 4 --check"]
 
 
 def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str, Verdict],
                  records: dict[str, list[dict[str, Any]]], prediction: dict[str, Any], depth: int = 2,
-                 seq_len: int = 64) -> Path:
+                 seq_len: int = 64, summary: dict[str, Any] | None = None) -> Path:
     names = {RECIPES[r]: ops for r, ops in panels.items()}
-    figs = [lr_curves_figure(names, out / "lr_curves.png"), optimum_figure(names, out / "optimum_vs_width.png")]
+    named_verdicts = {RECIPES[r]: v for r, v in verdicts.items()}
+    figs = [lr_curves_figure(names, out / "lr_curves.png"),
+            optimum_figure(names, out / "optimum_vs_width.png", verdicts=named_verdicts)]
     points = {}
     for r, ops in panels.items():
+        # the seed-mean loss at the best grid point: the values the loss law of the prediction is fitted on
         rows = sorted((o for o in ops if math.isfinite(o.best_grid_loss)), key=lambda o: o.group["width"])
         points[RECIPES[r]] = ([count_params("gpt", int(o.group["width"]), depth, {"seq_len": seq_len}) for o in rows],
                               [o.best_grid_loss for o in rows])
@@ -110,20 +186,31 @@ def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str
     extrapolation = ({"recipe": "muP", "law": loss["fit"], "target": prediction["target_params"],
                       "interval": loss["interval"]} if loss else None)
     figs.append(loss_figure(points, out / "loss_vs_params.png", extrapolation))
+    summary = summary or {}
+    budget = (f"Each trial trains on {summary['tokens_per_trial']:,} tokens, {summary['seeds']} seeds per point; "
+              "losses are validation losses in nats/byte." if summary else "")
     lines = [
         "# proxytune demo report", "",
-        "Reference GPT on the built-in stdlib byte corpus; grid sweeps over width and log2 learning rate.", "",
+        "Reference GPT on the built-in stdlib byte corpus; grid sweeps over width and log2 learning rate.",
+        budget, "",
+        "## What it shows", "", *[f"- {line}" for line in summary.get("story", [])], "",
         "## Transfer verdict", "",
-        *[f"- **{RECIPES[r]}**: {v.line}" for r, v in verdicts.items()], "",
+        *[f"- **{RECIPES[r]}**: {v.line}" + "".join(f"\n  - {a}" for a in v.advice) for r, v in verdicts.items()],
+        "", *[f"- {EXPLAIN[k]}" for k in ("octave", "drift", "regret", "wider", "interval")], "",
         "## Optimum per width", "", optima_table(names), "",
         "## Prediction for the target", "",
-        f"- target: width {prediction['target_width']} ({prediction['target_params'] / 1e6:.2f} M parameters)",
+        f"- from the {prediction.get('recipe', 'muP')} sweep `{prediction.get('sweep', '')}`",
+        f"- target: width {prediction['target_width']} ({prediction['target_params'] / 1e6:.2f} M parameters), "
+        f"{prediction.get('tokens', 0):,.0f} tokens",
         f"- learning rate: {prediction['lr']:.4g} (90% interval {prediction['lr_interval'][0]:.3g} .. "
         f"{prediction['lr_interval'][1]:.3g})",
-        (f"- expected loss: {loss['value']:.3f} (90% interval {loss['interval'][0]:.3f} .. "
-         f"{loss['interval'][1]:.3f}); law {loss['law']}" if loss else "- expected loss: not predicted"),
+        (f"- expected loss after {loss['at_tokens']:,.0f} tokens: {loss['value']:.3f} nats/byte (90% interval "
+         f"{loss['interval'][0]:.3f} .. {loss['interval'][1]:.3f}); law {loss['law']}" if loss
+         else "- expected loss: not predicted"),
+        *[f"- **trust**: {w}" for w in prediction.get("warnings", [])],
         *[f"- note: {n}" for n in prediction["notes"]],
-        f"- per-tensor plan: `{Path(prediction['plan']).name}`; code: `{Path(prediction['snippet']).name}`", "",
+        f"- per-tensor plan: `{Path(prediction['plan']).name}`; training code: `{Path(prediction['snippet']).name}`",
+        "", "## Next", "", *[f"    {c}" for c in summary.get("next", [])], "",
         "## Figures", "",
         *[f"![{f.stem}]({f.name})" for f in figs], "",
     ]
