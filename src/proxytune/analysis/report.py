@@ -189,8 +189,10 @@ def loss_figure(points: dict[str, tuple[list[float], list[float]]], path: Path,
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     shown: list[float] = []  # every loss drawn, for the y-range
-    for name, (ns, losses) in points.items():
-        ax.plot(ns, losses, "o", label=name)
+    for k, (name, (ns, losses)) in enumerate(points.items()):
+        # recipes share the base point (same model there): an open ring around a smaller dot shows both
+        ring = k == 0 and len(points) > 1
+        ax.plot(ns, losses, "o", label=name, ms=11 if ring else 6, mfc="none" if ring else None, mew=1.8)
         shown += list(losses)
     if extrapolation:
         import numpy as np
