@@ -21,6 +21,7 @@ from .analysis.predict import count_params, predict_from_sweep
 from .analysis.report import loss_figure, lr_curves_figure, optima_table, optimum_figure
 from .analysis.verdict import Verdict, transfer_verdict
 from .sweep import Sweep, SweepConfig
+from .sweep.config import Range
 
 # Each verdict-issuing preset runs 2 seeds per point: one seed cannot tell the optimum's noise from its drift.
 # The CPU grids reach low learning rates because SP's optimum falls with width (about -1 octave per doubling).
@@ -52,9 +53,7 @@ EXPLAIN = {
 def preset_trials(preset: str) -> int:
     """Trials of the grid of one recipe of ``preset`` (the refinement pass may add a few)."""
     p = PRESETS[preset]
-    lr = p["lr"]
-    n_lr = int(round((lr["stop"] - lr["start"]) / lr["step"])) + 1
-    return len(p["widths"]) * n_lr * p["seeds"]
+    return len(p["widths"]) * len(Range(**p["lr"]).values()) * p["seeds"]
 
 
 def demo_sweeps(out: Path, preset: str, workers: int) -> dict[str, SweepConfig]:

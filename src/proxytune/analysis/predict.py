@@ -126,26 +126,19 @@ def _line_through_draws(optima: list[Any], ns: list[float], n_target: float,
     """(value, lo, hi, slope) at ``n_target`` of the least-squares line of the optima against log2 N."""
     import numpy as np
 
+    from .verdict import lsq_slope, optimum_draws
+
     x = np.log2(np.asarray(ns, dtype=float))
-    xt = math.log2(n_target)
+    dx = math.log2(n_target) - float(x.mean())
+    point = np.asarray([[o.value for o in optima]])
     rng = np.random.default_rng(0)
-
-    def at_target(y: np.ndarray) -> np.ndarray:  # y: (draws, sizes)
-        xc = x - x.mean()
-        slope = (y - y.mean(axis=-1, keepdims=True)) @ xc / float(xc @ xc)
-        return y.mean(axis=-1) + slope * (xt - x.mean()), slope
-
-    point, slope = at_target(np.asarray([[o.value for o in optima]]))
-    cols = []
-    for o in optima:
-        if o.draws:
-            cols.append(np.asarray(o.draws)[rng.integers(0, len(o.draws), 1000)])
-        else:  # no bootstrap (too few points): uniform over its interval
-            cols.append(rng.uniform(o.interval[0], o.interval[1], 1000))
-    draws, _ = at_target(np.stack(cols, axis=1))
+    draws = np.stack([optimum_draws(o, 1000, rng)[0] for o in optima], axis=1)
+    slope = float(lsq_slope(x, point)[0])
+    at_target = draws.mean(axis=1) + lsq_slope(x, draws) * dx
+    value = float(point.mean()) + slope * dx
     tail = 50 * (1 - confidence)
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(point[0]), float(min(lo, point[0])), float(max(hi, point[0])), float(slope[0])
+    lo, hi = np.percentile(at_target, [tail, 100 - tail])
+    return value, float(min(lo, value)), float(max(hi, value)), slope
 
 
 def _swept(optima: list[Any], first: Any, axis: str) -> list[Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .optimum import Optimum
-from .verdict import Verdict, _slope
+from .verdict import Verdict, lsq_slope
 
 # Fraction of the data range left empty above and below the data in every figure.
 MARGIN = 0.05
@@ -117,7 +117,7 @@ class DriftLine:
 
 def _drift_line(name: str, optima: list[Optimum], size_axis: str, verdict: Verdict | None = None) -> DriftLine | None:
     """The line :func:`optimum_figure` draws for one recipe: the verdict's own fit when given, else the same
-    least-squares fit (verdict.py's ``_slope``) on the finite optima, so figure and verdict cannot disagree.
+    least-squares fit (``verdict.lsq_slope``) on the finite optima, so figure and verdict cannot disagree.
     None when fewer than 2 distinct sizes have an optimum."""
     if verdict is not None:
         if verdict.size_axis != size_axis:
@@ -134,7 +134,7 @@ def _drift_line(name: str, optima: list[Optimum], size_axis: str, verdict: Verdi
 
     x = np.log2(np.asarray(sizes, dtype=float))
     if verdict is None:
-        slope = float(_slope(x, np.asarray(values, dtype=float)[None, :])[0])
+        slope = float(lsq_slope(x, np.asarray(values, dtype=float)[None, :])[0])
     label = f"{name}: {slope:+.2f} octaves per doubling" + (f" ({verdict.state})" if verdict is not None else "")
     return DriftLine(slope, float(x.mean()), float(np.mean(values)), (min(sizes), max(sizes)), label)
 

@@ -82,8 +82,9 @@ def _resolve_thresholds(thresholds: Thresholds | dict[str, float] | None) -> Thr
     return Thresholds(**{**THRESHOLDS.to_dict(), **thresholds})
 
 
-def _draws(o: Optimum, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` draws of the optimum and the index of the bootstrap draw each came from (-1: none)."""
+def optimum_draws(o: Optimum, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` draws of the optimum (resampled from its bootstrap, or uniform over its interval when it has
+    none) and the index of the bootstrap draw each came from (-1: none)."""
     if o.draws:
         idx = rng.integers(0, len(o.draws), size=n)
         return np.asarray(o.draws)[idx], idx
@@ -93,7 +94,7 @@ def _draws(o: Optimum, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np
     return rng.uniform(lo, hi, size=n) if hi > lo else np.full(n, o.value), np.full(n, -1)
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def lsq_slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares slope of each row of ``y`` (draws x sizes) against ``x``."""
     xc = x - x.mean()
     return (y - y.mean(axis=-1, keepdims=True)) @ xc / float(xc @ xc)
@@ -118,9 +119,9 @@ def transfer_verdict(optima: list[Optimum], size_axis: str = "width",
 
     # drift
     values = np.asarray([o.value for o in rows])
-    per_doubling = float(_slope(x, values[None, :])[0])
-    draws = [_draws(o, N_DRAWS, rng) for o in rows]
-    slopes = _slope(x, np.stack([d[0] for d in draws], axis=1))
+    per_doubling = float(lsq_slope(x, values[None, :])[0])
+    draws = [optimum_draws(o, N_DRAWS, rng) for o in rows]
+    slopes = lsq_slope(x, np.stack([d[0] for d in draws], axis=1))
     drift_iv = (float(np.percentile(slopes, tail)), float(np.percentile(slopes, 100 - tail)))
     drift_iv = (min(drift_iv[0], per_doubling), max(drift_iv[1], per_doubling))
 
