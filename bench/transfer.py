@@ -1,13 +1,23 @@
-"""B1: width transfer of the optimal learning rate, SP vs muP vs SP with per-layer exponents.
+"""B1: width transfer, and whether settings found on proxies beat a full sweep at the target.
 
-Grid sweeps (the same trainer, data, steps and grid for every recipe) of the
-reference GPT over widths 8x apart and log2 learning rates; per recipe: the
-optimum per width (local quadratic, 90% bootstrap interval), the drift of
-the optimum, the regret at the largest width with the LR transferred from the
-smallest, and the regret against the best loss any recipe reached there.
+Rows, all with the same model, data, steps, LR grid and seeds (``b1_rows.py``), each a grid sweep of the
+log2 LR at every width (so the optimum, drift and regret of every row are measured, not assumed):
 
-    python bench/transfer.py                # CPU preset (~10 min on 2 cores)
-    python bench/transfer.py --preset gpu
+- ``sp``: SP with one global LR, swept at every width: what a user does without proxytune;
+- ``mup``: proxytune muP, every named multiplier at 1;
+- ``mup-package``: Microsoft's ``mup`` (MuReadout + MuAdamW), as a peer (``pip install --no-deps mup``);
+- ``mup-tuned`` / ``sp-perlayer-tuned``: the constants ``proxytune tune`` found at the base width,
+  transferred unchanged;
+- ``tune``: the recommendation of ``proxytune tune`` (recipe, constants and base LR), transferred.
+
+Per row: the optimal log2 LR per width (90% interval), the drift, the loss at the largest width with the
+settings transferred from the smallest, its regret against the best loss of any row swept at the largest
+width, wider-is-better and the tuning cost (FLOPs). Then B5 on the ``tune`` row (the loss law fitted on the
+smaller widths predicts the largest) and B6 (the FLOPs of every ``tune`` trial against one training run of
+the largest proxy and of a 4096-wide target).
+
+    python bench/transfer.py                 # CPU preset: widths 32..256, 300 steps, 2 seeds (~3 h on 2 cores)
+    python bench/transfer.py --preset gpu    # widths 128..2048 on a CUDA machine
 """
 
 from __future__ import annotations
@@ -16,90 +26,195 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _common import ROOT, provenance, write_section
+from b1_rows import PRESETS, row_sweep, train_fields
 
-from proxytune.analysis.optimum import optima_by_group
+from proxytune.analysis.laws import fit_saturating_power_law
+from proxytune.analysis.optimum import Optimum, optima_by_group
+from proxytune.analysis.predict import count_params
 from proxytune.analysis.report import lr_curves_figure
 from proxytune.analysis.verdict import transfer_verdict
 from proxytune.sweep import Sweep, SweepConfig
+from proxytune.tune import TuneConfig, Tuner
+from proxytune.tune.run import run_flops
 
-PRESETS = {
-    "cpu": {"widths": [32, 64, 128, 256], "lr": {"start": -10, "stop": -4, "step": 1}, "depth": 2, "workers": 2,
-            "train": {"steps": 150, "batch_size": 16, "seq_len": 64, "eval_every": 150, "eval_batches": 8}},
-    "gpu": {"widths": [128, 256, 512, 1024, 2048], "lr": {"start": -14, "stop": -5, "step": 1}, "depth": 4,
-            "workers": 1, "train": {"steps": 2000, "batch_size": 32, "seq_len": 256, "eval_every": 500,
-                                    "eval_batches": 16, "device": "cuda", "precision": "bf16"}},
-}
-RECIPES = {"sp": "SP, one global LR", "mup": "muP", "sp-perlayer": "SP, per-layer LR exponents (Everett)"}
+LABELS = {"sp": "SP, one global LR (swept at every width)", "mup": "muP, one global LR (proxytune)",
+          "mup-package": "muP, `mup` package (MuReadout + MuAdamW)",
+          "mup-tuned": "muP + constants tuned at the base, transferred",
+          "sp-perlayer-tuned": "SP per-layer + constants tuned at the base, transferred",
+          "tune": "`proxytune tune` recommendation, transferred"}
+TARGET_WIDTH = 4096
+
+
+def tune_config(preset: str, runs: str) -> TuneConfig:
+    p = PRESETS[preset]
+    train = {k: v for k, v in train_fields(preset).items() if k != "depth"}
+    return TuneConfig.from_dict({
+        "name": f"b1-{preset}-tune", "model": "gpt", "data": "stdlib", "optimizer": "adamw",
+        "base": {"width": p["widths"][0], "depth": p["depth"]}, "widths": p["widths"][1:],
+        "recipes": ["mup", "sp-perlayer"], "target": {"width": TARGET_WIDTH, "depth": p["depth"]}, "train": train,
+        "executor": {"workers": p["workers"], "threads": p["threads"], "batch": 8},
+        "runs_dir": runs,
+    })
+
+
+def run_sweep(d: dict[str, Any]) -> list[dict[str, Any]]:
+    sweep = Sweep(SweepConfig.from_dict(d))
+    t = time.perf_counter()
+    sweep.run()
+    print(f"{d['name']}: {time.perf_counter() - t:.0f} s", flush=True)
+    return sweep.records()
+
+
+def flops_of(records: list[dict[str, Any]], width: int | None = None) -> float:
+    return sum(float(r.get("flops") or 0) for r in records
+               if r.get("status") in ("complete", "diverged") and (width is None or r.get("width") == width))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-transfer"))
+    ap.add_argument("--no-package", action="store_true", help="skip the mup package row")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     p = PRESETS[args.preset]
-    gpu = args.preset == "gpu"
-    panels, verdicts = {}, {}
+    widths, small, large = p["widths"], p["widths"][0], p["widths"][-1]
     t0 = time.perf_counter()
-    for recipe, label in RECIPES.items():
-        cfg = SweepConfig.from_dict({
-            "name": f"transfer-{args.preset}-{recipe}", "model": "gpt", "recipe": recipe, "optimizer": "adamw",
-            "base": {"width": p["widths"][0], "depth": p["depth"]},
-            "axes": {"width": p["widths"], "log2_lr": p["lr"]},
-            "train": {"depth": p["depth"], "warmup": 0.1, "schedule": "cosine", "betas": [0.9, 0.95], **p["train"]},
-            "executor": {"workers": p["workers"], "threads": 1 if p["workers"] > 1 else 2, "batch": 8 if gpu else 1},
-            "runs_dir": args.runs,
-        })
-        sweep = Sweep(cfg)
-        sweep.run()
-        panels[label] = optima_by_group(sweep.records(), "log2_lr", size_axes=["width"])
-        verdicts[label] = transfer_verdict(panels[label], "width")
-        print(f"{label}: {verdicts[label].line}", flush=True)
-    elapsed = time.perf_counter() - t0
-    largest = max(p["widths"])
-    best_any = min(o.best_grid_loss for ops in panels.values() for o in ops if o.group["width"] == largest)
-    fig = Path(ROOT / "bench" / f"transfer_{args.preset}.png")
-    lr_curves_figure(panels, fig)
+    records: dict[str, list[dict[str, Any]]] = {}
+    cost: dict[str, float] = {}
+    records["sp"] = run_sweep(row_sweep(args.preset, "sp", "sp", args.runs))
+    records["mup"] = run_sweep(row_sweep(args.preset, "mup", "mup", args.runs))
+    if not args.no_package:
+        from mup_peer import run_row
+
+        fields = {**train_fields(args.preset), "model": "gpt", "data": "stdlib", "recipe": "sp", "optimizer": "adamw",
+                  "base_width": small, "base_depth": p["depth"], "threads": p["threads"]}
+        lr = p["lr"]
+        grid = [lr["start"] + k * lr["step"] for k in range(int((lr["stop"] - lr["start"]) / lr["step"]) + 1)]
+        records["mup-package"] = run_row(fields, widths, grid, list(range(p["seeds"])),
+                                         Path(args.runs) / f"b1-{args.preset}-mup-package", workers=p["workers"])
+    tcfg = tune_config(args.preset, args.runs)
+    t_tune = time.perf_counter()
+    result = Tuner(tcfg).run()
+    tune_minutes = (time.perf_counter() - t_tune) / 60
+    print(f"tune: {result.recipe}, log2 lr {result.log2_lr:.2f}, constants {result.constants}", flush=True)
+    constants = result.constants
+    stage1_flops = sum(v for k, v in result.cost["per_stage"].items() if k.startswith("s1-"))
+    for recipe in ("mup", "sp-perlayer"):
+        records[f"{recipe}-tuned"] = run_sweep(row_sweep(args.preset, f"{recipe}-tuned", recipe, args.runs,
+                                                         constants=constants))
+    records["tune"] = records[f"{result.recipe}-tuned"]
+
+    optima = {row: optima_by_group(recs, "log2_lr", size_axes=["width"]) for row, recs in records.items()}
+    verdicts = {row: transfer_verdict(ops, "width") for row, ops in optima.items()}
+    at = {row: {o.group["width"]: o for o in ops} for row, ops in optima.items()}
+    best_any = min(o.loss for ops in at.values() for w, o in ops.items() if w == large and math.isfinite(o.loss))
+    sp_best = at["sp"][large].loss
+    cost = {"sp": flops_of(records["sp"], large), "mup": flops_of(records["mup"], small),
+            "mup-package": flops_of(records.get("mup-package", []), small),
+            "mup-tuned": stage1_flops + flops_of(records["mup-tuned"], small),
+            "sp-perlayer-tuned": stage1_flops + flops_of(records["sp-perlayer-tuned"], small),
+            "tune": result.cost["flops"]}
+    lr_sweep_large = cost["sp"]
+
+    def transferred(row: str) -> float:
+        """Loss at the largest width with the settings of the smallest: its LR optimum (tune: its own LR)."""
+        big = at[row][large]
+        x = result.log2_lr if row == "tune" else at[row][small].value
+        return big.loss_at(x)
+
     lines = [
-        provenance("transfer.py", "cuda" if gpu else "cpu", 1 if p["workers"] > 1 else 2),
-        f"Reference GPT depth {p['depth']}, head dim 16, widths {p['widths']}, {p['train']['steps']} steps, batch "
+        provenance("transfer.py", "cuda" if args.preset == "gpu" else "cpu", p["threads"]),
+        f"Reference GPT depth {p['depth']}, head dim 16, widths {widths}, {p['train']['steps']} steps, batch "
         f"{p['train']['batch_size']} x seq {p['train']['seq_len']}, AdamW (0.9, 0.95), warmup 10% + cosine to 10%, "
-        f"no weight decay, base width {p['widths'][0]}; log2 lr {p['lr']['start']} .. {p['lr']['stop']} "
-        f"(1 octave), 1 seed; {p['workers']} workers. Sweeps took {elapsed / 60:.1f} min in all.",
+        f"no weight decay, base width {small}; log2 lr {p['lr']['start']} .. {p['lr']['stop']} (1 octave, refined "
+        f"by half octaves near each optimum), {p['seeds']} seeds per point; {p['workers']} workers. "
+        f"Everything took {(time.perf_counter() - t0) / 60:.0f} min ({tune_minutes:.0f} min in `tune`, when it ran).",
         "",
-        "| recipe | log2 lr* per width (90% interval) | drift (octaves) | per doubling | regret at largest "
-        "(transferred from smallest) | regret vs best of any recipe | wider is better | verdict |",
+        f"Constants found by `proxytune tune` at width {small} (stage 1, then verified on widths "
+        f"{', '.join(map(str, widths[1:]))}): " + (", ".join(f"`{k}: {v}`" for k, v in constants.items()) or "none")
+        + f"; recommended recipe `{result.recipe}`, base log2 lr {result.log2_lr:.2f}.",
+        "",
+        f"| row | log2 lr* per width (90% interval) | drift per doubling (90%) | loss at {large}, transferred | "
+        f"regret vs best swept at {large} | wider is better | verdict | tuning cost (FLOPs; x LR sweep at {large}) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, ops in panels.items():
-        v = verdicts[label]
-        big = [o for o in ops if o.group["width"] == largest][0]
-        transferred = big.loss_at(min(ops, key=lambda o: o.group["width"]).value)
-        vs_any = (transferred - best_any) / best_any if math.isfinite(transferred) else math.inf
-        per_width = ", ".join(f"{o.group['width']}: {o.value:.2f} ({o.interval[0]:.2f}..{o.interval[1]:.2f})"
-                              + ("*" if o.notes else "") for o in ops)
-        lines.append(f"| {label} | {per_width} | {v.drift:+.2f} | {v.drift_per_doubling:+.2f} | "
-                     f"{v.regret:.4f} ({v.relative_regret:.2%}) | {vs_any:.2%} | {'yes' if v.wider_is_better else 'no'} "
-                     f"| {'pass' if v.passed else 'fail'} |")
-    notes = [f"{label} width {o.group['width']}: {n}" for label, ops in panels.items() for o in ops for n in o.notes]
-    mup_drift = abs(verdicts["muP"].drift)
-    sp_drift = abs(verdicts["SP, one global LR"].drift)
+    for row, ops in optima.items():
+        v = verdicts[row]
+        per = ", ".join(f"{o.group['width']}: {o.value:.2f} ({o.interval[0]:.2f}..{o.interval[1]:.2f})"
+                        + ("*" if o.edge else "") for o in ops)
+        tl = transferred(row)
+        lines.append(f"| {LABELS[row]} | {per} | {v.drift_per_doubling:+.2f} ({v.drift_interval[0]:+.2f}..."
+                     f"{v.drift_interval[1]:+.2f}) | {tl:.4f} | {(tl - best_any) / best_any:+.2%} | "
+                     f"{v.wider_is_better} | {v.state} | {cost[row]:.3g} ({cost[row] / lr_sweep_large:.2f}x) |")
+    tune_loss = transferred("tune")
+    gain = (sp_best - tune_loss) / sp_best
+    goal_a = gain >= 0.05
+    goal_b = (tune_loss - best_any) / best_any <= 0.005
+    goal_c = verdicts["tune"].wider_is_better == "yes"
+    goal_d = cost["tune"] < lr_sweep_large
     lines += [
         "",
-        f"Best loss at width {largest} over all recipes: {best_any:.4f}. `*`: see notes.",
-        f"Goal (muP drift <= 0.5 octave and clearly smaller than SP's): muP {mup_drift:.2f}, SP {sp_drift:.2f} -> "
-        f"{'met' if mup_drift <= 0.5 and mup_drift < sp_drift - 0.5 else 'not met'}.",
+        f"Best loss at width {large} of any row swept there: {best_any:.4f}; SP swept at {large}: {sp_best:.4f}. "
+        f"`*`: optimum on the grid edge. SP's tuning cost is its LR sweep at width {large} "
+        f"({lr_sweep_large:.3g} FLOPs); muP's, its LR sweep at width {small}; a tuned row's, stage 1 of `tune` plus "
+        f"its LR sweep at {small}; the `tune` row's, every trial of `tune` (stage 1 and the verification at every "
+        "width, both recipes).",
         "",
-        f"![B1 loss vs log2 lr](bench/{fig.name})",
-    ] + ([""] + [f"- {n}" for n in notes] if notes else [])
+        f"Goal: the `tune` row's loss at {large} at least 5% below SP swept at {large}: {gain:+.2%} -> "
+        f"{'met' if goal_a else 'not met'}; within 0.5% of the best swept at {large}: "
+        f"{(tune_loss - best_any) / best_any:+.2%} -> {'met' if goal_b else 'not met'}; wider is better: "
+        f"{verdicts['tune'].wider_is_better} -> {'met' if goal_c else 'not met'}; cost below one LR sweep at "
+        f"{large}: {cost['tune'] / lr_sweep_large:.2f}x -> {'met' if goal_d else 'not met'}.",
+    ]
+    lines += b5_b6(args.preset, optima["tune"], result, tcfg, large)
+    fig = ROOT / "bench" / f"transfer_{args.preset}.png"
+    lr_curves_figure({LABELS[r]: ops for r, ops in optima.items()}, fig)
+    lines += ["", f"![B1 loss vs log2 lr](bench/{fig.name})"]
+    notes = [f"{LABELS[r]} width {o.group['width']}: {n}" for r, ops in optima.items() for o in ops for n in o.notes]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "B1. Width transfer" + (" (GPU)" if gpu else " (CPU)"), text)
+        write_section(ROOT / "BENCHMARKS.md", "B1. Width transfer" + (" (GPU)" if args.preset == "gpu" else " (CPU)"),
+                      text)
+
+
+def b5_b6(preset: str, ops: list[Optimum], result: Any, tcfg: TuneConfig, large: int) -> list[str]:
+    """B5: the loss law of the tune row fitted on the smaller widths, predicting the largest. B6: the cost of
+    every tune trial against one training run of the largest proxy and of a TARGET_WIDTH-wide target."""
+    p = PRESETS[preset]
+    rows = sorted((o for o in ops if math.isfinite(o.loss)), key=lambda o: o.group["width"])
+    ns = [count_params("gpt", int(o.group["width"]), p["depth"], {"seq_len": p["train"]["seq_len"]}) for o in rows]
+    out = ["", "**B5 on the `tune` row** (loss law `L = a N^b + c` on the best loss per width):"]
+    fit_rows = [(n, o.loss) for n, o in zip(ns, rows) if o.group["width"] < large]
+    if len(fit_rows) >= 3:
+        law = fit_saturating_power_law([n for n, _ in fit_rows], [v for _, v in fit_rows])
+        n_big = ns[-1]
+        pred = float(law.predict(n_big))
+        lo, hi = law.interval(n_big)
+        err = (pred - rows[-1].loss) / rows[-1].loss
+        out.append(f"fitted on widths {', '.join(str(o.group['width']) for o in rows[:-1])}, predicted "
+                   f"{pred:.4f} (90% {lo:.4f} .. {hi:.4f}) at width {large}, measured {rows[-1].loss:.4f}: error "
+                   f"{err:+.2%} (goal within 1%: {'met' if abs(err) <= 0.01 else 'not met'}).")
+    else:
+        out.append("not enough widths below the largest to fit the 3-parameter law.")
+    flops = result.cost["flops"]
+    one_large = run_flops(tcfg, large, p["depth"], None)
+    one_target = run_flops(tcfg, TARGET_WIDTH, p["depth"], None)
+    n_target = count_params("gpt", TARGET_WIDTH, p["depth"], {"seq_len": p["train"]["seq_len"]})
+    optimal = run_flops(tcfg, TARGET_WIDTH, p["depth"], 20.0 * n_target)
+    out += ["", f"**B6 for `tune`**: {result.cost['trials']} trials, {flops:.3g} FLOPs = {flops / one_large:.2f} "
+            f"training runs of the width-{large} model ({one_large:.3g} FLOPs each, same tokens); "
+            f"{flops / one_target:.2%} of one run of a {TARGET_WIDTH}-wide target at the same depth and tokens "
+            f"({one_target:.3g} FLOPs; goal at most 5%: {'met' if flops / one_target <= 0.05 else 'not met'}); "
+            f"{flops / optimal:.4%} of that target trained on 20 tokens per parameter ({optimal:.3g} FLOPs)."]
+    return out
 
 
 if __name__ == "__main__":

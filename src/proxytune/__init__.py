@@ -7,12 +7,14 @@
 """
 
 from .plan import Plan, TensorPlan, parameterize
+from .rules.multipliers import Multipliers
 from .rules.recipes import OPTIMIZERS, RECIPES, WD_POLICIES
 from .shapes import PlanError
 from .sweep import Sweep, SweepConfig
 from .train import RunResult, TrainConfig, train, train_batched
+from .tune import TuneConfig, TuneResult, tune
 
 __version__ = "0.1.0"
 
-__all__ = ["Plan", "TensorPlan", "parameterize", "PlanError", "RECIPES", "OPTIMIZERS", "WD_POLICIES",
-           "TrainConfig", "RunResult", "train", "train_batched", "Sweep", "SweepConfig", "__version__"]
+__all__ = ["Plan", "TensorPlan", "parameterize", "Multipliers", "PlanError", "RECIPES", "OPTIMIZERS", "WD_POLICIES",
+           "TrainConfig", "RunResult", "train", "train_batched", "Sweep", "SweepConfig", "tune", "TuneConfig", "TuneResult", "__version__"]

@@ -50,6 +50,8 @@ def explain(
     wd: Optional[float] = typer.Option(None, help="base weight decay"),
     eps: Optional[float] = typer.Option(None, help="base Adam eps"),
     option: list[str] = typer.Option([], help="builder option key=value (repeatable)"),
+    mult: list[str] = typer.Option([], help="named multiplier at the base, key=value (repeatable): lr.<role>, "
+                                   "init.<role>, output, embedding, attention"),
     save: Optional[str] = typer.Option(None, help="write the plan as JSON to this path"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
     seed: int = typer.Option(0, help="seed for building the base"),
@@ -63,8 +65,11 @@ def explain(
         torch.manual_seed(seed)
         base = build_model(fn, base_width, base_depth, "cpu", opts)  # small: exact init statistics
         target = build_model(fn, width, depth, "meta", opts)  # any size, free
+        from .rules.multipliers import Multipliers
+
         plan = parameterize(target, base, recipe=recipe, optimizer=optimizer, mode=mode,
-                            alignment=alignment, weight_decay=weight_decay_policy)
+                            alignment=alignment, weight_decay=weight_decay_policy,
+                            multipliers=Multipliers.from_items(mult))
         if lr is not None and lr <= 0:
             raise PlanError(f"--lr must be > 0, got {lr}")
     except (PlanError, ValueError) as exc:
@@ -494,6 +499,90 @@ def report(
 
 
 @app.command()
+def tune(
+    config: str = typer.Argument(..., help="tune YAML file (see proxytune.tune.config)"),
+    workers: Optional[int] = typer.Option(None, help="worker processes (overrides executor.workers)"),
+    threads: Optional[int] = typer.Option(None, help="torch threads per worker"),
+    batch: Optional[int] = typer.Option(None, help="trials trained together per worker (1 = off)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Find the settings for the big model: constants and LR tuned at the base, verified on wider proxies, the
+    best recipe recommended, with the target's predicted LR and loss, the plan, the cost and a report.
+    Running it again continues a stopped run."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .tune import TuneConfig
+    from .tune import tune as run_tune
+
+    def load() -> Any:
+        cfg = TuneConfig.from_yaml(config)
+        changes = {k: v for k, v in dict(workers=workers, threads=threads, batch=batch).items() if v is not None}
+        if changes:
+            cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update=changes)})
+        return cfg
+
+    cfg = _sweep_errors(load)
+    console = Console(stderr=as_json)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
+                        TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task("tune", total=None)
+
+    def on_poll(stage: str, counts: dict[str, int]) -> None:
+        done = counts["complete"] + counts["diverged"] + counts["failed"] + counts["pruned"]
+        progress.update(task, total=done + counts["running"] + counts["waiting"], completed=done,
+                        description=stage.split(":")[0])
+
+    console.print(f"[bold]proxytune tune[/bold] {cfg.name}: base {cfg.base_width} x {cfg.base_depth}, proxies "
+                  f"{', '.join(map(str, cfg.proxy_widths))}, candidates {', '.join(cfg.candidates)} -> {cfg.run_dir}/")
+    try:
+        with progress:
+            result = _sweep_errors(lambda: run_tune(cfg, log=progress.console.print, on_poll=on_poll))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]stopped: finished trials are kept; continue with: proxytune tune {config}[/yellow]")
+        raise typer.Exit(130) from None
+    if as_json:
+        from .tune.run import _json_default
+
+        typer.echo(json.dumps(result.to_dict(), default=_json_default))
+        return
+    _print_tune(console, result)
+
+
+def _print_tune(console: Any, result: Any) -> None:
+    console.print(f"\n[bold]Recommended[/bold]: recipe [bold]{result.recipe}[/bold], base lr {result.lr:.4g} "
+                  f"(log2 {result.log2_lr:.2f}), multipliers "
+                  + (", ".join(f"{k}={v}" for k, v in result.constants.items()) or "all 1"))
+    for line in result.recommendation[1:]:
+        console.print(f"  {line}")
+    from .tune.report import base_gain_line
+
+    console.print(f"  {base_gain_line(result.stage1)}")
+    for cand in result.candidates:
+        v = cand.get("verdict")
+        if v:
+            console.print(f"  [bold]{cand['recipe']}[/bold]: {v['line']}")
+    p = result.prediction
+    if p:
+        console.print(f"\n[bold]Target[/bold] width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M params, "
+                      f"{p['tokens']:.3g} tokens): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
+                      f"{p['lr_interval'][1]:.3g})"
+                      + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
+                         f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ""))
+        for warning in p["warnings"]:
+            console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
+        console.print(f"  plan: {p['plan']}  training code: {p['snippet']}")
+    c = result.cost
+    line = f"\n[bold]Cost[/bold]: {c['trials']} proxy trials, {c['flops']:.3g} FLOPs"
+    if "vs_lr_sweep_at_largest" in c:
+        line += f"; {c['vs_lr_sweep_at_largest']:.2f}x an LR sweep at width {c['largest_width']}"
+    if "vs_target_run" in c:
+        line += f"; {c['vs_target_run']:.2%} of one target run"
+    console.print(line)
+    console.print(f"report: {result.report}")
+
+
+@app.command()
 def demo(
     out: str = typer.Option("proxytune-demo", help="output directory (sweeps, report, figures)"),
     quick: bool = typer.Option(False, "--quick", help="the short preset: 3 widths, 9 learning rates, 2 seeds, "
@@ -508,24 +597,33 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    from .demo import EXPLAIN, RECIPES, preset_trials, run_demo
+    from .demo import EXPLAIN, RECIPES, demo_tune_config, preset_trials, run_demo, tune_trials
 
     preset = "quick" if quick else ("gpu" if gpu or (torch.cuda.is_available() and not cpu) else "cpu")
     console = Console()
     console.print(f"[bold]proxytune demo[/bold] ({preset} preset) -> {out}/")
     planned = {r: preset_trials(preset) for r in RECIPES}
-    done_by: dict[str, int] = {r: 0 for r in RECIPES}
+    planned["tune"] = _sweep_errors(lambda: tune_trials(demo_tune_config(Path(out), preset, workers)))
+    done_by: dict[str, int] = {r: 0 for r in planned}
+    labels = {**RECIPES, "tune": "tune"}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("trials"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         console=console)
-    task = progress.add_task("SP + muP sweeps", total=sum(planned.values()))
+    task = progress.add_task("SP + muP sweeps, tune", total=sum(planned.values()))
+    tune_done: dict[str, int] = {}  # the tune run is many sweeps: trials finished in each
 
     def on_poll(recipe: str, counts: dict[str, int]) -> None:
         done = counts["complete"] + counts["diverged"] + counts["failed"] + counts["pruned"]
-        planned[recipe] = max(planned[recipe], done + counts["running"] + counts["waiting"])  # + refinement
-        done_by[recipe] = done
-        progress.update(task, total=sum(planned.values()), completed=sum(done_by.values()),
-                        description=f"{RECIPES[recipe]} sweep")
+        if recipe.startswith("tune:"):
+            tune_done[recipe] = done
+            done_by["tune"] = sum(tune_done.values())
+            planned["tune"] = max(planned["tune"], done_by["tune"] + counts["running"] + counts["waiting"])
+            description = "tune: " + recipe.split("·")[-1].split(":")[0].strip()
+        else:
+            planned[recipe] = max(planned[recipe], done + counts["running"] + counts["waiting"])  # + refinement
+            done_by[recipe] = done
+            description = f"{labels[recipe]} sweep"
+        progress.update(task, total=sum(planned.values()), completed=sum(done_by.values()), description=description)
 
     with progress:
         summary = _sweep_errors(lambda: run_demo(out, preset, workers, log=progress.console.print,
@@ -541,7 +639,15 @@ def demo(
         console.print(f"  [bold]{RECIPES[recipe]}[/bold]: {line}")
     pred = summary["prediction"]
     loss = pred["loss"]
-    console.print(f"\n[bold]Prediction[/bold] from the {pred['recipe']} sweep for a target of width "
+    t = summary["tune"]
+    console.print(f"\n[bold]Recommended[/bold] (proxytune tune): {t['recipe']}, base lr {t['lr']:.3g}, constants "
+                  + (", ".join(f"{k}={v}" for k, v in t["constants"].items()) or "all 1")
+                  + f"; tuning cost {t['cost']['flops']:.3g} FLOPs"
+                  + (f" ({t['cost']['vs_lr_sweep_at_largest']:.2f}x an LR sweep at the largest proxy)"
+                     if "vs_lr_sweep_at_largest" in t["cost"] else ""))
+    for line in t["recommendation"][1:]:
+        console.print(f"  {line}")
+    console.print(f"\n[bold]Prediction[/bold] with {pred['recipe']} for a target of width "
                   f"{pred['target_width']} ({pred['target_params'] / 1e6:.2f} M params, {pred['tokens']:,} tokens): "
                   f"lr {pred['lr']:.3g} (90% {pred['lr_interval'][0]:.3g} .. {pred['lr_interval'][1]:.3g})"
                   + (f", expected loss {loss['value']:.3f} nats/byte (90% {loss['interval'][0]:.3f} .. "

@@ -1,27 +1,32 @@
-"""``proxytune demo``: SP vs muP width sweeps on the built-in corpus, then verdict, prediction and report.
+"""``proxytune demo``: SP vs muP width sweeps on the built-in corpus, then ``tune``, prediction and report.
 
 Everything runs locally with no network: the reference GPT, the stdlib byte
 corpus, two grid sweeps (SP with one global LR, and muP) over widths and
-log2 learning rates, the optimum per width, the transfer verdict, a
-prediction for a 4x wider target, and a report with figures in the output
-directory. Running it again continues the stored sweeps instead of redoing
-them.
+log2 learning rates, the optimum per width and the transfer verdict; then
+``proxytune tune`` on the same proxies (constants tuned at the smallest width,
+verified at the wider ones, a recipe recommended), what the tuned constants
+buy at the largest proxy, a prediction for a 4x wider target, and a report
+with figures in the output directory. Running it again continues the stored
+sweeps instead of redoing them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .analysis.optimum import Optimum, optima_by_group
-from .analysis.predict import count_params, predict_from_sweep
+from .analysis.predict import count_params
 from .analysis.report import loss_figure, lr_curves_figure, optima_table, optimum_figure
-from .analysis.verdict import Verdict, transfer_verdict
+from .analysis.verdict import Verdict, loss_se, transfer_verdict
 from .sweep import Sweep, SweepConfig
 from .sweep.config import Range
+from .tune import TuneConfig, Tuner, TuneResult
 
 # Each verdict-issuing preset runs 2 seeds per point: one seed cannot tell the optimum's noise from its drift.
 # The CPU grids reach low learning rates because SP's optimum falls with width (about -1 octave per doubling).
@@ -33,6 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {"widths": [128, 256, 512, 1024], "lr": {"start": -13, "stop": -5, "step": 1}, "depth": 4, "seeds": 2,
             "train": {"steps": 1000, "batch_size": 32, "seq_len": 256, "eval_every": 250, "eval_batches": 16,
                       "device": "cuda", "precision": "bf16"}},
+}
+# The tune step's stage-1 search per preset (proxytune.tune.SearchConfig fields; the rest are its defaults).
+TUNE_SEARCH: dict[str, dict[str, Any]] = {
+    "quick": {"rounds": 1, "finalists": 2},
+    "cpu": {"rounds": 2},
+    "gpu": {"rounds": 2},
 }
 RECIPES = {"sp": "SP, one global LR", "mup": "muP"}
 
@@ -68,6 +79,51 @@ def demo_sweeps(out: Path, preset: str, workers: int) -> dict[str, SweepConfig]:
                      "batch": 8 if gpu else 1},
         "runs_dir": str(out / "runs"),
     }) for recipe in RECIPES}
+
+
+def demo_tune_config(out: Path, preset: str, workers: int) -> TuneConfig:
+    """The ``tune`` run of the demo: the same proxies, data and training settings as its sweeps."""
+    p = PRESETS[preset]
+    gpu = p["train"].get("device") == "cuda"
+    grid = Range(**p["lr"]).values()
+    search = {"lr": {"start": grid[0], "stop": grid[-1], "step": p["lr"]["step"]},
+              **TUNE_SEARCH.get(preset, {"rounds": 1, "finalists": 1, "span": 1, "lr_span": 1})}
+    return TuneConfig.from_dict({
+        "name": f"demo-{preset}-tune", "model": "gpt", "data": "stdlib", "optimizer": "adamw",
+        "base": {"width": p["widths"][0], "depth": p["depth"]}, "widths": p["widths"][1:],
+        "recipes": ["mup", "sp-perlayer"], "target": {"width": 4 * p["widths"][-1], "depth": p["depth"]},
+        "train": {"warmup": 0.1, "schedule": "cosine", "betas": [0.9, 0.95], **p["train"]}, "search": search,
+        "executor": {"workers": 1 if gpu else workers, "threads": 1 if workers > 1 and not gpu else 2,
+                     "batch": 8},
+        "runs_dir": str(out / "runs"),
+    })
+
+
+def tune_trials(cfg: TuneConfig) -> int:
+    """About how many trials the demo's tune run trains (for the progress bar; the race and edges move it)."""
+    s, v = cfg.search, cfg.verify
+    finals = (s.finalists + 1) * s.seeds
+    scan = int(2 * v.span / v.step) + 1
+    return (len(s.lr.values()) + Tuner(cfg).oat_budget() + finals
+            + len(cfg.candidates) * scan * v.seeds * (1 + len(cfg.proxy_widths)))
+
+
+def tuned_gain(result: TuneResult, panels: dict[str, list[Optimum]]) -> dict[str, Any]:
+    """The recommended setting's best loss at the largest proxy against muP with every multiplier 1 and SP,
+    each at its own best LR there, with the standard error of each gap."""
+    largest = max(o.group["width"] for ops in panels.values() for o in ops)
+    tuned = next(c for c in result.candidates if c["recipe"] == result.recipe)
+    opt = next((o for o in tuned["optima"] if o["size"].get("width") == largest), None)
+    out: dict[str, Any] = {"width": largest, "recipe": result.recipe, "loss": opt["loss"] if opt else math.nan,
+                           "loss_se": opt["loss_se"] if opt else math.nan}
+    for key, ops in panels.items():
+        o = next((o for o in ops if o.group["width"] == largest), None)
+        if o is None or opt is None:
+            continue
+        se = math.hypot(loss_se(o), opt["loss_se"]) if math.isfinite(opt["loss_se"]) else math.nan
+        out[key] = {"loss": o.loss, "gain": o.loss - opt["loss"], "relative": (o.loss - opt["loss"]) / o.loss,
+                    "se": se}
+    return out
 
 
 def story(verdicts: dict[str, Verdict]) -> list[str]:
@@ -122,23 +178,26 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
         records[recipe] = sweep.records()
         panels[recipe] = optima_by_group(records[recipe], "log2_lr", size_axes=["width"])
         verdicts[recipe] = transfer_verdict(panels[recipe], "width")
-    widths = p["widths"]
-    mup = Sweep(configs["mup"])
-    result = predict_from_sweep(mup, width=4 * widths[-1], plan_path=out / "target-plan.json")
-    (out / "target_snippet.py").write_text(result["plan"]["snippet"])
-    loss = result["loss"]
-    prediction = {"recipe": RECIPES["mup"], "sweep": str(configs["mup"].run_dir),
-                  "target_width": result["target"]["width"], "target_depth": result["target"]["depth"],
-                  "target_params": result["target"]["params"], "tokens": result["target"]["tokens"],
-                  "lr": result["hp"]["lr"], "lr_interval": result["hp"]["lr_interval"],
-                  "log2_lr": result["hp"]["value"], "log2_lr_interval": result["hp"]["interval"], "loss": loss,
-                  "warnings": result["warnings"], "notes": result["notes"],
+    tcfg = demo_tune_config(out, preset, workers)
+    log(f"tune {tcfg.name}: constants and LR at width {tcfg.base_width}, verified at widths "
+        f"{', '.join(map(str, tcfg.proxy_widths))} for {', '.join(tcfg.candidates)} -> {tcfg.run_dir}")
+    tuned = Tuner(tcfg, log=lambda m: log(f"  {m}"),
+                  on_poll=(lambda stage, counts: on_poll(f"tune:{stage}", counts)) if on_poll else None).run()
+    gain = tuned_gain(tuned, panels)
+    pred = tuned.prediction or {}
+    shutil.copyfile(pred["plan"], out / "target-plan.json")
+    shutil.copyfile(pred["snippet"], out / "target_snippet.py")
+    prediction = {"recipe": f"{tuned.recipe} + tuned constants", "sweep": str(tcfg.run_dir),
+                  "target_width": pred["width"], "target_depth": pred["depth"], "target_params": pred["params"],
+                  "tokens": pred["tokens"], "lr": pred["lr"], "lr_interval": pred["lr_interval"],
+                  "log2_lr": pred["log2_lr"], "log2_lr_interval": pred["log2_lr_interval"], "loss": pred["loss"],
+                  "loss_law": pred.get("loss_law"), "warnings": pred["warnings"], "notes": pred["notes"],
                   "plan": str(out / "target-plan.json"), "snippet": str(out / "target_snippet.py")}
     summary = {
         "preset": preset,
         "seeds": p["seeds"],
         "tokens_per_trial": p["train"]["steps"] * p["train"]["batch_size"] * p["train"]["seq_len"],
-        "runs": {r: str(c.run_dir) for r, c in configs.items()},
+        "runs": {**{r: str(c.run_dir) for r, c in configs.items()}, "tune": str(tcfg.run_dir)},
         "verdicts": {r: v.line for r, v in verdicts.items()},
         "states": {r: v.state for r, v in verdicts.items()},
         "advice": {r: v.advice for r, v in verdicts.items()},
@@ -146,23 +205,44 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
         "drift_interval": {r: list(v.drift_interval) for r, v in verdicts.items()},
         "regret": {r: v.relative_regret for r, v in verdicts.items()},
         "wider_is_better": {r: v.wider_is_better for r, v in verdicts.items()},
-        "story": story(verdicts),
+        "story": story(verdicts) + tune_story(tuned, gain),
         "optima": {r: [o.to_dict() for o in ops] for r, ops in panels.items()},
+        "tune": {"recipe": tuned.recipe, "log2_lr": tuned.log2_lr, "lr": tuned.lr, "constants": tuned.constants,
+                 "recommendation": tuned.recommendation, "gain": gain, "cost": tuned.cost, "report": tuned.report,
+                 "config": str(tcfg.run_dir / "tune.yaml")},
         "prediction": prediction,
-        "next": next_steps(out, configs),
+        "next": next_steps(out, configs, tcfg),
     }
     (out / "summary.json").write_text(json.dumps(
-        {**summary, "prediction": {**prediction, "loss": {k: v for k, v in (prediction["loss"] or {}).items()
-                                                          if k != "fit"} or None}}, indent=1, default=str))
+        {**summary, "prediction": {k: v for k, v in prediction.items() if k != "loss_law"}}, indent=1, default=str))
     write_report(out, panels, verdicts, records, prediction, depth=p["depth"], seq_len=p["train"]["seq_len"],
-                 summary=summary)
+                 summary=summary, tuned=tuned)
     return summary
 
 
-def next_steps(out: Path, configs: dict[str, SweepConfig]) -> list[str]:
-    """The commands a user runs next, on this demo's sweeps and on their own model."""
+def tune_story(tuned: TuneResult, gain: dict[str, Any]) -> list[str]:
+    """What the tuned constants buy at the largest proxy, in plain words, and the recommendation."""
+    w = gain["width"]
+    lines = []
+    consts = ", ".join(f"{k} {v}" for k, v in tuned.constants.items()) or "every multiplier at 1 (none beat them)"
+    parts = []
+    for key, label in (("mup", "muP with default constants"), ("sp", f"SP with its LR tuned at width {w}")):
+        g = gain.get(key)
+        if g:
+            noise = (f" ± {g['se']:.3f}" if math.isfinite(g["se"]) else "")
+            parts.append(f"{g['gain']:+.3f}{noise} nats/byte ({g['relative']:+.1%}) against {label} ({g['loss']:.3f})")
+    lines.append(f"Tuned constants ({consts}) at width {w}: loss {gain['loss']:.3f} with {tuned.recipe}; "
+                 + "; ".join(parts) + " (positive = tuned is better).")
+    lines.append(f"Recommendation: train the big model with {tuned.recipe}, base lr {tuned.lr:.3g} and these "
+                 "constants; " + tuned.recommendation[0].split(": ", 1)[-1] + ".")
+    return lines
+
+
+def next_steps(out: Path, configs: dict[str, SweepConfig], tune: TuneConfig) -> list[str]:
+    """The commands a user runs next, on this demo's runs and on their own model."""
     mup = configs["mup"].run_dir
     return [f"proxytune analyze {mup}    # the optima and the verdict of the muP sweep",
+            f"proxytune tune {tune.run_dir / 'tune.yaml'}    # the tuning run: copy its file, point it at your model",
             f"proxytune predict {mup} --width 1024 --depth 2    # settings and expected loss for your target",
             "proxytune check --model mypkg.models:build --data corpus.txt --recipe mup    # your own model",
             "proxytune explain --model gpt --width 1024 --depth 24 --base-width 256 --base-depth 4 --check"]
@@ -170,35 +250,62 @@ def next_steps(out: Path, configs: dict[str, SweepConfig]) -> list[str]:
 
 def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str, Verdict],
                  records: dict[str, list[dict[str, Any]]], prediction: dict[str, Any], depth: int = 2,
-                 seq_len: int = 64, summary: dict[str, Any] | None = None) -> Path:
+                 seq_len: int = 64, summary: dict[str, Any] | None = None, tuned: TuneResult | None = None) -> Path:
     names = {RECIPES[r]: ops for r, ops in panels.items()}
     named_verdicts = {RECIPES[r]: v for r, v in verdicts.items()}
     figs = [lr_curves_figure(names, out / "lr_curves.png"),
             optimum_figure(names, out / "optimum_vs_width.png", verdicts=named_verdicts)]
     points = {}
+
+    def n_of(width: Any) -> int:
+        return count_params("gpt", int(width), depth, {"seq_len": seq_len})
+
     for r, ops in panels.items():
-        # the seed-mean loss at the best grid point: the values the loss law of the prediction is fitted on
+        # the seed-mean loss at the best grid point of each width
         rows = sorted((o for o in ops if math.isfinite(o.best_grid_loss)), key=lambda o: o.group["width"])
-        points[RECIPES[r]] = ([count_params("gpt", int(o.group["width"]), depth, {"seq_len": seq_len}) for o in rows],
-                              [o.best_grid_loss for o in rows])
+        points[RECIPES[r]] = ([n_of(o.group["width"]) for o in rows], [o.best_grid_loss for o in rows])
+    if tuned is not None:
+        cand = next(c for c in tuned.candidates if c["recipe"] == tuned.recipe)
+        rows = sorted((o for o in cand["optima"] if math.isfinite(o["loss"])), key=lambda o: o["size"]["width"])
+        points[f"{tuned.recipe} + tuned constants"] = ([n_of(o["size"]["width"]) for o in rows],
+                                                       [o["loss"] for o in rows])
     loss = prediction.get("loss") or {}
-    extrapolation = ({"recipe": "muP", "law": loss["fit"], "target": prediction["target_params"],
-                      "interval": loss["interval"]} if loss else None)
+    extrapolation = ({"recipe": prediction["recipe"], "law": prediction["loss_law"],
+                      "target": prediction["target_params"], "interval": loss["interval"]}
+                     if loss and prediction.get("loss_law") is not None else None)
     figs.append(loss_figure(points, out / "loss_vs_params.png", extrapolation))
     summary = summary or {}
     budget = (f"Each trial trains on {summary['tokens_per_trial']:,} tokens, {summary['seeds']} seeds per point; "
               "losses are validation losses in nats/byte." if summary else "")
+    tune_lines: list[str] = []
+    if tuned is not None:
+        t = summary.get("tune", {})
+        cost = tuned.cost
+        tune_lines = [
+            "## What tuned constants buy", "",
+            f"`proxytune tune` searched the named multipliers and the LR at the smallest width, verified them at "
+            f"the wider ones for {', '.join(c['recipe'] for c in tuned.candidates)}, and recommends:", "",
+            f"- recipe `{tuned.recipe}`, base lr {tuned.lr:.4g}, constants "
+            + (", ".join(f"`{k}: {v}`" for k, v in tuned.constants.items()) or "all 1"),
+            *[f"- {line}" for line in tuned.recommendation],
+            f"- cost: {cost['trials']} trials, {cost['flops']:.3g} FLOPs"
+            + (f" ({cost['vs_lr_sweep_at_largest']:.2f}x an LR sweep at the largest proxy)"
+               if "vs_lr_sweep_at_largest" in cost else ""),
+            f"- its report: `{os.path.relpath(tuned.report, out)}`; its config, to adapt to your model: "
+            f"`{t.get('config', '')}`", ""]
     lines = [
         "# proxytune demo report", "",
-        "Reference GPT on the built-in stdlib byte corpus; grid sweeps over width and log2 learning rate.",
+        "Reference GPT on the built-in stdlib byte corpus; grid sweeps over width and log2 learning rate, then "
+        "`proxytune tune` on the same proxies.",
         budget, "",
         "## What it shows", "", *[f"- {line}" for line in summary.get("story", [])], "",
         "## Transfer verdict", "",
         *[f"- **{RECIPES[r]}**: {v.line}" + "".join(f"\n  - {a}" for a in v.advice) for r, v in verdicts.items()],
         "", *[f"- {EXPLAIN[k]}" for k in ("octave", "drift", "regret", "wider", "interval")], "",
         "## Optimum per width", "", optima_table(names), "",
+        *tune_lines,
         "## Prediction for the target", "",
-        f"- from the {prediction.get('recipe', 'muP')} sweep `{prediction.get('sweep', '')}`",
+        f"- with {prediction.get('recipe', 'muP')}, from `{prediction.get('sweep', '')}`",
         f"- target: width {prediction['target_width']} ({prediction['target_params'] / 1e6:.2f} M parameters), "
         f"{prediction.get('tokens', 0):,.0f} tokens",
         f"- learning rate: {prediction['lr']:.4g} (90% interval {prediction['lr_interval'][0]:.3g} .. "

@@ -19,8 +19,11 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .nn.attention import DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, head_dim_of, looks_like_attention
+from .nn.attention import (
+    DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, head_dim_of, looks_like_attention, query_params_of,
+)
 from .nn.multipliers import add_multiplier
+from .rules.multipliers import Multipliers
 from .rules.recipes import (
     ALIGNMENT_CHOICES, MODES, MUON_SCALES, WD_POLICIES, Scale, TensorContext, check_choice,
     get_optimizer, get_recipe, tensor_scales,
@@ -147,6 +150,7 @@ class Plan:
     attention: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
+    multipliers: Multipliers = field(default_factory=Multipliers)
 
     def __post_init__(self) -> None:
         self._model: nn.Module | None = None
@@ -157,7 +161,7 @@ class Plan:
             "version": self.version, "recipe": self.recipe, "optimizer": self.optimizer_name,
             "mode": self.mode, "alignment": self.alignment,
             "weight_decay_policy": self.weight_decay_policy, "muon_scale": self.muon_scale_mode,
-            "attention": self.attention, "notes": self.notes,
+            "attention": self.attention, "notes": self.notes, "multipliers": self.multipliers.to_dict(),
             "tensors": {k: v.to_dict() for k, v in self.tensors.items()},
         }
 
@@ -169,7 +173,8 @@ class Plan:
             recipe=d["recipe"], optimizer_name=d["optimizer"], mode=d["mode"], alignment=d["alignment"],
             weight_decay_policy=d["weight_decay_policy"], muon_scale_mode=d["muon_scale"],
             tensors={k: TensorPlan.from_dict(v) for k, v in d["tensors"].items()},
-            attention=list(d.get("attention", [])), notes=list(d.get("notes", [])))
+            attention=list(d.get("attention", [])), notes=list(d.get("notes", [])),
+            multipliers=Multipliers.from_dict(d.get("multipliers")))
 
     def save(self, path: str | Path) -> None:
         """Write the plan as JSON."""
@@ -182,7 +187,7 @@ class Plan:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise PlanError(f"no plan file at {str(path)!r}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"{str(path)!r} is not a proxytune plan: {exc}") from None
 
     def bind(self, model: nn.Module) -> "Plan":
@@ -351,6 +356,8 @@ class Plan:
             lines.append(f"... {len(rows) - len(shown)} more tensors")
         lines.append("role* = residual-branch output; lr/wd/eps shown as multipliers of the base value "
                      "unless base values were given.")
+        lines.append(f"named multipliers (set at the base shape, included in the columns above; the recipe "
+                     f"carries them to this shape): {self.multipliers.describe()}")
         for tp in self.tensors.values():
             for n in tp.notes:
                 lines.append(f"note: {tp.name}: {n}")
@@ -431,6 +438,7 @@ def parameterize(
     tied: str = "embedding",
     attention: Sequence[AttentionAdapter] | None = None,
     decay_vectors: bool = False,
+    multipliers: Multipliers | dict[str, Any] | None = None,
     apply: bool = True,
 ) -> Plan:
     """Plan (and by default apply) a parameterization of ``target`` relative to ``base``.
@@ -463,10 +471,20 @@ def parameterize(
         attention: extra attention adapters tried before the built-in ones.
         decay_vectors: also apply weight decay to 0-D/1-D tensors (biases,
             gains); off by default, as in most LM training code.
+        multipliers: named constants tuned at the base shape
+            (:class:`proxytune.Multipliers`, or its dict form): per-role LR and
+            init multipliers, the output, embedding and attention-logit
+            multipliers. The recipe's rules carry them to the target; at the
+            base shape they are the only change from the model's own init and
+            the base HPs.
         apply: re-initialize ``target`` and install multipliers now.
     """
     rec = get_recipe(recipe)
     spec = get_optimizer(optimizer)
+    try:
+        named = multipliers if isinstance(multipliers, Multipliers) else Multipliers.from_dict(multipliers)
+    except (TypeError, ValueError) as exc:
+        raise PlanError(f"multipliers: {exc}") from None
     check_choice("mode", mode, MODES)
     check_choice("alignment", alignment, ALIGNMENT_CHOICES)
     check_choice("weight-decay policy", weight_decay, WD_POLICIES)
@@ -482,12 +500,24 @@ def parameterize(
     adapters = list(attention or ()) + list(DEFAULT_ADAPTERS)
     sites, unhandled = _attention_sites(target, base, pattern, adapters)
     attn_records, q_factor = [], {}
+    named_query: set[str] = set()  # query tensors that carry the named attention multiplier
+    if named.attention != 1.0 and not sites:
+        raise PlanError(f"attention multiplier {named.attention:g}: no attention module found to apply it to "
+                        "(see proxytune.nn.attention for the modules proxytune recognizes, or pass attention=[...])")
     for ad, site in sites:
         factor = (site.head_dim / site.base_head_dim) ** rec.attn_exponent
-        attn_records.append({"module": site.module, "adapter": ad.name, "factor": factor,
-                             "site": asdict(site)})
         for qn in site.query_params:
             q_factor[qn] = factor
+        if named.attention != 1.0:
+            # A separate query projection takes the constant as a per-tensor multiplier (folded, so trials
+            # that differ in it still batch); otherwise the adapter applies it with the recipe's factor.
+            query = site.query_params or query_params_of(site.module, _submodule(target, site.module))
+            if query:
+                named_query.update(query)
+            else:
+                factor *= named.attention
+        attn_records.append({"module": site.module, "adapter": ad.name, "factor": factor,
+                             "site": asdict(site)})
         if factor != 1.0:
             notes.append(f"attention {site.module!r}: head dim {site.base_head_dim} -> {site.head_dim}, "
                          f"logits x{factor:.4g} via {ad.name}")
@@ -523,7 +553,8 @@ def parameterize(
     for s in shapes:
         tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
                           muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
-                          decay_vectors=decay_vectors, optimizer=optimizer)
+                          decay_vectors=decay_vectors, optimizer=optimizer, named=named,
+                          named_query=s.name in named_query)
         transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
         tensors[s.name] = tp
     if transfer_down:
@@ -540,7 +571,7 @@ def parameterize(
         notes.append("nn.MultiheadAttention fuses q/k/v: its query rows get a weight multiplier in both modes")
     plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
                 weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
-                attention=attn_records, notes=notes)
+                attention=attn_records, notes=notes, multipliers=named)
     if apply and not any(p.is_meta for p in target.parameters()):
         plan.apply(target)
     plan._model = target
@@ -550,10 +581,13 @@ def parameterize(
 def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str, nn.Parameter],
                  base_params: dict[str, nn.Parameter],
                  t_modules: dict[str, nn.Module], *, alignment: str, muon_scale: str, wd_policy: str,
-                 q_factor: float, decay_vectors: bool, optimizer: str) -> TensorPlan:
+                 q_factor: float, decay_vectors: bool, optimizer: str, named: Multipliers,
+                 named_query: bool) -> TensorPlan:
     muon_matrix = optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
     ctx = TensorContext(role=s.role, width=s.width, depth=s.depth, in_block=s.block is not None,
-                        branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix)
+                        branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix,
+                        named_forward=named.forward_for(s.role, query=named_query),
+                        named_init=named.init_for(s.role), named_lr=named.lr_for(s.role))
     explicit, folded = tensor_scales(rec, spec, ctx, alignment=alignment, muon_scale=muon_scale,
                                      wd_policy=wd_policy)
     notes = list(s.notes)
@@ -595,6 +629,9 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         a_r, b_r = AB[rec.abc]["readout"]
         # folded readout init exponent minus the embedding's: mup -> 1/m_in
         readout_multiplier = float(s.m_out) ** float(-((a_r + b_r) - (a_e + b_e)))
+    if s.tied_readout is not None:
+        # the shared tensor carries the embedding multiplier; its readout use needs the output one instead
+        readout_multiplier *= named.output / named.embedding
     return TensorPlan(
         name=s.name, role=s.role, shape=list(s.shape), base_shape=list(s.base_shape), layout=s.layout,
         fan_in=s.fan_in, fan_out=s.fan_out, m_in=s.m_in, m_out=s.m_out, width=s.width, depth=s.depth,

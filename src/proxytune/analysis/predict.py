@@ -195,7 +195,8 @@ def target_plan(sweep: Sweep, width: int, depth: int, hp: dict[str, Any],
     base = build_model(builder, first.base_width or first.width, first.base_depth or first.depth, "cpu", options)
     target = build_model(builder, width, depth, "meta", options)
     plan = parameterize(target, base, recipe=first.recipe, optimizer=first.optimizer, mode=first.mode,
-                        alignment=first.alignment, weight_decay=first.weight_decay_policy)
+                        alignment=first.alignment, weight_decay=first.weight_decay_policy,
+                        roles=first.roles or None, multipliers=first.multipliers())
     lr = hp.get("lr", first.lr)
     d = plan.to_dict()
     d["base_hparams"] = {"lr": lr, "weight_decay": first.weight_decay, "eps": first.eps}

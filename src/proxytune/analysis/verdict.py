@@ -170,22 +170,26 @@ def transfer_verdict(optima: list[Optimum], size_axis: str = "width",
                    rel, regret_iv, wider, state, th.to_dict(), line, advice, warnings)
 
 
+def loss_se(o: Optimum) -> float:
+    """Standard error of the loss at an optimum: the seed-to-seed spread of the loss level and the spread of the
+    fitted minimum over the bootstrap draws (nan with one seed)."""
+    spread = np.std([o.loss_at_optimum(d) for d in range(len(o.draws))]) if o.draws else 0.0
+    return math.hypot(o.level_se, float(spread)) if math.isfinite(o.level_se) else math.nan
+
+
+def loss_gap(a: Optimum, b: Optimum) -> tuple[float, float]:
+    """(``a.loss - b.loss``, its standard error): how much lower ``b``'s best loss is than ``a``'s."""
+    return a.loss - b.loss, math.hypot(loss_se(a), loss_se(b))
+
+
 def _wider_is_better(rows: list[Optimum], confidence: float) -> str:
     """``yes`` when the loss at the optimum falls from the smallest to the largest size beyond the noise and no
     step between neighbouring sizes rises beyond it; ``no`` when one does; else ``unresolved``."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-
-    def se(o: Optimum) -> float:
-        spread = np.std([o.loss_at_optimum(d) for d in range(len(o.draws))]) if o.draws else 0.0
-        return math.hypot(o.level_se, float(spread)) if math.isfinite(o.level_se) else math.nan
-
-    def gain(a: Optimum, b: Optimum) -> tuple[float, float]:
-        return a.loss - b.loss, math.hypot(se(a), se(b))
-
-    steps = [gain(a, b) for a, b in zip(rows, rows[1:])]
+    steps = [loss_gap(a, b) for a, b in zip(rows, rows[1:])]
     if any(math.isfinite(s) and d < -z * s for d, s in steps):
         return "no"
-    total, s = gain(rows[0], rows[-1])
+    total, s = loss_gap(rows[0], rows[-1])
     if math.isfinite(s) and total > z * s and all(d > -z * s_ for d, s_ in steps):
         return "yes"
     return "unresolved"

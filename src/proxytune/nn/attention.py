@@ -118,24 +118,34 @@ class MultiheadAttention(AttentionAdapter):
             add_multiplier(module, "in_proj_bias", factor, rows=(0, e))
 
 
+QUERY_NAMES: tuple[str, ...] = ("q_proj", "query", "q", "wq", "to_q", "c_q")
+
+
+def query_params_of(name: str, module: nn.Module, names: tuple[str, ...] = QUERY_NAMES) -> list[str]:
+    """Names of the weight and bias of ``module``'s separate query projection child (``[]`` when none):
+    scaling them scales the attention logits."""
+    child = next((c for c in names if isinstance(getattr(module, c, None), nn.Module)), None)
+    if child is None:
+        return []
+    prefix = f"{name}.{child}" if name else child
+    return [f"{prefix}.{p}" for p, t in getattr(module, child).named_parameters(recurse=False) if t is not None]
+
+
 class QueryProjection(AttentionAdapter):
     """A separate query projection child: fold the factor into its weight and bias."""
 
     name = "query-projection"
 
-    def __init__(self, names: tuple[str, ...] = ("q_proj", "query", "q", "wq", "to_q", "c_q")) -> None:
+    def __init__(self, names: tuple[str, ...] = QUERY_NAMES) -> None:
         self.names = names
 
     def match(self, name, module, base_module):
-        child = next((c for c in self.names if isinstance(getattr(module, c, None), nn.Module)), None)
-        if child is None:
+        params = query_params_of(name, module, self.names)
+        if not params:
             return None
         hd, bhd = head_dim_of(module), head_dim_of(base_module)
         if hd is None or bhd is None:
             return None
-        q = getattr(module, child)
-        prefix = f"{name}.{child}" if name else child
-        params = [f"{prefix}.{p}" for p, t in q.named_parameters(recurse=False) if t is not None]
         return AttentionSite(name, self.name, hd, bhd, query_params=params)
 
 

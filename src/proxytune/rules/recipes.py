@@ -227,6 +227,10 @@ class TensorContext:
     branch_output: bool = False
     attn_factor: float = 1.0
     muon_matrix: bool = False
+    # named multipliers (proxytune.rules.multipliers), constants on top of the recipe's rules
+    named_forward: float = 1.0
+    named_init: float = 1.0
+    named_lr: float = 1.0
 
 
 def explicit_scale(
@@ -264,10 +268,14 @@ def explicit_scale(
             eps *= _pow(ctx.depth, -alpha)  # every in-block gradient carries the branch factor
         if ctx.branch_output:
             s *= _pow(ctx.depth, -alpha)
-    if ctx.attn_factor != 1.0:
-        s *= ctx.attn_factor
-        eps *= ctx.attn_factor
-    return Scale(multiplier=s, init=init, lr=lr, wd=1.0, eps=eps)
+    # The logit factor and the named forward multipliers act like the recipe's own multipliers: in the
+    # forward pass when explicit, folded into init / lr / eps / wd otherwise. eps follows the raw gradient,
+    # which a forward multiplier scales.
+    forward = ctx.attn_factor * ctx.named_forward
+    if forward != 1.0:
+        s *= forward
+        eps *= forward
+    return Scale(multiplier=s, init=init * ctx.named_init, lr=lr, wd=1.0, eps=eps)
 
 
 def weight_decay_folded(policy: str, folded: Scale, ctx: TensorContext, lr_power: int,
@@ -300,8 +308,17 @@ def tensor_scales(
     recipe: Recipe, opt: OptimizerSpec, ctx: TensorContext, *, alignment: str = "full",
     muon_scale: str = "spectral", wd_policy: str = "independent",
 ) -> tuple[Scale, Scale]:
-    """(explicit, folded) multipliers of one tensor, weight decay included."""
+    """(explicit, folded) multipliers of one tensor, weight decay included.
+
+    The named LR constant (``ctx.named_lr``) multiplies the LR after the weight-decay policy has set the
+    decay, so a tuned per-role LR constant does not change the tensor's decay coefficient (as Everett et
+    al.'s per-layer constants, and ``gamma`` in ``Plan.param_groups``).
+    """
     e = explicit_scale(recipe, opt, ctx, alignment=alignment, muon_scale=muon_scale)
     f = fold(e, opt.lr_power, wd_power=opt.wd_fold_power)
     f.wd = weight_decay_folded(wd_policy, f, ctx, opt.lr_power, recipe)
-    return unfold(f, e.multiplier, opt.lr_power, wd_power=opt.wd_fold_power), f
+    e = unfold(f, e.multiplier, opt.lr_power, wd_power=opt.wd_fold_power)
+    if ctx.named_lr != 1.0:
+        e.lr *= ctx.named_lr
+        f.lr *= ctx.named_lr
+    return e, f

@@ -13,14 +13,16 @@ Example (``sweep.yaml``)::
       log2_lr: {start: -10, stop: -4, step: 1}
       seed: [0, 1]
     train: {steps: 300, batch_size: 16, seq_len: 64, warmup: 0.1}
-    strategy: {kind: grid}
+    strategy: {kind: grid}          # or list (with points: [...]), random, tpe, halving, ...
     executor: {kind: local, workers: 2, threads: 1, batch: 8}
     storage: null                   # runs/<name>/trials.journal, or postgresql://...
 
 Axis names are TrainConfig fields (``width``, ``depth``, ``lr``,
 ``weight_decay``, ``init_scale``, ``batch_size``, ``steps``, ``seed``...),
-``log2_<field>`` for a field swept in octaves, or ``role_lr.<role>`` /
-``role_init.<role>`` for per-role constants. Values are a list, a
+``log2_<field>`` for a field swept in octaves, ``role_lr.<role>`` /
+``role_init.<role>`` for per-role constants (``log2_role_lr.<role>`` in
+octaves), ``output_mult``, ``embedding_mult``, ``attn_mult`` for the named
+forward multipliers. Values are a list, a
 ``{start, stop, step}`` range (grid), or ``{low, high}`` bounds (random/TPE).
 """
 
@@ -29,14 +31,16 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from typing_extensions import Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..train.config import ROLES, TrainConfig
 
-STRATEGIES = ("grid", "random", "tpe", "halving", "hyperband", "telescoping")
+STRATEGIES = ("grid", "list", "random", "tpe", "halving", "hyperband", "telescoping")
 EXECUTORS = ("local", "ray")
 # Fields set by the sweep itself, not by ``train:``.
 _OWNED = ("model", "model_options", "data", "data_options", "recipe", "optimizer", "base_width", "base_depth")
@@ -81,7 +85,7 @@ class Range(_Strict):
 
 
 class StrategyConfig(_Strict):
-    kind: Literal["grid", "random", "tpe", "halving", "hyperband", "telescoping"] = "grid"
+    kind: Literal["grid", "list", "random", "tpe", "halving", "hyperband", "telescoping"] = "grid"
     n_trials: int | None = Field(None, gt=0, description="trials to run (random, tpe, halving, hyperband)")
     seed: int = 0
     min_resource: int | None = Field(None, gt=0, description="halving/hyperband: eval steps before the first cut")
@@ -104,8 +108,44 @@ class ExecutorConfig(_Strict):
     gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs per task")
 
 
-class SweepConfig(_Strict):
+class FileConfig(_Strict):
+    """A config read from a YAML file: unknown keys (at the top or in a section) name the closest valid key."""
+
+    _what: ClassVar[str] = "sweep"  # in messages: "sweep file", "unknown sweep key"
+    _error: ClassVar[type[ValueError]] = ValueError
+    _sections: ClassVar[dict[str, type[BaseModel]]] = {}  # nested models, for their unknown-key suggestions
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Self:
+        path = Path(path)
+        if not path.is_file():
+            raise cls._error(f"{cls._what} file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise cls._error(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise cls._error(f"{path}: expected a mapping of {cls._what} settings at the top level")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Self:
+        source = source or f"{cls._what} config"
+        bad = [_unknown(cls._what, k, list(cls.model_fields)) for k in data if k not in cls.model_fields]
+        if bad:
+            raise cls._error(f"{source}: " + "; ".join(bad))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise cls._error(f"{source}: " + _format(exc, cls._sections)) from None
+
+
+class SweepConfig(FileConfig):
     """A whole sweep: what to train, over which axes, how, and where to store it."""
+
+    _what: ClassVar[str] = "sweep"
+    _error: ClassVar[type[ValueError]] = SweepConfigError
+    _sections: ClassVar[dict[str, type[BaseModel]]] = {"strategy": StrategyConfig, "executor": ExecutorConfig}
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: str = "gpt"
@@ -116,6 +156,8 @@ class SweepConfig(_Strict):
     optimizer: str = "adamw"
     base: dict[str, int] = Field(default_factory=dict, description="{width: .., depth: ..} of the base shape")
     axes: dict[str, list[Any] | Range] = Field(default_factory=dict)
+    points: list[dict[str, Any]] | None = Field(
+        None, description="strategy 'list': exactly these points (each sets every axis); axes may be omitted")
     train: dict[str, Any] = Field(default_factory=dict, description="fixed TrainConfig fields")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
@@ -125,21 +167,12 @@ class SweepConfig(_Strict):
     @field_validator("base")
     @classmethod
     def _base(cls, v: dict[str, int]) -> dict[str, int]:
-        for key in v:
-            if key not in ("width", "depth"):
-                raise ValueError(_unknown("base", key, ["width", "depth"]))
-        return v
+        return check_base(v)
 
     @field_validator("train")
     @classmethod
     def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        fields = [f for f in TrainConfig.model_fields if f not in _OWNED]
-        for key in v:
-            if key in _OWNED:
-                raise ValueError(f"train.{key} is set at the top level of the sweep file, not under train")
-            if key not in fields:
-                raise ValueError(_unknown("train", key, fields))
-        return v
+        return check_train(v, _OWNED, "at the top level of the sweep file")
 
     @field_validator("axes")
     @classmethod
@@ -153,6 +186,10 @@ class SweepConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
         kind = self.strategy.kind
+        if kind == "list":
+            self._check_points()
+        elif self.points is not None:
+            raise ValueError(f"points are for strategy 'list', not {kind!r}; remove them or set strategy.kind: list")
         if kind in ("grid", "telescoping"):
             for name, spec in self.axes.items():
                 if isinstance(spec, Range) and spec.start is None:
@@ -166,29 +203,22 @@ class SweepConfig(_Strict):
         base_config(self)
         return self
 
-    # ------------------------------------------------------------------ io
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SweepConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise SweepConfigError(f"sweep file {str(path)!r} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SweepConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise SweepConfigError(f"{path}: expected a mapping of sweep settings at the top level")
-        return cls.from_dict(data, source=str(path))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "sweep config") -> SweepConfig:
-        bad = [_unknown("sweep", k, list(cls.model_fields)) for k in data if k not in cls.model_fields]
-        if bad:
-            raise SweepConfigError(f"{source}: " + "; ".join(bad))
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise SweepConfigError(f"{source}: " + _format(exc)) from None
+    def _check_points(self) -> None:
+        """Strategy 'list': points present, each setting the same valid axes; axes derived when omitted."""
+        if not self.points:
+            raise ValueError("strategy 'list' needs a non-empty points list")
+        names = list(self.points[0])
+        for i, point in enumerate(self.points):
+            if set(point) != set(names):
+                raise ValueError(f"points[{i}] sets {sorted(point)}, points[0] sets {sorted(names)}: every point "
+                                 "must set the same axes")
+        for name in names:
+            field_name(name)  # raises with a suggestion
+        if not self.axes:
+            self.axes = {n: sorted({p[n] for p in self.points}, key=lambda v: (isinstance(v, str), v))
+                         for n in names}
+        elif set(self.axes) != set(names):
+            raise ValueError(f"the points set {sorted(names)} but axes lists {sorted(self.axes)}")
 
     @property
     def run_dir(self) -> Path:
@@ -199,36 +229,43 @@ class SweepConfig(_Strict):
         return self.storage or str(self.run_dir / "trials.journal")
 
     def identity(self) -> dict[str, Any]:
-        """What stored trials depend on: everything but axes, strategy, executor and storage."""
-        return self.model_dump(mode="json", exclude={"axes", "strategy", "executor", "storage", "runs_dir"})
+        """What stored trials depend on: everything but axes, points, strategy, executor and storage."""
+        return self.model_dump(mode="json", exclude={"axes", "points", "strategy", "executor", "storage",
+                                                     "runs_dir"})
+
+
+_LOG2_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "output_mult", "embedding_mult", "attn_mult")
 
 
 def field_name(axis: str) -> str:
-    """The TrainConfig field an axis sets (``log2_lr`` -> ``lr``, ``role_lr.readout`` -> ``role_lr``)."""
+    """The TrainConfig field an axis sets (``log2_lr`` -> ``lr``, ``role_lr.readout`` and
+    ``log2_role_lr.readout`` -> ``role_lr``)."""
     fields = [f for f in TrainConfig.model_fields if f not in _OWNED]
-    if axis.startswith(("role_lr.", "role_init.")):
-        field, role = axis.split(".", 1)
+    name = axis[5:] if axis.startswith("log2_") else axis
+    if name.startswith(("role_lr.", "role_init.")):
+        field, role = name.split(".", 1)
         if role not in ROLES:
             raise ValueError(_unknown(f"{field} role", role, list(ROLES)))
         return field
-    name = axis[5:] if axis.startswith("log2_") else axis
     if name not in fields:
-        valid = fields + [f"log2_{f}" for f in ("lr", "weight_decay", "eps", "init_scale")]
+        valid = fields + [f"log2_{f}" for f in _LOG2_FIELDS] + [f"{k}.<role>" for k in ("role_lr", "role_init")]
         raise ValueError(_unknown("axis", axis, valid))
     return name
 
 
 def apply_point(fields: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig fields with one sweep point's axis values applied."""
+    """TrainConfig fields with one sweep point's axis values applied (``log2_`` axes give ``2 ** value``)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in fields.items()}
     for axis, value in point.items():
-        if axis.startswith(("role_lr.", "role_init.")):
-            field, role = axis.split(".", 1)
+        log2 = axis.startswith("log2_")
+        name = axis[5:] if log2 else axis
+        if log2:
+            value = 2.0 ** float(value)
+        if name.startswith(("role_lr.", "role_init.")):
+            field, role = name.split(".", 1)
             out[field] = {**out.get(field, {}), role: float(value)}
-        elif axis.startswith("log2_"):
-            out[axis[5:]] = 2.0 ** float(value)
         else:
-            out[axis] = value
+            out[name] = value
     return out
 
 
@@ -246,6 +283,8 @@ def base_fields(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def first_point(cfg: SweepConfig) -> dict[str, Any]:
+    if cfg.points:
+        return dict(cfg.points[0])
     point = {}
     for axis, spec in cfg.axes.items():
         if isinstance(spec, list):
@@ -262,12 +301,32 @@ def base_config(cfg: SweepConfig) -> TrainConfig:
     return TrainConfig(**apply_point(base_fields(cfg), first_point(cfg)))
 
 
+def check_base(v: dict[str, int]) -> dict[str, int]:
+    """``base:`` holds ``width`` and ``depth`` only."""
+    for key in v:
+        if key not in ("width", "depth"):
+            raise ValueError(_unknown("base", key, ["width", "depth"]))
+    return v
+
+
+def check_train(v: dict[str, Any], owned: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``train:`` holds TrainConfig fields other than ``owned`` (those are set ``where``)."""
+    fields = [f for f in TrainConfig.model_fields if f not in owned]
+    for key in v:
+        if key in owned:
+            raise ValueError(f"train.{key} is set {where}, not under train")
+        if key not in fields:
+            raise ValueError(_unknown("train", key, fields))
+    return v
+
+
 def _unknown(where: str, key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     return f"unknown {where} key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
 
 
-def _format(exc: ValidationError) -> str:
+def _format(exc: ValidationError, sections: dict[str, type[BaseModel]] | None = None) -> str:
+    """One readable clause per error; an unknown key in a section suggests the closest key of that section."""
     out = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"])
@@ -275,7 +334,7 @@ def _format(exc: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             parent = ".".join(str(x) for x in e["loc"][:-1])
             msg = "unknown key"
-            model = {"strategy": StrategyConfig, "executor": ExecutorConfig}.get(parent)
+            model = (sections or {}).get(parent)
             if model is not None:
                 msg = _unknown(parent, str(e["loc"][-1]), list(model.model_fields))
         out.append(f"{loc}: {msg}" if loc else msg)

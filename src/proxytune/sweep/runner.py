@@ -80,6 +80,8 @@ class Sweep:
         os.replace(tmp, saved)
         if cfg.strategy.kind == "grid":
             store.enqueue(largest_first(grid_points(cfg.axes), cfg.train))
+        elif cfg.strategy.kind == "list":
+            store.enqueue(largest_first([dict(p) for p in cfg.points or []], cfg.train))
         elif cfg.strategy.kind == "telescoping" and not store.trials():
             store.enqueue(telescoping_stage(cfg, 0, None), stage=0)
         return store
@@ -89,7 +91,9 @@ class Sweep:
         """Run (or continue) the sweep until no trial is left; returns the final counts."""
         store = self.prepare()
         while True:
-            if self.cfg.executor.kind == "ray":
+            if self._nothing_to_run(store):
+                pass  # starting workers would only cost their start-up
+            elif self.cfg.executor.kind == "ray":
                 _run_ray(self.cfg, store, on_poll, poll_seconds)
             else:
                 _run_local(self.cfg, store, on_poll, poll_seconds)
@@ -97,8 +101,20 @@ class Sweep:
                 if not self._refine(store):
                     break
             elif self.cfg.strategy.kind != "telescoping" or not self._advance_stage(store):
-                break
+                break  # list and sampled strategies: one pass
         return store.counts()
+
+    def _nothing_to_run(self, store: SweepStore) -> bool:
+        """No trial waiting or running, and (for a sampler) the trial budget spent."""
+        from .worker import SAMPLED
+
+        store.requeue_stale()
+        counts = store.counts()
+        if counts["waiting"] or counts["running"]:
+            return False
+        if self.cfg.strategy.kind in SAMPLED:
+            return counts["complete"] + counts["diverged"] + counts["pruned"] >= (self.cfg.strategy.n_trials or 0)
+        return True
 
     def refinement_points(self, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The second-pass points of a grid sweep: the half-step values of the refined axis that each size's

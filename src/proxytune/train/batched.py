@@ -107,6 +107,7 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
     start = time.perf_counter()
     c0 = cfgs[0]
     preps = [prepare(c) for c in cfgs]
+    _check_same_modules(preps)
     device = preps[0].device
     k_total = len(cfgs)
 
@@ -242,6 +243,16 @@ def _meta_template(model: nn.Module) -> nn.Module:
     memo = {id(p): nn.Parameter(p.detach().to("meta"), p.requires_grad) for p in model.parameters()}
     memo.update({id(b): b.to("meta") for b in model.buffers()})
     return copy.deepcopy(model, memo)
+
+
+def _check_same_modules(preps: list[Prepared]) -> None:
+    """The members run through one template module: what the plan set on modules (an attention scale
+    attribute, a weight multiplier) must be the same for all of them."""
+    ref = preps[0].plan.attention
+    for p in preps[1:]:
+        if p.plan.attention != ref:
+            raise BatchError("the attention adapters of the members differ (e.g. an attention multiplier set "
+                             "through a module attribute): train these configs one by one")
 
 
 def _shared_buffers(preps: list[Prepared]) -> dict[str, Tensor]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..rules.multipliers import Multipliers
 from ..rules.recipes import MODES, OPTIMIZERS, RECIPES, WD_POLICIES
 
 SCHEDULES = ("constant", "cosine", "wsd", "linear")
@@ -23,7 +24,10 @@ _CHOICES = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "mode": MODES, "weight_d
 
 # Fields that may differ between the members of one batched group (see
 # ``train_batched``); every other field must be equal across the group.
-BATCHABLE_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "role_lr", "role_init", "seed", "data_seed")
+BATCHABLE_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "role_lr", "role_init", "output_mult",
+                    "embedding_mult", "attn_mult", "seed", "data_seed")
+#: the named multipliers a sweep (and ``proxytune tune``) can set, beside ``lr``
+MULTIPLIER_FIELDS = ("init_scale", "role_lr", "role_init", "output_mult", "embedding_mult", "attn_mult")
 
 
 class TrainConfig(BaseModel):
@@ -63,9 +67,12 @@ class TrainConfig(BaseModel):
     nesterov: bool | None = Field(None, description="Nesterov momentum (None: off for SGD, on for Muon)")
     role_lr: dict[str, float] = Field(default_factory=dict,
                                       description="per-role LR constants (Everett's gamma), e.g. {readout: 0.5}")
-    init_scale: float = Field(1.0, ge=0, description="multiplies the init std of every weight matrix")
+    init_scale: float = Field(1.0, ge=0, description="multiplies the init std of every weight matrix and embedding")
     role_init: dict[str, float] = Field(default_factory=dict,
                                         description="per-role init multipliers, e.g. {readout: 0} for a zero readout")
+    output_mult: float = Field(1.0, gt=0, description="forward multiplier on the readout (the logits)")
+    embedding_mult: float = Field(1.0, gt=0, description="forward multiplier on the input embeddings")
+    attn_mult: float = Field(1.0, gt=0, description="multiplier on the attention logits")
 
     # data
     data: str = Field("stdlib", description="'stdlib', 'teacher', a text file, or a .bin token file")
@@ -139,6 +146,15 @@ class TrainConfig(BaseModel):
     def tokens_per_step(self) -> int:
         """Tokens (or samples, for vector tasks) consumed by one step."""
         return self.batch_size * (self.seq_len if self.data != "teacher" else 1)
+
+    def multipliers(self) -> Multipliers:
+        """The named multipliers of this run (the plan applies them; see :mod:`proxytune.rules.multipliers`):
+        ``role_lr`` per-role LR constants, ``role_init`` per-role init multipliers times ``init_scale`` on the
+        weight matrices and embeddings, and the output, embedding and attention multipliers."""
+        init = {r: self.role_init.get(r, 1.0) * (self.init_scale if r in ("embedding", "hidden", "readout") else 1.0)
+                for r in ROLES}
+        return Multipliers(lr=dict(self.role_lr), init={r: v for r, v in init.items() if v != 1.0},
+                           output=self.output_mult, embedding=self.embedding_mult, attention=self.attn_mult)
 
     def architecture_key(self) -> dict[str, Any]:
         """The fields batched members must share (everything but BATCHABLE_FIELDS and tags)."""

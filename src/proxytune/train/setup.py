@@ -153,31 +153,15 @@ def prepare(config: TrainConfig) -> Prepared:
         target = target.to(torch.float64)
     plan = parameterize(target, base, recipe=config.recipe, optimizer=config.optimizer, mode=config.mode,
                         alignment=config.alignment, weight_decay=config.weight_decay_policy,
-                        roles=config.roles or None)
-    apply_init_multipliers(plan, target, config)
+                        roles=config.roles or None, multipliers=config.multipliers())
     n_params = sum(p.numel() for p in target.parameters())
     return Prepared(config, target, plan, data, loss_function(getattr(data, "task", "lm")), device, n_params)
-
-
-def apply_init_multipliers(plan: Plan, model: nn.Module, config: TrainConfig) -> None:
-    """Scale each tensor's init by ``init_scale`` (weights only) x ``role_init[role]``."""
-    if config.init_scale == 1.0 and not config.role_init:
-        return
-    params = plan.parameters(model)
-    with torch.no_grad():
-        for name, tp in plan.tensors.items():
-            mult = config.role_init.get(tp.role, 1.0)
-            if tp.role not in ("vector", "scalar"):
-                mult *= config.init_scale
-            if mult != 1.0:
-                params[name].mul_(mult)
 
 
 def param_settings(prep: Prepared) -> dict[str, dict[str, Any]]:
     """Per-parameter lr / weight_decay / eps (and Muon keys) from the plan, keyed by parameter name."""
     cfg = prep.config
-    groups = prep.plan.param_groups(cfg.lr, cfg.weight_decay, eps=cfg.eps, gamma=cfg.role_lr or None,
-                                    model=prep.model)
+    groups = prep.plan.param_groups(cfg.lr, cfg.weight_decay, eps=cfg.eps, model=prep.model)
     by_id = {id(p): n for n, p in prep.model.named_parameters()}
     out = {}
     for g in groups:

@@ -1,0 +1,262 @@
+"""The recommendation of ``tune``, its evidence in plain words, and the report (markdown + figures)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+from ..analysis.optimum import Optimum
+from ..analysis.report import (
+    _legend_outside, _plt, _save, data_loss_unit, loss_figure, lr_curves_figure, optima_table, optimum_figure,
+)
+from ..analysis.verdict import loss_gap, loss_se
+from ..thresholds import THRESHOLDS
+from .search import LR_AXIS
+
+if TYPE_CHECKING:
+    from .config import TuneConfig
+    from .run import TuneResult
+
+
+def _largest(entry: dict[str, Any]) -> Optimum | None:
+    rows = [o for o in entry["optima"] if math.isfinite(o.value)]
+    return max(rows, key=lambda o: o.group.get("width", 0), default=None)
+
+
+def pick_recommendation(candidates: list[dict[str, Any]], cfg: TuneConfig) -> tuple[dict[str, Any], list[str]]:
+    """The candidate with the lowest loss at the largest proxy, and why, in words.
+
+    Recipes dropped by the race, and (when depths were verified) recipes whose depth verdict FAILs while
+    another's does not, are not eligible. Recipes whose gap to the lowest loss is within the seed noise tie,
+    and the tie goes to the better width verdict (PASS over UNRESOLVED over FAIL), then to the lower loss.
+    """
+    z = NormalDist().inv_cdf(0.5 + THRESHOLDS.confidence / 2)
+    big = max(cfg.proxy_widths)
+    eligible = [c for c in candidates if c["dropped"] is None and (o := _largest(c)) is not None
+                and o.group.get("width") == big]
+    if any(c.get("depth_verdict") is not None and not c["depth_verdict"].failed for c in eligible):
+        eligible = [c for c in eligible if c.get("depth_verdict") is None or not c["depth_verdict"].failed]
+    if not eligible:  # nothing reached the largest width: whatever has a finite optimum
+        eligible = [c for c in candidates if _largest(c) is not None] or candidates[:1]
+    rank = {"PASS": 0, "UNRESOLVED": 1, "FAIL": 2}
+
+    def state(c: dict[str, Any]) -> str:
+        return c["verdict"].state if c.get("verdict") else "UNRESOLVED"
+
+    def loss(c: dict[str, Any]) -> float:
+        o = _largest(c)
+        return o.loss if o is not None else math.inf
+
+    lowest = min(eligible, key=loss)
+    ol = _largest(lowest)
+
+    def tied(c: dict[str, Any]) -> tuple[bool, float, float]:
+        oc = _largest(c)
+        if c is lowest or oc is None or ol is None or oc.group.get("width") != ol.group.get("width"):
+            return c is lowest, 0.0, math.nan
+        gap, se = loss_gap(oc, ol)
+        return bool(math.isfinite(se) and gap <= z * se), gap, se
+
+    ties = [c for c in eligible if tied(c)[0]]
+    best = min(ties, key=lambda c: (rank[state(c)], loss(c)))
+    ob = _largest(best)
+    width = ob.group.get("width") if ob else None
+    head = (f"recommended: {best['recipe']} (lowest best loss at the largest proxy, width {width})" if best is lowest
+            else f"recommended: {best['recipe']} (its loss at width {width} ties with {lowest['recipe']}'s within "
+                 f"the seed noise, and its transfer verdict is better: {state(best)} vs {state(lowest)})")
+    why = [head]
+    for c in candidates:
+        if c is best:
+            continue
+        oc = _largest(c)
+        if c["dropped"]:
+            why.append(f"{c['recipe']} dropped out of the race: {c['dropped']}")
+        elif oc is None or ob is None or oc.group.get("width") != width:
+            why.append(f"{c['recipe']}: no optimum at width {width} to compare")
+        else:
+            gap, se = loss_gap(oc, ob)
+            within = math.isfinite(se) and abs(gap) <= z * se
+            why.append(f"{c['recipe']}: best loss {oc.loss:.4f} at width {width} vs {ob.loss:.4f} ({gap:+.4f}, "
+                       f"standard error {se:.4f}: {'within' if within else 'beyond'} the seed noise); transfer "
+                       f"verdict {state(c)}")
+    return best, why
+
+
+def summarize(entry: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's evidence as plain data (optima per width, verdicts, race outcome)."""
+    def optima(ops: list[Optimum]) -> list[dict[str, Any]]:
+        return [{"size": o.group, "log2_lr": o.value, "interval": list(o.interval), "loss": o.loss,
+                 "loss_se": loss_se(o), "seeds": o.n_seeds, "edge": o.edge, "notes": o.notes} for o in ops]
+
+    out = {"recipe": entry["recipe"], "sweep": entry["sweep"], "dropped": entry["dropped"], "lrs": entry["lrs"],
+           "optima": optima(entry["optima"]),
+           "verdict": entry["verdict"].to_dict() if entry.get("verdict") else None}
+    if "depth_optima" in entry:
+        out["depth_optima"] = optima(entry["depth_optima"])
+        out["depth_verdict"] = entry["depth_verdict"].to_dict() if entry.get("depth_verdict") else None
+    return out
+
+
+# ------------------------------------------------------------------ figures
+def stage1_figure(s1: dict[str, Any], path: Path, loss_unit: str) -> Path | None:
+    """One panel per scanned axis: loss vs log2 value in each round's scan, the center and the pick marked."""
+    rounds = [r for r in s1["rounds"] if isinstance(r["round"], int)]
+    if not rounds:
+        return None
+    axes = [d["axis"] for d in rounds[0]["decisions"]]
+    plt = _plt()
+    cols = min(4, len(axes))
+    rows_n = math.ceil(len(axes) / cols)
+    fig, grid = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.8 * rows_n), squeeze=False)
+    for k, axis in enumerate(axes):
+        ax = grid[k // cols][k % cols]
+        for r in rounds:
+            d = next(x for x in r["decisions"] if x["axis"] == axis)
+            pts = sorted(d.get("scan", []))
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [y for _, y in pts]
+            line = ax.plot(xs, ys, "o-", ms=3, label=f"round {r['round']}")[0]
+            if d.get("zero") is not None and math.isfinite(d["zero"]):  # a zero init, drawn left of the scan
+                ax.plot([min(xs) - 1], [d["zero"]], "x", color=line.get_color(), ms=7)
+                ax.annotate("0", (min(xs) - 1, d["zero"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            pick = d["value"] if axis == LR_AXIS else (math.log2(d["value"]) if d["value"] > 0 else min(xs) - 1)
+            if pick is not None:
+                ax.axvline(pick, color=line.get_color(), ls=":", lw=1)
+        ax.set_title(axis if axis != LR_AXIS else "log2 lr", fontsize=9)
+        ax.set_xlabel("log2 value" if axis != LR_AXIS else "log2 lr", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for k in range(len(axes), rows_n * cols):
+        grid[k // cols][k % cols].axis("off")
+    grid[0][0].set_ylabel(f"val loss ({loss_unit})", fontsize=8)
+    _legend_outside(grid[0][-1])
+    fig.suptitle("stage 1: one-at-a-time scans at the base (dotted: the value taken; x: a zero init)", fontsize=10)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ report
+def _fmt_setting(setting: dict[str, float]) -> str:
+    parts = [f"log2 lr {setting[LR_AXIS]:g}"]
+    parts += [f"{a} = {v:.3g}" for a, v in setting.items() if a != LR_AXIS and v != 1.0]
+    return ", ".join(parts) if len(parts) > 1 else parts[0] + ", every multiplier 1"
+
+
+def base_gain_line(s1: dict[str, Any]) -> str:
+    """What the tuned constants buy at the base, against the defaults, on the finalists' fresh seeds."""
+    w, ctrl = s1["winner"], s1["control"]
+    if w["setting"] == ctrl["setting"]:
+        return ("No tuned setting beat the defaults on the fresh seeds: every multiplier stays 1 "
+                f"(loss {ctrl['mean']:.4f}).")
+    gain = ctrl["mean"] - w["mean"]
+    se = math.hypot(ctrl["se"], w["se"]) if math.isfinite(ctrl["se"]) and math.isfinite(w["se"]) else math.nan
+    rel = gain / ctrl["mean"] if ctrl["mean"] and math.isfinite(ctrl["mean"]) else math.nan
+    return (f"Tuned constants vs the defaults at the base: {w['mean']:.4f} vs {ctrl['mean']:.4f}, {gain:.4f} lower "
+            f"({rel:.1%}; std error of the difference {se:.4f}).")
+
+
+def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[str, Any], cfg: TuneConfig) -> Path:
+    """``report.md`` + figures in the tuning run's directory."""
+    from ..analysis.verdict import Verdict
+
+    out = cfg.run_dir
+    unit = data_loss_unit(cfg.data)
+    panels = {c["recipe"]: c["optima"] for c in candidates if c["optima"]}
+    verdicts: dict[str, Verdict] = {c["recipe"]: c["verdict"] for c in candidates if c.get("verdict")}
+    figs = []
+    f = stage1_figure(s1, out / "stage1_scans.png", unit)
+    if f:
+        figs.append(f)
+    if panels:
+        figs.append(lr_curves_figure(panels, out / "verify_lr_curves.png", loss_unit=unit))
+        figs.append(optimum_figure(panels, out / "optimum_vs_width.png", verdicts=verdicts))
+        points = {}
+        for c in candidates:
+            rows = sorted((o for o in c["optima"] if math.isfinite(o.loss)), key=lambda o: o.group["width"])
+            points[c["recipe"]] = ([_params(cfg, int(o.group["width"])) for o in rows], [o.loss for o in rows])
+        pred = result.prediction
+        extrap = None
+        if pred and pred.get("loss") and pred.get("loss_law") is not None:
+            extrap = {"recipe": result.recipe, "law": pred["loss_law"], "target": pred["params"],
+                      "interval": pred["loss"]["interval"]}
+        figs.append(loss_figure(points, out / "loss_vs_params.png", extrap, loss_unit=unit))
+    w = s1["winner"]
+    c = result.cost
+    lines = [
+        f"# Tuning report: {cfg.name}", "",
+        f"Model `{cfg.model}`, data `{cfg.data}`, optimizer `{cfg.optimizer}`; base (smallest proxy) width "
+        f"{cfg.base_width} x depth {cfg.base_depth}; wider proxies {', '.join(map(str, cfg.proxy_widths))}; "
+        f"candidate recipes {', '.join(cfg.candidates)}. Losses are validation losses in {unit}.", "",
+        "## Recommendation", "",
+        f"- **recipe**: `{result.recipe}`",
+        f"- **base LR**: {result.lr:.4g} (log2 {result.log2_lr:.2f}), at the base shape; the plan scales it per "
+        "tensor",
+        "- **named multipliers** (at the base, carried by the recipe): "
+        + (", ".join(f"`{k}: {v}`" for k, v in result.constants.items()) or "all 1"),
+        *[f"- {line}" for line in result.recommendation],
+    ]
+    if result.prediction:
+        p = result.prediction
+        lines += [f"- **target** width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M parameters, "
+                  f"{p['tokens']:.3g} tokens): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
+                  f"{p['lr_interval'][1]:.3g})"
+                  + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
+                     f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ", no loss prediction"),
+                  *[f"- **trust**: {x}" for x in p["warnings"]], *[f"- note: {x}" for x in p["notes"]],
+                  f"- per-tensor plan `{Path(p['plan']).name}`, training code `{Path(p['snippet']).name}`"]
+    lines += ["", "## Stage 1: constants at the base", "",
+              f"Search: {s1['strategy']}, {s1['trials']} trials at width {cfg.base_width}. Finalists re-run on "
+              f"fresh seeds (the search chose on seed 0):", "",
+              "| setting | mean loss | std error | seeds |", "|---|---|---|---|"]
+    for k, st in enumerate(s1["finalists"]):
+        tag = (" (the defaults)" if k == 0 else "") + (" **chosen**" if st["setting"] == w["setting"] else "")
+        lines.append(f"| {_fmt_setting(st['setting'])}{tag} | {st['mean']:.4f} | {st['se']:.4f} | {st['seeds']} |")
+    lines += ["", base_gain_line(s1), ""]
+    for r in s1["rounds"]:
+        moves = [f"{d['axis']} {d['from']:.3g} -> {d['value']:.3g}" + (f" ({d['note']})" if d.get("note") else "")
+                 for d in r["decisions"] if d["value"] != d["from"]]
+        lines.append(f"- round {r['round']}: " + ("; ".join(moves) or "no change"))
+    lines += ["", "## Stage 2: transfer to the wider proxies", "",
+              "| recipe | optimum log2 lr per width (90% interval) | best loss at the largest width | verdict |",
+              "|---|---|---|---|"]
+    for cand in candidates:
+        per = ", ".join(f"{o.group.get('width')}: {o.value:.2f} ({o.interval[0]:.2f}..{o.interval[1]:.2f})"
+                        for o in cand["optima"])
+        ol = _largest(cand)
+        v = cand.get("verdict")
+        lines.append(f"| {cand['recipe']} | {per} | "
+                     + (f"{ol.loss:.4f} ± {loss_se(ol):.4f} at {ol.group.get('width')}" if ol else "-")
+                     + f" | {v.state if v else '-'}" + (f"; dropped: {cand['dropped']}" if cand["dropped"] else "")
+                     + " |")
+    lines.append("")
+    for cand in candidates:
+        if cand.get("verdict"):
+            lines.append(f"- **{cand['recipe']}**: {cand['verdict'].line}")
+        if cand.get("depth_verdict"):
+            lines.append(f"- **{cand['recipe']}** across depth: {cand['depth_verdict'].line}")
+    lines += ["", "### Optimum per width", "", optima_table(panels), "",
+              "## Cost", "",
+              f"- {c['trials']} proxy trials, {c['flops']:.3g} FLOPs in all ("
+              + ", ".join(f"{k} {v:.2g}" for k, v in c["per_stage"].items()) + ")"]
+    if "vs_lr_sweep_at_largest" in c:
+        lines.append(f"- {c['vs_lr_sweep_at_largest']:.2f}x the FLOPs of an LR sweep at width {c['largest_width']} "
+                     f"({len(cfg.search.lr.values())} learning rates x {cfg.verify.seeds} seeds: "
+                     f"{c['lr_sweep_at_largest']:.3g} FLOPs)")
+    if "vs_target_run" in c:
+        lines.append(f"- {c['vs_target_run']:.2%} of one training run of the target ({c['target_run']:.3g} FLOPs)")
+    lines += ["", "## Figures", "", *[f"![{f.stem}]({f.name})" for f in figs], ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _params(cfg: TuneConfig, width: int) -> int:
+    from ..analysis.predict import count_params
+
+    options = dict(cfg.model_options)
+    if cfg.model in ("gpt", "moe"):
+        options.setdefault("seq_len", cfg.train.get("seq_len", 64))
+    return count_params(cfg.model, width, cfg.base_depth, options)

@@ -1,0 +1,400 @@
+"""``proxytune tune``: the settings to train the big model with, found and verified on proxies.
+
+Stage 1, at the base shape (the smallest proxy), once for every candidate
+recipe (they all coincide there: base identity): an LR grid with every named
+multiplier at 1, then the search (:mod:`proxytune.tune.search`: rounds of
+one-at-a-time scans, or TPE), then the best settings re-run on fresh seeds,
+the defaults among them as the control.
+
+Stage 2, per candidate recipe: the winner's constants at every wider proxy,
+with a short LR scan around the LR found at the base (the transferred
+optimum), 2 seeds. A scan whose optimum sits on its edge grows by a step. The
+recipes race: one clearly behind the leader (beyond the seed noise) at the
+second-largest width does not run at the largest.
+
+Then: the recipe with the best loss at the largest proxy, its transfer
+verdict, the predicted target LR and loss (the sweep's laws, with intervals),
+the per-tensor plan and training code, the cost, and a report.
+
+Every stage is a sweep under ``runs_dir/name/``, so a stopped run continues
+where it was: the next points are derived again from the stored trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import yaml
+
+from ..analysis.optimum import Optimum, optima_by_group
+from ..analysis.verdict import loss_gap, transfer_verdict
+from ..sweep import Sweep, SweepConfig
+from ..thresholds import THRESHOLDS
+from .config import TuneConfig, TuneConfigError
+from .search import (
+    LR_AXIS, default_setting, finalist_settings, lr_scan_points, mean_losses, next_center, oat_points, with_seed,
+)
+
+CONFIG_FILE = "tune.yaml"
+RESULT_FILE = "tune.json"
+_DONE = ("complete", "diverged")
+
+# log(message) and on_poll(stage label, counts) for progress output
+LogFn = Callable[[str], None]
+PollFn = Callable[[str, dict[str, int]], None]
+
+
+def constants_of(setting: dict[str, float]) -> dict[str, Any]:
+    """TrainConfig fields (``role_lr``, ``role_init``, ``output_mult``...) of a setting's multipliers, the
+    ones equal to 1 left out."""
+    out: dict[str, Any] = {}
+    for axis, value in setting.items():
+        if axis == LR_AXIS or value == 1.0:
+            continue
+        if axis.startswith(("role_lr.", "role_init.")):
+            f, role = axis.split(".", 1)
+            out.setdefault(f, {})[role] = value
+        else:
+            out[axis] = value
+    return out
+
+
+@dataclass
+class TuneResult:
+    """What ``tune`` found: the recommendation, the evidence for it, the prediction and the cost."""
+
+    name: str
+    run_dir: str
+    recipe: str
+    log2_lr: float
+    lr: float
+    constants: dict[str, Any]
+    stage1: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    recommendation: list[str]
+    prediction: dict[str, Any] | None
+    cost: dict[str, Any]
+    report: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Tuner:
+    """Runs (or continues) one tuning run; :func:`tune` is the one-call form."""
+
+    def __init__(self, cfg: TuneConfig, log: LogFn = print, on_poll: PollFn | None = None) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.on_poll = on_poll
+        self.mults = list(cfg.search.multipliers)
+        self.axes = [LR_AXIS, *self.mults]
+        self.sweeps: dict[str, Sweep] = {}
+
+    # ---------------------------------------------------------------- sweeps
+    def _sweep(self, stage: str, recipe: str, *, fixed: dict[str, Any] | None = None,
+               points: list[dict[str, Any]] | None = None, axes: dict[str, Any] | None = None,
+               strategy: dict[str, Any] | None = None) -> Sweep:
+        cfg = self.cfg
+        d = {
+            "name": f"{cfg.name}-{stage}", "model": cfg.model, "model_options": cfg.model_options, "data": cfg.data,
+            "data_options": cfg.data_options, "recipe": recipe, "optimizer": cfg.optimizer,
+            "base": {"width": cfg.base_width, "depth": cfg.base_depth},
+            "axes": axes or {}, "points": points,
+            # every stage trains at the base shape unless its axes say otherwise
+            "train": {"width": cfg.base_width, "depth": cfg.base_depth, **cfg.train, **(fixed or {})},
+            "strategy": strategy or {"kind": "list" if points is not None else "grid", "refine": False},
+            "executor": cfg.executor.model_dump(), "storage": cfg.storage, "runs_dir": str(cfg.run_dir),
+        }
+        sweep = Sweep(SweepConfig.from_dict(d, source=f"tune stage {stage}"))
+        self.sweeps[stage] = sweep
+        return sweep
+
+    def _run(self, sweep: Sweep, label: str) -> list[dict[str, Any]]:
+        n = len(sweep.cfg.points or []) or None
+        self.log(f"{label}" + (f": {n} trials" if n else "") + f" -> {sweep.cfg.run_dir}")
+        poll = (lambda counts, store: self.on_poll(label, counts)) if self.on_poll else None
+        sweep.run(on_poll=poll)
+        return sweep.records()
+
+    # ---------------------------------------------------------------- stage 1
+    def stage1(self) -> dict[str, Any]:
+        cfg, s = self.cfg, self.cfg.search
+        recipe = cfg.candidates[0]
+        lr_grid = s.lr.values()
+        records: list[dict[str, Any]] = []
+        start = default_setting(self.mults, lr_grid[0])
+        recs = self._run(self._sweep("s1-lr", recipe, points=[with_seed({**start, LR_AXIS: x}, s.seed) for x in lr_grid]),
+                         "stage 1 · LR scan at the base, every multiplier at 1")
+        records += recs
+        center, (lr_pick,) = next_center(start, recs, [LR_AXIS])
+        defaults = dict(center)
+        rounds = []
+        if s.strategy == "oat":
+            for r in range(1, s.rounds + 1):
+                pts = oat_points(center, self.mults, span=s.span, step=s.step, lr_span=s.lr_span, seed=s.seed)
+                recs = self._run(self._sweep(f"s1-r{r}", recipe, points=pts),
+                                 f"stage 1 · round {r}: one-at-a-time scans of {len(self.mults)} multipliers and the LR")
+                records += recs
+                new, decisions = next_center(center, recs, self.axes)
+                rounds.append({"round": r, "center": center, "decisions": decisions, "trials": len(recs)})
+                center = new
+            recs = self._run(self._sweep("s1-lrf", recipe, points=lr_scan_points(center, s.lr_span, s.seed)),
+                             "stage 1 · LR scan at the combined setting")
+            records += recs
+            center, (lr_final,) = next_center(center, recs, [LR_AXIS])
+            rounds.append({"round": "final LR", "center": center, "decisions": [lr_final], "trials": len(recs)})
+        else:
+            budget = s.n_trials or self.oat_budget()
+            bounds = {LR_AXIS: {"low": center[LR_AXIS] - 3, "high": center[LR_AXIS] + 3},
+                      **{f"log2_{m}": {"low": -s.bound, "high": s.bound} for m in self.mults}}
+            sweep = self._sweep("s1-tpe", recipe, axes={**bounds, "seed": [s.seed]},
+                                strategy={"kind": "tpe", "n_trials": budget, "seed": 0})
+            records += self._run(sweep, f"stage 1 · TPE over the LR and {len(self.mults)} multipliers, "
+                                        f"{budget} trials")
+        finalists = finalist_settings(records, self.axes, s.finalists, defaults)
+        # fresh seeds: the search picked on one seed, so its best look better than they are (winner's curse)
+        seeds = list(range(s.seed + 1, s.seed + s.seeds + 1))
+        recs = self._run(self._sweep("s1-final", recipe, points=[with_seed(f, k) for f in finalists for k in seeds]),
+                         f"stage 1 · {len(finalists)} finalists on {len(seeds)} fresh seeds")
+        stats = mean_losses(recs, finalists, self.axes)
+        ok = [st for st in stats if math.isfinite(st["mean"])]
+        if not ok:
+            raise TuneConfigError("every finalist diverged at the base: lower the search.lr grid")
+        winner = min(ok, key=lambda st: st["mean"])
+        control = stats[0]
+        return {"strategy": s.strategy, "lr_scan": lr_pick, "defaults": defaults, "rounds": rounds,
+                "finalists": stats, "winner": winner, "control": control,
+                "trials": len(records) + len(recs)}
+
+    def oat_budget(self) -> int:
+        """Trials of the one-at-a-time rounds and final LR scan, for a TPE run of the same size."""
+        s = self.cfg.search
+        center = default_setting(self.mults, 0.0)
+        return s.rounds * len(oat_points(center, self.mults, span=s.span, step=s.step, lr_span=s.lr_span)) + len(
+            lr_scan_points(center, s.lr_span))
+
+    # ---------------------------------------------------------------- stage 2
+    def _verify(self, recipe: str, setting: dict[str, float], widths: list[int], lrs: list[float],
+                axis: str = "width") -> tuple[list[Optimum], list[float]]:
+        """Run the LR scan of ``recipe`` at ``widths`` (or depths, ``axis="depth"``), growing the LR list at
+        an edge up to ``max_extend`` times; returns the optima per size and the final LR list."""
+        v = self.cfg.verify
+        stage = f"verify-{recipe}" + ("" if axis == "width" else "-depth")
+        fixed = constants_of(setting)
+        for attempt in range(v.max_extend + 1):
+            sweep = self._sweep(stage, recipe, fixed=fixed,
+                                axes={axis: widths, LR_AXIS: sorted(lrs), "seed": list(range(v.seeds))})
+            recs = self._run(sweep, f"stage 2 · {recipe}: LR scan at {axis} {', '.join(map(str, widths))}")
+            optima = optima_by_group([r for r in recs if r.get(axis) in widths], LR_AXIS, size_axes=[axis])
+            edges = {o.edge for o in optima if o.edge}
+            if not edges or attempt == v.max_extend:
+                return optima, lrs
+            if "low" in edges:
+                lrs = [round(min(lrs) - v.step, 10), *lrs]
+            if "high" in edges:
+                lrs = [*lrs, round(max(lrs) + v.step, 10)]
+            self.log(f"  an optimum sits on the edge of the LR scan: scanning {', '.join(f'{x:g}' for x in sorted(lrs))}")
+        return optima, lrs
+
+    def stage2(self, setting: dict[str, float]) -> list[dict[str, Any]]:
+        cfg, v = self.cfg, self.cfg.verify
+        c = setting[LR_AXIS]
+        n = int(math.floor(v.span / v.step + 1e-9))
+        lrs0 = [round(c + k * v.step, 10) for k in range(-n, n + 1)]
+        widths = [cfg.base_width, *cfg.proxy_widths]
+        racing = v.race and len(cfg.candidates) > 1
+        first = widths[:-1] if racing else widths
+        state: dict[str, dict[str, Any]] = {}
+        for recipe in cfg.candidates:
+            optima, lrs = self._verify(recipe, setting, first, lrs0)
+            state[recipe] = {"recipe": recipe, "optima": optima, "lrs": lrs, "dropped": None}
+        if racing:
+            at = widths[-2]
+            best = {r: _at(s["optima"], "width", at) for r, s in state.items()}
+            ok = {r: o for r, o in best.items() if o is not None and math.isfinite(o.loss)}
+            if ok:
+                leader = min(ok, key=lambda r: ok[r].loss)
+                z = NormalDist().inv_cdf(0.5 + THRESHOLDS.confidence / 2)
+                for r, st in state.items():
+                    o = ok.get(r)
+                    if o is None:
+                        st["dropped"] = f"no finite loss at width {at}"
+                        continue
+                    gap, se = loss_gap(o, ok[leader])
+                    if r != leader and math.isfinite(se) and gap > z * se:
+                        st["dropped"] = (f"at width {at} its best loss is {gap:.4f} above {leader}'s "
+                                         f"(beyond {z:.2f} x its standard error {se:.4f})")
+                        self.log(f"  {r} drops out: {st['dropped']}")
+            for r, st in state.items():
+                if st["dropped"] is None:
+                    st["optima"], st["lrs"] = self._verify(r, setting, widths, st["lrs"])
+        out = []
+        for r, st in state.items():
+            optima = st["optima"]
+            entry = {"recipe": r, "optima": optima, "dropped": st["dropped"], "lrs": st["lrs"],
+                     "sweep": str(self.sweeps[f"verify-{r}"].cfg.run_dir)}
+            entry["verdict"] = transfer_verdict(optima, "width") if len(optima) >= 2 else None
+            if cfg.proxy_depths:
+                d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], st["lrs"], "depth")
+                entry["depth_optima"] = d_optima
+                entry["depth_verdict"] = transfer_verdict(d_optima, "depth") if len(d_optima) >= 2 else None
+            out.append(entry)
+        return out
+
+    # ---------------------------------------------------------------- all
+    def run(self) -> TuneResult:
+        cfg = self.cfg
+        _check_stored(cfg)
+        s1 = self.stage1()
+        winner = s1["winner"]["setting"]
+        self.log(f"stage 1 done: best setting {_describe(winner)} (loss {s1['winner']['mean']:.4f} on fresh seeds, "
+                 f"defaults {s1['control']['mean']:.4f})")
+        candidates = self.stage2(winner)
+        from .report import pick_recommendation, summarize, write_report
+
+        choice, why = pick_recommendation(candidates, cfg)
+        prediction = self._predict(choice) if cfg.target else None
+        cost = self._cost(candidates, prediction)
+        result = TuneResult(
+            name=cfg.name, run_dir=str(cfg.run_dir), recipe=choice["recipe"], log2_lr=_lr_of(choice, winner),
+            lr=2.0 ** _lr_of(choice, winner), constants=constants_of(winner), stage1=_jsonable(s1),
+            candidates=[summarize(c) for c in candidates], recommendation=why, prediction=prediction, cost=cost)
+        result.report = str(write_report(result, candidates, s1, cfg))
+        (cfg.run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, default=_json_default))
+        return result
+
+    def _predict(self, choice: dict[str, Any]) -> dict[str, Any]:
+        from ..analysis.predict import predict_from_sweep
+
+        t = self.cfg.target
+        sweep = Sweep.open(choice["sweep"])
+        depth = t.depth or self.cfg.base_depth
+        plan_path = self.cfg.run_dir / "target-plan.json"
+        res = predict_from_sweep(sweep, width=t.width, depth=depth, tokens=t.tokens, plan_path=plan_path)
+        snippet = self.cfg.run_dir / f"train-width{t.width}-depth{depth}.py"
+        snippet.write_text(res["plan"]["snippet"])
+        loss = res.get("loss")
+        return {"width": t.width, "depth": depth, "params": res["target"]["params"], "tokens": res["target"]["tokens"],
+                "log2_lr": res["hp"]["value"], "log2_lr_interval": res["hp"]["interval"], "lr": res["hp"]["lr"],
+                "lr_interval": res["hp"]["lr_interval"],
+                "loss": None if not loss else {k: v for k, v in loss.items() if k != "fit"},
+                "loss_law": loss.get("fit") if loss else None,
+                "warnings": res["warnings"], "notes": res["notes"], "plan": str(plan_path), "snippet": str(snippet)}
+
+    def _cost(self, candidates: list[dict[str, Any]], prediction: dict[str, Any] | None) -> dict[str, Any]:
+        """FLOPs of every proxy trial, per stage, against one run of the target and an LR sweep at the largest
+        proxy (the search's LR grid x the verification seeds: what tuning the LR there alone would cost)."""
+        per_stage: dict[str, float] = {}
+        trials = 0
+        largest_trial = 0.0
+        big = max(self.cfg.proxy_widths)
+        for stage, sweep in self.sweeps.items():
+            recs = [r for r in sweep.records() if r.get("status") in (*_DONE, "pruned")]
+            trials += len(recs)
+            per_stage[stage] = per_stage.get(stage, 0.0) + sum(float(r.get("flops") or 0.0) for r in recs)
+            for r in recs:
+                if r.get("width") == big and r.get("status") == "complete":
+                    largest_trial = max(largest_trial, float(r.get("flops") or 0.0))
+        total = sum(per_stage.values())
+        out: dict[str, Any] = {"flops": total, "trials": trials, "per_stage": per_stage}
+        if largest_trial:
+            lr_sweep = largest_trial * len(self.cfg.search.lr.values()) * self.cfg.verify.seeds
+            out.update(lr_sweep_at_largest=lr_sweep, vs_lr_sweep_at_largest=total / lr_sweep,
+                       largest_width=big)
+        if prediction is not None:
+            target_flops = run_flops(self.cfg, prediction["width"], prediction["depth"], prediction["tokens"])
+            if target_flops:
+                out.update(target_run=target_flops, vs_target_run=total / target_flops)
+        return out
+
+
+def tune(config: TuneConfig | dict[str, Any] | str | Path, *, log: LogFn = print,
+         on_poll: PollFn | None = None) -> TuneResult:
+    """Run (or continue) a tuning run: a :class:`TuneConfig`, its dict form, or the path of its YAML file."""
+    if isinstance(config, (str, Path)):
+        cfg = TuneConfig.from_yaml(config)
+    elif isinstance(config, dict):
+        cfg = TuneConfig.from_dict(config)
+    else:
+        cfg = config
+    return Tuner(cfg, log=log, on_poll=on_poll).run()
+
+
+def run_flops(cfg: TuneConfig, width: int, depth: int, tokens: float | None) -> float:
+    """FLOPs of one training run of the ``width`` x ``depth`` model on ``tokens`` tokens (the proxies' token
+    budget when None), counted by torch on the meta device for one step of the proxies' batch."""
+    import torch
+
+    from ..builders import build_model, load_builder
+    from ..train.config import TrainConfig
+    from ..train.setup import _builder_options, flops_per_step, load_data, loss_function
+
+    tc = TrainConfig(**cfg.train_fields(cfg.candidates[0]), width=width, depth=depth)
+    data = load_data(tc)
+    if getattr(data, "task", "lm") != "lm":
+        return 0.0
+    builder = load_builder(tc.model)
+    model = build_model(builder, width, depth, "meta", _builder_options(tc, data, builder))
+    x = torch.zeros(tc.batch_size, tc.seq_len, dtype=torch.long, device="meta")
+    per_step = flops_per_step(model, loss_function("lm"), x, x)
+    steps = tc.steps if tokens is None else tokens / tc.tokens_per_step()
+    return float(per_step) * steps
+
+
+# ------------------------------------------------------------------ helpers
+def _at(optima: list[Optimum], axis: str, size: int) -> Optimum | None:
+    return next((o for o in optima if o.group.get(axis) == size), None)
+
+
+def _lr_of(choice: dict[str, Any], winner: dict[str, float]) -> float:
+    """The recommended base LR: the recipe's optimum at the base width (verified there on 2 seeds), else
+    stage 1's."""
+    base = min((o for o in choice["optima"] if math.isfinite(o.value)), key=lambda o: o.group.get("width", 0),
+               default=None)
+    return float(base.value) if base is not None else float(winner[LR_AXIS])
+
+
+def _describe(setting: dict[str, float]) -> str:
+    parts = [f"lr 2^{setting[LR_AXIS]:g}"] + [f"{a} x{v:.3g}" for a, v in setting.items()
+                                               if a != LR_AXIS and v != 1.0]
+    return ", ".join(parts)
+
+
+def _check_stored(cfg: TuneConfig) -> None:
+    """Save the tune file in its run directory; refuse a changed one (its stored trials would not match)."""
+    from ..sweep.store import _diff
+
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.run_dir / CONFIG_FILE
+    if path.is_file():
+        stored = TuneConfig.from_yaml(path)
+        changes = _diff(stored.identity(), cfg.identity())
+        if changes:
+            raise TuneConfigError(f"tuning run {cfg.name!r} in {cfg.run_dir} was started with other settings: "
+                                  f"{'; '.join(changes)}. Restore them, or give the run a new name.")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Optimum):
+        return o.to_dict()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    return str(o)

@@ -1,0 +1,219 @@
+"""proxytune tune: the config, the stage-1 search logic, the recipe race and choice, and a tiny run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import proxytune as pt
+from proxytune.analysis.optimum import find_optimum
+from proxytune.cli import app
+from proxytune.sweep import Sweep, SweepConfig, SweepConfigError
+from proxytune.tune import TuneConfig, TuneConfigError, Tuner
+from proxytune.tune.report import pick_recommendation
+from proxytune.tune.run import constants_of
+from proxytune.tune.search import (
+    LR_AXIS, finalist_settings, mean_losses, next_center, oat_points, scan_optimum,
+)
+
+TINY = {
+    "name": "tiny", "model": "gpt", "model_options": {"head_dim": 8}, "data_options": {"max_bytes": 200_000},
+    "base": {"width": 8, "depth": 1}, "widths": [16, 32], "target": {"width": 128},
+    "train": {"steps": 8, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 1},
+    "search": {"lr": {"start": -8, "stop": -6, "step": 1}, "multipliers": ["role_init.readout"], "rounds": 1,
+               "span": 1, "lr_span": 1, "finalists": 1},
+    "verify": {"max_extend": 1},
+    "executor": {"workers": 1, "threads": 1, "batch": 8},
+}
+
+
+def tiny(tmp_path: Path, **over) -> dict:
+    d = json.loads(json.dumps(TINY))
+    d["runs_dir"] = str(tmp_path / "runs")
+    d.update(over)
+    return d
+
+
+# ------------------------------------------------------------------ config
+@pytest.mark.parametrize("change, message", [
+    ({"serach": {}}, "did you mean 'search'"),
+    ({"search": {"multipliers": ["role_lr.embeding"]}}, "did you mean 'embedding'"),
+    ({"search": {"multipliers": ["log2_lr"]}}, "search.multipliers"),
+    ({"search": {"stratgy": "oat"}}, "did you mean 'strategy'"),
+    ({"verify": {"sedes": 2}}, "did you mean 'seeds'"),
+    ({"train": {"lr": 0.1}}, "set by tune itself"),
+    ({"train": {"stesp": 3}}, "did you mean 'steps'"),
+    ({"recipes": ["mupp"]}, "did you mean 'mup'"),
+    ({"widths": [8, 16]}, "larger than the base width"),
+    ({"widths": [16]}, "2 or more wider proxies"),
+])
+def test_config_errors_name_the_key(tmp_path, change, message):
+    with pytest.raises(TuneConfigError, match=message):
+        TuneConfig.from_dict(tiny(tmp_path, **change))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_defaults_and_candidates(tmp_path):
+    cfg = TuneConfig.from_dict({"name": "x"})
+    assert cfg.proxy_widths == [64, 128, 256] and cfg.candidates == ["mup", "sp-perlayer"]
+    assert cfg.search.strategy == "oat" and cfg.verify.seeds == 2
+    deep = TuneConfig.from_dict({"name": "x", "depths": [4, 8]})
+    assert deep.candidates == ["mup", "sp-perlayer", "completep"]
+    assert TuneConfig.from_dict({"name": "x", "target": {"width": 4096, "depth": 8}}).candidates[-1] == "completep"
+
+
+# ------------------------------------------------------------------ stage-1 search logic
+def _records(points, loss):
+    return [{**p, "status": "complete", "val_loss": loss(p), "trial": i} for i, p in enumerate(points)]
+
+
+def test_oat_points_scan_one_axis_at_a_time():
+    center = {LR_AXIS: -7.0, "role_init.readout": 1.0, "role_lr.embedding": 2.0}
+    pts = oat_points(center, ["role_init.readout", "role_lr.embedding"], span=2, step=1, lr_span=2)
+    assert pts[0] == {**center, "seed": 0}
+    moved = [sum(p[a] != center[a] for a in center) for p in pts]
+    assert moved[0] == 0 and all(m == 1 for m in moved[1:])  # one axis at a time
+    assert sorted(p["role_lr.embedding"] for p in pts if p["role_lr.embedding"] != 2.0) == [0.5, 1.0, 4.0, 8.0]
+    assert 0.0 in {p["role_init.readout"] for p in pts}  # the readout init also tries a zero readout
+    assert sorted(p[LR_AXIS] for p in pts if p[LR_AXIS] != -7.0) == [-9.0, -8.0, -6.0, -5.0]
+    assert len(pts) == 1 + 4 + 5 + 4 and len({json.dumps(p, sort_keys=True) for p in pts}) == len(pts)
+
+
+def test_scan_optimum_and_next_center_find_the_minimum_of_each_axis():
+    center = {LR_AXIS: -7.0, "role_init.readout": 1.0, "role_lr.embedding": 1.0}
+    pts = oat_points(center, ["role_init.readout", "role_lr.embedding"], span=2, step=1, lr_span=2)
+
+    def loss(p):  # optimum at log2 lr -6, readout init x2 (log2 +1), embedding lr x0.5; zero init worse
+        ri = p["role_init.readout"]
+        readout = 0.3 if ri == 0 else 0.1 * (math.log2(ri) - 1) ** 2
+        return 2.0 + 0.1 * (p[LR_AXIS] + 6) ** 2 + readout + 0.1 * (math.log2(p["role_lr.embedding"]) + 1) ** 2
+
+    new, decisions = next_center(center, _records(pts, loss), [LR_AXIS, "role_init.readout", "role_lr.embedding"])
+    assert new == {LR_AXIS: -6.0, "role_init.readout": 2.0, "role_lr.embedding": 0.5}
+    assert all(d["from"] == center[d["axis"]] for d in decisions)
+    # a zero readout init that beats every nonzero value is taken
+    zero_best = _records(pts, lambda p: 1.0 if p["role_init.readout"] == 0 else loss(p))
+    assert scan_optimum(zero_best, center, "role_init.readout")["value"] == 0.0
+
+
+def test_finalists_are_the_best_distinct_settings_and_the_control():
+    axes = [LR_AXIS, "attn_mult"]
+    recs = _records([{LR_AXIS: x, "attn_mult": m, "seed": 0} for x in (-7, -6) for m in (1.0, 2.0, 4.0)],
+                    lambda p: 3 - 0.1 * p["attn_mult"] + 0.01 * p[LR_AXIS])
+    fin = finalist_settings(recs, axes, 2, defaults={LR_AXIS: -6.0, "attn_mult": 1.0})
+    assert fin[0] == {LR_AXIS: -7.0, "attn_mult": 1.0}  # the control: the best setting with every multiplier 1
+    assert fin[1:] == [{LR_AXIS: -7.0, "attn_mult": 4.0}, {LR_AXIS: -6.0, "attn_mult": 4.0}]
+    stats = mean_losses(recs + [{**recs[2], "seed": 1, "val_loss": recs[2]["val_loss"] + 0.2}], fin[1:2], axes)
+    assert stats[0]["seeds"] == 2 and stats[0]["mean"] == pytest.approx(recs[2]["val_loss"] + 0.1)
+    assert constants_of({LR_AXIS: -7.0, "attn_mult": 4.0, "role_lr.embedding": 2.0, "role_init.readout": 1.0}) == {
+        "attn_mult": 4.0, "role_lr": {"embedding": 2.0}}
+
+
+# ------------------------------------------------------------------ race and choice
+def _optimum(width, loss, opt=-7.0, noise=0.0, seed=0):
+    """An Optimum at ``width`` whose best loss is ``loss`` (2 seeds, a parabola around ``opt``)."""
+    rows = [{"width": width, "log2_lr": x, "seed": s, "val_loss": loss + 0.05 * (x - opt) ** 2 + (noise * (-1) ** s)}
+            for x in (opt - 1, opt - 0.5, opt, opt + 0.5, opt + 1) for s in (0, 1)]
+    return find_optimum(rows, "log2_lr", seed=seed)
+
+
+def _candidate(recipe, losses, widths=(8, 16, 32), noise=0.001, dropped=None):
+    from proxytune.analysis.verdict import transfer_verdict
+
+    optima = [_optimum(w, v, noise=noise) for w, v in zip(widths, losses)]
+    return {"recipe": recipe, "optima": optima, "dropped": dropped, "lrs": [], "sweep": "",
+            "verdict": transfer_verdict(optima, "width")}
+
+
+def test_the_lowest_loss_at_the_largest_proxy_is_recommended(tmp_path):
+    cfg = TuneConfig.from_dict(tiny(tmp_path))
+    a, b = _candidate("mup", [3.0, 2.8, 2.6]), _candidate("sp-perlayer", [3.0, 2.8, 2.5])
+    choice, why = pick_recommendation([a, b], cfg)
+    assert choice is b and "lowest best loss" in why[0] and "beyond the seed noise" in why[1]
+    dropped = _candidate("sp-perlayer", [3.0, 2.9], widths=(8, 16), dropped="behind at width 16")
+    choice, why = pick_recommendation([a, dropped], cfg)
+    assert choice is a and "dropped out of the race" in why[1]
+
+
+def test_race_drops_a_recipe_clearly_behind_before_the_largest_width(tmp_path, monkeypatch):
+    cfg = TuneConfig.from_dict(tiny(tmp_path))
+    ran: list[tuple[str, tuple]] = []
+    loss = {"mup": {8: 3.0, 16: 2.8, 32: 2.6}, "sp-perlayer": {8: 3.0, 16: 3.2, 32: 2.5}}
+
+    def fake_verify(self, recipe, setting, widths, lrs, axis="width"):
+        ran.append((recipe, tuple(widths)))
+        self.sweeps[f"verify-{recipe}"] = Sweep(SweepConfig.from_dict({"name": "x", "runs_dir": str(tmp_path)}))
+        return [_optimum(w, loss[recipe][w]) for w in widths], lrs
+
+    monkeypatch.setattr(Tuner, "_verify", fake_verify)
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    assert ("mup", (8, 16, 32)) in ran and ("sp-perlayer", (8, 16, 32)) not in ran
+    sp = next(c for c in out if c["recipe"] == "sp-perlayer")
+    assert sp["dropped"] and "above mup's" in sp["dropped"]
+
+
+# ------------------------------------------------------------------ list strategy
+def test_list_strategy_runs_exactly_its_points(tmp_path):
+    pts = [{"log2_lr": -8, "role_init.readout": 0.0, "seed": 0}, {"log2_lr": -7, "role_init.readout": 2.0, "seed": 0}]
+    d = {"name": "l", "model": "gpt", "model_options": {"head_dim": 8}, "data_options": {"max_bytes": 200_000},
+         "base": {"width": 8, "depth": 1}, "points": pts, "strategy": {"kind": "list"},
+         "train": {"width": 8, "depth": 1, "steps": 4, "batch_size": 2, "seq_len": 16, "eval_every": 4,
+                   "eval_batches": 1}, "executor": {"workers": 1, "threads": 1, "batch": 4}, "runs_dir": str(tmp_path)}
+    sweep = Sweep.from_dict(d)
+    assert sweep.cfg.axes == {"log2_lr": [-8, -7], "role_init.readout": [0.0, 2.0], "seed": [0]}
+    sweep.run()
+    got = sorted((r["log2_lr"], r["role_init.readout"]) for r in sweep.records() if r["status"] == "complete")
+    assert got == [(-8, 0.0), (-7, 2.0)]
+    with pytest.raises(SweepConfigError, match="must set the same axes"):
+        Sweep.from_dict({**d, "points": [pts[0], {"log2_lr": -7, "seed": 0}]})
+    with pytest.raises(SweepConfigError, match="points are for strategy 'list'"):
+        Sweep.from_dict({**d, "strategy": {"kind": "grid"}})
+
+
+# ------------------------------------------------------------------ end to end
+def test_tiny_tune_end_to_end_resumes_and_refuses_a_changed_config(tmp_path):
+    cfg = tiny(tmp_path)
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    res = runner.invoke(app, ["tune", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "Recommended" in res.output and "Cost" in res.output
+    run_dir = tmp_path / "runs" / "tiny"
+    result = json.loads((run_dir / "tune.json").read_text())
+    assert result["recipe"] in ("mup", "sp-perlayer")
+    assert math.isfinite(result["log2_lr"]) and result["lr"] == pytest.approx(2 ** result["log2_lr"])
+    assert {c["recipe"] for c in result["candidates"]} == {"mup", "sp-perlayer"}
+    assert result["cost"]["flops"] > 0 and result["cost"]["vs_target_run"] > 0
+    assert result["prediction"]["width"] == 128 and math.isfinite(result["prediction"]["lr"])
+    report = (run_dir / "report.md").read_text()
+    for part in ("## Recommendation", "## Stage 1", "## Stage 2", "## Cost", "stage1_scans.png"):
+        assert part in report
+    assert (run_dir / "target-plan.json").is_file() and (run_dir / "stage1_scans.png").is_file()
+    # the verify sweeps are ordinary sweeps: the sweep commands work on them
+    verify = result["candidates"][0]["sweep"]
+    assert runner.invoke(app, ["analyze", verify]).exit_code == 0
+    # running it again trains nothing new and gives the same answer
+    trials = result["cost"]["trials"]
+    again = pt.tune(str(path), log=lambda m: None)
+    assert again.cost["trials"] == trials and again.recipe == result["recipe"]
+    assert again.log2_lr == pytest.approx(result["log2_lr"])
+    # a changed search is refused, naming what changed
+    changed = dict(cfg, search={**cfg["search"], "span": 2})
+    path.write_text(yaml.safe_dump(changed))
+    res = runner.invoke(app, ["tune", str(path)])
+    assert res.exit_code == 2 and "search.span" in res.output
+
+
+def test_cli_bad_tune_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nwidhts: [64]\n")
+    res = CliRunner().invoke(app, ["tune", str(path)])
+    assert res.exit_code == 2 and "did you mean 'widths'" in res.output
+    res = CliRunner().invoke(app, ["tune", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "not found" in res.output
