@@ -23,6 +23,7 @@ the largest proxy and of a 4096-wide target).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -88,7 +89,9 @@ def main() -> None:
     cost: dict[str, float] = {}
     records["sp"] = run_sweep(row_sweep(args.preset, "sp", "sp", args.runs))
     records["mup"] = run_sweep(row_sweep(args.preset, "mup", "mup", args.runs))
-    if not args.no_package:
+    if not args.no_package and importlib.util.find_spec("mup") is None:
+        print("the mup package row is skipped: pip install --no-deps mup to include it", flush=True)
+    elif not args.no_package:
         from mup_peer import run_row
 
         fields = {**train_fields(args.preset), "model": "gpt", "data": "stdlib", "recipe": "sp", "optimizer": "adamw",
@@ -115,10 +118,11 @@ def main() -> None:
     best_any = min(o.loss for ops in at.values() for w, o in ops.items() if w == large and math.isfinite(o.loss))
     sp_best = at["sp"][large].loss
     cost = {"sp": flops_of(records["sp"], large), "mup": flops_of(records["mup"], small),
-            "mup-package": flops_of(records.get("mup-package", []), small),
             "mup-tuned": stage1_flops + flops_of(records["mup-tuned"], small),
             "sp-perlayer-tuned": stage1_flops + flops_of(records["sp-perlayer-tuned"], small),
             "tune": result.cost["flops"]}
+    if "mup-package" in records:
+        cost["mup-package"] = flops_of(records["mup-package"], small)
     lr_sweep_large = cost["sp"]
 
     def transferred(row: str) -> float:

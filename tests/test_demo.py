@@ -13,37 +13,47 @@ from proxytune.cli import app
 
 TINY = {"widths": [32, 48, 64, 80], "lr": {"start": -9, "stop": -5, "step": 2}, "depth": 1, "seeds": 2,
         "train": {"steps": 16, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 2}}
+TINY_SEARCH = {"multipliers": ["role_lr.embedding"], "rounds": 1, "span": 1, "lr_span": 1, "finalists": 1}
 
 
 def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatch):
     import proxytune.demo as demo
 
     monkeypatch.setitem(demo.PRESETS, "quick", TINY)  # the real presets are measured in bench/, not in CI
+    monkeypatch.setitem(demo.TUNE_SEARCH, "quick", TINY_SEARCH)
     out = tmp_path / "demo"
     runner = CliRunner()
-    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu"])
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu", "--workers", "0"])
     assert res.exit_code == 0, res.output
     for text in ("What it shows", "Drift per doubling:", "Regret:", "Wider is better:", "An octave is",
-                 "Prediction", "runs:", "Next", "proxytune predict", "proxytune check"):
+                 "Recommended", "Prediction", "runs:", "Next", "proxytune predict", "proxytune check",
+                 "proxytune tune"):
         assert text in res.output, text
     assert str(out / "runs" / "demo-quick-mup") in res.output.replace("\n", "")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["verdicts"]) == {"sp", "mup"} and summary["seeds"] == 2
     assert all(summary["verdicts"][r].startswith(summary["states"][r]) for r in ("sp", "mup"))
     assert set(summary["states"].values()) <= {"PASS", "FAIL", "UNRESOLVED"}
-    assert len(summary["story"]) == 3
+    # the SP/muP story, then what the tuned constants buy at the largest proxy and the recommendation
+    assert len(summary["story"]) == 5
+    assert "Tuned constants" in summary["story"][3] and "at width 80" in summary["story"][3]
+    assert summary["story"][4].startswith("Recommendation: train the big model with")
+    tuned = summary["tune"]
+    assert tuned["recipe"] in ("mup", "sp-perlayer") and tuned["lr"] > 0
+    assert set(tuned["gain"]) >= {"width", "loss", "mup", "sp"} and tuned["gain"]["width"] == 80
+    assert (tmp_path / "demo" / "runs" / "demo-quick-tune" / "report.md").is_file()
     pred = summary["prediction"]
     assert pred["target_width"] == 320 and pred["lr"] > 0 and pred["lr_interval"][0] <= pred["lr"]
-    assert pred["recipe"] == "muP" and pred["tokens"] == 16 * 4 * 16
+    assert pred["recipe"] == f"{tuned['recipe']} + tuned constants" and pred["tokens"] == 16 * 4 * 16
     report = (out / "report.md").read_text()
     for text in ("Transfer verdict", "Optimum per width", "What it shows", "1,024 tokens", "2 seeds per point",
-                 "nats/byte", "## Next"):
+                 "nats/byte", "## Next", "## What tuned constants buy"):
         assert text in report, text
     for name in ("lr_curves.png", "optimum_vs_width.png", "loss_vs_params.png", "target-plan.json",
                  "target_snippet.py"):
         assert (out / name).stat().st_size > 0, name
     plan = json.loads((out / "target-plan.json").read_text())
-    assert plan["recipe"] == "mup" and any(t["role"] == "readout" for t in plan["tensors"].values())
+    assert plan["recipe"] == tuned["recipe"] and any(t["role"] == "readout" for t in plan["tensors"].values())
     # analyze the stored muP sweep from the command line
     res = runner.invoke(app, ["analyze", str(out / "runs" / "demo-quick-mup"), "--json"])
     assert res.exit_code == 0, res.output
@@ -53,7 +63,7 @@ def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatc
     res = runner.invoke(app, ["predict", str(out), "--width", "512"])
     assert res.exit_code == 2 and "demo-quick-mup" in res.output
     # running the demo again reuses the stored trials
-    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu"])
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu", "--workers", "0"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "summary.json").read_text())["prediction"]["lr"] == pred["lr"]
 

@@ -375,3 +375,30 @@ def test_ctrl_c_returns_running_trials_to_the_queue(tmp_path):
     assert len(kept) == 6, "every point is either done or back in the queue"
     assert Sweep.open(tmp_path / "runs" / "t").run()["complete"] == 6
     assert set(completes_per_point(sw).values()) == {1}
+
+
+def test_inline_executor_runs_in_this_process_and_ctrl_c_gives_trials_back(tmp_path, monkeypatch):
+    """executor.kind inline: the same store and exactly-once rules, in the caller's process; a KeyboardInterrupt
+    during a trial returns the claimed trials to the queue, and running again completes them."""
+    pkg = tmp_path / "interrupting.py"
+    pkg.write_text(textwrap.dedent("""
+        import os
+        import torch
+        from proxytune.models import gpt
+        def build(width, depth, **options):
+            training = torch.empty(0).device.type != "meta"  # not the shape check before the sweep
+            if width == 48 and training and os.environ.get("PT_TEST_INTERRUPT"):
+                raise KeyboardInterrupt
+            return gpt.build(width=width, depth=depth, **options)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    d = sweep_dict(tmp_path, model="interrupting:build", executor={"kind": "inline", "batch": 2})
+    monkeypatch.setenv("PT_TEST_INTERRUPT", "1")
+    sweep = Sweep.from_dict(d)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run()
+    counts = sweep.store().counts()
+    assert counts["running"] == 0 and counts["waiting"] >= 1  # nothing left claimed by a dead run
+    monkeypatch.delenv("PT_TEST_INTERRUPT")
+    assert Sweep.from_dict(d).run()["complete"] == 6
+    assert set(completes_per_point(sweep).values()) == {1}

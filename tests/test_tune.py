@@ -28,7 +28,7 @@ TINY = {
     "search": {"lr": {"start": -8, "stop": -6, "step": 1}, "multipliers": ["role_init.readout"], "rounds": 1,
                "span": 1, "lr_span": 1, "finalists": 1},
     "verify": {"max_extend": 1},
-    "executor": {"workers": 1, "threads": 1, "batch": 8},
+    "executor": {"kind": "inline", "batch": 8},  # worker processes are tested in test_sweep.py
 }
 
 
@@ -134,10 +134,11 @@ def test_the_lowest_loss_at_the_largest_proxy_is_recommended(tmp_path):
     cfg = TuneConfig.from_dict(tiny(tmp_path))
     a, b = _candidate("mup", [3.0, 2.8, 2.6]), _candidate("sp-perlayer", [3.0, 2.8, 2.5])
     choice, why = pick_recommendation([a, b], cfg)
-    assert choice is b and "lowest best loss" in why[0] and "beyond the seed noise" in why[1]
+    assert choice is b and "lowest best loss" in why[0] and "sp-perlayer: the optimal log2 lr goes from" in why[1]
+    assert "beyond the seed noise" in why[2]
     dropped = _candidate("sp-perlayer", [3.0, 2.9], widths=(8, 16), dropped="behind at width 16")
     choice, why = pick_recommendation([a, dropped], cfg)
-    assert choice is a and "dropped out of the race" in why[1]
+    assert choice is a and "dropped out of the race" in why[2]
 
 
 def test_race_drops_a_recipe_clearly_behind_before_the_largest_width(tmp_path, monkeypatch):
@@ -217,3 +218,16 @@ def test_cli_bad_tune_file(tmp_path):
     assert res.exit_code == 2 and "did you mean 'widths'" in res.output
     res = CliRunner().invoke(app, ["tune", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_a_model_that_fails_to_train_stops_tune_with_its_error(tmp_path, monkeypatch):
+    pkg = tmp_path / "broken.py"
+    pkg.write_text("import torch\n"
+                   "from proxytune.models import gpt\n"
+                   "def build(width, depth, **options):\n"
+                   "    if torch.empty(0).device.type != 'meta':\n"
+                   "        raise RuntimeError('this model cannot be built today')\n"
+                   "    return gpt.build(width=width, depth=depth, **options)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TuneConfigError, match="this model cannot be built today"):
+        pt.tune(tiny(tmp_path, model="broken:build"), log=lambda m: None)

@@ -589,7 +589,7 @@ def demo(
                                "60 steps"),
     gpu: bool = typer.Option(False, "--gpu", help="the larger GPU preset (default when CUDA is available)"),
     cpu: bool = typer.Option(False, "--cpu", help="force the CPU preset even when a GPU is present"),
-    workers: int = typer.Option(2, help="worker processes on CPU"),
+    workers: int = typer.Option(2, min=0, help="worker processes on CPU (0: train in this process)"),
 ) -> None:
     """SP vs muP width sweeps on the built-in corpus, then verdict, prediction for a 4x wider target, report."""
     import torch

@@ -61,6 +61,13 @@ EXPLAIN = {
 }
 
 
+def demo_executor(workers: int, gpu: bool, batch: int) -> dict[str, Any]:
+    """``workers`` processes (one on a GPU) with one thread each when there are several; 0: in this process."""
+    if workers == 0:
+        return {"kind": "inline", "batch": batch}
+    return {"workers": 1 if gpu else workers, "threads": 1 if workers > 1 and not gpu else 2, "batch": batch}
+
+
 def preset_trials(preset: str) -> int:
     """Trials of the grid of one recipe of ``preset`` (the refinement pass may add a few)."""
     p = PRESETS[preset]
@@ -75,8 +82,7 @@ def demo_sweeps(out: Path, preset: str, workers: int) -> dict[str, SweepConfig]:
         "name": f"demo-{preset}-{recipe}", "model": "gpt", "data": "stdlib", "recipe": recipe,
         "optimizer": "adamw", "base": {"width": p["widths"][0], "depth": p["depth"]},
         "axes": {"width": p["widths"], "log2_lr": p["lr"], "seed": list(range(p["seeds"]))}, "train": train,
-        "executor": {"workers": 1 if gpu else workers, "threads": 1 if workers > 1 and not gpu else 2,
-                     "batch": 8 if gpu else 1},
+        "executor": demo_executor(workers, gpu, batch=8 if gpu else 1),
         "runs_dir": str(out / "runs"),
     }) for recipe in RECIPES}
 
@@ -93,8 +99,7 @@ def demo_tune_config(out: Path, preset: str, workers: int) -> TuneConfig:
         "base": {"width": p["widths"][0], "depth": p["depth"]}, "widths": p["widths"][1:],
         "recipes": ["mup", "sp-perlayer"], "target": {"width": 4 * p["widths"][-1], "depth": p["depth"]},
         "train": {"warmup": 0.1, "schedule": "cosine", "betas": [0.9, 0.95], **p["train"]}, "search": search,
-        "executor": {"workers": 1 if gpu else workers, "threads": 1 if workers > 1 and not gpu else 2,
-                     "batch": 8},
+        "executor": demo_executor(workers, gpu, batch=8),
         "runs_dir": str(out / "runs"),
     })
 

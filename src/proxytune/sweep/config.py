@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..train.config import ROLES, TrainConfig
 
 STRATEGIES = ("grid", "list", "random", "tpe", "halving", "hyperband", "telescoping")
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "inline", "ray")
 # Fields set by the sweep itself, not by ``train:``.
 _OWNED = ("model", "model_options", "data", "data_options", "recipe", "optimizer", "base_width", "base_depth")
 
@@ -99,7 +99,9 @@ class StrategyConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal["local", "inline", "ray"] = Field(
+        "local", description="local: worker processes; inline: one worker in this process (tiny sweeps, "
+                             "debugging, notebooks); ray: Ray tasks")
     workers: int = Field(1, gt=0)
     threads: int = Field(1, gt=0, description="torch threads per worker")
     batch: int = Field(1, gt=0, description="trials trained together in one worker (1 = off)")
@@ -278,7 +280,8 @@ def base_fields(cfg: SweepConfig) -> dict[str, Any]:
         fields["base_width"] = cfg.base["width"]
     if "depth" in cfg.base:
         fields["base_depth"] = cfg.base["depth"]
-    fields["threads"] = cfg.executor.threads
+    if cfg.executor.kind != "inline":  # an inline worker trains with the caller's thread count
+        fields["threads"] = cfg.executor.threads
     return fields
 
 

@@ -95,6 +95,10 @@ class Sweep:
                 pass  # starting workers would only cost their start-up
             elif self.cfg.executor.kind == "ray":
                 _run_ray(self.cfg, store, on_poll, poll_seconds)
+            elif self.cfg.executor.kind == "inline":
+                run_worker(self.cfg.model_dump(mode="json"), 0, install_signals=False)
+                if on_poll is not None:
+                    on_poll(store.counts(), store)
             else:
                 _run_local(self.cfg, store, on_poll, poll_seconds)
             if self.cfg.strategy.kind == "grid":

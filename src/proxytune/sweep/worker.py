@@ -70,7 +70,8 @@ def _raise_stop(signum: int, frame: Any) -> None:
 def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: bool = True) -> int:
     """Run trials of the sweep ``config`` until none is left; returns how many this worker finished."""
     cfg = SweepConfig.model_validate(config)
-    torch.set_num_threads(cfg.executor.threads)
+    if cfg.executor.kind != "inline":  # an inline worker leaves the caller's thread count alone
+        torch.set_num_threads(cfg.executor.threads)
     if install_signals:
         signal.signal(signal.SIGTERM, _raise_stop)
         signal.signal(signal.SIGINT, _raise_stop)
@@ -97,10 +98,12 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
                             store.finish(tid, result)
                             pending.discard(tid)
                             finished += 1
-        except StopRequested:
-            # A second Ctrl-C or SIGTERM must not interrupt the hand-back.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except (StopRequested, KeyboardInterrupt):
+            # A second Ctrl-C or SIGTERM must not interrupt the hand-back (a worker in the caller's own
+            # process, the inline executor, gets KeyboardInterrupt and keeps the caller's handlers).
+            if install_signals:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             for tid in pending:
                 store.release(tid)
             raise
@@ -132,7 +135,7 @@ def _train_group(store: SweepStore, members: list[tuple[int, TrainConfig]]):  # 
     for tid, cfg in members:
         try:
             yield tid, train(cfg, on_eval=lambda step, val, tid=tid: report(tid, step, val))
-        except StopRequested:
+        except (StopRequested, KeyboardInterrupt):
             raise
         except Exception:  # noqa: BLE001
             store.fail(tid, traceback.format_exc(), cfg.model_dump(mode="json"))

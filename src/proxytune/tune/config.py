@@ -211,7 +211,9 @@ class TuneConfig(FileConfig):
         fields = {k: v for k, v in self.train.items() if k != "depth"}
         fields.update(model=self.model, model_options=self.model_options, data=self.data,
                       data_options=self.data_options, recipe=recipe, optimizer=self.optimizer,
-                      base_width=self.base_width, base_depth=self.base_depth, threads=self.executor.threads)
+                      base_width=self.base_width, base_depth=self.base_depth)
+        if self.executor.kind != "inline":
+            fields["threads"] = self.executor.threads
         return fields
 
     @property

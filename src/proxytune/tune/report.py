@@ -66,7 +66,7 @@ def pick_recommendation(candidates: list[dict[str, Any]], cfg: TuneConfig) -> tu
     head = (f"recommended: {best['recipe']} (lowest best loss at the largest proxy, width {width})" if best is lowest
             else f"recommended: {best['recipe']} (its loss at width {width} ties with {lowest['recipe']}'s within "
                  f"the seed noise, and its transfer verdict is better: {state(best)} vs {state(lowest)})")
-    why = [head]
+    why = [head, *movement(best)]
     for c in candidates:
         if c is best:
             continue
@@ -82,6 +82,20 @@ def pick_recommendation(candidates: list[dict[str, Any]], cfg: TuneConfig) -> tu
                        f"standard error {se:.4f}: {'within' if within else 'beyond'} the seed noise); transfer "
                        f"verdict {state(c)}")
     return best, why
+
+
+def movement(entry: dict[str, Any]) -> list[str]:
+    """Did the optimal LR of a candidate move across the proxies, and by how much (in words)?"""
+    v = entry.get("verdict")
+    if v is None:
+        return []
+    lo, hi = v.sizes[0], v.sizes[-1]
+    th = v.thresholds["max_drift_per_doubling"]
+    state = {"PASS": "it stays put", "FAIL": "it moves: use the predicted target LR, not the base one",
+             "UNRESOLVED": "too noisy to tell whether it moves"}[v.state]
+    return [f"{entry['recipe']}: the optimal log2 lr goes from {v.optima[0]:.2f} at width {lo:g} to "
+            f"{v.optima[-1]:.2f} at width {hi:g}; fitted drift {v.drift_per_doubling:+.2f} octaves per doubling "
+            f"(90% {v.drift_interval[0]:+.2f} .. {v.drift_interval[1]:+.2f}, limit +-{th:g}): {state}"]
 
 
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:

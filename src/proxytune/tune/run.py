@@ -123,7 +123,13 @@ class Tuner:
         self.log(f"{label}" + (f": {n} trials" if n else "") + f" -> {sweep.cfg.run_dir}")
         poll = (lambda counts, store: self.on_poll(label, counts)) if self.on_poll else None
         sweep.run(on_poll=poll)
-        return sweep.records()
+        records = sweep.records()
+        failed = [r for r in records if r.get("status") == "failed"]
+        if failed and not any(r.get("status") in _DONE for r in records):
+            last = (failed[0].get("error") or "").strip().splitlines()
+            raise TuneConfigError(f"every trial of {sweep.cfg.name} failed ({len(failed)}); the first error: "
+                                  f"{last[-1] if last else 'unknown'}. See proxytune status {sweep.cfg.run_dir}")
+        return records
 
     # ---------------------------------------------------------------- stage 1
     def stage1(self) -> dict[str, Any]:
@@ -147,10 +153,19 @@ class Tuner:
                 new, decisions = next_center(center, recs, self.axes)
                 rounds.append({"round": r, "center": center, "decisions": decisions, "trials": len(recs)})
                 center = new
-            recs = self._run(self._sweep("s1-lrf", recipe, points=lr_scan_points(center, s.lr_span, s.seed)),
-                             "stage 1 · LR scan at the combined setting")
+            points = lr_scan_points(center, s.lr_span, s.seed)
+            for _ in range(3):  # an optimum on the scan's edge: scan 2 more octaves on that side (twice at most)
+                recs = self._run(self._sweep("s1-lrf", recipe, points=points),
+                                 "stage 1 · LR scan at the combined setting")
+                new, (lr_final,) = next_center(center, recs, [LR_AXIS])
+                scanned = sorted(p[LR_AXIS] for p in points)
+                side = (-1 if new[LR_AXIS] <= scanned[0] else 1 if new[LR_AXIS] >= scanned[-1] else 0)
+                if not side or len(points) >= len(lr_scan_points(center, s.lr_span)) + 4:
+                    break
+                end = scanned[0] if side < 0 else scanned[-1]
+                points = points + [with_seed({**center, LR_AXIS: round(end + side * k, 10)}, s.seed) for k in (1, 2)]
             records += recs
-            center, (lr_final,) = next_center(center, recs, [LR_AXIS])
+            center = new
             rounds.append({"round": "final LR", "center": center, "decisions": [lr_final], "trials": len(recs)})
         else:
             budget = s.n_trials or self.oat_budget()
