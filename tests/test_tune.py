@@ -231,3 +231,47 @@ def test_a_model_that_fails_to_train_stops_tune_with_its_error(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(TuneConfigError, match="this model cannot be built today"):
         pt.tune(tiny(tmp_path, model="broken:build"), log=lambda m: None)
+
+
+def _synthetic(monkeypatch, loss):
+    """Replace training by ``loss(setting)``: each stage's points get their loss without running anything."""
+    def fake_run(self, sweep, label):
+        pts = sweep.cfg.points or []
+        return [{**p, "status": "complete", "val_loss": loss(p) + 0.001 * p.get("seed", 0), "trial": i}
+                for i, p in enumerate(pts)]
+
+    monkeypatch.setattr(Tuner, "_run", fake_run)
+
+
+def test_stage1_finds_a_synthetic_optimum_and_grows_the_final_lr_scan(tmp_path, monkeypatch):
+    """On a smooth synthetic loss with its optimum at log2 lr -2 with readout init x4 and embedding lr x2, the
+    rounds walk toward it (1 octave of LR per round), the final LR scan grows past its edge to reach it, and
+    the finalists beat the defaults."""
+    def loss(p):
+        return (2.0 + 0.05 * (p[LR_AXIS] + 2) ** 2 + 0.05 * (math.log2(max(p["role_init.readout"], 1e-3)) - 2) ** 2
+                + 0.05 * (math.log2(p["role_lr.embedding"]) - 1) ** 2)
+
+    _synthetic(monkeypatch, loss)
+    search = {"lr": {"start": -9, "stop": -6, "step": 1}, "rounds": 2, "lr_span": 1,
+              "multipliers": ["role_init.readout", "role_lr.embedding"]}
+    s1 = Tuner(TuneConfig.from_dict(tiny(tmp_path, search=search)), log=lambda m: None).stage1()
+    final = s1["rounds"][-1]
+    assert s1["rounds"][1]["center"][LR_AXIS] == pytest.approx(-5.0)  # after round 1: one octave up
+    assert final["round"] == "final LR" and final["center"][LR_AXIS] == pytest.approx(-2.0)
+    assert final["trials"] == 3 + 2  # -5 -4 -3, then grown by 2 octaves past the edge
+    w = s1["winner"]["setting"]
+    assert w == {LR_AXIS: -2.0, "role_init.readout": 4.0, "role_lr.embedding": 2.0}
+    assert s1["winner"]["mean"] < s1["control"]["mean"] and s1["control"]["setting"]["role_init.readout"] == 1.0
+    assert s1["winner"]["seeds"] == 2
+
+
+def test_stage1_with_tpe(tmp_path):
+    search = {"strategy": "tpe", "n_trials": 6, "lr": {"start": -8, "stop": -6, "step": 1},
+              "multipliers": ["role_init.readout", "attn_mult"], "finalists": 1}
+    tuner = Tuner(TuneConfig.from_dict(tiny(tmp_path, search=search)), log=lambda m: None)
+    s1 = tuner.stage1()
+    tpe = tuner.sweeps["s1-tpe"].records()
+    assert len([r for r in tpe if r["status"] in ("complete", "diverged")]) == 6
+    assert all(-3 <= r["log2_role_init.readout"] <= 3 for r in tpe)
+    assert s1["strategy"] == "tpe" and s1["trials"] == 3 + 6 + 2 * 2
+    assert set(s1["winner"]["setting"]) == {LR_AXIS, "role_init.readout", "attn_mult"}

@@ -143,38 +143,11 @@ class Tuner:
         records += recs
         center, (lr_pick,) = next_center(start, recs, [LR_AXIS])
         defaults = dict(center)
-        rounds = []
+        rounds: list[dict[str, Any]] = []
         if s.strategy == "oat":
-            for r in range(1, s.rounds + 1):
-                pts = oat_points(center, self.mults, span=s.span, step=s.step, lr_span=s.lr_span, seed=s.seed)
-                recs = self._run(self._sweep(f"s1-r{r}", recipe, points=pts),
-                                 f"stage 1 · round {r}: one-at-a-time scans of {len(self.mults)} multipliers and the LR")
-                records += recs
-                new, decisions = next_center(center, recs, self.axes)
-                rounds.append({"round": r, "center": center, "decisions": decisions, "trials": len(recs)})
-                center = new
-            points = lr_scan_points(center, s.lr_span, s.seed)
-            for _ in range(3):  # an optimum on the scan's edge: scan 2 more octaves on that side (twice at most)
-                recs = self._run(self._sweep("s1-lrf", recipe, points=points),
-                                 "stage 1 · LR scan at the combined setting")
-                new, (lr_final,) = next_center(center, recs, [LR_AXIS])
-                scanned = sorted(p[LR_AXIS] for p in points)
-                side = (-1 if new[LR_AXIS] <= scanned[0] else 1 if new[LR_AXIS] >= scanned[-1] else 0)
-                if not side or len(points) >= len(lr_scan_points(center, s.lr_span)) + 4:
-                    break
-                end = scanned[0] if side < 0 else scanned[-1]
-                points = points + [with_seed({**center, LR_AXIS: round(end + side * k, 10)}, s.seed) for k in (1, 2)]
-            records += recs
-            center = new
-            rounds.append({"round": "final LR", "center": center, "decisions": [lr_final], "trials": len(recs)})
+            records += self._oat(recipe, center, rounds)
         else:
-            budget = s.n_trials or self.oat_budget()
-            bounds = {LR_AXIS: {"low": center[LR_AXIS] - 3, "high": center[LR_AXIS] + 3},
-                      **{f"log2_{m}": {"low": -s.bound, "high": s.bound} for m in self.mults}}
-            sweep = self._sweep("s1-tpe", recipe, axes={**bounds, "seed": [s.seed]},
-                                strategy={"kind": "tpe", "n_trials": budget, "seed": 0})
-            records += self._run(sweep, f"stage 1 · TPE over the LR and {len(self.mults)} multipliers, "
-                                        f"{budget} trials")
+            records += self._tpe(recipe, center)
         finalists = finalist_settings(records, self.axes, s.finalists, defaults)
         # fresh seeds: the search picked on one seed, so its best look better than they are (winner's curse)
         seeds = list(range(s.seed + 1, s.seed + s.seeds + 1))
@@ -189,6 +162,41 @@ class Tuner:
         return {"strategy": s.strategy, "lr_scan": lr_pick, "defaults": defaults, "rounds": rounds,
                 "finalists": stats, "winner": winner, "control": control,
                 "trials": len(records) + len(recs)}
+
+    def _oat(self, recipe: str, center: dict[str, float], rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The one-at-a-time rounds and the final LR scan; appends each round's decisions to ``rounds``."""
+        s = self.cfg.search
+        records: list[dict[str, Any]] = []
+        for r in range(1, s.rounds + 1):
+            pts = oat_points(center, self.mults, span=s.span, step=s.step, lr_span=s.lr_span, seed=s.seed)
+            recs = self._run(self._sweep(f"s1-r{r}", recipe, points=pts),
+                             f"stage 1 · round {r}: one-at-a-time scans of {len(self.mults)} multipliers and the LR")
+            records += recs
+            new, decisions = next_center(center, recs, self.axes)
+            rounds.append({"round": r, "center": center, "decisions": decisions, "trials": len(recs)})
+            center = new
+        points = lr_scan_points(center, s.lr_span, s.seed)
+        for _ in range(3):  # an optimum on the scan's edge: scan 2 more octaves on that side (twice at most)
+            recs = self._run(self._sweep("s1-lrf", recipe, points=points), "stage 1 · LR scan at the combined setting")
+            new, (lr_final,) = next_center(center, recs, [LR_AXIS])
+            scanned = sorted(p[LR_AXIS] for p in points)
+            side = -1 if new[LR_AXIS] <= scanned[0] else 1 if new[LR_AXIS] >= scanned[-1] else 0
+            if not side or len(points) >= len(lr_scan_points(center, s.lr_span)) + 4:
+                break
+            end = scanned[0] if side < 0 else scanned[-1]
+            points = points + [with_seed({**center, LR_AXIS: round(end + side * k, 10)}, s.seed) for k in (1, 2)]
+        rounds.append({"round": "final LR", "center": new, "decisions": [lr_final], "trials": len(recs)})
+        return records + recs
+
+    def _tpe(self, recipe: str, center: dict[str, float]) -> list[dict[str, Any]]:
+        """TPE over log2 lr (+-3 octaves around the LR scan's best) and log2 of every multiplier."""
+        s = self.cfg.search
+        budget = s.n_trials or self.oat_budget()
+        bounds = {LR_AXIS: {"low": center[LR_AXIS] - 3, "high": center[LR_AXIS] + 3},
+                  **{f"log2_{m}": {"low": -s.bound, "high": s.bound} for m in self.mults}}
+        sweep = self._sweep("s1-tpe", recipe, axes={**bounds, "seed": [s.seed]},
+                            strategy={"kind": "tpe", "n_trials": budget, "seed": 0})
+        return self._run(sweep, f"stage 1 · TPE over the LR and {len(self.mults)} multipliers, {budget} trials")
 
     def oat_budget(self) -> int:
         """Trials of the one-at-a-time rounds and final LR scan, for a TPE run of the same size."""
