@@ -13,7 +13,7 @@ from proxytune.cli import app
 
 TINY = {"widths": [32, 48, 64, 80], "lr": {"start": -9, "stop": -5, "step": 2}, "depth": 1, "seeds": 2,
         "train": {"steps": 16, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 2}}
-TINY_SEARCH = {"multipliers": ["role_lr.embedding"], "rounds": 1, "span": 1, "lr_span": 1, "finalists": 1}
+TINY_SEARCH = {"strategy": "oat", "multipliers": ["role_lr.embedding"], "rounds": 1, "span": 1, "lr_span": 1, "finalists": 1}
 
 
 def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatch):

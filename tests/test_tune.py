@@ -25,7 +25,8 @@ TINY = {
     "name": "tiny", "model": "gpt", "model_options": {"head_dim": 8}, "data_options": {"max_bytes": 200_000},
     "base": {"width": 8, "depth": 1}, "widths": [16, 32], "target": {"width": 128},
     "train": {"steps": 8, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 1},
-    "search": {"lr": {"start": -8, "stop": -6, "step": 1}, "multipliers": ["role_init.readout"], "rounds": 1,
+    "search": {"strategy": "oat", "lr": {"start": -8, "stop": -6, "step": 1}, "multipliers": ["role_init.readout"],
+               "rounds": 1,
                "span": 1, "lr_span": 1, "finalists": 1},
     "verify": {"max_extend": 1},
     "executor": {"kind": "inline", "batch": 8},  # worker processes are tested in test_sweep.py
@@ -61,7 +62,7 @@ def test_config_errors_name_the_key(tmp_path, change, message):
 def test_defaults_and_candidates(tmp_path):
     cfg = TuneConfig.from_dict({"name": "x"})
     assert cfg.proxy_widths == [64, 128, 256] and cfg.candidates == ["mup", "sp-perlayer"]
-    assert cfg.search.strategy == "oat" and cfg.verify.seeds == 2
+    assert cfg.search.strategy == "tpe" and cfg.verify.seeds == 2
     deep = TuneConfig.from_dict({"name": "x", "depths": [4, 8]})
     assert deep.candidates == ["mup", "sp-perlayer", "completep"]
     assert TuneConfig.from_dict({"name": "x", "target": {"width": 4096, "depth": 8}}).candidates[-1] == "completep"
@@ -252,7 +253,7 @@ def test_stage1_finds_a_synthetic_optimum_and_grows_the_final_lr_scan(tmp_path, 
                 + 0.05 * (math.log2(p["role_lr.embedding"]) - 1) ** 2)
 
     _synthetic(monkeypatch, loss)
-    search = {"lr": {"start": -9, "stop": -6, "step": 1}, "rounds": 2, "lr_span": 1,
+    search = {"strategy": "oat", "lr": {"start": -9, "stop": -6, "step": 1}, "rounds": 2, "lr_span": 1,
               "multipliers": ["role_init.readout", "role_lr.embedding"]}
     s1 = Tuner(TuneConfig.from_dict(tiny(tmp_path, search=search)), log=lambda m: None).stage1()
     final = s1["rounds"][-1]

@@ -11,7 +11,7 @@ Example (``tune.yaml``)::
     recipes: [mup, sp-perlayer]     # candidates (default; completep joins when depths are given)
     target: {width: 4096, depth: 2} # what the settings are for: prediction and cost figures
     train: {steps: 300, batch_size: 16, seq_len: 64, warmup: 0.1}
-    search: {strategy: oat, rounds: 2}
+    search: {strategy: tpe}          # or oat (one-at-a-time rounds)
     verify: {seeds: 2}
     executor: {workers: 2, threads: 1, batch: 8}
 
@@ -53,7 +53,7 @@ class SearchConfig(_Strict):
     """Stage 1: the search at the base shape (all recipes coincide there, so it runs once)."""
 
     strategy: Literal["oat", "tpe"] = Field(
-        "oat", description="oat: one-at-a-time scans of each multiplier around the current best, combined, "
+        "tpe", description="oat: one-at-a-time scans of each multiplier around the current best, combined, "
                            "in rounds; tpe: Optuna's TPE over all of them at once, same budget")
     lr: Range = Field(default_factory=lambda: Range(start=-12, stop=-4, step=1),
                       description="log2 grid of the first LR scan, with every multiplier at 1")
