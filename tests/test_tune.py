@@ -150,13 +150,36 @@ def test_race_drops_a_recipe_clearly_behind_before_the_largest_width(tmp_path, m
     def fake_verify(self, recipe, setting, widths, lrs, axis="width"):
         ran.append((recipe, tuple(widths)))
         self.sweeps[f"verify-{recipe}"] = Sweep(SweepConfig.from_dict({"name": "x", "runs_dir": str(tmp_path)}))
-        return [_optimum(w, loss[recipe][w]) for w in widths], lrs
+        return [_optimum(w, loss[recipe][w]) for w in widths], {w: lrs for w in widths}
 
     monkeypatch.setattr(Tuner, "_verify", fake_verify)
     out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
     assert ("mup", (8, 16, 32)) in ran and ("sp-perlayer", (8, 16, 32)) not in ran
     sp = next(c for c in out if c["recipe"] == "sp-perlayer")
     assert sp["dropped"] and "above mup's" in sp["dropped"]
+
+
+def test_stage2_grows_only_the_scan_of_the_width_whose_optimum_is_on_its_edge(tmp_path, monkeypatch):
+    """The optimum moves one octave up at width 16 only: that width's scan grows to reach it, the other widths
+    keep their 3 learning rates (a grown scan at every width would train the widest proxy for nothing)."""
+    trained: list[dict] = []
+
+    def loss(p):
+        trained.append(p)
+        opt = -6.0 if p["width"] == 16 else -7.0
+        return 2.0 + 0.1 * (p[LR_AXIS] - opt) ** 2
+
+    _synthetic(monkeypatch, loss)
+    cfg = TuneConfig.from_dict(tiny(tmp_path, verify={"max_extend": 2}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    for c in out:
+        assert c["dropped"] is None
+        assert c["lrs"][8] == c["lrs"][32] == [-7.5, -7.0, -6.5]
+        assert c["lrs"][16] == [-7.5, -7.0, -6.5, -6.0, -5.5]
+        opt = {o.group["width"]: o.value for o in c["optima"]}
+        assert opt[16] == pytest.approx(-6.0, abs=0.1) and opt[32] == pytest.approx(-7.0, abs=0.1)
+    # the widest proxy never trained outside its own scan
+    assert {p[LR_AXIS] for p in trained if p["width"] == 32} == {-7.5, -7.0, -6.5}
 
 
 # ------------------------------------------------------------------ list strategy

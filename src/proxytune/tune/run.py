@@ -8,7 +8,8 @@ the defaults among them as the control.
 
 Stage 2, per candidate recipe: the winner's constants at every wider proxy,
 with a short LR scan around the LR found at the base (the transferred
-optimum), 2 seeds. A scan whose optimum sits on its edge grows by a step. The
+optimum), 2 seeds. A width whose optimum sits on the edge of its scan grows
+that scan by a step (that width's only). The
 recipes race: one clearly behind the leader (beyond the seed noise) at the
 second-largest width does not run at the largest.
 
@@ -206,27 +207,38 @@ class Tuner:
             lr_scan_points(center, s.lr_span))
 
     # ---------------------------------------------------------------- stage 2
-    def _verify(self, recipe: str, setting: dict[str, float], widths: list[int], lrs: list[float],
-                axis: str = "width") -> tuple[list[Optimum], list[float]]:
-        """Run the LR scan of ``recipe`` at ``widths`` (or depths, ``axis="depth"``), growing the LR list at
-        an edge up to ``max_extend`` times; returns the optima per size and the final LR list."""
+    def _verify(self, recipe: str, setting: dict[str, float], sizes: list[int],
+                lrs: dict[int, list[float]] | list[float], axis: str = "width",
+                ) -> tuple[list[Optimum], dict[int, list[float]]]:
+        """Run the LR scan of ``recipe`` at ``sizes`` (widths, or depths with ``axis="depth"``).
+
+        ``lrs`` is the scan per size (or one list for every size; a size not in the dict gets the first
+        size's list). Only a size whose optimum sits on an edge of its own scan grows, by one step on that
+        side, up to ``max_extend`` times: growing every size's scan for one size's edge would train the
+        widest proxies at learning rates nobody needs. Returns the optima per size and the final scans."""
         v = self.cfg.verify
         stage = f"verify-{recipe}" + ("" if axis == "width" else "-depth")
         fixed = constants_of(setting)
+        default = list(lrs) if isinstance(lrs, list) else list(next(iter(lrs.values())))
+        scans = {s: sorted(lrs.get(s, default) if isinstance(lrs, dict) else default) for s in sizes}
+        seeds = list(range(v.seeds))
         for attempt in range(v.max_extend + 1):
-            sweep = self._sweep(stage, recipe, fixed=fixed,
-                                axes={axis: widths, LR_AXIS: sorted(lrs), "seed": list(range(v.seeds))})
-            recs = self._run(sweep, f"stage 2 · {recipe}: LR scan at {axis} {', '.join(map(str, widths))}")
-            optima = optima_by_group([r for r in recs if r.get(axis) in widths], LR_AXIS, size_axes=[axis])
-            edges = {o.edge for o in optima if o.edge}
+            points = [{axis: s, LR_AXIS: x, "seed": k} for s in sizes for x in scans[s] for k in seeds]
+            sweep = self._sweep(stage, recipe, fixed=fixed, points=points)
+            recs = self._run(sweep, f"stage 2 · {recipe}: LR scan at {axis} {', '.join(map(str, sizes))}")
+            wanted = {(s, round(x, 6)) for s in sizes for x in scans[s]}
+            optima = optima_by_group([r for r in recs if r.get(axis) in scans and r.get(LR_AXIS) is not None
+                                      and (r[axis], round(float(r[LR_AXIS]), 6)) in wanted], LR_AXIS,
+                                     size_axes=[axis])
+            edges = [(o.group[axis], o.edge) for o in optima if o.edge]
             if not edges or attempt == v.max_extend:
-                return optima, lrs
-            if "low" in edges:
-                lrs = [round(min(lrs) - v.step, 10), *lrs]
-            if "high" in edges:
-                lrs = [*lrs, round(max(lrs) + v.step, 10)]
-            self.log(f"  an optimum sits on the edge of the LR scan: scanning {', '.join(f'{x:g}' for x in sorted(lrs))}")
-        return optima, lrs
+                return optima, scans
+            for s, edge in edges:
+                lo, hi = min(scans[s]), max(scans[s])
+                scans[s] = sorted([*scans[s], round(lo - v.step, 10) if edge == "low" else round(hi + v.step, 10)])
+                self.log(f"  at {axis} {s} the optimum sits on the {edge} edge of the LR scan: scanning "
+                         f"{', '.join(f'{x:g}' for x in scans[s])}")
+        return optima, scans
 
     def stage2(self, setting: dict[str, float]) -> list[dict[str, Any]]:
         cfg, v = self.cfg, self.cfg.verify
@@ -259,7 +271,9 @@ class Tuner:
                         self.log(f"  {r} drops out: {st['dropped']}")
             for r, st in state.items():
                 if st["dropped"] is None:
-                    st["optima"], st["lrs"] = self._verify(r, setting, widths, st["lrs"])
+                    # the largest width starts from the scan around the transferred optimum
+                    st["optima"], st["lrs"] = self._verify(r, setting, widths, {**{w: lrs0 for w in widths},
+                                                                                 **st["lrs"]})
         out = []
         for r, st in state.items():
             optima = st["optima"]
@@ -267,7 +281,7 @@ class Tuner:
                      "sweep": str(self.sweeps[f"verify-{r}"].cfg.run_dir)}
             entry["verdict"] = transfer_verdict(optima, "width") if len(optima) >= 2 else None
             if cfg.proxy_depths:
-                d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], st["lrs"], "depth")
+                d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], lrs0, "depth")
                 entry["depth_optima"] = d_optima
                 entry["depth_verdict"] = transfer_verdict(d_optima, "depth") if len(d_optima) >= 2 else None
             out.append(entry)
