@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def lr_curves_figure(panels: dict[str, list[Optimum]], path: Path, size_axis: st
             ax.plot(xs, ys, "o-", color=color, label=f"{size_axis} {o.group.get(size_axis)}", ms=3)
             if math.isfinite(o.value):
                 ax.plot([o.value], [o.loss], "*", color=color, ms=12, mec="k")
-        ax.set_title(name)
+        ax.set_title("\n".join(textwrap.wrap(str(name), 34)), fontsize=10)
         ax.set_xlabel(hp_label(hp))
         ax.grid(alpha=0.3)
         if ylim is not None:
