@@ -287,3 +287,31 @@ def test_error_depth_recipe_without_branch_outputs():
         pt.parameterize(Net(16, 4), Net(8, 2), recipe="completep")
     plan = pt.parameterize(Net(16, 4), Net(8, 2), recipe="completep", branch_outputs=["*.a.*"])
     assert plan.tensors["blocks.3.a.weight"].branch_output
+
+
+def test_apply_twice_changes_nothing_and_another_plan_is_refused(tmp_path):
+    """A second apply of the same plan (or of its saved copy) must not stack multipliers, rescale the init again
+    or scale the attention logits twice; a different plan on an already parameterized model is an error."""
+    from torch.nn.utils import parametrize
+
+    target = _gpt(width=64, depth=2, n_heads=2, head_dim=None)  # head dim grows: the attention scale changes
+    base = gpt.build(width=32, depth=2, n_heads=2, head_dim=None, device="meta")
+    plan = pt.parameterize(target, base, recipe="mup", mode="explicit")
+    x = torch.randint(0, 256, (2, 8))
+    with torch.no_grad():
+        out = target(x)
+    state = {k: v.clone() for k, v in target.state_dict().items()}
+    n_mult = sum(len(m.parametrizations[a]) for m in target.modules() if parametrize.is_parametrized(m)
+                 for a in m.parametrizations)
+    assert n_mult > 0
+    plan.save(tmp_path / "plan.json")
+    for again in (plan, pt.Plan.load(tmp_path / "plan.json")):
+        again.apply(target)
+        with torch.no_grad():
+            assert torch.equal(target(x), out)
+        assert all(torch.equal(v, state[k]) for k, v in target.state_dict().items())
+        assert sum(len(m.parametrizations[a]) for m in target.modules() if parametrize.is_parametrized(m)
+                   for a in m.parametrizations) == n_mult
+    other = pt.parameterize(_gpt(width=64, depth=2, n_heads=2, head_dim=None), base, recipe="ntk", mode="explicit")
+    with pytest.raises(pt.PlanError, match="already parameterized by another plan"):
+        other.apply(target)

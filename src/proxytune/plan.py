@@ -9,6 +9,7 @@ nothing is stored on tensors, so it survives ``torch.save``/``load``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -31,6 +32,8 @@ from .rules.recipes import (
 from .shapes import DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_name
 
 PLAN_VERSION = 1
+# set on a model by Plan.apply: the digest of the plan applied to it
+APPLIED_ATTR = "_proxytune_plan_digest"
 
 
 @dataclass
@@ -221,8 +224,21 @@ class Plan:
         """Re-initialize ``model`` with the planned std and install the forward
         multipliers the plan's mode needs. Call it once, on a freshly built
         target (the init is rescaled relative to the model's own), before
-        wrapping it in DDP or ``torch.compile``."""
+        wrapping it in DDP or ``torch.compile``.
+
+        Applying the same plan (or an equal one, e.g. saved and loaded) to a
+        model it was already applied to changes nothing; applying a different
+        plan to it raises :class:`PlanError`, since its multipliers and init
+        would stack on the first plan's."""
         params = self._resolve(model)
+        key = self.digest()
+        applied = getattr(model, APPLIED_ATTR, None)
+        if applied == key:
+            self._model = model
+            return model
+        if applied is not None:
+            raise PlanError("this model was already parameterized by another plan: its init and forward multipliers "
+                            "would stack. Build a fresh model and apply this plan to it.")
         if reinit:
             with torch.no_grad():
                 for name, tp in self.tensors.items():
@@ -247,8 +263,14 @@ class Plan:
             if site["adapter"] in adapters and site["adapter"] != "query-projection":
                 adapters[site["adapter"]].install(_submodule(model, site["module"]),
                                                   AttentionSite(**site["site"]), site["factor"])
+        setattr(model, APPLIED_ATTR, key)
         self._model = model
         return model
+
+    def digest(self) -> str:
+        """A short fingerprint of the plan's content: equal for a plan and its saved-and-loaded copy."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------ optimizer
     def param_groups(
