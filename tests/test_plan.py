@@ -9,6 +9,7 @@ from torch import nn
 
 import proxytune as pt
 from proxytune.models import gpt, mlp
+from proxytune.nn.attention import ScaleAttribute
 from proxytune.rules.recipes import OPTIMIZERS, RECIPES
 
 BASE_LR, BASE_WD, BASE_EPS = 3e-3, 0.1, 1e-6
@@ -315,3 +316,63 @@ def test_apply_twice_changes_nothing_and_another_plan_is_refused(tmp_path):
     other = pt.parameterize(_gpt(width=64, depth=2, n_heads=2, head_dim=None), base, recipe="ntk", mode="explicit")
     with pytest.raises(pt.PlanError, match="already parameterized by another plan"):
         other.apply(target)
+
+
+class _ScaledAttn(nn.Module):
+    """Attention with its own scale attribute name and no q_proj: only a user adapter can reach it."""
+
+    def __init__(self, width, head_dim):
+        super().__init__()
+        self.n_heads, self.head_dim = width // head_dim, head_dim
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.my_scale = head_dim ** -0.5
+
+    def forward(self, x):
+        b, t, w = x.shape
+        q, k, v = (z.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=self.my_scale)
+        return self.proj(y.transpose(1, 2).reshape(b, t, w))
+
+
+class _AttnNet(nn.Module):
+    def __init__(self, width, head_dim, vocab=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.attn = _ScaledAttn(width, head_dim)
+        self.out = nn.Linear(width, vocab)
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.out(h + self.attn(h))
+
+
+class _MyScale(ScaleAttribute):
+    name = "my-scale"
+
+
+def test_user_attention_adapters_are_installed_and_survive_save_load(tmp_path):
+    """A user's ScaleAttribute("my_scale") (and a subclass with its own name) set `my_scale` with the muP
+    factor (16/64)^1 x base scale, and nothing else; a saved plan applied to a fresh model does the same."""
+    base = _AttnNet(16, 4)
+    for adapter in (ScaleAttribute("my_scale"), _MyScale("my_scale")):
+        torch.manual_seed(0)
+        target = _AttnNet(64, 16)
+        plan = pt.parameterize(target, base, recipe="mup", attention=[adapter])
+        # muP's 1/d_head: the target's own 16^-0.5 scale becomes 16^-1 ... written as base value x (d/d0)^-1 with
+        # the base value measured at the base's head dim 4, i.e. 4^-0.5 x 4/16
+        expected = 4 ** -0.5 * (4 / 16)
+        assert target.attn.my_scale == pytest.approx(expected)
+        assert not hasattr(target.attn, "attn_scale")
+        plan.save(tmp_path / "plan.json")
+        fresh = _AttnNet(64, 16)
+        pt.Plan.load(tmp_path / "plan.json").apply(fresh)
+        assert fresh.attn.my_scale == pytest.approx(expected) and not hasattr(fresh.attn, "attn_scale")
+
+    class Local(ScaleAttribute):  # not importable by path: a saved plan cannot rebuild it, and says so
+        name = "local"
+
+    plan = pt.parameterize(_AttnNet(64, 16), base, recipe="mup", attention=[Local("my_scale")])
+    plan.save(tmp_path / "local.json")
+    with pytest.raises(pt.PlanError, match="cannot import its adapter"):
+        pt.Plan.load(tmp_path / "local.json").apply(_AttnNet(64, 16))

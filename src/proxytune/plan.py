@@ -157,6 +157,9 @@ class Plan:
 
     def __post_init__(self) -> None:
         self._model: nn.Module | None = None
+        # the adapter objects that found each attention site (user adapters included), in ``attention``'s order;
+        # a loaded plan rebuilds them from the records
+        self._adapters: list[AttentionAdapter] = []
 
     # ----------------------------------------------------------------- data
     def to_dict(self) -> dict[str, Any]:
@@ -258,11 +261,11 @@ class Plan:
             if tp.readout_use is not None and tp.readout_multiplier != 1.0:
                 mod, attr = _owner(model, tp.readout_use)
                 add_multiplier(mod, attr, tp.readout_multiplier * sc.multiplier)
-        adapters = {a.name: a for a in DEFAULT_ADAPTERS}
-        for site in self.attention:
-            if site["adapter"] in adapters and site["adapter"] != "query-projection":
-                adapters[site["adapter"]].install(_submodule(model, site["module"]),
-                                                  AttentionSite(**site["site"]), site["factor"])
+        for i, site in enumerate(self.attention):
+            if site["adapter"] == "query-projection":
+                continue  # folded into the query tensors' init and LR above
+            adapter = self._adapters[i] if i < len(self._adapters) else _adapter_from_ref(site)
+            adapter.install(_submodule(model, site["module"]), AttentionSite(**site["site"]), site["factor"])
         setattr(model, APPLIED_ATTR, key)
         self._model = model
         return model
@@ -539,7 +542,7 @@ def parameterize(
             else:
                 factor *= named.attention
         attn_records.append({"module": site.module, "adapter": ad.name, "factor": factor,
-                             "site": asdict(site)})
+                             "site": asdict(site), **_adapter_ref(ad)})
         if factor != 1.0:
             notes.append(f"attention {site.module!r}: head dim {site.base_head_dim} -> {site.head_dim}, "
                          f"logits x{factor:.4g} via {ad.name}")
@@ -594,6 +597,7 @@ def parameterize(
     plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
                 weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
                 attention=attn_records, notes=notes, multipliers=named)
+    plan._adapters = [ad for ad, _ in sites]
     if apply and not any(p.is_meta for p in target.parameters()):
         plan.apply(target)
     plan._model = target
@@ -661,3 +665,34 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
         readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
         muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes)
+
+
+def _adapter_ref(adapter: AttentionAdapter) -> dict[str, Any]:
+    """How to rebuild ``adapter`` from a saved plan: its class and its plain attributes (e.g. the scale
+    attribute's name). Built-in adapters and user adapters importable by module path both round-trip."""
+    cls = type(adapter)
+    state = {k: v for k, v in vars(adapter).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {"adapter_class": f"{cls.__module__}:{cls.__qualname__}", "adapter_state": state}
+
+
+def _adapter_from_ref(site: dict[str, Any]) -> AttentionAdapter:
+    ref = site.get("adapter_class")
+    if ref is None:  # a plan saved before adapters were recorded: the built-in of that name
+        builtin = {a.name: a for a in DEFAULT_ADAPTERS}.get(site["adapter"])
+        if builtin is None:
+            raise PlanError(f"attention {site['module']!r}: adapter {site['adapter']!r} is not built in and the plan "
+                            "does not say how to rebuild it; parameterize the model again with attention=[...]")
+        return builtin
+    import importlib
+
+    mod_name, _, qual = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise PlanError(f"attention {site['module']!r}: cannot import its adapter {ref} ({e}); import the module "
+                        "that defines it, or parameterize the model again with attention=[...]") from None
+    adapter = obj.__new__(obj)
+    adapter.__dict__.update(site.get("adapter_state") or {})
+    return adapter
