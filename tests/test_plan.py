@@ -376,3 +376,43 @@ def test_user_attention_adapters_are_installed_and_survive_save_load(tmp_path):
     plan.save(tmp_path / "local.json")
     with pytest.raises(pt.PlanError, match="cannot import its adapter"):
         pt.Plan.load(tmp_path / "local.json").apply(_AttnNet(64, 16))
+
+
+class _BertLikeSelfAttention(nn.Module):
+    """BERT's naming: `attention_head_size`, `num_attention_heads`, `all_head_size`, separate `query`."""
+
+    def __init__(self, width, head_size):
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = width // head_size, head_size
+        self.all_head_size = width
+        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+
+    def forward(self, x):
+        b, t, w = x.shape
+        q, k, v = (z.view(b, t, -1, self.attention_head_size).transpose(1, 2)
+                   for z in (self.query(x), self.key(x), self.value(x)))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return y.transpose(1, 2).reshape(b, t, w)
+
+
+class _BertLikeNet(nn.Module):
+    def __init__(self, width, head_size, vocab=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.attention = _BertLikeSelfAttention(width, head_size)
+        self.out = nn.Linear(width, vocab)
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.out(h + self.attention(h))
+
+
+def test_bert_style_head_size_gets_the_attention_rule():
+    """The head size grows 4 -> 16: muP's 1/d_head needs the logits x(4/16)^(1/2) on top of SDPA's own
+    1/sqrt(d); it goes into the query projection (init and LR), and the plan says so."""
+    plan = pt.parameterize(_BertLikeNet(64, 16), _BertLikeNet(16, 4, vocab=32), recipe="mup")
+    (site,) = plan.attention
+    assert site["module"] == "attention" and site["adapter"] == "query-projection"
+    assert site["site"]["head_dim"] == 16 and site["site"]["base_head_dim"] == 4
+    assert site["factor"] == pytest.approx((16 / 4) ** -0.5)
+    assert any("attention 'attention': head dim 4 -> 16" in n for n in plan.notes)

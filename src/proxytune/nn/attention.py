@@ -31,14 +31,18 @@ from torch import nn
 from .multipliers import add_multiplier
 
 _HEAD_ATTRS = ("num_heads", "n_head", "n_heads", "num_attention_heads", "nheads", "n_heads_q")
+# the head dim itself: ours and most models, BERT/RoBERTa/ViT (`attention_head_size`), T5 (`key_value_proj_dim`,
+# which may differ from d_model / n_heads)
+_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "key_value_proj_dim")
 _EMBED_ATTRS = ("embed_dim", "n_embd", "hidden_size", "d_model", "dim", "width")
 
 
 def head_dim_of(module: nn.Module) -> int | None:
     """The module's head dim from common attribute names, or None."""
-    hd = getattr(module, "head_dim", None)
-    if isinstance(hd, int) and hd > 0:
-        return hd
+    for a in _HEAD_DIM_ATTRS:
+        hd = getattr(module, a, None)
+        if isinstance(hd, int) and not isinstance(hd, bool) and hd > 0:
+            return hd
     heads = next((getattr(module, a) for a in _HEAD_ATTRS if isinstance(getattr(module, a, None), int)), None)
     embed = next((getattr(module, a) for a in _EMBED_ATTRS if isinstance(getattr(module, a, None), int)), None)
     if heads and embed:
