@@ -336,15 +336,18 @@ class _ScaledAttn(nn.Module):
 
 
 class _AttnNet(nn.Module):
-    def __init__(self, width, head_dim, vocab=32):
+    """Embedding, one residual attention module (``_ScaledAttn`` unless given, stored as ``name``), readout."""
+
+    def __init__(self, width, head_dim, vocab=32, attn_cls=None, name="attn"):
         super().__init__()
         self.emb = nn.Embedding(vocab, width)
-        self.attn = _ScaledAttn(width, head_dim)
+        self.name = name
+        setattr(self, name, (attn_cls or _ScaledAttn)(width, head_dim))
         self.out = nn.Linear(width, vocab)
 
     def forward(self, x):
         h = self.emb(x)
-        return self.out(h + self.attn(h))
+        return self.out(h + getattr(self, self.name)(h))
 
 
 class _MyScale(ScaleAttribute):
@@ -395,22 +398,13 @@ class _BertLikeSelfAttention(nn.Module):
         return y.transpose(1, 2).reshape(b, t, w)
 
 
-class _BertLikeNet(nn.Module):
-    def __init__(self, width, head_size, vocab=32):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, width)
-        self.attention = _BertLikeSelfAttention(width, head_size)
-        self.out = nn.Linear(width, vocab)
-
-    def forward(self, x):
-        h = self.emb(x)
-        return self.out(h + self.attention(h))
-
-
 def test_bert_style_head_size_gets_the_attention_rule():
     """The head size grows 4 -> 16: muP's 1/d_head needs the logits x(4/16)^(1/2) on top of SDPA's own
     1/sqrt(d); it goes into the query projection (init and LR), and the plan says so."""
-    plan = pt.parameterize(_BertLikeNet(64, 16), _BertLikeNet(16, 4, vocab=32), recipe="mup")
+    def net(width, head_size):
+        return _AttnNet(width, head_size, attn_cls=_BertLikeSelfAttention, name="attention")
+
+    plan = pt.parameterize(net(64, 16), net(16, 4), recipe="mup")
     (site,) = plan.attention
     assert site["module"] == "attention" and site["adapter"] == "query-projection"
     assert site["site"]["head_dim"] == 16 and site["site"]["base_head_dim"] == 4
