@@ -261,9 +261,7 @@ class Plan:
             if tp.readout_use is not None and tp.readout_multiplier != 1.0:
                 mod, attr = _owner(model, tp.readout_use)
                 add_multiplier(mod, attr, tp.readout_multiplier * sc.multiplier)
-        for i, site in enumerate(self.attention):
-            if site["adapter"] == "query-projection":
-                continue  # folded into the query tensors' init and LR above
+        for i, site in enumerate(self.attention):  # a query projection's install is a no-op: folded above
             adapter = self._adapters[i] if i < len(self._adapters) else _adapter_from_ref(site)
             adapter.install(_submodule(model, site["module"]), AttentionSite(**site["site"]), site["factor"])
         setattr(model, APPLIED_ATTR, key)
