@@ -372,7 +372,9 @@ def test_ctrl_c_returns_running_trials_to_the_queue(tmp_path):
     store = sw.store()
     assert not store.trials((TrialState.RUNNING,)), "a clean stop leaves no trial running"
     kept = {t.user_attrs["point_id"] for t in store.trials((TrialState.COMPLETE, TrialState.WAITING))}
-    assert len(kept) == 6, "every point is either done or back in the queue"
+    trail = [(t.number, t.state.name, t.user_attrs.get("point_id"), t.user_attrs.get("status"),
+              str(t.user_attrs.get("error", ""))[-300:]) for t in store.trials()]
+    assert len(kept) == 6, f"every point is either done or back in the queue: {trail}"
     assert Sweep.open(tmp_path / "runs" / "t").run()["complete"] == 6
     assert set(completes_per_point(sw).values()) == {1}
 
@@ -402,3 +404,32 @@ def test_inline_executor_runs_in_this_process_and_ctrl_c_gives_trials_back(tmp_p
     monkeypatch.delenv("PT_TEST_INTERRUPT")
     assert Sweep.from_dict(d).run()["complete"] == 6
     assert set(completes_per_point(sweep).values()) == {1}
+
+
+def test_a_copy_claimed_while_its_original_is_given_back_is_not_a_duplicate(tmp_path):
+    """Ctrl-C race: a worker gives its trial back (enqueue a copy, then fail the original); another worker
+    claims the copy in between. The copy must run: before, it was failed as a duplicate of the still-running
+    original, the original was then failed as requeued, and the point was lost."""
+    sw = Sweep.from_dict(sweep_dict(tmp_path, axes={"width": [32], "log2_lr": [-9]}))
+    store = sw.prepare()
+    (orig,) = store.claim(1)
+    store._reenqueue(store.storage.get_trial(orig._trial_id))  # the first half of release()
+    (copy,) = store.claim(1)  # another worker, before the original is failed
+    assert copy.state == TrialState.RUNNING and copy.user_attrs.get("status") != "duplicate"
+    store._finish_state(orig._trial_id, TrialState.FAIL, None, {"status": "requeued"})  # the second half
+    live = [t for t in store.trials() if t.state != TrialState.FAIL]
+    assert [t._trial_id for t in live] == [copy._trial_id]
+
+
+def test_a_point_whose_trials_were_all_given_back_is_enqueued_again(tmp_path):
+    """A process stopped between failing a stale trial and enqueueing its copy leaves the point with no live
+    trial; requeue_stale puts it back in the queue (once)."""
+    sw = Sweep.from_dict(sweep_dict(tmp_path, axes={"width": [32], "log2_lr": [-9, -8]}))
+    store = sw.prepare()
+    claimed = store.claim(1)
+    store._finish_state(claimed[0]._trial_id, TrialState.FAIL, None, {"status": "requeued"})  # no copy
+    assert store.counts()["waiting"] == 1
+    assert store.requeue_stale() == 1
+    assert store.requeue_stale() == 0
+    waiting = {t.user_attrs["point_id"] for t in store.trials((TrialState.WAITING,))}
+    assert waiting == {point_id({"width": 32, "log2_lr": -9}), point_id({"width": 32, "log2_lr": -8})}

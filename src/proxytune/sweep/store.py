@@ -191,8 +191,14 @@ class SweepStore:
 
     def _is_duplicate(self, trial: optuna.trial.FrozenTrial) -> bool:
         pid = trial.user_attrs.get("point_id")
+        # A re-enqueued copy supersedes the trial it came from: that one is being given back (a release
+        # enqueues the copy before failing the original), so its RUNNING state must not make the copy a
+        # duplicate, or both would end failed and the point be lost.
+        origin = trial.user_attrs.get("requeued_from")
         for other in self.trials((TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
             if other._trial_id == trial._trial_id or other.user_attrs.get("point_id") != pid:
+                continue
+            if other.state == TrialState.RUNNING and other.number == origin:
                 continue
             if other.state != TrialState.RUNNING or other.number < trial.number:
                 return True
@@ -225,13 +231,32 @@ class SweepStore:
         return out
 
     def requeue_stale(self) -> int:
-        """Fail the stale trials and enqueue their points again; returns how many."""
+        """Fail the stale trials and enqueue their points again; returns how many.
+
+        Failing first means a stale worker that wakes up cannot also finish the
+        trial. A process stopped between the two steps would leave the point
+        with no live trial: :meth:`_requeue_orphans` finds such points (every
+        trial failed as requeued or duplicate) and enqueues them again.
+        """
         n = 0
         for t in self.stale():
             if self._finish_state(t._trial_id, TrialState.FAIL, None, {"status": "requeued"}):
                 self._reenqueue(t)
                 n += 1
-        return n
+        return n + self._requeue_orphans()
+
+    def _requeue_orphans(self) -> int:
+        trials = self.trials()
+        live = {t.user_attrs.get("point_id") for t in trials
+                if t.state != TrialState.FAIL or t.user_attrs.get("status") not in ("requeued", "duplicate")}
+        orphans: dict[str, optuna.trial.FrozenTrial] = {}
+        for t in trials:
+            pid = t.user_attrs.get("point_id")
+            if pid is not None and pid not in live and t.user_attrs.get("status") == "requeued":
+                orphans[pid] = t
+        for t in orphans.values():
+            self._reenqueue(t)
+        return len(orphans)
 
     # --------------------------------------------------------------- results
     def finish(self, trial_id: int, result: RunResult) -> bool:
