@@ -35,3 +35,29 @@ def write_section(path: Path, title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     new = pattern.sub(lambda _: section + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + section
     path.write_text(new)
+
+
+def close_section(lines: list[str], optima: dict[str, list], labels: dict[str, str], size_axis: str, fig_name: str,
+                  caption: str, title: str, preset: str, write: bool) -> str:
+    """Append the LR-curve figure and the optima's notes to ``lines``, print the section and (``write``) put it
+    into BENCHMARKS.md as ``title (CPU)`` or ``title (GPU)``."""
+    from proxytune.analysis.report import lr_curves_figure
+
+    fig = ROOT / "bench" / f"{fig_name}_{preset}.png"
+    lr_curves_figure({labels[r]: ops for r, ops in optima.items()}, fig, size_axis=size_axis)
+    lines = lines + ["", f"![{caption}](bench/{fig.name})"]
+    notes = [f"{labels[r]} {size_axis} {o.group[size_axis]}: {n}" for r, ops in optima.items() for o in ops
+             for n in o.notes]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_section(ROOT / "BENCHMARKS.md", title + (" (GPU)" if preset == "gpu" else " (CPU)"), text)
+    return text
+
+
+def optima_cell(ops: list, size_axis: str) -> str:
+    """'size: optimum (90% interval)' per size, ``*`` marking an optimum on the grid edge."""
+    return ", ".join(f"{o.group[size_axis]}: {o.value:.2f} ({o.interval[0]:.2f}..{o.interval[1]:.2f})"
+                     + ("*" if o.edge else "") for o in ops)

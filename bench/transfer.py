@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, provenance, write_section
+from _common import ROOT, close_section, optima_cell, provenance
 from b1_rows import PRESETS, row_sweep, train_fields
 
 from proxytune.analysis.laws import fit_saturating_power_law
 from proxytune.analysis.optimum import Optimum, optima_by_group
 from proxytune.analysis.predict import count_params
-from proxytune.analysis.report import lr_curves_figure
 from proxytune.analysis.verdict import transfer_verdict
 from proxytune.sweep import Sweep, SweepConfig
 from proxytune.tune import TuneConfig, Tuner
@@ -151,8 +150,7 @@ def main() -> None:
     ]
     for row, ops in optima.items():
         v = verdicts[row]
-        per = ", ".join(f"{o.group['width']}: {o.value:.2f} ({o.interval[0]:.2f}..{o.interval[1]:.2f})"
-                        + ("*" if o.edge else "") for o in ops)
+        per = optima_cell(ops, "width")
         tl = transferred(row)
         lines.append(f"| {LABELS[row]} | {per} | {v.drift_per_doubling:+.2f} ({v.drift_interval[0]:+.2f}..."
                      f"{v.drift_interval[1]:+.2f}) | {tl:.4f} | {(tl - best_any) / best_any:+.2%} | "
@@ -178,17 +176,8 @@ def main() -> None:
         f"{large}: {cost['tune'] / lr_sweep_large:.2f}x -> {'met' if goal_d else 'not met'}.",
     ]
     lines += b5_b6(args.preset, optima["tune"], records["tune"], result, tcfg, large)
-    fig = ROOT / "bench" / f"transfer_{args.preset}.png"
-    lr_curves_figure({LABELS[r]: ops for r, ops in optima.items()}, fig)
-    lines += ["", f"![B1 loss vs log2 lr](bench/{fig.name})"]
-    notes = [f"{LABELS[r]} width {o.group['width']}: {n}" for r, ops in optima.items() for o in ops for n in o.notes]
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "B1. Width transfer" + (" (GPU)" if args.preset == "gpu" else " (CPU)"),
-                      text)
+    close_section(lines, optima, LABELS, "width", "transfer", "B1 loss vs log2 lr", "B1. Width transfer", args.preset,
+                  not args.no_write)
 
 
 def b5_b6(preset: str, ops: list[Optimum], records: list[dict[str, Any]], result: Any, tcfg: TuneConfig,

@@ -1,4 +1,4 @@
-"""The B1 benchmark presets build valid sweeps and tune configs, so `python bench/transfer.py --preset gpu`
+"""The B1 and B2 benchmark presets build valid sweeps and tune configs, so `python bench/transfer.py --preset gpu`
 does not first fail on a config error on the day a GPU is there (CI has none, so it is never run here)."""
 
 from __future__ import annotations
@@ -47,3 +47,19 @@ def test_the_cpu_preset_is_the_issue_grid(bench_modules):
     p = b1_rows.PRESETS["cpu"]
     assert p["widths"] == [32, 64, 128, 256] and p["seeds"] == 2 and p["train"]["steps"] == 300
     assert b1_rows.PRESETS["gpu"]["widths"] == [128, 256, 512, 1024, 2048]
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_every_b2_row_validates(bench_modules, preset, tmp_path):
+    """B2 (bench/depth.py): every row is a valid sweep over depth at one width, from the shallowest as base."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import depth
+    finally:
+        sys.path.remove(str(BENCH))
+    p = depth.PRESETS[preset]
+    configs = {row: SweepConfig.from_dict(depth.row_sweep(preset, row, str(tmp_path))) for row in depth.ROWS}
+    for row, c in configs.items():
+        assert c.axes["depth"] == p["depths"] and c.base["depth"] == p["depths"][0]
+        assert c.axes == configs["mup"].axes and c.train == configs["mup"].train
+    assert configs["completep-muon"].optimizer == "muon" and configs["completep"].recipe == "completep"

@@ -201,15 +201,25 @@ def test_error_output_vocab_differs():
         pt.parameterize(Net(16, 6), Net(8, 4))
 
 
-def test_error_depth_without_block_pattern():
+def test_depth_from_a_stack_under_any_name_and_error_when_none_is_visible():
+    """A ModuleList whose length differs between target and base is the block stack, whatever its name; blocks
+    kept in a ModuleDict are not a visible stack: the error asks for a pattern, which still works."""
     class Deep(nn.Module):
         def __init__(self, n):
             super().__init__()
             self.stack = nn.ModuleList(nn.Linear(8, 8) for _ in range(n))
 
+    plan = pt.parameterize(Deep(4), Deep(2))
+    assert plan.tensors["stack.3.weight"].depth == 2 and plan.tensors["stack.3.weight"].block == "stack.3"
+
+    class Keyed(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.stack = nn.ModuleDict({str(i): nn.Linear(8, 8) for i in range(n)})
+
     with pytest.raises(pt.PlanError, match="no block pattern matches"):
-        pt.parameterize(Deep(4), Deep(2))
-    plan = pt.parameterize(Deep(4), Deep(2), block_pattern=r"(?:^|\.)stack\.(\d+)\.")
+        pt.parameterize(Keyed(4), Keyed(2))
+    plan = pt.parameterize(Keyed(4), Keyed(2), block_pattern=r"(?:^|\.)stack\.(\d+)\.")
     assert plan.tensors["stack.3.weight"].depth == 2
 
 
@@ -266,7 +276,7 @@ def test_error_attention_head_dim_without_route():
             self.attn = Fused(d)
             self.out = nn.Linear(d, 4)
 
-    with pytest.raises(pt.PlanError, match=r"attention module 'attn' changes head dim 8 -> 16.*attn_scale"):
+    with pytest.raises(pt.PlanError, match=r"attention module 'attn' \(\w+\) changes head dim 8 -> 16.*ScaleAttribute\('my_scale'\)"):
         pt.parameterize(Net(32), Net(16), recipe="mup")
     pt.parameterize(Net(32), Net(16), recipe="sp")  # SP keeps 1/sqrt(d_head): nothing to do
 

@@ -23,17 +23,38 @@ from torch import nn
 from .nn.attention import (
     DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, head_dim_of, looks_like_attention, query_params_of,
 )
-from .nn.multipliers import add_multiplier
+from .nn.multipliers import add_input_multiplier, add_multiplier, takes_input_multiplier
 from .rules.multipliers import Multipliers
 from .rules.recipes import (
     ALIGNMENT_CHOICES, MODES, MUON_SCALES, WD_POLICIES, Scale, TensorContext, check_choice,
     get_optimizer, get_recipe, tensor_scales,
 )
-from .shapes import DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_name
+from .shapes import (DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_name,
+                     structural_block_pattern)
 
 PLAN_VERSION = 1
 # set on a model by Plan.apply: the digest of the plan applied to it
 APPLIED_ATTR = "_proxytune_plan_digest"
+# a buffer (so it is in every state_dict) holding that digest, on models whose forward pass carries state the
+# weights do not (an attention scale attribute, a tied readout's input multiplier)
+MARKER_BUFFER = "proxytune_plan"
+
+
+def _digest_tensor(digest: str) -> torch.Tensor:
+    return torch.tensor(list(digest.encode()), dtype=torch.uint8)
+
+
+def _check_marker(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
+                  missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """load_state_dict pre-hook: refuse a checkpoint of a model parameterized by another plan."""
+    saved = state_dict.get(prefix + MARKER_BUFFER)
+    own = getattr(module, MARKER_BUFFER, None)
+    if saved is not None and own is not None and not torch.equal(saved.cpu().to(torch.uint8), own.cpu()):
+        error_msgs.append(
+            f"the checkpoint was saved from a model parameterized by plan {bytes(saved.tolist()).decode()!r}, "
+            f"this model by plan {bytes(own.tolist()).decode()!r}: its attention scales and multipliers would "
+            "not match the weights. Apply the checkpoint's own plan to a fresh model (Plan.load(...).apply(model, "
+            "reinit=False)) before loading it.")
 
 
 @dataclass
@@ -258,15 +279,36 @@ class Plan:
             if sc.multiplier != 1.0:
                 mod, attr = _owner(model, name)
                 add_multiplier(mod, attr, sc.multiplier)
-            if tp.readout_use is not None and tp.readout_multiplier != 1.0:
+            if tp.readout_use is not None and tp.readout_multiplier * sc.multiplier != 1.0:
                 mod, attr = _owner(model, tp.readout_use)
-                add_multiplier(mod, attr, tp.readout_multiplier * sc.multiplier)
+                if takes_input_multiplier(mod, attr):
+                    # on the layer's input, not its (shared) weight: the tie stays a plain attribute
+                    add_input_multiplier(mod, tp.readout_multiplier * sc.multiplier)
+                else:
+                    add_multiplier(mod, attr, tp.readout_multiplier * sc.multiplier)
         for i, site in enumerate(self.attention):  # a query projection's install is a no-op: folded above
             adapter = self._adapters[i] if i < len(self._adapters) else _adapter_from_ref(site)
             adapter.install(_submodule(model, site["module"]), AttentionSite(**site["site"]), site["factor"])
+        if self.forward_state():
+            # A state_dict of this model then says which plan it needs: loading it into a model without the
+            # plan fails on the unexpected key, into a model with another plan on the check below.
+            model.register_buffer(MARKER_BUFFER, _digest_tensor(key), persistent=True)
+            model._register_load_state_dict_pre_hook(_check_marker, with_module=True)
         setattr(model, APPLIED_ATTR, key)
         self._model = model
         return model
+
+    def forward_state(self) -> list[str]:
+        """What this plan puts in the forward pass that the weights do not carry (an attention scale set as an
+        attribute, a multiplier on a tied readout's input). A checkpoint of the model reproduces its outputs
+        only on a model this plan was applied to (``plan.apply(model, reinit=False)``); such models carry a
+        ``proxytune_plan`` buffer so that loading into any other model fails loudly."""
+        out = [f"attention {r['module']!r}: logits x{r['factor']:.4g} ({r['adapter']})" for r in self.attention
+               if r["factor"] != 1.0 and not r["site"].get("query_params")]
+        out += [f"{tp.readout_use!r}: readout multiplier x{tp.readout_multiplier * tp.scale(self.mode).multiplier:.4g}"
+                for tp in self.tensors.values()
+                if tp.readout_use is not None and tp.readout_multiplier * tp.scale(self.mode).multiplier != 1.0]
+        return out
 
     def digest(self) -> str:
         """A short fingerprint of the plan's content: equal for a plan and its saved-and-loaded copy."""
@@ -441,6 +483,8 @@ def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern,
             if looks_like_attention(mod) and not any(name.startswith(s.module + ".") for _, s in sites):
                 hd, bhd = head_dim_of(mod), head_dim_of(bmod)
                 unhandled.append((name, hd, bhd))
+    # a wrapper around a handled attention module (BERT's BertAttention around its `self`) is handled too
+    unhandled = [u for u in unhandled if not any(s.module.startswith(u[0] + ".") for _, s in sites)]
     return sites, unhandled
 
 
@@ -514,7 +558,8 @@ def parameterize(
     check_choice("muon scale", muon_scale, MUON_SCALES)
     if not isinstance(target, nn.Module) or not isinstance(base, nn.Module):
         raise PlanError("target and base must both be torch.nn.Module instances")
-    pattern = re.compile(block_pattern or DEFAULT_BLOCK_PATTERN)
+    block_pattern = block_pattern or structural_block_pattern(target, base) or DEFAULT_BLOCK_PATTERN
+    pattern = re.compile(block_pattern)
     shapes = analyze(target, base, roles=roles, layouts=layouts, block_pattern=block_pattern,
                      branch_outputs=list(branch_outputs) if branch_outputs is not None else None, tied=tied)
     notes: list[str] = []
@@ -548,11 +593,14 @@ def parameterize(
         for name, hd, bhd in unhandled:
             if hd is not None and bhd is not None and hd != bhd:
                 raise PlanError(
-                    f"attention module {name!r} changes head dim {bhd} -> {hd}; {recipe} needs its logits "
-                    f"scaled by ({hd}/{bhd})^{rec.attn_exponent:g}. Give the module an `attn_scale` attribute "
-                    "that its forward passes as F.scaled_dot_product_attention(scale=...), a separate query "
-                    "projection named q_proj, or pass attention=[<adapter>] (see proxytune.nn.attention); "
-                    "or keep the head dim fixed and grow the number of heads.")
+                    f"attention module {name!r} ({type(_submodule(target, name)).__name__}) changes head dim "
+                    f"{bhd} -> {hd}; {recipe} needs its logits scaled by ({hd}/{bhd})^{rec.attn_exponent:g}, and "
+                    "no adapter found where its scale is set (a fused query projection, a scale baked into its "
+                    "forward). Give the module an attribute its forward passes as "
+                    "F.scaled_dot_product_attention(scale=...) and name it: "
+                    "parameterize(..., attention=[proxytune.nn.attention.ScaleAttribute('my_scale')]); or use a "
+                    "separate query projection named q_proj; or write an adapter (proxytune.nn.attention."
+                    "AttentionAdapter); or keep the head dim fixed and grow the number of heads.")
             if hd is None and any(s.m_in != 1 or s.m_out != 1 for s in shapes):
                 notes.append(f"{name!r} looks like attention but its head dim is unknown: if it changes, "
                              "pass an attention adapter so the logits get the 1/d_head rule")
@@ -568,6 +616,12 @@ def parameterize(
                 f"block(s) {', '.join(lacking[:4])}; pass branch_outputs=['*.attn.out.*', '*.mlp.down.*'] "
                 "(globs for the last matrix and bias of each residual branch)")
 
+    # A model that scales its readout's input by d_model^-1/2 in its own forward (T5 with tied embeddings)
+    # already applies part of the readout rule; the plan adds only the rest.
+    own_readout = _own_readout_scale(target, base)
+    if own_readout != 1.0:
+        notes.append(f"the model scales its decoder output by d_model^-1/2 in its own forward "
+                     f"(x{own_readout:.4g} relative to the base); the readout rule's multiplier is divided by it")
     base_params = _named_params(base)
     t_params = _named_params(target)
     t_modules = {canonical_name(n): m for n, m in target.named_modules()}
@@ -577,16 +631,22 @@ def parameterize(
         tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
                           muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
                           decay_vectors=decay_vectors, optimizer=optimizer, named=named,
-                          named_query=s.name in named_query)
+                          named_query=s.name in named_query, own_readout=own_readout)
         transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
         tensors[s.name] = tp
     if transfer_down:
         notes.append("the base is larger than the target in width or depth: transferring down "
                      "(allowed; the rules are the same, read them as multipliers < 1)")
-    if any(tp.init_source.startswith("target") for tp in tensors.values()):
+    if any(tp.init_source.startswith("target") and tp.init_source != "target (same shape as base)"
+           for tp in tensors.values()):
         notes.append("base is on 'meta': base init std inferred from the target's own init (torch's "
                      "default fan-in init is recognized; other inits are assumed width-independent). "
                      "Pass a materialized base for exact base statistics.")
+    elif any(tp.init_source == "target (same shape as base)" for tp in tensors.values()) and \
+            any(tp.depth != 1.0 for tp in tensors.values()):
+        notes.append("base is on 'meta': tensors whose shape does not change keep the target's own init, which "
+                     "some models scale with their own depth (GPT-2's residual projections); pass a "
+                     "materialized base to start from the base's init instead")
     if mode == "folded" and any(tp.readout_multiplier != 1 for tp in tensors.values()):
         notes.append("a tied embedding/readout weight keeps a forward multiplier on its readout use "
                      "(it cannot be folded into a shared tensor)")
@@ -606,11 +666,12 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
                  base_params: dict[str, nn.Parameter],
                  t_modules: dict[str, nn.Module], *, alignment: str, muon_scale: str, wd_policy: str,
                  q_factor: float, decay_vectors: bool, optimizer: str, named: Multipliers,
-                 named_query: bool) -> TensorPlan:
+                 named_query: bool, own_readout: float = 1.0) -> TensorPlan:
     muon_matrix = optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
+    compensate = 1.0 / own_readout if s.role == "readout" else 1.0
     ctx = TensorContext(role=s.role, width=s.width, depth=s.depth, in_block=s.block is not None,
                         branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix,
-                        named_forward=named.forward_for(s.role, query=named_query),
+                        named_forward=named.forward_for(s.role, query=named_query) * compensate,
                         named_init=named.init_for(s.role), named_lr=named.lr_for(s.role))
     explicit, folded = tensor_scales(rec, spec, ctx, alignment=alignment, muon_scale=muon_scale,
                                      wd_policy=wd_policy)
@@ -620,10 +681,12 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
     bp = base_params[s.base_name]
     mod_name, _, attr = s.name.rpartition(".")
     module = t_modules.get(mod_name, target) if mod_name else target
-    if tuple(s.shape) == tuple(s.base_shape) and not tp_.is_meta:
-        base_std, source = _std(tp_), "target (same shape as base)"
-    elif not bp.is_meta:
+    if not bp.is_meta:
+        # even when the shapes agree: the target's own init may depend on its size in ways the rules replace
+        # (e.g. GPT-2 scales its residual projections by its own depth; a readout bias by its fan-in)
         base_std, source = _std(bp), "base"
+    elif tuple(s.shape) == tuple(s.base_shape) and not tp_.is_meta:
+        base_std, source = _std(tp_), "target (same shape as base)"
     elif tp_.is_meta:
         raise PlanError(f"both target and base are on 'meta': tensor {s.name!r} has no init statistics; "
                         "materialize the base (it is small) or the target")
@@ -655,7 +718,7 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         readout_multiplier = float(s.m_out) ** float(-((a_r + b_r) - (a_e + b_e)))
     if s.tied_readout is not None:
         # the shared tensor carries the embedding multiplier; its readout use needs the output one instead
-        readout_multiplier *= named.output / named.embedding
+        readout_multiplier *= named.output / named.embedding / own_readout
     return TensorPlan(
         name=s.name, role=s.role, shape=list(s.shape), base_shape=list(s.base_shape), layout=s.layout,
         fan_in=s.fan_in, fan_out=s.fan_out, m_in=s.m_in, m_out=s.m_out, width=s.width, depth=s.depth,
@@ -663,6 +726,22 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
         readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
         muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes)
+
+
+def _own_readout_scale(target: nn.Module, base: nn.Module) -> float:
+    """How much more the target's own forward scales its readout input than the base's does: T5 multiplies
+    the decoder output by ``model_dim^-1/2`` when ``config.scale_decoder_outputs`` is set (``transformers``
+    5; earlier versions whenever the embeddings are tied)."""
+    cfg = getattr(target, "config", None)
+    if cfg is None or getattr(cfg, "model_type", "") not in ("t5", "mt5", "umt5"):
+        return 1.0
+    scaled = getattr(cfg, "scale_decoder_outputs", None)
+    if scaled is None:
+        scaled = getattr(cfg, "tie_word_embeddings", False)
+    d_t, d_b = getattr(target, "model_dim", None), getattr(base, "model_dim", None)
+    if not scaled or not isinstance(d_t, int) or not isinstance(d_b, int):
+        return 1.0
+    return (d_t / d_b) ** -0.5
 
 
 def _adapter_ref(adapter: AttentionAdapter) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +30,8 @@ DEFAULT_BRANCH_OUTPUTS: tuple[str, ...] = (
     "*mlp.c_proj.*", "*mlp.proj.*", "*mlp.down_proj.*", "*mlp.down.*", "*mlp.fc2.*",
     "*mlp.w2.*", "*mlp.dense_4h_to_h.*", "*feed_forward.w2.*", "*ffn.down.*", "*ffn.out.*",
     "*ffn.w2.*", "*.output.dense.*", "*.fc2.*",
+    # T5: attention output `o`, feed-forward output `wo`
+    "*SelfAttention.o.*", "*EncDecAttention.o.*", "*DenseReluDense.wo.*",
     # mixture-of-experts output projections (proxytune's moe, Mixtral, Qwen-MoE naming)
     "*mlp.experts.*.proj.*", "*experts.*.w2.*", "*experts.*.down_proj.*",
 )
@@ -125,6 +127,19 @@ def module_layout(module: nn.Module, attr: str, ndim: int, override: str | None 
                   f"{ndim}-D tensor: last two dims taken as (out, in), leading dims as a batch")
 
 
+_KNOWN_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
+
+
+def _raw_parameter(module: nn.Module, ndim: int) -> bool:
+    """A 2-D or larger parameter held directly by a module that is not a known layer: a position table, a
+    class token, or a weight the module's own forward uses; its layout is a guess until its shape is seen."""
+    return ndim >= 2 and not isinstance(module, _KNOWN_LAYERS) and type(module).__name__ != "Conv1D"
+
+
+TABLE_NOTE = ("raw parameter whose last dim is the width: treated as a table of embedding vectors (position "
+              "table, class token); if it is a weight used as F.linear(x, W), pass roles={{{name!r}: 'readout'}}")
+
+
 @dataclass
 class TensorShape:
     """What the comparison found for one parameter (keyed by canonical name)."""
@@ -154,6 +169,8 @@ class TensorShape:
 def _fans(shape: tuple[int, ...], lay: Layout) -> tuple[int, int]:
     if lay.kind == "scalar":
         return 1, 1
+    if lay.kind == "table":  # rows of width-sized vectors, looked up or added: an embedding
+        return math.prod(shape[:-1]), shape[-1]
     if lay.kind == "vector":
         return 1, shape[lay.out_dim]
     rest = math.prod(s for i, s in enumerate(shape) if i not in (lay.in_dim, lay.out_dim))
@@ -169,6 +186,39 @@ def _match_glob(name: str, patterns: dict[str, str] | None) -> str | None:
         if fnmatch.fnmatchcase(name, pat):
             return value
     return None
+
+
+def _canonical_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {canonical_name(n): m for n, m in model.named_modules()}
+
+
+def structural_block_pattern(target: nn.Module, base: nn.Module) -> str | None:
+    """A block pattern read from the module tree, or None when the tree shows no stack of blocks.
+
+    A stack is a ``ModuleList`` or ``Sequential`` whose children are all of one class and either differ
+    in number between target and base (what a depth change looks like) or are composite modules (blocks,
+    not a list of plain layers). Only the outermost stacks count: T5's ``block.N.layer.M`` is a stack of
+    blocks, each holding a list of sub-layers.
+    """
+    t_mods, b_mods = _canonical_modules(target), _canonical_modules(base)
+    found: list[str] = []
+    for name, mod in t_mods.items():
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) == 0:
+            continue
+        children = list(mod.children())
+        if len({type(c) for c in children}) != 1 or len(children) != len(mod):
+            continue
+        bmod = b_mods.get(name)
+        if not isinstance(bmod, (nn.ModuleList, nn.Sequential)) or len(bmod) == 0:
+            continue
+        composite = any(True for _ in children[0].children())
+        if len(mod) != len(bmod) or (composite and len(mod) >= 2):
+            found.append(name)
+    outer = [n for n in found if not any(n != o and (o == "" or n.startswith(o + ".")) for o in found)]
+    if not outer:
+        return None
+    alts = "|".join(re.escape(n) + r"\." if n else "" for n in sorted(outer))
+    return rf"^(?:{alts})(\d+)\."
 
 
 def _blocks(names: list[str], pattern: re.Pattern) -> dict[str, tuple[str, int, int, int]]:
@@ -211,7 +261,7 @@ def analyze(
                 raise PlanError(f"roles[{pat!r}] = {role!r} is not a role; valid: {', '.join(ROLES)}")
     if tied not in ("embedding", "readout", "error"):
         raise PlanError(f"unknown tied-weight policy {tied!r}; valid: embedding, readout, error")
-    pattern = re.compile(block_pattern or DEFAULT_BLOCK_PATTERN)
+    pattern = re.compile(block_pattern or structural_block_pattern(target, base) or DEFAULT_BLOCK_PATTERN)
     branch_globs = tuple(branch_outputs) if branch_outputs is not None else DEFAULT_BRANCH_OUTPUTS
 
     t_entries = param_entries(target)
@@ -280,10 +330,16 @@ def analyze(
                 f"batch of matrices) but differs: base {bshp}, target {shp}. Only width and depth may "
                 "differ between base and target.")
         rows.append((e, be, lay, shp, bshp, diff))
+    # Sizes that are a width in the base: a vector size of an embedding, an input size of a matrix. A base
+    # width may equal the vocabulary size; then that size says nothing about a changed class count.
+    base_widths = {bshp[lay.out_dim] for e, be, lay, shp, bshp, diff in rows if lay.kind == "embedding"}
+    base_widths |= {bshp[lay.in_dim] for e, be, lay, shp, bshp, diff in rows
+                    if lay.kind in ("out_in", "in_out") and not _raw_parameter(e.module, e.param.ndim)}
     for e, be, lay, shp, bshp, diff in rows:
         # An output that grows at a different rate than the input and has a
         # vocabulary's size is a readout whose class count changed.
         if lay.kind in ("out_in", "in_out") and lay.out_dim in diff and bshp[lay.out_dim] in finite_sizes \
+                and bshp[lay.out_dim] not in base_widths \
                 and shp[lay.out_dim] / bshp[lay.out_dim] != shp[lay.in_dim] / bshp[lay.in_dim]:
             raise PlanError(
                 f"tensor {e.name!r}: its output size {bshp[lay.out_dim]} equals the base vocabulary size "
@@ -292,21 +348,37 @@ def analyze(
 
     any_width = any(diff for *_, diff in rows)
     inferred: set[int] = set()
+    inferred_in_block: set[int] = set()
     if not any_width:
         # No width change at all (base shape itself, or depth only): a size that
         # is the output of one matrix and the input of another is a width.
-        ins, outs = set(), set()
+        ins, outs, emb_widths = set(), set(), set()
         for e, be, lay, shp, *_ in rows:
+            if _raw_parameter(e.module, e.param.ndim):
+                continue  # its layout is a guess: it must not decide what the width is
+            if lay.kind == "embedding":
+                emb_widths.add(shp[lay.out_dim])
             if lay.in_dim is not None and lay.kind != "embedding":
                 ins.add(shp[lay.in_dim])
             if lay.out_dim is not None and lay.kind != "vector":
                 outs.add(shp[lay.out_dim])
-        inferred = (ins & outs) - finite_sizes
+        # A table's row count may equal the width (GPT-2 with n_positions == n_embd): an embedding's vector
+        # size is a width whatever else it equals.
+        inferred = ((ins & outs) - finite_sizes) | emb_widths
+        # Inside a block the sizes are the width, its multiples (GPT-2's 3 x n_embd fused qkv, the MLP's
+        # 4 x n_embd, which may equal the vocabulary size) and head-sized fractions of it (grouped keys and
+        # values); a size much smaller than the stream (a router's expert count) is not a width.
+        stream = max(emb_widths) if emb_widths else (max(ins & outs) if ins & outs else 0)
+        block_sizes = {shp[d] for e, be, lay, shp, *_ in rows if e.name in t_blocks
+                       for d in (lay.in_dim, lay.out_dim) if d is not None and lay.kind != "embedding"}
+        inferred_in_block = {n for n in block_sizes if 8 * n >= stream} | emb_widths
 
-    def is_width(shp, bshp, dim) -> bool:
+    def is_width(shp, bshp, dim, name: str = "") -> bool:
         if dim is None:
             return False
-        return shp[dim] != bshp[dim] if any_width else shp[dim] in inferred
+        if any_width:
+            return shp[dim] != bshp[dim]
+        return shp[dim] in (inferred_in_block if name in t_blocks else inferred)
 
     by_id: dict[int, list[tuple]] = {}
     order: list[int] = []
@@ -321,13 +393,17 @@ def analyze(
     for pid in order:
         uses = []
         for e, be, lay, shp, bshp, diff in by_id[pid]:
-            w_in = is_width(shp, bshp, lay.in_dim) and lay.kind != "embedding"
-            w_out = is_width(shp, bshp, lay.out_dim)
+            if _raw_parameter(e.module, e.param.ndim) and _match_glob(e.name, layouts) is None:
+                last = len(shp) - 1
+                if is_width(shp, bshp, last, e.name) and not any(is_width(shp, bshp, i, e.name) for i in range(last)):
+                    lay = Layout("table", None, last, TABLE_NOTE.format(name=e.name))
+            w_in = is_width(shp, bshp, lay.in_dim, e.name) and lay.kind != "embedding"
+            w_out = is_width(shp, bshp, lay.out_dim, e.name)
             if lay.kind == "scalar":
                 role = "scalar"
             elif lay.kind == "vector":
                 role = "vector" if w_out else "scalar"
-            elif lay.kind == "embedding":
+            elif lay.kind in ("embedding", "table"):
                 role = "embedding"
             elif w_in and w_out:
                 role = "hidden"
@@ -382,5 +458,48 @@ def analyze(
             layout=lay.kind, fan_in=fi, fan_out=fo, base_fan_in=bfi, base_fan_out=bfo,
             role=role, width=width, m_in=m_in, m_out=m_out, block=block, depth=depth,
             branch_output=branch, tied_readout=tied_readout, notes=notes))
+    if branch_outputs is None:
+        _structural_branch_outputs(result)
     return result
+
+
+# query, key and value projections read the stream; they never end a residual branch
+_QKV_NAMES = {"q", "k", "v", "query", "key", "value", "q_proj", "k_proj", "v_proj", "wq", "wk", "wv",
+              "to_q", "to_k", "to_v", "qkv", "c_attn", "in_proj", "query_key_value", "Wqkv", "qkv_proj"}
+STRUCTURAL_BRANCH_NOTE = ("residual-branch output found from the module structure (the last matrix of its "
+                          "sub-module that writes a stream-sized output); override with branch_outputs=[...]")
+
+
+def _structural_branch_outputs(result: list[TensorShape]) -> None:
+    """Mark residual-branch outputs in blocks where no name pattern found one.
+
+    In each block, the matrices are grouped by the module that holds their layer (an attention module, an
+    MLP); in a group of two or more, the last one (in registration order) whose output has the stream's
+    width and which is not a query/key/value projection ends a branch: an attention output projection,
+    an MLP's down projection. Its bias goes with it.
+    """
+    emb = Counter(r.fan_out for r in result if r.layout in ("embedding", "table"))
+    in_blocks = [r for r in result if r.block is not None and r.layout in ("out_in", "in_out")]
+    if not in_blocks:
+        return
+    stream = emb.most_common(1)[0][0] if emb else Counter(r.fan_in for r in in_blocks).most_common(1)[0][0]
+    done = {r.block for r in result if r.branch_output}
+    groups: dict[tuple[str, str], list[TensorShape]] = defaultdict(list)
+    for r in in_blocks:
+        if r.block in done or not r.name.endswith(".weight"):
+            continue
+        layer = r.name[: -len(".weight")]
+        groups[(r.block, layer.rpartition(".")[0])].append(r)
+    chosen: set[str] = set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ends = [r for r in members if r.fan_out == stream
+                and r.name[: -len(".weight")].rpartition(".")[2] not in _QKV_NAMES]
+        if ends:
+            chosen.add(ends[-1].name[: -len(".weight")])
+    for r in result:
+        if r.block is not None and r.name.rpartition(".")[0] in chosen:
+            r.branch_output = True
+            r.notes.append(STRUCTURAL_BRANCH_NOTE)
 

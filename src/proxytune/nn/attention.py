@@ -3,7 +3,7 @@
 factor ``(d_head / base_d_head)^-1/2`` on the logits, which is 1 when width
 grows by adding heads at a fixed head dim.
 
-An *adapter* finds attention modules and applies that factor. Three ship:
+An *adapter* finds attention modules and applies that factor. Four ship, tried in this order:
 
 - :class:`ScaleAttribute`: the module keeps its scale in an attribute
   (default ``attn_scale``, ``None`` meaning ``1/sqrt(head_dim)``) that its
@@ -15,6 +15,8 @@ An *adapter* finds attention modules and applies that factor. Three ship:
 - :class:`QueryProjection`: a separate query projection child (``q_proj``,
   ``query``, ``q``, ``wq``, ``to_q``, ``c_q``); the factor is folded into its
   weight and bias like any other multiplier.
+- :class:`ScalingAttribute`: Hugging Face attention modules with a fused
+  query projection (GPT-2): their float ``scaling`` attribute is multiplied.
 
 Write your own by subclassing :class:`AttentionAdapter`: ``match`` returns an
 :class:`AttentionSite` for a module it handles (or None), ``install`` changes
@@ -153,4 +155,22 @@ class QueryProjection(AttentionAdapter):
         return AttentionSite(name, self.name, hd, bhd, query_params=params)
 
 
-DEFAULT_ADAPTERS: tuple[AttentionAdapter, ...] = (ScaleAttribute(), MultiheadAttention(), QueryProjection())
+class ScalingAttribute(ScaleAttribute):
+    """Hugging Face attention modules (GPT-2 and most ``transformers`` models): a float ``scaling``
+    attribute, already ``head_dim^-1/2``, that the forward passes to every attention implementation.
+    Used when the query projection is fused (GPT-2's ``c_attn``); a separate query projection is
+    preferred, since folding the factor into it leaves the module untouched."""
+
+    name = "hf-scaling"
+
+    def __init__(self, attr: str = "scaling") -> None:
+        super().__init__(attr)
+
+    def match(self, name, module, base_module):
+        if not isinstance(getattr(module, self.attr, None), float):
+            return None
+        return super().match(name, module, base_module)
+
+
+DEFAULT_ADAPTERS: tuple[AttentionAdapter, ...] = (ScaleAttribute(), MultiheadAttention(), QueryProjection(),
+                                                  ScalingAttribute())

@@ -1,7 +1,10 @@
 """Forward multipliers on weights, for ``mode="explicit"`` and for the few
 multipliers that cannot be folded (a tied weight's readout use, a fused
 query projection). Applied with ``torch.nn.utils.parametrize`` so the module
-code is untouched and the parameter itself stays a plain tensor."""
+code is untouched and the parameter itself stays a plain tensor; a tied
+readout's multiplier is applied to the layer's input instead (see
+:class:`InputMultiplier`), so the shared weight stays an ordinary attribute
+that Hugging Face's ``tie_weights`` and ``save_pretrained`` can handle."""
 
 from __future__ import annotations
 
@@ -39,8 +42,35 @@ def add_multiplier(module: nn.Module, attr: str, multiplier: float,
                                          unsafe=True)
 
 
+class InputMultiplier:
+    """A forward pre-hook ``x -> multiplier x x`` on a linear layer: for ``y = x W^T + b`` it equals a
+    multiplier on ``W`` alone, without touching the weight (which another module may share)."""
+
+    def __init__(self, multiplier: float) -> None:
+        self.multiplier = float(multiplier)
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] * self.multiplier, *args[1:])
+
+
+def takes_input_multiplier(module: nn.Module, attr: str) -> bool:
+    """Whether a weight multiplier on ``module.<attr>`` can be applied to the module's input instead: a
+    linear map of its first argument (``nn.Linear``, Hugging Face's ``Conv1D``) with that weight."""
+    return attr == "weight" and (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D")
+
+
+def add_input_multiplier(module: nn.Module, multiplier: float) -> None:
+    """Register an :class:`InputMultiplier` on ``module`` (a no-op for 1)."""
+    if multiplier != 1.0:
+        module.register_forward_pre_hook(InputMultiplier(multiplier))
+
+
 def remove_multipliers(model: nn.Module) -> None:
-    """Remove every :class:`WeightMultiplier`, baking nothing into the weights."""
+    """Remove every :class:`WeightMultiplier` and :class:`InputMultiplier`, baking nothing into the weights."""
+    for mod in model.modules():
+        for key, hook in list(mod._forward_pre_hooks.items()):
+            if isinstance(hook, InputMultiplier):
+                del mod._forward_pre_hooks[key]
     for mod in model.modules():
         if parametrize.is_parametrized(mod):
             for attr in list(mod.parametrizations.keys()):
