@@ -49,12 +49,24 @@ ROWS = {"mup": ("mup", "adamw", "muP (no depth rule), AdamW"),
         "completep-muon": ("completep", "muon", "CompleteP, Muon on hidden matrices")}
 
 
-def row_sweep(preset: str, row: str, runs_dir: str) -> dict[str, Any]:
-    p = PRESETS[preset]
+def preset_with(preset: str, steps: int | None = None, depths: list[int] | None = None) -> dict[str, Any]:
+    """The preset, with its step count or depths replaced (a horizon check runs the same rows longer)."""
+    p = {**PRESETS[preset], "train": dict(PRESETS[preset]["train"])}
+    if steps:
+        p["train"].update(steps=steps, eval_every=steps)
+    if depths:
+        p["depths"] = sorted(depths)
+    return p
+
+
+def row_sweep(preset: str, row: str, runs_dir: str, steps: int | None = None,
+              depths: list[int] | None = None) -> dict[str, Any]:
+    p = preset_with(preset, steps, depths)
     recipe, optimizer, _ = ROWS[row]
     gpu = p["train"].get("device") == "cuda"
+    variant = (f"-s{steps}" if steps else "") + ("-d" + "-".join(map(str, p["depths"])) if depths else "")
     return {
-        "name": f"b2-{preset}-{row}", "model": "gpt", "data": "stdlib", "recipe": recipe, "optimizer": optimizer,
+        "name": f"b2-{preset}-{row}{variant}", "model": "gpt", "data": "stdlib", "recipe": recipe, "optimizer": optimizer,
         "base": {"width": p["width"], "depth": p["depths"][0]},
         "axes": {"depth": p["depths"], "log2_lr": dict(p["lr"]), "seed": list(range(p["seeds"]))},
         "train": {"width": p["width"], "warmup": 0.1, "schedule": "cosine", "final_lr_frac": 0.1,
@@ -69,15 +81,17 @@ def main() -> None:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-depth"))
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--steps", type=int, help="train this many steps instead of the preset's (horizon check)")
+    ap.add_argument("--depths", type=int, nargs="*", help="these depths instead of the preset's")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    p = PRESETS[args.preset]
+    p = preset_with(args.preset, args.steps, args.depths)
     shallow, deep = p["depths"][0], p["depths"][-1]
     t0 = time.perf_counter()
     records = {}
     for row in args.rows:
         t = time.perf_counter()
-        sweep = Sweep(SweepConfig.from_dict(row_sweep(args.preset, row, args.runs)))
+        sweep = Sweep(SweepConfig.from_dict(row_sweep(args.preset, row, args.runs, args.steps, args.depths)))
         sweep.run()
         records[row] = sweep.records()
         print(f"{row}: {time.perf_counter() - t:.0f} s", flush=True)
@@ -112,8 +126,10 @@ def main() -> None:
         lines += ["", f"Goal (CompleteP): drift across depth at most 0.5 octave: {c.drift:+.2f} -> "
                   f"{'met' if abs(c.drift) <= 0.5 else 'not met'}; clearly larger for muP: {m.drift:+.2f} -> "
                   f"{'met' if abs(m.drift) > abs(c.drift) + 0.5 else 'not met'}."]
-    close_section(lines, optima, {r: ROWS[r][2] for r in ROWS}, "depth", "depth", "B2 loss vs log2 lr per depth",
-                  "B2. Depth transfer", args.preset, not args.no_write)
+    variant = f"_s{p['train']['steps']}" if args.steps or args.depths else ""
+    close_section(lines, optima, {r: ROWS[r][2] for r in ROWS}, "depth", "depth" + variant, "B2 loss vs log2 lr per depth",
+                  "B2. Depth transfer" + (f", {p['train']['steps']} steps" if args.steps or args.depths else ""),
+                  args.preset, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -261,3 +261,11 @@ def test_parameter_tables_are_embeddings_and_stacks_are_found_under_any_name():
     assert plan.tensors["blocks.3.1.weight"].depth == 2.0
     out = plan._model(torch.randn(2, 5, 6))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_explain_says_what_a_checkpoint_does_not_carry():
+    plan = pt.parameterize(build("gpt2", 128, 2), build("gpt2", 32, 2))
+    text = plan.explain(lr=1e-3)
+    assert "forward-pass state not stored in the weights" in text and "hf-scaling" in text
+    untied = pt.parameterize(build("llama", 128, 2), build("llama", 32, 2))
+    assert not untied.forward_state() and "forward-pass state" not in untied.explain(lr=1e-3)

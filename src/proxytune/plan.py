@@ -428,6 +428,11 @@ class Plan:
                 lines.append(f"note: {tp.name}: {n}")
         for n in self.notes:
             lines.append(f"note: {n}")
+        state = self.forward_state()
+        if state:
+            lines.append("forward-pass state not stored in the weights (after loading a checkpoint, call "
+                         "plan.apply(model, reinit=False)): " + "; ".join(state[:4])
+                         + (f"; and {len(state) - 4} more" if len(state) > 4 else ""))
         return "\n".join(lines)
 
 
