@@ -93,3 +93,36 @@ def test_unit_scale_check_gradients_and_steps():
     assert not any(r["name"] == "1.bias" and r["step"] == 0 and r["kind"] == "weight" for r in res.outside)
     with pytest.raises(ValueError, match="optimizer"):
         unit_scale_check(net, (x, y), steps=2)
+
+
+def test_fp8_round_trip_rounds_saturates_flushes_and_passes_gradients_through():
+    from proxytune.nn.lowp import fp8_round_trip
+
+    x = torch.tensor([1.0, 0.3, 500.0, -1000.0, 1e-4], requires_grad=True)
+    y = fp8_round_trip(x)
+    assert y.tolist() == pytest.approx([1.0, 0.3125, 448.0, -448.0, 0.0])  # e4m3: 3 mantissa bits, max 448
+    (y * torch.arange(5.0)).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # straight through
+    with pytest.raises(ValueError, match="not an fp8 format"):
+        fp8_round_trip(x, torch.bfloat16)
+
+
+def test_simulated_fp8_keeps_unit_scale_and_loses_small_scale():
+    """Why u-muP wants unit scale: the same layer in simulated fp8 is accurate for unit-RMS inputs and loses
+    the signal for inputs at 1e-4 scale (below e4m3's smallest subnormal, 2^-9), and removal restores it."""
+    from proxytune.nn.lowp import simulate_fp8
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64, bias=False))
+    nn.init.normal_(net[0].weight)
+    x = torch.randn(32, 64)
+    exact = net(x)
+    with simulate_fp8(net):
+        unit = net(x)
+        small = net(x * 1e-4)
+        unit.sum().backward()
+    assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(unit, exact) < 0.1
+    assert rel(small, exact * 1e-4) > 0.5
+    torch.testing.assert_close(net(x), exact)  # removed on leaving the block
