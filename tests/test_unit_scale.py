@@ -126,3 +126,24 @@ def test_simulated_fp8_keeps_unit_scale_and_loses_small_scale():
     assert rel(unit, exact) < 0.1
     assert rel(small, exact * 1e-4) > 0.5
     torch.testing.assert_close(net(x), exact)  # removed on leaving the block
+
+
+def test_unit_check_command_reports_what_is_not_unit_scaled(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from proxytune.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["unit-check", "--width", "32", "--steps", "1", "--batch-size", "4",
+                                   "--seq-len", "16"])
+    assert res.exit_code == 1, res.output  # muP's GPT keeps weights at 1/sqrt(fan_in) and tiny gradients
+    assert "not unit-scaled" in res.output and "gradient" in res.output
+    res = CliRunner().invoke(app, ["unit-check", "--width", "32", "--steps", "0", "--json", "--low", "1e-9",
+                                   "--high", "1e9"])
+    import json
+
+    out = json.loads(res.output)
+    assert res.exit_code == 0 and out["passed"] and {r["kind"] for r in out["records"]} == {
+        "weight", "activation", "gradient"}
+    res = CliRunner().invoke(app, ["unit-check", "--recipe", "mupp"])
+    assert res.exit_code == 2 and "mup" in res.output

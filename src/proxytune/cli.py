@@ -708,6 +708,55 @@ def coord_check_cmd(
     raise typer.Exit(0 if result.passed else 1)
 
 
+@app.command("unit-check")
+def unit_check_cmd(
+    model: str = typer.Option("gpt", help="built-in name or pkg.module:build_fn"),
+    width: int = typer.Option(64, help="model width"),
+    depth: int = typer.Option(2, help="model depth"),
+    base_width: Optional[int] = typer.Option(None, help="base width of the plan (default: the model's width)"),
+    base_depth: Optional[int] = typer.Option(None, help="base depth of the plan (default: the model's depth)"),
+    recipe: str = typer.Option("mup", help=f"one of: {', '.join(RECIPES)}"),
+    optimizer: str = typer.Option("adamw", help=f"one of: {', '.join(OPTIMIZERS)}"),
+    lr: float = typer.Option(THRESHOLDS.coord_lr, help="base learning rate of the steps"),
+    steps: int = typer.Option(3, help="optimizer steps before the second measurement (0: init only)"),
+    batch_size: int = typer.Option(8, help="batch size"),
+    seq_len: int = typer.Option(32, help="sequence length"),
+    data: str = typer.Option("stdlib", help="stdlib, a text file or a .bin token file"),
+    option: list[str] = typer.Option([], help="builder option key=value (repeatable)"),
+    low: float = typer.Option(0.25, help="lower end of the unit-scale band"),
+    high: float = typer.Option(4.0, help="upper end of the unit-scale band"),
+    as_json: bool = typer.Option(False, "--json", help="print every measured RMS as JSON"),
+) -> None:
+    """Unit-scale check: RMS of every weight, activation and gradient at init and after a few steps, and
+    which fall outside [low, high] (what bf16/fp8 training needs; see docs/diagnostics.md section 7)."""
+    from .diagnose import unit_scale_check
+    from .train import TrainConfig
+    from .train.setup import optimizer_kwargs, prepare
+
+    def run() -> Any:
+        cfg = TrainConfig(model=model, width=width, depth=depth, base_width=base_width or width,
+                          base_depth=base_depth or depth, recipe=recipe, optimizer=optimizer, data=data,
+                          model_options=_parse_options(option), lr=lr, steps=max(steps, 1), batch_size=batch_size,
+                          seq_len=seq_len)
+        prep = prepare(cfg)
+        opt = prep.plan.optimizer(cfg.lr, cfg.weight_decay, model=prep.model, eps=cfg.eps, **optimizer_kwargs(cfg))
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def batch() -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = prep.data.sample("train", batch_size, seq_len, gen)
+            return x.to(prep.device), y.to(prep.device)
+
+        return unit_scale_check(prep.model, batch, loss_fn=prep.loss_fn, optimizer=opt, steps=steps, low=low,
+                                high=high)
+
+    result = _sweep_errors(run)
+    if as_json:
+        typer.echo(json.dumps({"passed": result.passed, "low": low, "high": high, "records": result.records}))
+    else:
+        typer.echo(result.summary())
+    raise typer.Exit(0 if result.passed else 1)
+
+
 @app.command()
 def check(
     model: str = typer.Option("gpt", help="built-in name or pkg.module:build_fn"),
