@@ -29,7 +29,7 @@ from .rules.recipes import (
     ALIGNMENT_CHOICES, MODES, MUON_SCALES, WD_POLICIES, Scale, TensorContext, check_choice,
     get_optimizer, get_recipe, tensor_scales,
 )
-from .shapes import (DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_name,
+from .shapes import (DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_modules, canonical_name,
                      structural_block_pattern)
 
 PLAN_VERSION = 1
@@ -629,7 +629,7 @@ def parameterize(
                      f"(x{own_readout:.4g} relative to the base); the readout rule's multiplier is divided by it")
     base_params = _named_params(base)
     t_params = _named_params(target)
-    t_modules = {canonical_name(n): m for n, m in target.named_modules()}
+    t_modules = canonical_modules(target)
     tensors: dict[str, TensorPlan] = {}
     transfer_down = False
     for s in shapes:

@@ -188,7 +188,8 @@ def _match_glob(name: str, patterns: dict[str, str] | None) -> str | None:
     return None
 
 
-def _canonical_modules(model: nn.Module) -> dict[str, nn.Module]:
+def canonical_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule keyed by its canonical name (wrapper prefixes removed)."""
     return {canonical_name(n): m for n, m in model.named_modules()}
 
 
@@ -200,7 +201,7 @@ def structural_block_pattern(target: nn.Module, base: nn.Module) -> str | None:
     not a list of plain layers). Only the outermost stacks count: T5's ``block.N.layer.M`` is a stack of
     blocks, each holding a list of sub-layers.
     """
-    t_mods, b_mods = _canonical_modules(target), _canonical_modules(base)
+    t_mods, b_mods = canonical_modules(target), canonical_modules(base)
     found: list[str] = []
     for name, mod in t_mods.items():
         if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) == 0:
