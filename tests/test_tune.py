@@ -147,7 +147,7 @@ def test_race_drops_a_recipe_clearly_behind_before_the_largest_width(tmp_path, m
     ran: list[tuple[str, tuple]] = []
     loss = {"mup": {8: 3.0, 16: 2.8, 32: 2.6}, "sp-perlayer": {8: 3.0, 16: 3.2, 32: 2.5}}
 
-    def fake_verify(self, recipe, setting, widths, lrs, axis="width"):
+    def fake_verify(self, recipe, setting, widths, lrs, axis="width", frozen=()):
         ran.append((recipe, tuple(widths)))
         self.sweeps[f"verify-{recipe}"] = Sweep(SweepConfig.from_dict({"name": "x", "runs_dir": str(tmp_path)}))
         return [_optimum(w, loss[recipe][w]) for w in widths], {w: lrs for w in widths}
@@ -170,7 +170,8 @@ def test_stage2_grows_only_the_scan_of_the_width_whose_optimum_is_on_its_edge(tm
         return 2.0 + 0.1 * (p[LR_AXIS] - opt) ** 2
 
     _synthetic(monkeypatch, loss)
-    cfg = TuneConfig.from_dict(tiny(tmp_path, verify={"max_extend": 2}))
+    # without the race, so that both recipes scan every width
+    cfg = TuneConfig.from_dict(tiny(tmp_path, verify={"max_extend": 2, "race": False}))
     out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
     for c in out:
         assert c["dropped"] is None
@@ -180,6 +181,37 @@ def test_stage2_grows_only_the_scan_of_the_width_whose_optimum_is_on_its_edge(tm
         assert opt[16] == pytest.approx(-6.0, abs=0.1) and opt[32] == pytest.approx(-7.0, abs=0.1)
     # the widest proxy never trained outside its own scan
     assert {p[LR_AXIS] for p in trained if p["width"] == 32} == {-7.5, -7.0, -6.5}
+
+
+def test_race_scans_the_largest_width_for_the_leader_only(tmp_path, monkeypatch):
+    """Two recipes level at width 16 both reach width 32, but there each trains at one LR first, the
+    transferred one (-7); only the lower of the two (mup) gets the 3-LR scan. The other's probe is its loss at the largest proxy, left out of its verdict,
+    and the recommendation says so."""
+    trained: list[tuple[str, dict]] = []
+    opt = {"mup": -7.0, "sp-perlayer": -6.5}
+    level = {"mup": 2.0, "sp-perlayer": 2.005}  # within the seed noise (+-0.02) of each other at width 16
+
+    def fake_run(self, sweep, label):
+        r = sweep.cfg.recipe
+        out = []
+        for i, p in enumerate(sweep.cfg.points or []):
+            o = opt[r] if p["width"] > 8 else -7.0
+            trained.append((r, p))
+            out.append({**p, "status": "complete", "trial": i,
+                        "val_loss": level[r] + 0.1 * (p[LR_AXIS] - o) ** 2 + 0.02 * (-1) ** p["seed"]})
+        return out
+
+    monkeypatch.setattr(Tuner, "_run", fake_run)
+    cfg = TuneConfig.from_dict(tiny(tmp_path, verify={"max_extend": 2}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    at32 = {r: sorted({p[LR_AXIS] for rr, p in trained if rr == r and p["width"] == 32}) for r in opt}
+    assert at32 == {"mup": [-7.5, -7.0, -6.5], "sp-perlayer": [-7.0]}
+    mup, sp = (next(c for c in out if c["recipe"] == r) for r in ("mup", "sp-perlayer"))
+    assert mup["probe_only"] is None and sp["probe_only"] == 32 and sp["dropped"] is None
+    assert sp["verdict"].sizes == [8, 16] and mup["verdict"].sizes == [8, 16, 32]
+    choice, why = pick_recommendation(out, cfg)
+    assert choice is mup
+    assert any("sp-perlayer: loss 2.0300 at width 32 at its transferred LR" in w for w in why)
 
 
 # ------------------------------------------------------------------ list strategy

@@ -101,7 +101,8 @@ class VerifyConfig(_Strict):
     max_extend: int = Field(3, ge=0, description="times the scan may grow by one step when an optimum sits on "
                                                  "its edge")
     race: bool = Field(True, description="drop a recipe whose loss is clearly behind (beyond the seed noise) at "
-                                         "the second-largest width instead of running it at the largest")
+                                         "the second-largest width; at the largest, train the others at the "
+                                         "transferred LR and scan the LR for the lowest only")
 
 
 class TargetConfig(_Strict):

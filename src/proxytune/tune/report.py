@@ -78,7 +78,10 @@ def pick_recommendation(candidates: list[dict[str, Any]], cfg: TuneConfig) -> tu
         else:
             gap, se = loss_gap(oc, ob)
             within = math.isfinite(se) and abs(gap) <= z * se
-            why.append(f"{c['recipe']}: best loss {oc.loss:.4f} at width {width} vs {ob.loss:.4f} ({gap:+.4f}, "
+            what = (f"loss {oc.loss:.4f} at width {width} at its transferred LR (2^{oc.value:g}; the race scanned "
+                    f"the LR there for the leader only)" if c.get("probe_only") == width
+                    else f"best loss {oc.loss:.4f} at width {width}")
+            why.append(f"{c['recipe']}: {what} vs {ob.loss:.4f} ({gap:+.4f}, "
                        f"standard error {se:.4f}: {'within' if within else 'beyond'} the seed noise); transfer "
                        f"verdict {state(c)}")
     return best, why
@@ -105,6 +108,7 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
                  "loss_se": loss_se(o), "seeds": o.n_seeds, "edge": o.edge, "notes": o.notes} for o in ops]
 
     out = {"recipe": entry["recipe"], "sweep": entry["sweep"], "dropped": entry["dropped"], "lrs": entry["lrs"],
+           "probe_only": entry.get("probe_only"),
            "optima": optima(entry["optima"]),
            "verdict": entry["verdict"].to_dict() if entry.get("verdict") else None}
     if "depth_optima" in entry:

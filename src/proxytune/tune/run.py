@@ -11,7 +11,9 @@ with a short LR scan around the LR found at the base (the transferred
 optimum), 2 seeds. A width whose optimum sits on the edge of its scan grows
 that scan by a step (that width's only). The
 recipes race: one clearly behind the leader (beyond the seed noise) at the
-second-largest width does not run at the largest.
+second-largest width does not run at the largest; the others run there at the
+transferred LR, and only the lowest of them gets the full LR scan at the
+largest width.
 
 Then: the recipe with the best loss at the largest proxy, its transfer
 verdict, the predicted target LR and loss (the sweep's laws, with intervals),
@@ -208,14 +210,15 @@ class Tuner:
 
     # ---------------------------------------------------------------- stage 2
     def _verify(self, recipe: str, setting: dict[str, float], sizes: list[int],
-                lrs: dict[int, list[float]] | list[float], axis: str = "width",
+                lrs: dict[int, list[float]] | list[float], axis: str = "width", frozen: tuple[int, ...] = (),
                 ) -> tuple[list[Optimum], dict[int, list[float]]]:
         """Run the LR scan of ``recipe`` at ``sizes`` (widths, or depths with ``axis="depth"``).
 
         ``lrs`` is the scan per size (or one list for every size; a size not in the dict gets the first
         size's list). Only a size whose optimum sits on an edge of its own scan grows, by one step on that
         side, up to ``max_extend`` times: growing every size's scan for one size's edge would train the
-        widest proxies at learning rates nobody needs. Returns the optima per size and the final scans."""
+        widest proxies at learning rates nobody needs. A size in ``frozen`` never grows (the race's single-LR
+        probe). Returns the optima per size and the final scans."""
         v = self.cfg.verify
         stage = f"verify-{recipe}" + ("" if axis == "width" else "-depth")
         fixed = constants_of(setting)
@@ -230,7 +233,7 @@ class Tuner:
             optima = optima_by_group([r for r in recs if r.get(axis) in scans and r.get(LR_AXIS) is not None
                                       and (r[axis], round(float(r[LR_AXIS]), 6)) in wanted], LR_AXIS,
                                      size_axes=[axis])
-            edges = [(o.group[axis], o.edge) for o in optima if o.edge]
+            edges = [(o.group[axis], o.edge) for o in optima if o.edge and o.group[axis] not in frozen]
             if not edges or attempt == v.max_extend:
                 return optima, scans
             for s, edge in edges:
@@ -269,23 +272,55 @@ class Tuner:
                         st["dropped"] = (f"at width {at} its best loss is {gap:.4f} above {leader}'s "
                                          f"(beyond {z:.2f} x its standard error {se:.4f})")
                         self.log(f"  {r} drops out: {st['dropped']}")
-            for r, st in state.items():
-                if st["dropped"] is None:
-                    # the largest width starts from the scan around the transferred optimum
-                    st["optima"], st["lrs"] = self._verify(r, setting, widths, {**{w: lrs0 for w in widths},
-                                                                                 **st["lrs"]})
+            survivors = [r for r, st in state.items() if st["dropped"] is None]
+            if len(survivors) > 1:
+                self._probe_largest(setting, survivors, state, widths)
+            else:
+                for r in survivors:  # the largest width starts from the scan around the transferred optimum
+                    state[r]["optima"], state[r]["lrs"] = self._verify(
+                        r, setting, widths, {**{w: lrs0 for w in widths}, **state[r]["lrs"]})
         out = []
         for r, st in state.items():
             optima = st["optima"]
             entry = {"recipe": r, "optima": optima, "dropped": st["dropped"], "lrs": st["lrs"],
                      "sweep": str(self.sweeps[f"verify-{r}"].cfg.run_dir)}
-            entry["verdict"] = transfer_verdict(optima, "width") if len(optima) >= 2 else None
+            # a single-LR probe says nothing about where the optimum is: the verdict leaves it out
+            scanned = [o for o in optima if o.group.get("width") != st.get("probe_only")]
+            entry["probe_only"] = st.get("probe_only")
+            entry["verdict"] = transfer_verdict(scanned, "width") if len(scanned) >= 2 else None
             if cfg.proxy_depths:
                 d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], lrs0, "depth")
                 entry["depth_optima"] = d_optima
                 entry["depth_verdict"] = transfer_verdict(d_optima, "depth") if len(d_optima) >= 2 else None
             out.append(entry)
         return out
+
+    def _probe_largest(self, setting: dict[str, float], survivors: list[str], state: dict[str, dict[str, Any]],
+                       widths: list[int]) -> None:
+        """The race at the largest width: every surviving recipe trains there at the transferred LR (the
+        base's, which is what the recipe carries to any width) on the verification seeds; only the lowest loss
+        among them gets the full LR scan (and its edge growth). The others keep their probe: their loss at the
+        largest proxy at the LR they transfer, compared with the leader's best."""
+        v = self.cfg.verify
+        big, c = widths[-1], setting[LR_AXIS]
+        n = int(math.floor(v.span / v.step + 1e-9))
+        scan = [round(c + k * v.step, 10) for k in range(-n, n + 1)]
+        for r in survivors:
+            st = state[r]
+            st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [c]}, frozen=(big,))
+        probes = {r: _at(state[r]["optima"], "width", big) for r in survivors}
+        finite = {r: o for r, o in probes.items() if o is not None and math.isfinite(o.loss)}
+        leader = min(finite, key=lambda r: finite[r].loss) if finite else survivors[0]
+        for r in survivors:
+            o = probes[r]
+            self.log(f"  race at width {big}: {r} at log2 lr {c:g}: "
+                     + (f"loss {o.loss:.4f}" if o is not None and math.isfinite(o.loss) else "no finite loss")
+                     + (" (leads: its LR scan there follows)" if r == leader else ""))
+        st = state[leader]
+        st["optima"], st["lrs"] = self._verify(leader, setting, widths, {**st["lrs"], big: scan})
+        for r in survivors:
+            if r != leader:
+                state[r]["probe_only"] = big
 
     # ---------------------------------------------------------------- all
     def run(self) -> TuneResult:
