@@ -28,6 +28,28 @@ def provenance(script: str, device: str, threads: int) -> str:
             f"date: {datetime.date.today().isoformat()}.")
 
 
+def run_sweep(d: dict) -> list[dict]:
+    """Run (or resume) the sweep of dict ``d``, print its wall time, return its records."""
+    import time
+
+    from proxytune.sweep import Sweep, SweepConfig
+
+    sweep = Sweep(SweepConfig.from_dict(d))
+    t = time.perf_counter()
+    sweep.run()
+    print(f"{d['name']}: {time.perf_counter() - t:.0f} s", flush=True)
+    return sweep.records()
+
+
+def emit(lines: list[str], title: str, write: bool) -> str:
+    """Print a section's lines and (``write``) put them into BENCHMARKS.md under ``## title``."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_section(ROOT / "BENCHMARKS.md", title, text)
+    return text
+
+
 def write_section(path: Path, title: str, body: str) -> None:
     """Replace (or append) the section ``## title`` of BENCHMARKS.md."""
     old = path.read_text() if path.exists() else "# proxytune benchmarks\n"

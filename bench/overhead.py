@@ -2,13 +2,16 @@
 
 Copies of the same model train on the same batches: plain PyTorch
 (AdamW, one param group), proxytune ``folded`` (multipliers absorbed, per-tensor
-settings merged into groups) and proxytune ``explicit`` (multipliers in the
-forward pass). Steps are timed in interleaved rounds (the order rotates every
+settings merged into groups), proxytune ``explicit`` (multipliers in the
+forward pass) and ``u-mup`` (u-muP: forward and backward scales as
+parametrizations and hooks, the normalized residual add). ``--compile`` runs
+every variant under ``torch.compile``. Steps are timed in interleaved rounds (the order rotates every
 round) and each variant's median step time is divided by plain's, so machine
 noise hits all three alike.
 
     python bench/overhead.py                 # CPU preset, prints and updates BENCHMARKS.md
     python bench/overhead.py --no-write      # print only
+    python bench/overhead.py --compile       # the same under torch.compile (section B3b)
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ def make(variant: str, args) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
     base = gpt.build(width=args.base_width, depth=args.base_depth, n_heads=args.heads, head_dim=None,
                      seq_len=args.seq, device="meta")
-    plan = pt.parameterize(model, base, recipe="completep", optimizer="adamw", mode=variant)
+    if variant == "u-mup":
+        plan = pt.parameterize(model, base, recipe="u-mup", optimizer="adamw")
+    else:
+        plan = pt.parameterize(model, base, recipe="completep", optimizer="adamw", mode=variant)
     return model, plan.optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
 
 
@@ -63,16 +69,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="steps per variant per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every variant")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     # "plain (A/A)" is a second plain copy: its ratio is the noise floor of the run.
-    variants = ["plain", "plain (A/A)", "folded", "explicit"]
+    variants = ["plain", "plain (A/A)", "folded", "explicit", "u-mup"]
     runs = {v: make(v, args) for v in variants}
+    if args.compile:
+        runs = {v: (torch.compile(m), o) for v, (m, o) in runs.items()}
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(0, 256, (args.batch, args.seq + 1), generator=g).to(args.device) for _ in range(8)]
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    for v in variants:  # warm up
+    for v in variants:  # warm up (and compile)
         for i in range(3):
             step(*runs[v], data[i])
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -95,7 +104,8 @@ def main() -> None:
         f"Command: `{cmd.strip()}`; machine: {machine}; torch {torch.__version__}; "
         f"date: {datetime.date.today().isoformat()}.",
         f"Model: reference GPT width {args.width}, depth {args.depth}, {args.heads} heads, seq {args.seq}, "
-        f"batch {args.batch}; proxytune plan: completep + adamw from base {args.base_width}x{args.base_depth}; "
+        f"batch {args.batch}; proxytune plan: completep + adamw from base {args.base_width}x{args.base_depth} "
+        f"(folded, explicit), u-mup + adamw (u-mup); {'torch.compile, ' if args.compile else 'eager, '}"
         f"median of {args.rounds} interleaved rounds x {args.steps} steps.",
         "",
         "| variant | step time / plain PyTorch |",
@@ -108,7 +118,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "B3. Overhead" + (" (GPU)" if args.device != "cpu" else " (CPU)"), text)
+        title = ("B3b. Overhead, compiled" if args.compile else "B3. Overhead") + (
+            " (GPU)" if args.device != "cpu" else " (CPU)")
+        write_section(ROOT / "BENCHMARKS.md", title, text)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, close_section, optima_cell, provenance
+from _common import ROOT, close_section, optima_cell, provenance, run_sweep
 from b1_rows import PRESETS, row_sweep, train_fields
 
 from proxytune.analysis.laws import fit_saturating_power_law
 from proxytune.analysis.optimum import Optimum, optima_by_group
 from proxytune.analysis.predict import count_params
 from proxytune.analysis.verdict import transfer_verdict
-from proxytune.sweep import Sweep, SweepConfig
 from proxytune.tune import TuneConfig, Tuner
 from proxytune.tune.run import run_flops
 
@@ -59,14 +58,6 @@ def tune_config(preset: str, runs: str) -> TuneConfig:
         "executor": {"workers": p["workers"], "threads": p["threads"], "batch": 8},
         "runs_dir": runs,
     })
-
-
-def run_sweep(d: dict[str, Any]) -> list[dict[str, Any]]:
-    sweep = Sweep(SweepConfig.from_dict(d))
-    t = time.perf_counter()
-    sweep.run()
-    print(f"{d['name']}: {time.perf_counter() - t:.0f} s", flush=True)
-    return sweep.records()
 
 
 def flops_of(records: list[dict[str, Any]], width: int | None = None) -> float:

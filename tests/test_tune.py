@@ -50,6 +50,7 @@ def tiny(tmp_path: Path, **over) -> dict:
     ({"train": {"lr": 0.1}}, "set by tune itself"),
     ({"train": {"stesp": 3}}, "did you mean 'steps'"),
     ({"recipes": ["mupp"]}, "did you mean 'mup'"),
+    ({"recipes": ["u-mup", "mup"]}, "tune it alone"),
     ({"widths": [8, 16]}, "larger than the base width"),
     ({"widths": [16]}, "2 or more wider proxies"),
 ])
@@ -66,6 +67,11 @@ def test_defaults_and_candidates(tmp_path):
     deep = TuneConfig.from_dict({"name": "x", "depths": [4, 8]})
     assert deep.candidates == ["mup", "sp-perlayer", "completep"]
     assert TuneConfig.from_dict({"name": "x", "target": {"width": 4096, "depth": 8}}).candidates[-1] == "completep"
+    # u-muP's named HPs are tune multipliers like the others
+    umup = TuneConfig.from_dict({"name": "x", "recipes": ["u-mup"], "search": {
+        "lr": {"start": -4, "stop": 2, "step": 1},
+        "multipliers": ["attn_mult", "act_mult", "residual_mult", "residual_attn_ratio", "output_mult"]}})
+    assert umup.candidates == ["u-mup"] and len(umup.search.multipliers) == 5
 
 
 # ------------------------------------------------------------------ stage-1 search logic

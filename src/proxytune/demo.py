@@ -133,7 +133,7 @@ def tuned_gain(result: TuneResult, panels: dict[str, list[Optimum]]) -> dict[str
     return out
 
 
-def story(verdicts: dict[str, Verdict]) -> list[str]:
+def story(verdicts: dict[str, Verdict], preset: str = "cpu") -> list[str]:
     """What the two sweeps show, in plain words, never claiming more than the verdicts resolved."""
     sp, mup = verdicts["sp"], verdicts["mup"]
     lines = []
@@ -153,8 +153,10 @@ def story(verdicts: dict[str, Verdict]) -> list[str]:
         lines.append(f"muP: the best learning rate moves {mup.drift_per_doubling:+.2f} octaves per doubling: "
                      "muP did not transfer here; see the report's notes.")
     else:
+        more = (" The full preset (proxytune demo) has more steps and a wider range." if preset == "quick" else
+                "")
         lines.append("muP: this preset is too small to resolve whether the optimum stays put ("
-                     + "; ".join(mup.advice) + "). The full preset (proxytune demo) resolves it.")
+                     + "; ".join(mup.advice) + ")." + more)
     if mup.wider_is_better == "yes":
         lines.append("muP: wider is better: each wider model reaches a lower loss at its best LR.")
     elif mup.wider_is_better == "no":
@@ -212,7 +214,7 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
         "drift_interval": {r: list(v.drift_interval) for r, v in verdicts.items()},
         "regret": {r: v.relative_regret for r, v in verdicts.items()},
         "wider_is_better": {r: v.wider_is_better for r, v in verdicts.items()},
-        "story": story(verdicts) + tune_story(tuned, gain),
+        "story": story(verdicts, preset) + tune_story(tuned, gain),
         "optima": {r: [o.to_dict() for o in ops] for r, ops in panels.items()},
         "tune": {"recipe": tuned.recipe, "log2_lr": tuned.log2_lr, "lr": tuned.lr, "constants": tuned.constants,
                  "recommendation": tuned.recommendation, "gain": gain, "cost": tuned.cost, "report": tuned.report,

@@ -27,7 +27,7 @@ from .nn.multipliers import add_input_multiplier, add_multiplier, takes_input_mu
 from .rules.multipliers import Multipliers
 from .rules.recipes import (
     ALIGNMENT_CHOICES, MODES, MUON_SCALES, WD_POLICIES, Scale, TensorContext, check_choice,
-    get_optimizer, get_recipe, tensor_scales,
+    fold, get_optimizer, get_recipe, tensor_scales,
 )
 from .shapes import (DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_modules, canonical_name,
                      structural_block_pattern)
@@ -86,6 +86,7 @@ class TensorPlan:
     muon_scale: float = 1.0
     no_decay: bool = False
     notes: list[str] = field(default_factory=list)
+    grad_scale: float = 1.0  # u-muP: the tensor's backward scale (see proxytune.nn.unit.UnitWeight)
 
     def scale(self, mode: str) -> Scale:
         return self.folded if mode == "folded" else self.explicit
@@ -93,6 +94,8 @@ class TensorPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["explicit"], d["folded"] = self.explicit.to_dict(), self.folded.to_dict()
+        if d["grad_scale"] == 1.0:  # plans without backward scales keep their digest
+            del d["grad_scale"]
         return d
 
     @classmethod
@@ -175,6 +178,10 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
     multipliers: Multipliers = field(default_factory=Multipliers)
+    # blocks whose ``residual_scales`` attribute the plan sets (u-muP's normalized residual add)
+    residual: list[dict[str, Any]] = field(default_factory=list)
+    # u-muP's backward scales on modules: {"module", "kind": "logits" | "input", "factor" | "vocab"}
+    backward: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._model: nn.Module | None = None
@@ -190,6 +197,9 @@ class Plan:
             "weight_decay_policy": self.weight_decay_policy, "muon_scale": self.muon_scale_mode,
             "attention": self.attention, "notes": self.notes, "multipliers": self.multipliers.to_dict(),
             "tensors": {k: v.to_dict() for k, v in self.tensors.items()},
+            # only when present, so plans without it keep their digest
+            **({"residual": self.residual} if self.residual else {}),
+            **({"backward": self.backward} if self.backward else {}),
         }
 
     @classmethod
@@ -201,7 +211,8 @@ class Plan:
             weight_decay_policy=d["weight_decay_policy"], muon_scale_mode=d["muon_scale"],
             tensors={k: TensorPlan.from_dict(v) for k, v in d["tensors"].items()},
             attention=list(d.get("attention", [])), notes=list(d.get("notes", [])),
-            multipliers=Multipliers.from_dict(d.get("multipliers")))
+            multipliers=Multipliers.from_dict(d.get("multipliers")), residual=list(d.get("residual", [])),
+            backward=list(d.get("backward", [])))
 
     def save(self, path: str | Path) -> None:
         """Write the plan as JSON."""
@@ -274,9 +285,17 @@ class Plan:
                     factor = (tp.base_std * sc.init / own) if own > 0 and tp.base_std > 0 else sc.init
                     if factor != 1.0:
                         p.mul_(factor)
+        unit = get_recipe(self.recipe).unit
         for name, tp in self.tensors.items():
             sc = tp.scale(self.mode)
-            if sc.multiplier != 1.0:
+            if unit and tp.readout_use is None:
+                # u-muP: every tensor gets its forward scale and its own backward scale
+                from .nn.unit import install_unit_weight
+
+                mod, attr = _owner(model, name)
+                install_unit_weight(mod, attr, sc.multiplier, tp.grad_scale,
+                                    table=tp.role == "embedding" and len(tp.shape) >= 2, rows=tp.shape[0])
+            elif sc.multiplier != 1.0:
                 mod, attr = _owner(model, name)
                 add_multiplier(mod, attr, sc.multiplier)
             if tp.readout_use is not None and tp.readout_multiplier * sc.multiplier != 1.0:
@@ -289,6 +308,17 @@ class Plan:
         for i, site in enumerate(self.attention):  # a query projection's install is a no-op: folded above
             adapter = self._adapters[i] if i < len(self._adapters) else _adapter_from_ref(site)
             adapter.install(_submodule(model, site["module"]), AttentionSite(**site["site"]), site["factor"])
+        for r in self.residual:
+            setattr(_submodule(model, r["module"]), RESIDUAL_ATTR, tuple(r["scales"]))
+        if self.backward:
+            from .nn.unit import InputGradScale, LogitGradScale
+
+            for r in self.backward:
+                mod = _submodule(model, r["module"])
+                if r["kind"] == "logits":
+                    mod.register_forward_hook(LogitGradScale(r["vocab"]))
+                else:
+                    mod.register_forward_pre_hook(InputGradScale(r["factor"]))
         if self.forward_state():
             # A state_dict of this model then says which plan it needs: loading it into a model without the
             # plan fails on the unexpected key, into a model with another plan on the check below.
@@ -308,6 +338,7 @@ class Plan:
         out += [f"{tp.readout_use!r}: readout multiplier x{tp.readout_multiplier * tp.scale(self.mode).multiplier:.4g}"
                 for tp in self.tensors.values()
                 if tp.readout_use is not None and tp.readout_multiplier * tp.scale(self.mode).multiplier != 1.0]
+        out += [f"{r['module']!r}: residual scales {tuple(round(c, 4) for c in r['scales'])}" for r in self.residual]
         return out
 
     def digest(self) -> str:
@@ -342,6 +373,7 @@ class Plan:
                 raise PlanError(f"gamma has unknown role {role!r}; valid: embedding, hidden, readout, vector, scalar")
             _check_positive(f"gamma[{role!r}]", g)
         spec = get_optimizer(self.optimizer_name)
+        unit = get_recipe(self.recipe).unit
         params = self._resolve(model)
         groups = []
         for name, tp in self.tensors.items():
@@ -352,6 +384,9 @@ class Plan:
                 "lr": base_lr * gamma.get(tp.role, 1.0) * sc.lr,
                 "weight_decay": 0.0 if tp.no_decay else weight_decay * sc.wd,
             }
+            if unit and g["weight_decay"] and g["lr"] > 0:
+                # u-muP's independent decay: wd per step at the schedule's peak, whatever the tensor's LR
+                g["weight_decay"] = weight_decay / g["lr"]
             if self.optimizer_name == "adafactor":
                 e1, e2 = eps if isinstance(eps, tuple) else (None, 1e-3 if eps is None else eps)
                 g["eps"] = (None if e1 is None else e1 * sc.eps, e2 * sc.init)
@@ -421,6 +456,14 @@ class Plan:
             lines.append(f"... {len(rows) - len(shown)} more tensors")
         lines.append("role* = residual-branch output; lr/wd/eps shown as multipliers of the base value "
                      "unless base values were given.")
+        if get_recipe(self.recipe).unit:
+            lines.append("u-mup: init std, mult and lr are absolute (u-muP's rules at this tensor's own shape; the "
+                         "base value is the global lr, optimal near 1). Forward: every mult above is in the forward "
+                         "pass, as a parametrization (weights) or an input hook (a tied readout). Backward: "
+                         "autograd's own; u-muP's separate backward scales are not applied by the plan (Adam is "
+                         "invariant to a per-tensor gradient scale; proxytune.nn.scaled has the op for models "
+                         "that want them). Folded: nothing. Weight decay: wd per step at the peak LR, for every "
+                         "decayed tensor (its group's decay is wd / lr).")
         lines.append(f"named multipliers (set at the base shape, included in the columns above; the recipe "
                      f"carries them to this shape): {self.multipliers.describe()}")
         for tp in self.tensors.values():
@@ -563,11 +606,18 @@ def parameterize(
     check_choice("muon scale", muon_scale, MUON_SCALES)
     if not isinstance(target, nn.Module) or not isinstance(base, nn.Module):
         raise PlanError("target and base must both be torch.nn.Module instances")
+    notes: list[str] = []
+    if rec.unit and spec.family != "adam":
+        raise PlanError(f"{recipe}'s LR table is for Adam-family optimizers (adam, adamw, adam-atan2); "
+                        f"{optimizer} would need other rules")
+    if rec.unit and mode == "folded":
+        mode = "explicit"
+        notes.append(f"{recipe} keeps its scales in the forward pass (that is what keeps low-precision tensors "
+                     "in range): mode is explicit")
     block_pattern = block_pattern or structural_block_pattern(target, base) or DEFAULT_BLOCK_PATTERN
     pattern = re.compile(block_pattern)
     shapes = analyze(target, base, roles=roles, layouts=layouts, block_pattern=block_pattern,
                      branch_outputs=list(branch_outputs) if branch_outputs is not None else None, tied=tied)
-    notes: list[str] = []
 
     # Attention logit factor.
     adapters = list(attention or ()) + list(DEFAULT_ADAPTERS)
@@ -578,7 +628,9 @@ def parameterize(
         raise PlanError(f"attention multiplier {named.attention:g}: no attention module found to apply it to "
                         "(see proxytune.nn.attention for the modules proxytune recognizes, or pass attention=[...])")
     for ad, site in sites:
-        factor = (site.head_dim / site.base_head_dim) ** rec.attn_exponent
+        # u-muP is absolute: 1/sqrt(d_head) (the model's own) -> 1/d_head at every shape
+        factor = (site.head_dim ** -0.5 if rec.unit else
+                  (site.head_dim / site.base_head_dim) ** rec.attn_exponent)
         for qn in site.query_params:
             q_factor[qn] = factor
         if named.attention != 1.0:
@@ -630,13 +682,23 @@ def parameterize(
     base_params = _named_params(base)
     t_params = _named_params(target)
     t_modules = canonical_modules(target)
+    attn_modules = [r["module"] for r in attn_records]
+    act_inputs, act_kind = _activation_inputs(shapes, t_modules, target)
+    if named.activation != 1.0 and not act_inputs:
+        raise PlanError(f"activation multiplier {named.activation:g}: no MLP input projection found (looked for "
+                        f"{', '.join(GATE_NAMES + UP_NAMES)} modules inside blocks)")
+    unit = _unit_context(rec, shapes, target, attn_modules, act_kind, named, notes) if rec.unit else None
+    if unit is not None:
+        unit["head_dim"] = {r["module"]: r["site"]["head_dim"] for r in attn_records}
     tensors: dict[str, TensorPlan] = {}
     transfer_down = False
     for s in shapes:
+        branch = _branch_kind(s, attn_modules)
         tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
                           muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
                           decay_vectors=decay_vectors, optimizer=optimizer, named=named,
-                          named_query=s.name in named_query, own_readout=own_readout)
+                          named_query=s.name in named_query, own_readout=own_readout, branch=branch,
+                          act_input=s.name in act_inputs, unit=unit)
         transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
         tensors[s.name] = tp
     if transfer_down:
@@ -660,6 +722,9 @@ def parameterize(
     plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
                 weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
                 attention=attn_records, notes=notes, multipliers=named)
+    if unit is not None:
+        plan.residual = unit["residual"]
+        plan.backward = _unit_backward(tensors, target, t_modules, notes, unit)
     plan._adapters = [ad for ad, _ in sites]
     if apply and not any(p.is_meta for p in target.parameters()):
         plan.apply(target)
@@ -671,16 +736,22 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
                  base_params: dict[str, nn.Parameter],
                  t_modules: dict[str, nn.Module], *, alignment: str, muon_scale: str, wd_policy: str,
                  q_factor: float, decay_vectors: bool, optimizer: str, named: Multipliers,
-                 named_query: bool, own_readout: float = 1.0) -> TensorPlan:
+                 named_query: bool, own_readout: float = 1.0, branch: str | None = None,
+                 act_input: bool = False, unit: dict[str, Any] | None = None) -> TensorPlan:
     muon_matrix = optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
     compensate = 1.0 / own_readout if s.role == "readout" else 1.0
+    named_forward = named.forward_for(s.role, query=named_query, branch=branch if s.branch_output else None,
+                                      act_input=act_input) * compensate
+    notes = list(s.notes)
+    if unit is not None:
+        return _plan_unit_tensor(s, rec, spec, tparams, named_forward * q_factor, named, branch, unit,
+                                 decay_vectors, notes)
     ctx = TensorContext(role=s.role, width=s.width, depth=s.depth, in_block=s.block is not None,
                         branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix,
-                        named_forward=named.forward_for(s.role, query=named_query) * compensate,
+                        named_forward=named_forward,
                         named_init=named.init_for(s.role), named_lr=named.lr_for(s.role))
     explicit, folded = tensor_scales(rec, spec, ctx, alignment=alignment, muon_scale=muon_scale,
                                      wd_policy=wd_policy)
-    notes = list(s.notes)
     # Base init std: measured on the base when it is materialized, else inferred.
     tp_ = tparams[s.name]
     bp = base_params[s.base_name]
@@ -731,6 +802,213 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
         readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
         muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes)
+
+# ------------------------------------------------------------------ residual branches, activations, u-muP
+#: a block attribute (two floats: attention, MLP) that multiplies the stream after each residual add
+RESIDUAL_ATTR = "residual_scales"
+
+#: leaf names of an MLP's pre-activation projections: the gate of a gated MLP, else its input projection
+GATE_NAMES: tuple[str, ...] = ("gate", "gate_proj", "wi_0")
+UP_NAMES: tuple[str, ...] = ("fc", "c_fc", "fc1", "up_proj", "wi", "w1", "dense_h_to_4h", "lin1")
+
+
+#: leaf names of query and key projections (u-muP's backward scale for them)
+QK_NAMES: tuple[str, ...] = ("q_proj", "k_proj", "query", "key", "q", "k", "wq", "wk")
+
+
+def _branch_kind(s: TensorShape, attn_modules: Sequence[str]) -> str:
+    """``"attn"`` for a tensor inside an attention module proxytune found, else ``"mlp"``."""
+    return "attn" if any(s.name.startswith(m + ".") for m in attn_modules) else "mlp"
+
+
+def _activation_inputs(shapes: Sequence[TensorShape], modules: dict[str, nn.Module],
+                       target: nn.Module) -> tuple[set[str], str | None]:
+    """The in-block tensors that compute an MLP's pre-activation (the gate where there is one), and the
+    activation's kind when the model says it (an MLP's ``kind``, a config's ``hidden_act``)."""
+    by_parent: dict[str, dict[str, list[str]]] = {}
+    for s in shapes:
+        if s.block is None or s.role not in ("hidden", "vector"):
+            continue
+        mod = s.name.rpartition(".")[0]
+        parent, _, leaf = mod.rpartition(".")
+        if leaf in GATE_NAMES or leaf in UP_NAMES or mod.endswith("intermediate.dense"):
+            by_parent.setdefault(parent, {}).setdefault(leaf, []).append(s.name)
+    found: set[str] = set()
+    kind: str | None = None
+    for parent, leaves in by_parent.items():
+        gates = [n for leaf, ns in leaves.items() if leaf in GATE_NAMES for n in ns]
+        found.update(gates or [n for ns in leaves.values() for n in ns])
+        own = getattr(modules.get(parent), "kind", None)
+        if isinstance(own, str):
+            kind = own
+        elif gates:
+            kind = "swiglu"
+    if kind is None and found:
+        cfg = getattr(target, "config", None)
+        act = getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", None)
+        kind = act if isinstance(act, str) else None
+    return found, kind
+
+
+def _model_seq_len(target: nn.Module) -> int | None:
+    for obj in (target, getattr(target, "config", None)):
+        for attr in ("seq_len", "max_position_embeddings", "n_positions", "n_ctx"):
+            v = getattr(obj, attr, None)
+            if isinstance(v, int) and v > 0:
+                return v
+    return None
+
+
+def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, attn_modules: Sequence[str],
+                  act_kind: str | None, named: Multipliers, notes: list[str]) -> dict[str, Any]:
+    """What u-muP's per-tensor rules need from the whole model: the number of blocks, the attention output
+    scale and the activation's unit scale (with a note for what could not be known)."""
+    from .rules.umup import (
+        ACTIVATIONS, activation_grad_scale, activation_scale, branch_weights, causal_attention_output_scale,
+    )
+
+    n_blocks = len({s.block for s in shapes if s.block is not None}) or 1
+    attn_out = 1.0
+    if attn_modules:
+        seq = _model_seq_len(target)
+        if seq is None:
+            notes.append("u-mup: the sequence length is unknown (no seq_len, max_position_embeddings or n_positions "
+                         "on the model or its config): the attention output is not rescaled")
+        else:
+            attn_out = causal_attention_output_scale(seq)
+            notes.append(f"u-mup: attention outputs x{attn_out:.3g} = sqrt(s / H_s), s = {seq}: unit RMS under "
+                         "uniform causal attention (u-muP's logits start near uniform)")
+    act = act_bwd = 1.0
+    if act_kind is not None and (act_kind in ACTIVATIONS or act_kind in ("swiglu", "silu_glu")):
+        act = activation_scale(act_kind, named.activation)
+        act_bwd = activation_grad_scale(act_kind, named.activation)
+        notes.append(f"u-mup: {act_kind} outputs x{act:.3g} (unit RMS at a unit Gaussian input x act_mult "
+                     f"{named.activation:g}), applied on the MLP's output projection")
+    elif any(s.branch_output for s in shapes):
+        notes.append(f"u-mup: the MLP's activation ({act_kind or 'unknown'}) has no known unit scale: its output "
+                     "is not rescaled")
+    blocks = sorted({s.block for s in shapes if s.block is not None}, key=_block_order)
+    modules = canonical_modules(target)
+    tau_form = bool(blocks) and all(hasattr(modules.get(b), RESIDUAL_ATTR) for b in blocks)
+    out: dict[str, Any] = {"n_blocks": n_blocks, "attn_out": attn_out, "act": act, "act_bwd": act_bwd,
+                           "branch": {}, "residual": [], "kind": {}}
+    w_attn, w_mlp = branch_weights(n_blocks, named.residual, named.residual_attn_ratio)
+    if tau_form:
+        from .rules.umup import residual_taus
+
+        taus = residual_taus(n_blocks, named.residual, named.residual_attn_ratio)
+        for i, b in enumerate(blocks):
+            t_attn, t_mlp = taus[2 * i], taus[2 * i + 1]
+            # the branch's multiplier is tau; named_forward already holds its alpha, so divide it out
+            # tau / alpha, with alpha = w sqrt(n_blocks)
+            out["branch"][b] = {"attn": t_attn / (w_attn * math.sqrt(n_blocks)),
+                                "mlp": t_mlp / (w_mlp * math.sqrt(n_blocks))}
+            out["residual"].append({"module": b, "scales": [1 / math.sqrt(1 + t_attn ** 2),
+                                                            1 / math.sqrt(1 + t_mlp ** 2)]})
+        notes.append(f"u-mup: {n_blocks} blocks with a {RESIDUAL_ATTR} attribute: the normalized residual "
+                     f"(x + tau f(x)) / sqrt(1 + tau^2), tau from {taus[0]:.3g} (first branch) to {taus[-1]:.3g}")
+    else:
+        notes.append(f"u-mup: {n_blocks} blocks; residual branches x{w_attn:.3g} (attention) and x{w_mlp:.3g} "
+                     "(MLP): u-muP's tau rule written as a plain residual sum, the same network for a pre-norm "
+                     f"model (a block with a {RESIDUAL_ATTR} attribute gets the normalized form)")
+    return out
+
+
+def _block_order(b: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in b.split("."))
+
+
+def _plan_unit_tensor(s: TensorShape, rec, spec, tparams: dict[str, nn.Parameter], named_forward: float,
+                      named: Multipliers, branch: str | None, unit: dict[str, Any], decay_vectors: bool,
+                      notes: list[str]) -> TensorPlan:
+    """One tensor under u-muP: absolute init, forward multiplier and LR (:mod:`proxytune.rules.umup`)."""
+    from .rules.umup import unit_forward, unit_lr
+
+    n = unit["n_blocks"]
+    in_block = s.block is not None
+    fwd = unit_forward(s.role, s.fan_in) * named_forward
+    if s.branch_output:
+        # named_forward already holds the branch's alpha; the tau rule's 1/sqrt(n_blocks) (or, in the
+        # normalized form, tau / alpha) and the unit scale of what the branch computes (attention averaging,
+        # the activation) complete it
+        kind = "attn" if branch == "attn" else "mlp"
+        depth_factor = unit["branch"][s.block][kind] if s.block in unit["branch"] else n ** -0.5
+        fwd *= depth_factor * (unit["attn_out"] if kind == "attn" else unit["act"])
+    matrix = len(s.shape) >= 2
+    is_bias = s.name.rsplit(".", 1)[-1] == "bias"
+    # a branch output's input is what the branch computed before its unit correction: RMS 1 / correction
+    grad_scale = (unit["attn_out"] if branch == "attn" else unit["act"]) if s.branch_output and matrix else 1.0
+    if s.branch_output and matrix:
+        unit["kind"][s.name] = branch
+    mod, _, _ = s.name.rpartition(".")
+    owner, _, leaf = mod.rpartition(".")
+    if matrix and branch == "attn" and leaf in QK_NAMES and owner in unit.get("head_dim", {}):
+        # uniform attention passes a logit gradient ~ d_head^-1/2 to q and k (the values' gradient is unit)
+        grad_scale = math.sqrt(unit["head_dim"][owner])
+    if matrix:
+        base_std, init, source = 1.0, named.init_for(s.role), "u-mup: unit init N(0, 1)"
+    elif is_bias:
+        base_std, init, source = 1.0, 0.0, "u-mup: zero bias"
+    else:
+        base_std, init, source = 0.0, 1.0, "u-mup: the model's own (unit gains)"
+    lr = unit_lr(s.role, s.fan_in, s.fan_out, n, in_block) * named.lr_for(s.role)
+    explicit = Scale(multiplier=fwd, init=init, lr=lr, wd=1.0, eps=1.0)
+    folded = fold(explicit, spec.lr_power, wd_power=spec.wd_fold_power)
+    readout_multiplier = 1.0
+    if s.tied_readout is not None:
+        # the shared tensor is the embedding (forward 1); its readout use needs u-muP's 1/fan_in
+        readout_multiplier = named.output / named.embedding / s.fan_out
+    return TensorPlan(
+        name=s.name, role=s.role, shape=list(s.shape), base_shape=list(s.base_shape), layout=s.layout,
+        fan_in=s.fan_in, fan_out=s.fan_out, m_in=s.m_in, m_out=s.m_out, width=s.width, depth=s.depth,
+        block=s.block, branch_output=s.branch_output, base_std=base_std, init_source=source,
+        explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
+        readout_multiplier=readout_multiplier, attn_factor=1.0, no_decay=(not matrix and not decay_vectors),
+        notes=notes, grad_scale=grad_scale)
+
+
+def _unit_backward(tensors: dict[str, TensorPlan], target: nn.Module, modules: dict[str, nn.Module],
+                   notes: list[str], unit: dict[str, Any]) -> list[dict[str, Any]]:
+    """u-muP's backward scales on modules: the logits' gradient and the readout's input gradient made unit;
+    per residual branch, the gradient entering it at its output layer set to what a unit-scaled backward
+    gives (``fan_out^-1/2`` through that layer, times the backward scale of what the branch computes: uniform
+    causal attention's, or the activation derivative's), and the inverse factor put back where the branch
+    leaves the stream (the input of the norm before it). Inside the branch gradients are then near unit
+    scale, and the stream's gradient stays the true one."""
+    out: list[dict[str, Any]] = []
+    for tp in tensors.values():
+        if tp.role != "readout" or len(tp.shape) < 2 or tp.readout_use is not None:
+            continue
+        mod = tp.name.rpartition(".")[0]
+        a = tp.explicit.multiplier
+        out.append({"module": mod, "kind": "logits", "vocab": tp.fan_out})
+        out.append({"module": mod, "kind": "input", "factor": tp.fan_out ** -0.5 / a})
+    if any(tp.readout_use is not None for tp in tensors.values()):
+        notes.append("u-mup: a tied embedding/readout weight: the logits' and readout's backward scales are not "
+                     "installed (its gradient is the sum of two uses)")
+    # branch outputs, and the norm that feeds each branch (paired in order within the block)
+    by_block: dict[str, list[TensorPlan]] = {}
+    for tp in tensors.values():
+        if tp.branch_output and len(tp.shape) >= 2 and tp.block is not None:
+            by_block.setdefault(tp.block, []).append(tp)
+    unpaired = []
+    for block, outs in by_block.items():
+        norms = [n for n, m in modules.items() if n.startswith(block + ".") and n.count(".") == block.count(".") + 1
+                 and "norm" in type(m).__name__.lower()]
+        for i, tp in enumerate(outs):
+            kind = unit["kind"].get(tp.name, "mlp")
+            bwd = unit["attn_out"] if kind == "attn" else unit["act_bwd"]
+            factor = tp.fan_out ** -0.5 * bwd / tp.explicit.multiplier
+            mod = tp.name.rpartition(".")[0]
+            if len(norms) == len(outs):
+                out.append({"module": mod, "kind": "input", "factor": factor})
+                out.append({"module": norms[i], "kind": "input", "factor": 1.0 / factor})
+            else:
+                unpaired.append(block)
+    if unpaired:
+        notes.append(f"u-mup: in {', '.join(sorted(set(unpaired))[:3])} the norms do not pair one to one with the "
+                     "residual branches: gradients inside those branches keep the branch's forward factor")
+    return out
 
 
 def _own_readout_scale(target: nn.Module, base: nn.Module) -> float:

@@ -400,6 +400,11 @@ def analyze(
                     lay = Layout("table", None, last, TABLE_NOTE.format(name=e.name))
             w_in = is_width(shp, bshp, lay.in_dim, e.name) and lay.kind != "embedding"
             w_out = is_width(shp, bshp, lay.out_dim, e.name)
+            if (w_out and not any_width and e.name not in t_blocks and lay.kind in ("out_in", "in_out")
+                    and shp[lay.out_dim] in finite_sizes):
+                # no width change to read it from, and the output has an embedding's row count (a vocabulary
+                # that happens to equal the width): outside the blocks that is a readout's class count
+                w_out = False
             if lay.kind == "scalar":
                 role = "scalar"
             elif lay.kind == "vector":

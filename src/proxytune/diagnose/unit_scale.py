@@ -108,8 +108,10 @@ def unit_scale_check(
     loss_fn = loss_fn or _default_loss
     get_batch = batch if callable(batch) else (lambda: batch)
     result = UnitScaleCheck(low, high)
+    # a parametrization's output is a weight, not an activation (proxytune's multipliers, u-muP's scales)
     watched = {name: mod for name, mod in model.named_modules()
-               if name and (not any(True for _ in mod.children()) or any(True for _ in mod.parameters(False)))}
+               if name and ".parametrizations." not in f".{name}."
+               and (not any(True for _ in mod.children()) or any(True for _ in mod.parameters(False)))}
 
     def measure(step: int) -> None:
         acts: dict[str, float] = {}
@@ -132,7 +134,8 @@ def unit_scale_check(
         finally:
             for h in hooks:
                 h.remove()
-        for name, p in model.named_parameters():
+        for raw, p in model.named_parameters():
+            name = raw.replace(".parametrizations.", ".").replace(".original", "")
             if "weight" in kinds:
                 result.records.append({"step": step, "kind": "weight", "name": name, "rms": _rms(p)})
             if "gradient" in kinds and p.grad is not None:

@@ -124,7 +124,12 @@ def make_norm(kind: str, width: int, affine: bool = True, bias: bool = False) ->
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+    """Pre-norm residual block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``.
+
+    ``residual_scales`` (None, or two floats for attention and MLP) multiplies the stream after each add:
+    u-muP's normalized residual ``(x + tau f(x)) / sqrt(1 + tau^2)`` (the plan sets it; see
+    :mod:`proxytune.rules.umup`).
+    """
 
     def __init__(self, width: int, attn: Attention, mlp: nn.Module, norm: str = "layernorm",
                  norm_affine: bool = True, bias: bool = False) -> None:
@@ -133,8 +138,13 @@ class Block(nn.Module):
         self.attn = attn
         self.ln2 = make_norm(norm, width, norm_affine, bias)
         self.mlp = mlp
+        self.residual_scales: tuple[float, float] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual_scales is not None:
+            c_attn, c_mlp = self.residual_scales
+            x = (x + self.attn(self.ln1(x))) * c_attn
+            return (x + self.mlp(self.ln2(x))) * c_mlp
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 

@@ -46,9 +46,22 @@ def fp8_round_trip(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
     return _RoundTrip.apply(x, dtype, grad_dtype)
 
 
+def _fp8_weight(self: nn.Linear, fmt: torch.dtype, gfmt: torch.dtype | None) -> torch.Tensor:
+    """The weight as fp8 hardware would hold it: a parametrized weight (a proxytune multiplier, u-muP's
+    scales) is stored unscaled and cast there, its scale applied in full precision around the matmul, as a
+    scaled fp8 matmul does; a plain weight is cast as it is."""
+    plist = getattr(getattr(self, "parametrizations", None), "weight", None)
+    if plist is None:
+        return fp8_round_trip(self.weight, fmt, gfmt)
+    w = fp8_round_trip(plist.original, fmt, gfmt)
+    for p in plist:
+        w = p(w)
+    return w
+
+
 def _fp8_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     fmt, gfmt = self._proxytune_fp8
-    return F.linear(fp8_round_trip(x, fmt, gfmt), fp8_round_trip(self.weight, fmt, gfmt), self.bias)
+    return F.linear(fp8_round_trip(x, fmt, gfmt), _fp8_weight(self, fmt, gfmt), self.bias)
 
 
 class FP8Simulation:

@@ -18,6 +18,17 @@ tuned output multiplier. These are the *named multipliers*:
   embeddings, token and position).
 - ``attention``: multiplier on the attention logits (``softmax(attention x
   q.k x scale)``).
+- ``residual`` and ``residual_attn_ratio``: forward multipliers on the
+  residual branches' outputs, ``alpha_attn`` on attention branches and
+  ``alpha_mlp`` on the others, with ``alpha_mlp = residual x sqrt(2 / (1 +
+  ratio^2))`` and ``alpha_attn = ratio x alpha_mlp`` (u-muP's rule: the ratio
+  moves weight between the two kinds, ``residual`` scales both).
+- ``activation``: forward multiplier on the MLP's pre-activation (its input
+  projection: the gate of a gated MLP), ``act(activation x h)``.
+
+u-muP's named HPs are these: ``attn_mult`` = ``attention``,
+``loss_softmax_mult`` = ``output``, ``residual_mult`` = ``residual``,
+``residual_attn_ratio``, ``act_mult`` = ``activation``.
 
 Each is width-independent: the recipe's rules supply all the width and depth
 dependence, so a constant tuned at the base means the same at the target. The
@@ -37,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ROLES: tuple[str, ...] = ("embedding", "hidden", "readout", "vector", "scalar")
-FORWARD: tuple[str, ...] = ("output", "embedding", "attention")
+FORWARD: tuple[str, ...] = ("output", "embedding", "attention", "residual", "residual_attn_ratio", "activation")
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,8 @@ class Multipliers:
     """The named multipliers of one plan (all 1 by default: the recipe alone).
 
     ``lr`` and ``init`` map roles to constants (missing roles are 1);
-    ``output``, ``embedding`` and ``attention`` are forward multipliers.
+    ``output``, ``embedding``, ``attention``, ``residual``,
+    ``residual_attn_ratio`` and ``activation`` are forward multipliers.
     """
 
     lr: Mapping[str, float] = field(default_factory=dict)
@@ -53,6 +65,9 @@ class Multipliers:
     output: float = 1.0
     embedding: float = 1.0
     attention: float = 1.0
+    residual: float = 1.0
+    residual_attn_ratio: float = 1.0
+    activation: float = 1.0
 
     def __post_init__(self) -> None:
         for kind, table in (("lr", self.lr), ("init", self.init)):
@@ -71,9 +86,11 @@ class Multipliers:
         object.__setattr__(self, "init", {r: float(v) for r, v in self.init.items()})
 
     # ------------------------------------------------------------------ per tensor
-    def forward_for(self, role: str, *, query: bool = False) -> float:
+    def forward_for(self, role: str, *, query: bool = False, branch: str | None = None,
+                    act_input: bool = False) -> float:
         """The named forward multiplier of a tensor of ``role`` (``query``: a query projection tensor that
-        carries the attention multiplier)."""
+        carries the attention multiplier; ``branch``: ``"attn"`` or ``"mlp"`` for a residual-branch output;
+        ``act_input``: the MLP's pre-activation projection)."""
         f = 1.0
         if role == "readout":
             f *= self.output
@@ -81,7 +98,20 @@ class Multipliers:
             f *= self.embedding
         if query:
             f *= self.attention
+        if branch is not None:
+            a_attn, a_mlp = self.branch_alphas()
+            f *= a_attn if branch == "attn" else a_mlp
+        if act_input:
+            f *= self.activation
         return f
+
+    def branch_alphas(self) -> tuple[float, float]:
+        """``(alpha_attn, alpha_mlp)`` of the residual multipliers (both 1 by default)."""
+        if self.residual == 1.0 and self.residual_attn_ratio == 1.0:
+            return 1.0, 1.0
+        from .umup import branch_alphas
+
+        return branch_alphas(self.residual, self.residual_attn_ratio)
 
     def lr_for(self, role: str) -> float:
         return float(self.lr.get(role, 1.0))
@@ -97,8 +127,11 @@ class Multipliers:
                 and all(getattr(self, n) == 1.0 for n in FORWARD))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lr": dict(self.lr), "init": dict(self.init), "output": self.output,
-                "embedding": self.embedding, "attention": self.attention}
+        d = {"lr": dict(self.lr), "init": dict(self.init), "output": self.output, "embedding": self.embedding,
+             "attention": self.attention}
+        # the residual and activation multipliers only when set, so plans without them keep their digest
+        d.update({n: getattr(self, n) for n in FORWARD[3:] if getattr(self, n) != 1.0})
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Multipliers:
@@ -112,9 +145,10 @@ class Multipliers:
     @classmethod
     def from_items(cls, items: list[str]) -> Multipliers:
         """From ``key=value`` strings: ``lr.<role>``, ``init.<role>``, ``output``, ``embedding``, ``attention``
-        (the sweep names ``role_lr.<role>``, ``role_init.<role>``, ``output_mult``, ``embedding_mult`` and
-        ``attn_mult`` work too)."""
-        aliases = {"output_mult": "output", "embedding_mult": "embedding", "attn_mult": "attention"}
+        (the sweep names ``role_lr.<role>``, ``role_init.<role>``, ``output_mult``, ``embedding_mult``,
+        ``attn_mult``, ``residual_mult``, ``act_mult`` and ``loss_softmax_mult`` work too)."""
+        aliases = {"output_mult": "output", "embedding_mult": "embedding", "attn_mult": "attention",
+                   "loss_softmax_mult": "output", "residual_mult": "residual", "act_mult": "activation"}
         d: dict[str, Any] = {"lr": {}, "init": {}}
         for item in items:
             key, sep, text = item.partition("=")

@@ -42,6 +42,8 @@ class Recipe:
             multiplier to get the readout's scale.
         source: the paper(s) the rules come from.
         summary: one line for ``explain``.
+        unit: absolute unit-scaled rules (u-muP, :mod:`proxytune.rules.umup`) instead of multipliers
+            relative to the base; such a recipe lives in explicit mode.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Recipe:
     tied_readout_multiplier: bool
     source: str
     summary: str
+    unit: bool = False
 
 
 RECIPES: dict[str, Recipe] = {
@@ -79,6 +82,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe("completep", "mup", True, True, 1.0, -0.5, True,
                "Dey et al. 2025 (CompleteP)",
                "muP width rules + residual branches scaled by m_L^-1"),
+        Recipe("u-mup", "mup", True, False, 0.5, -0.5, True,
+               "Blake et al. 2024 (u-muP: The Unit-Scaled Maximal Update Parametrization)",
+               "unit init, scales in the forward pass, tau residual rule, absolute LR table", unit=True),
     )
 }
 

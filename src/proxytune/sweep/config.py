@@ -21,8 +21,9 @@ Axis names are TrainConfig fields (``width``, ``depth``, ``lr``,
 ``weight_decay``, ``init_scale``, ``batch_size``, ``steps``, ``seed``...),
 ``log2_<field>`` for a field swept in octaves, ``role_lr.<role>`` /
 ``role_init.<role>`` for per-role constants (``log2_role_lr.<role>`` in
-octaves), ``output_mult``, ``embedding_mult``, ``attn_mult`` for the named
-forward multipliers. Values are a list, a
+octaves), ``output_mult``, ``embedding_mult``, ``attn_mult``, ``residual_mult``,
+``residual_attn_ratio``, ``act_mult`` for the named forward multipliers (u-muP's
+named HPs; its ``loss_softmax_mult`` is ``output_mult``). Values are a list, a
 ``{start, stop, step}`` range (grid), or ``{low, high}`` bounds (random/TPE).
 """
 
@@ -236,7 +237,8 @@ class SweepConfig(FileConfig):
                                                      "runs_dir"})
 
 
-_LOG2_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "output_mult", "embedding_mult", "attn_mult")
+_LOG2_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "output_mult", "embedding_mult", "attn_mult",
+                "residual_mult", "residual_attn_ratio", "act_mult")
 
 
 def field_name(axis: str) -> str:

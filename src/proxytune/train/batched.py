@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from ..rules.recipes import get_recipe
 from ..optim.batched import BATCHED_OPTIMIZERS, BatchedOptimizer, StackedParam, clip_grad_norm_batched
 from .config import BATCHABLE_FIELDS, TrainConfig
 from .loop import ProgressFn, as_config, divergence_reason
@@ -57,6 +58,11 @@ def check_batchable(configs: Sequence[TrainConfig]) -> None:
     if configs[0].optimizer not in BATCHED_OPTIMIZERS:
         raise BatchError(f"optimizer {configs[0].optimizer!r} has no batched update (batched: "
                          f"{', '.join(BATCHED_OPTIMIZERS)}); train these configs one by one")
+    if configs[0].precision in ("bf16-pure", "fp8-sim"):
+        raise BatchError(f"precision {configs[0].precision!r} trains one trial at a time")
+    if get_recipe(configs[0].recipe).unit:
+        raise BatchError(f"recipe {configs[0].recipe!r} keeps its scales in the forward pass (explicit), which "
+                         "functional_call cannot stack; its trials train one by one")
     if configs[0].mode != "folded":
         raise BatchError("batched trials need mode='folded' (explicit multipliers are parametrizations, "
                          "which functional_call cannot stack)")

@@ -27,7 +27,8 @@ _CHOICES = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "mode": MODES, "weight_d
 BATCHABLE_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "role_lr", "role_init", "output_mult",
                     "embedding_mult", "attn_mult", "seed", "data_seed")
 #: the named multipliers a sweep (and ``proxytune tune``) can set, beside ``lr``
-MULTIPLIER_FIELDS = ("init_scale", "role_lr", "role_init", "output_mult", "embedding_mult", "attn_mult")
+MULTIPLIER_FIELDS = ("init_scale", "role_lr", "role_init", "output_mult", "embedding_mult", "attn_mult",
+                     "residual_mult", "residual_attn_ratio", "act_mult")
 
 
 class TrainConfig(BaseModel):
@@ -73,6 +74,11 @@ class TrainConfig(BaseModel):
     output_mult: float = Field(1.0, gt=0, description="forward multiplier on the readout (the logits)")
     embedding_mult: float = Field(1.0, gt=0, description="forward multiplier on the input embeddings")
     attn_mult: float = Field(1.0, gt=0, description="multiplier on the attention logits")
+    residual_mult: float = Field(1.0, gt=0, description="forward multiplier on every residual branch's output "
+                                                        "(u-muP's residual_mult)")
+    residual_attn_ratio: float = Field(1.0, gt=0, description="attention branches' weight relative to MLP "
+                                                              "branches (u-muP's residual_attn_ratio)")
+    act_mult: float = Field(1.0, gt=0, description="multiplier on the MLP's pre-activation (u-muP's act_mult)")
 
     # data
     data: str = Field("stdlib", description="'stdlib', 'teacher', a text file, or a .bin token file")
@@ -96,8 +102,11 @@ class TrainConfig(BaseModel):
     seed: int = 0
     data_seed: int | None = Field(None, description="seed of the batch order (None: same as seed)")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    precision: Literal["fp32", "bf16", "fp64"] = Field(
-        "fp32", description="fp32; bf16 autocast; fp64 (parameters in float64: exact comparisons in tests)")
+    precision: Literal["fp32", "bf16", "bf16-pure", "fp8-sim", "fp64"] = Field(
+        "fp32", description="fp32; bf16 autocast; bf16-pure (parameters, activations and optimizer state in "
+                            "bfloat16); fp8-sim (every linear layer's input and weight cast to float8_e4m3fn and "
+                            "back, gradients to float8_e5m2: fp8 rounding on any device); fp64 (parameters in "
+                            "float64: exact comparisons in tests)")
     threads: int | None = Field(None, gt=0, description="torch threads for this process (None: leave as is)")
     tags: dict[str, Any] = Field(default_factory=dict, description="free-form labels stored with the result")
 
@@ -154,7 +163,9 @@ class TrainConfig(BaseModel):
         init = {r: self.role_init.get(r, 1.0) * (self.init_scale if r in ("embedding", "hidden", "readout") else 1.0)
                 for r in ROLES}
         return Multipliers(lr=dict(self.role_lr), init={r: v for r, v in init.items() if v != 1.0},
-                           output=self.output_mult, embedding=self.embedding_mult, attention=self.attn_mult)
+                           output=self.output_mult, embedding=self.embedding_mult, attention=self.attn_mult,
+                           residual=self.residual_mult, residual_attn_ratio=self.residual_attn_ratio,
+                           activation=self.act_mult)
 
     def architecture_key(self) -> dict[str, Any]:
         """The fields batched members must share (everything but BATCHABLE_FIELDS and tags)."""

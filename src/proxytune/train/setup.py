@@ -88,7 +88,7 @@ def _builder_options(config: TrainConfig, data: Any, builder: Callable[..., nn.M
 
 def to_device(batch: tuple[torch.Tensor, torch.Tensor], prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a batch to the run's device; float inputs take the model's dtype."""
-    dtype = torch.float64 if prep.config.precision == "fp64" else torch.float32
+    dtype = {"fp64": torch.float64, "bf16-pure": torch.bfloat16}.get(prep.config.precision, torch.float32)
     return tuple(t.to(prep.device, dtype=dtype) if t.is_floating_point() else t.to(prep.device)  # type: ignore[return-value]
                  for t in batch)
 
@@ -154,6 +154,12 @@ def prepare(config: TrainConfig) -> Prepared:
     plan = parameterize(target, base, recipe=config.recipe, optimizer=config.optimizer, mode=config.mode,
                         alignment=config.alignment, weight_decay=config.weight_decay_policy,
                         roles=config.roles or None, multipliers=config.multipliers())
+    if config.precision == "bf16-pure":
+        target = target.to(torch.bfloat16)  # after the plan's init, which is computed in fp32
+    elif config.precision == "fp8-sim":
+        from ..nn.lowp import simulate_fp8
+
+        simulate_fp8(target)
     n_params = sum(p.numel() for p in target.parameters())
     return Prepared(config, target, plan, data, loss_function(getattr(data, "task", "lm")), device, n_params)
 

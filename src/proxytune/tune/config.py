@@ -165,6 +165,11 @@ class TuneConfig(FileConfig):
                 close = difflib.get_close_matches(r, list(RECIPES), n=1)
                 raise ValueError(f"unknown recipe {r!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                                  + f" (valid: {', '.join(RECIPES)})")
+        unit = [r for r in v if RECIPES[r].unit]
+        if unit and len(v) > 1:
+            raise ValueError(f"{unit[0]} is absolute (its LR and init are not the others' at the base, "
+                             f"so stage 1 cannot be shared): tune it alone, recipes: [{unit[0]}], with a search.lr "
+                             "grid around 0 (its optimum is near lr = 1)")
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
