@@ -431,6 +431,7 @@ class Plan:
                 f"alignment={self.alignment} weight_decay={self.weight_decay_policy}")
         cols = ["tensor", "role", "shape", "m_in", "m_out", "m_L", "init std", "mult", "lr", "wd", "eps"]
         rows = []
+        unit = get_recipe(self.recipe).unit
 
         def rel(base: float | None, mult: float) -> str:
             return f"x{mult:.4g}" if base is None else f"{base * mult:.3g}"
@@ -439,6 +440,9 @@ class Plan:
             sc = tp.scale(mode)
             mult = sc.multiplier
             wd_txt = "0 (no decay)" if tp.no_decay else rel(weight_decay, sc.wd)
+            if unit and not tp.no_decay:  # independent decay: the group's wd is wd / its lr
+                wd_txt = ("wd / lr" if weight_decay is None or lr is None
+                          else f"{weight_decay / (lr * sc.lr):.3g}" if sc.lr > 0 else "0")
             eps_txt = "-" if not get_optimizer(self.optimizer_name).has_eps else rel(eps, sc.eps)
             role = tp.role + ("*" if tp.branch_output else "") + ("/muon" if tp.muon else "")
             init_txt = (f"{tp.base_std * sc.init:.3g}" if tp.base_std > 0
@@ -460,10 +464,18 @@ class Plan:
             lines.append("u-mup: init std, mult and lr are absolute (u-muP's rules at this tensor's own shape; the "
                          "base value is the global lr, optimal near 1). Forward: every mult above is in the forward "
                          "pass, as a parametrization (weights) or an input hook (a tied readout). Backward: "
-                         "autograd's own; u-muP's separate backward scales are not applied by the plan (Adam is "
-                         "invariant to a per-tensor gradient scale; proxytune.nn.scaled has the op for models "
-                         "that want them). Folded: nothing. Weight decay: wd per step at the peak LR, for every "
+                         "separate scales keep gradients near unit (listed below; per-tensor constants for a "
+                         "fixed batch shape, which Adam does not see). Folded: nothing. Weight decay: wd per step at the peak LR, for every "
                          "decayed tensor (its group's decay is wd / lr).")
+            bwd = [f"{r['module']}: logits' gradient x tokens*V/sqrt(V-1), V={r['vocab']}" if r["kind"] == "logits"
+                   else f"{r['module']}: input gradient x{r['factor']:.3g}" for r in self.backward]
+            extra = [f"{n}: x{tp.grad_scale:.3g}" for n, tp in self.tensors.items() if tp.grad_scale != 1.0]
+            lines.append("u-mup backward scales: every weight's gradient x tokens^-1/2 (embedding tables: "
+                         "sqrt(rows / tokens))" + (f", and further: {'; '.join(extra[:4])}"
+                                                   + (f"; and {len(extra) - 4} more" if len(extra) > 4 else "")
+                                                   if extra else "")
+                         + (f"; on modules: {'; '.join(bwd[:4])}"
+                            + (f"; and {len(bwd) - 4} more" if len(bwd) > 4 else "") if bwd else ""))
         lines.append(f"named multipliers (set at the base shape, included in the columns above; the recipe "
                      f"carries them to this shape): {self.multipliers.describe()}")
         for tp in self.tensors.values():
@@ -554,6 +566,7 @@ def parameterize(
     attention: Sequence[AttentionAdapter] | None = None,
     decay_vectors: bool = False,
     multipliers: Multipliers | dict[str, Any] | None = None,
+    seq_len: int | None = None,
     apply: bool = True,
 ) -> Plan:
     """Plan (and by default apply) a parameterization of ``target`` relative to ``base``.
@@ -687,7 +700,7 @@ def parameterize(
     if named.activation != 1.0 and not act_inputs:
         raise PlanError(f"activation multiplier {named.activation:g}: no MLP input projection found (looked for "
                         f"{', '.join(GATE_NAMES + UP_NAMES)} modules inside blocks)")
-    unit = _unit_context(rec, shapes, target, attn_modules, act_kind, named, notes) if rec.unit else None
+    unit = _unit_context(rec, shapes, target, attn_modules, act_kind, named, notes, seq_len) if rec.unit else None
     if unit is not None:
         unit["head_dim"] = {r["module"]: r["site"]["head_dim"] for r in attn_records}
     tensors: dict[str, TensorPlan] = {}
@@ -860,7 +873,8 @@ def _model_seq_len(target: nn.Module) -> int | None:
 
 
 def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, attn_modules: Sequence[str],
-                  act_kind: str | None, named: Multipliers, notes: list[str]) -> dict[str, Any]:
+                  act_kind: str | None, named: Multipliers, notes: list[str],
+                  seq_len: int | None = None) -> dict[str, Any]:
     """What u-muP's per-tensor rules need from the whole model: the number of blocks, the attention output
     scale and the activation's unit scale (with a note for what could not be known)."""
     from .rules.umup import (
@@ -870,7 +884,7 @@ def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, attn_mo
     n_blocks = len({s.block for s in shapes if s.block is not None}) or 1
     attn_out = 1.0
     if attn_modules:
-        seq = _model_seq_len(target)
+        seq = seq_len or _model_seq_len(target)
         if seq is None:
             notes.append("u-mup: the sequence length is unknown (no seq_len, max_position_embeddings or n_positions "
                          "on the model or its config): the attention output is not rescaled")

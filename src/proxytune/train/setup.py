@@ -153,7 +153,8 @@ def prepare(config: TrainConfig) -> Prepared:
         target = target.to(torch.float64)
     plan = parameterize(target, base, recipe=config.recipe, optimizer=config.optimizer, mode=config.mode,
                         alignment=config.alignment, weight_decay=config.weight_decay_policy,
-                        roles=config.roles or None, multipliers=config.multipliers())
+                        roles=config.roles or None, multipliers=config.multipliers(),
+                        seq_len=config.seq_len if getattr(data, "task", "lm") == "lm" else None)
     if config.precision == "bf16-pure":
         target = target.to(torch.bfloat16)  # after the plan's init, which is computed in fp32
     elif config.precision == "fp8-sim":
