@@ -700,13 +700,14 @@ def parameterize(
     if named.activation != 1.0 and not act_inputs:
         raise PlanError(f"activation multiplier {named.activation:g}: no MLP input projection found (looked for "
                         f"{', '.join(GATE_NAMES + UP_NAMES)} modules inside blocks)")
-    unit = _unit_context(rec, shapes, target, attn_modules, act_kind, named, notes, seq_len) if rec.unit else None
+    unit = (_unit_context(rec, shapes, target, t_modules, attn_modules, act_kind, named, notes, seq_len)
+            if rec.unit else None)
     if unit is not None:
         unit["head_dim"] = {r["module"]: r["site"]["head_dim"] for r in attn_records}
     tensors: dict[str, TensorPlan] = {}
     transfer_down = False
     for s in shapes:
-        branch = _branch_kind(s, attn_modules)
+        branch = _branch_kind(s.name, attn_modules)
         tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
                           muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
                           decay_vectors=decay_vectors, optimizer=optimizer, named=named,
@@ -829,9 +830,9 @@ UP_NAMES: tuple[str, ...] = ("fc", "c_fc", "fc1", "up_proj", "wi", "w1", "dense_
 QK_NAMES: tuple[str, ...] = ("q_proj", "k_proj", "query", "key", "q", "k", "wq", "wk")
 
 
-def _branch_kind(s: TensorShape, attn_modules: Sequence[str]) -> str:
+def _branch_kind(name: str, attn_modules: Sequence[str]) -> str:
     """``"attn"`` for a tensor inside an attention module proxytune found, else ``"mlp"``."""
-    return "attn" if any(s.name.startswith(m + ".") for m in attn_modules) else "mlp"
+    return "attn" if any(name.startswith(m + ".") for m in attn_modules) else "mlp"
 
 
 def _activation_inputs(shapes: Sequence[TensorShape], modules: dict[str, nn.Module],
@@ -872,7 +873,8 @@ def _model_seq_len(target: nn.Module) -> int | None:
     return None
 
 
-def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, attn_modules: Sequence[str],
+def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, modules: dict[str, nn.Module],
+                  attn_modules: Sequence[str],
                   act_kind: str | None, named: Multipliers, notes: list[str],
                   seq_len: int | None = None) -> dict[str, Any]:
     """What u-muP's per-tensor rules need from the whole model: the number of blocks, the attention output
@@ -902,10 +904,9 @@ def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, attn_mo
         notes.append(f"u-mup: the MLP's activation ({act_kind or 'unknown'}) has no known unit scale: its output "
                      "is not rescaled")
     blocks = sorted({s.block for s in shapes if s.block is not None}, key=_block_order)
-    modules = canonical_modules(target)
     tau_form = bool(blocks) and all(hasattr(modules.get(b), RESIDUAL_ATTR) for b in blocks)
     out: dict[str, Any] = {"n_blocks": n_blocks, "attn_out": attn_out, "act": act, "act_bwd": act_bwd,
-                           "branch": {}, "residual": [], "kind": {}}
+                           "branch": {}, "residual": [], "attn_modules": list(attn_modules)}
     w_attn, w_mlp = branch_weights(n_blocks, named.residual, named.residual_attn_ratio)
     if tau_form:
         from .rules.umup import residual_taus
@@ -952,8 +953,6 @@ def _plan_unit_tensor(s: TensorShape, rec, spec, tparams: dict[str, nn.Parameter
     is_bias = s.name.rsplit(".", 1)[-1] == "bias"
     # a branch output's input is what the branch computed before its unit correction: RMS 1 / correction
     grad_scale = (unit["attn_out"] if branch == "attn" else unit["act"]) if s.branch_output and matrix else 1.0
-    if s.branch_output and matrix:
-        unit["kind"][s.name] = branch
     mod, _, _ = s.name.rpartition(".")
     owner, _, leaf = mod.rpartition(".")
     if matrix and branch == "attn" and leaf in QK_NAMES and owner in unit.get("head_dim", {}):
@@ -1010,7 +1009,7 @@ def _unit_backward(tensors: dict[str, TensorPlan], target: nn.Module, modules: d
         norms = [n for n, m in modules.items() if n.startswith(block + ".") and n.count(".") == block.count(".") + 1
                  and "norm" in type(m).__name__.lower()]
         for i, tp in enumerate(outs):
-            kind = unit["kind"].get(tp.name, "mlp")
+            kind = _branch_kind(tp.name, unit["attn_modules"])
             bwd = unit["attn_out"] if kind == "attn" else unit["act_bwd"]
             factor = tp.fan_out ** -0.5 * bwd / tp.explicit.multiplier
             mod = tp.name.rpartition(".")[0]
