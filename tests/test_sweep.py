@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from proxytune.cli import app
 from proxytune.sweep import Sweep, SweepConfig, SweepConfigError
 from proxytune.sweep.space import grid_points, telescoping_stage
 from proxytune.sweep.store import point_id
+from sweep_helpers import completes_per_point, wait_for
 
 TRAIN = {"depth": 1, "steps": 16, "batch_size": 4, "seq_len": 16, "eval_every": 8, "eval_batches": 2}
 
@@ -42,10 +42,6 @@ def sweep_dict(tmp_path: Path, **over) -> dict:
     d.update(over)
     return d
 
-
-def completes_per_point(sweep: Sweep) -> Counter:
-    store = sweep.store()
-    return Counter(t.user_attrs["point_id"] for t in store.trials((TrialState.COMPLETE,)))
 
 
 # ------------------------------------------------------------------ config
@@ -244,14 +240,6 @@ def test_export_csv_and_cli(tmp_path):
 
 
 # ------------------------------------------------------------ reliability
-def _wait_for(pred, timeout: float = 60.0, every: float = 0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached in time")
 
 
 def _start_sweep_process(cfg_path: Path, tmp_path: Path) -> subprocess.Popen:
@@ -283,7 +271,7 @@ def _start_until_a_trial_runs(tmp_path: Path) -> tuple[subprocess.Popen, Sweep, 
     proc = _start_sweep_process(path, tmp_path)
     sw = Sweep.from_yaml(path)
     try:
-        pid = _wait_for(lambda: (tmp_path / "runs" / "t" / "trials.journal").exists() and _running_worker_pid(sw))
+        pid = wait_for(lambda: (tmp_path / "runs" / "t" / "trials.journal").exists() and _running_worker_pid(sw))
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         raise

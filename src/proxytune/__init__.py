@@ -10,11 +10,11 @@ from .plan import Plan, TensorPlan, parameterize
 from .rules.multipliers import Multipliers
 from .rules.recipes import OPTIMIZERS, RECIPES, WD_POLICIES
 from .shapes import PlanError
-from .sweep import Sweep, SweepConfig
+from .sweep import Sweep, SweepConfig, Trial, TrialPruned
 from .train import RunResult, TrainConfig, train, train_batched
 from .tune import TuneConfig, TuneResult, tune
 
 __version__ = "0.1.0"
 
 __all__ = ["Plan", "TensorPlan", "parameterize", "Multipliers", "PlanError", "RECIPES", "OPTIMIZERS", "WD_POLICIES",
-           "TrainConfig", "RunResult", "train", "train_batched", "Sweep", "SweepConfig", "tune", "TuneConfig", "TuneResult", "__version__"]
+           "TrainConfig", "RunResult", "train", "train_batched", "Sweep", "SweepConfig", "Trial", "TrialPruned", "tune", "TuneConfig", "TuneResult", "__version__"]

@@ -295,6 +295,12 @@ def _run_sweep(sweep: Any) -> None:
     for table in _status_tables({"counts": counts, "best": best_per_group(sweep.records())}):
         console.print(table)
     console.print(f"results: {sweep.cfg.run_dir}  (proxytune status / export {sweep.cfg.run_dir})")
+    from .sweep.tracking import dashboard_command
+
+    trackers = sweep.trackers()
+    for name, where in (trackers.destinations() if trackers is not None else {}).items():
+        console.print(f"{name}: {where}")
+    console.print(f"browse the trials: {dashboard_command(sweep.cfg.storage_url())}  (pip install optuna-dashboard)")
 
 
 @app.command()
@@ -411,7 +417,8 @@ def predict(
     tokens: Optional[float] = typer.Option(None, help="target training tokens"),
     hp: str = typer.Option("log2_lr", help="the HP axis to predict"),
     rule: Optional[str] = typer.Option(None, help="a rule of thumb instead of a sweep (see: proxytune rules)"),
-    params: Optional[float] = typer.Option(None, help="--rule: parameter count N"),
+    params: Optional[float] = typer.Option(None, help="parameter count N of the target (--rule; or for a sweep of "
+                                                      "your own program, when it cannot be fitted)"),
     input_: list[str] = typer.Option([], "--input", help="--rule: other inputs key=value (repeatable)"),
     plan_out: Optional[str] = typer.Option(None, "--plan", help="write the target's per-tensor plan JSON here"),
     as_json: bool = typer.Option(False, "--json", help="print as JSON"),
@@ -445,7 +452,7 @@ def predict(
 
     sw = _sweep_errors(lambda: Sweep.open(run_dir))
     path = plan_out or str(Path(run_dir) / f"plan-width{width}.json")
-    result = _sweep_errors(lambda: predict_from_sweep(sw, width, depth, tokens, hp, plan_path=path))
+    result = _sweep_errors(lambda: predict_from_sweep(sw, width, depth, tokens, hp, plan_path=path, params=params))
     if as_json:
         typer.echo(json.dumps(result, default=str))
         return
@@ -453,8 +460,9 @@ def predict(
     t = result["target"]
     h = result["hp"]
     r, px = result["recipe"], result["proxies"]
+    tokens_text = f"{t['tokens']:.3g} tokens" if t["tokens"] is not None else "tokens not reported"
     console.print(f"[bold]target[/bold] width {t['width']} depth {t['depth']} ({t['params'] / 1e6:.2f} M params), "
-                  f"{t['tokens']:.3g} tokens; recipe {r['recipe']} + {r['optimizer']}, from sweep {r['sweep']} "
+                  f"{tokens_text}; recipe {r['recipe']} + {r['optimizer']}, from sweep {r['sweep']} "
                   f"(widths {', '.join(map(str, px['widths']))}, {px['seeds']} seed{'s' if px['seeds'] > 1 else ''})")
     pct = f"{100 * h['confidence']:.0f}%"
     console.print(f"{h['name']}: {h['value']:.2f} ({pct} {h['interval'][0]:.2f} .. {h['interval'][1]:.2f})"
@@ -462,12 +470,15 @@ def predict(
                      if "lr" in h else ""))
     if result["loss"]:
         loss = result["loss"]
-        console.print(f"expected loss after {loss['at_tokens']:.3g} tokens: {loss['value']:.4f} ({pct} "
+        at = f"after {loss['at_tokens']:.3g} tokens" if loss["at_tokens"] is not None else "at the proxies' budget"
+        console.print(f"expected loss {at}: {loss['value']:.4f} ({pct} "
                       f"{loss['interval'][0]:.4f} .. {loss['interval'][1]:.4f}); {loss['law']}")
     for warning in result["warnings"]:
         console.print(f"[bold yellow]trust:[/bold yellow] {warning}")
     for note in result["notes"]:
         console.print(f"note: {note}")
+    if result["plan"] is None:  # a program sweep: the notes say where the plans are
+        return
     code = Path(path).with_name(f"train-width{width}-depth{t['depth']}.py")
     code.write_text(result["plan"]["snippet"])
     console.print(f"per-tensor plan: {path}")

@@ -28,13 +28,17 @@ def count_params(model_name: str, width: int, depth: int, options: dict[str, Any
 
 def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, tokens: float | None = None,
                        hp: str = "log2_lr", confidence: float = 0.9, plan_path: str | Path | None = None,
-                       batch_tokens: float | None = None) -> dict[str, Any]:
+                       batch_tokens: float | None = None, params: float | None = None) -> dict[str, Any]:
     """HPs, expected loss (with intervals) and per-tensor plan for a target of ``width`` x ``depth``.
 
     The optimal HP follows ``log hp* = log c + sum_k alpha_k log X_k`` over the
     variables the sweep varied among N (parameters), D (tokens) and B (tokens
     per step), fitted on the per-size optima; the loss follows Mu-scaling
     ``L = a N^b + c`` over the best loss per N.
+
+    ``params``: the target's parameter count, instead of building the model (a sweep of the user's own
+    program, whose model proxytune cannot build, needs it unless the count can be fitted: see
+    :func:`_program_sizes`).
     """
     cfg = sweep.cfg
     first = base_config(cfg)
@@ -45,25 +49,32 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     optima = [o for o in optima_by_group(records, hp) if math.isfinite(o.value)]
     if not optima:
         raise ValueError("no completed trials with a finite loss in this sweep yet")
-    options = dict(first.model_options)
-    if first.model in ("gpt", "moe"):
-        options.setdefault("seq_len", first.seq_len)
-    # Each optimum's N (parameters), D (training tokens) and B (tokens per step).
-    nvars: dict[str, list[float]] = {"N": [], "D": [], "B": []}
-    for o in optima:
-        g = {**first.model_dump(), **o.group}
-        nvars["N"].append(count_params(first.model, int(g["width"]), int(g["depth"]), options))
-        per_step = int(g["batch_size"]) * (int(g["seq_len"]) if first.data != "teacher" else 1)
-        nvars["B"].append(per_step)
-        nvars["D"].append(int(g["steps"]) * per_step)
-    n_target = count_params(first.model, width, depth, options)
+    notes: list[str] = []
+    program = cfg.program is not None
+    if program:
+        depth = depth or cfg.base.get("depth") or first.depth
+        nvars, n_target, tokens_known = _program_sizes(records, optima, first, width, depth, params, notes)
+    else:
+        options = dict(first.model_options)
+        if first.model in ("gpt", "moe"):
+            options.setdefault("seq_len", first.seq_len)
+        # Each optimum's N (parameters), D (training tokens) and B (tokens per step).
+        nvars = {"N": [], "D": [], "B": []}
+        for o in optima:
+            g = {**first.model_dump(), **o.group}
+            nvars["N"].append(count_params(first.model, int(g["width"]), int(g["depth"]), options))
+            per_step = int(g["batch_size"]) * (int(g["seq_len"]) if first.data != "teacher" else 1)
+            nvars["B"].append(per_step)
+            nvars["D"].append(int(g["steps"]) * per_step)
+        n_target = params if params is not None else count_params(first.model, width, depth, options)
+        tokens_known = True
     tokens_proxy = max(nvars["D"])
     target_vars = {"N": n_target, "D": tokens if tokens is not None else tokens_proxy,
                    "B": batch_tokens if batch_tokens is not None else max(nvars["B"])}
     varying = [k for k, v in nvars.items() if len(set(v)) >= 2]
-    notes: list[str] = []
     out: dict[str, Any] = {"target": {"width": width, "depth": depth, "params": n_target,
-                                      "tokens": target_vars["D"], "batch_tokens": target_vars["B"]}}
+                                      "tokens": target_vars["D"] if tokens_known or tokens is not None else None,
+                                      "batch_tokens": target_vars["B"] if not program else batch_tokens}}
     ys = [2.0 ** o.value for o in optima] if hp.startswith("log2_") else [o.value for o in optima]
     if varying == ["N"] and hp.startswith("log2_"):
         # Only the size varies: the line of the optimum against log2 N, refitted to every bootstrap draw of the
@@ -84,7 +95,10 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
         value, (lo, hi) = largest.value, largest.interval
         notes.append(f"{hp} transferred from the largest proxy ({len(optima)} optima; a law in "
                      f"{', '.join(varying) or 'N'} needs {len(varying or ['N']) + 2} or more)")
-    if tokens is not None and "D" not in varying and hp == "log2_lr" and tokens != tokens_proxy:
+    if tokens is not None and not tokens_known:
+        notes.append("the program did not report its training tokens (trial.set(tokens=...)): the LR is not moved "
+                     "for the target's token budget")
+    elif tokens is not None and "D" not in varying and hp == "log2_lr" and tokens != tokens_proxy:
         lr = apply_rule("token-horizon", lr_ref=2.0 ** value, tokens_ref=tokens_proxy, tokens=tokens)["lr"]
         shift = math.log2(lr) - value
         value, lo, hi = value + shift, lo + shift, hi + shift
@@ -112,13 +126,70 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
                      f"{len(best)}")
     out["notes"] = notes
     out["recipe"] = {"recipe": first.recipe, "optimizer": first.optimizer, "sweep": cfg.name}
+    if program:
+        first = first.model_copy(update={"depth": cfg.base.get("depth") or first.depth})
     out["proxies"] = {"widths": sorted({int(g) for g in _swept(optima, first, "width")}),
                       "depths": sorted({int(g) for g in _swept(optima, first, "depth")}),
-                      "tokens": tokens_proxy, "batch_tokens": sorted(set(nvars["B"])),
+                      "tokens": tokens_proxy if tokens_known else None,
+                      "batch_tokens": sorted(set(nvars["B"])) if not program else [],
                       "seeds": min(o.n_seeds for o in optima)}
+    if out["loss"] is not None and not tokens_known:
+        out["loss"]["at_tokens"] = None
     out["warnings"] = trust_warnings(out, hp)
-    out["plan"] = target_plan(sweep, width, depth, out["hp"], plan_path)
+    if program:
+        # proxytune cannot build the user's model: the proxies' plans are on disk, the target's is one call away
+        out["plan"] = None
+        notes.append(f"the program builds its own model: the per-tensor plans of the proxies are in "
+                     f"{cfg.run_dir / 'plans'}; at the target, trial.parameterize (or proxytune.parameterize("
+                     f"target, base, recipe={first.recipe!r}, optimizer={first.optimizer!r})) gives the target's")
+    else:
+        out["plan"] = target_plan(sweep, width, depth, out["hp"], plan_path)
     return out
+
+
+def _program_sizes(records: list[dict[str, Any]], optima: list[Any], first: Any, width: int, depth: int,
+                   params: float | None, notes: list[str]) -> tuple[dict[str, list[float]], float, bool]:
+    """N and D of each optimum of a program sweep, from what its trials stored, and the target's N.
+
+    The target's N is ``params`` when given; else a fit of the stored counts against width at the proxies'
+    depth, ``N = a w^2 + b w (+ c with 3 or more widths)``, exact for the usual layers (every weight
+    matrix is width x width, width x fixed or fixed x width)."""
+    import numpy as np
+
+    nvars: dict[str, list[float]] = {"N": [], "D": [], "B": []}
+    tokens_known = True
+    for o in optima:
+        same = [r for r in records if r.get("status") in ("complete", "diverged")
+                and all(r.get(k) == v for k, v in o.group.items())]
+        counts = [r["params"] for r in same if r.get("params")]
+        if not counts:
+            raise ValueError(f"the program stored no parameter count for {o.group or 'its trials'}: call "
+                             "trial.parameterize(model, base) (it records the count) or trial.set(n_params=...)")
+        nvars["N"].append(float(np.median(counts)))
+        tokens = [r["tokens"] for r in same if r.get("tokens")]
+        tokens_known = tokens_known and bool(tokens)
+        nvars["D"].append(float(np.median(tokens)) if tokens else 1.0)
+        nvars["B"].append(1.0)
+    if not tokens_known:
+        nvars["D"] = [1.0] * len(optima)
+    if params is not None:
+        return nvars, float(params), tokens_known
+    depths = {int(o.group.get("depth", first.depth)) for o in optima}
+    pairs = sorted({(int(o.group.get("width", first.width)), n) for o, n in zip(optima, nvars["N"])
+                    if int(o.group.get("depth", first.depth)) == depth})
+    widths = sorted({w for w, _ in pairs})
+    if len(widths) < 2:
+        raise ValueError(f"cannot count the target's parameters: the program's model is its own, and the sweep "
+                         f"has {len(widths)} width(s) at depth {depth} (depths swept: {sorted(depths)}) to fit "
+                         "the count on; give it: proxytune predict ... --params N")
+    w = np.asarray([p[0] for p in pairs], dtype=float)
+    n = np.asarray([p[1] for p in pairs], dtype=float)
+    cols = [w ** 2, w] + ([np.ones_like(w)] if len(widths) >= 3 else [])
+    coef, *_ = np.linalg.lstsq(np.stack(cols, axis=1), n, rcond=None)
+    target = float(sum(c * x for c, x in zip(coef, [width ** 2, width, 1.0])))
+    notes.append(f"target parameters {target:.4g}: fitted on the proxies' stored counts, N = a w^2 + b w"
+                 + (" + c" if len(widths) >= 3 else "") + f" at depth {depth} (--params to give it)")
+    return nvars, target, tokens_known
 
 
 def _line_through_draws(optima: list[Any], ns: list[float], n_target: float,
@@ -160,8 +231,9 @@ def trust_warnings(result: dict[str, Any], hp: str = "log2_lr") -> list[str]:
     if hp.startswith("log2_") and hi - lo > th.max_trusted_interval_octaves:
         out.append(f"the {hp[5:]} interval spans a factor {2 ** (hi - lo):.0f} ({hi - lo:.1f} octaves, more than "
                    f"{th.max_trusted_interval_octaves:g}): do not stake a large run on it yet; run more seeds (now "
-                   f"{px['seeds']}), more proxy widths (now {len(px['widths'])}) or longer proxy runs (now "
-                   f"{px['tokens']:.3g} tokens), then predict again")
+                   f"{px['seeds']}), more proxy widths (now {len(px['widths'])}) or longer proxy runs"
+                   + (f" (now {px['tokens']:.3g} tokens)" if px["tokens"] is not None else "")
+                   + ", then predict again")
     depths = px["depths"]
     if depths and not depths[0] <= t["depth"] <= depths[-1]:
         out.append(f"depth {t['depth']} was never swept (proxies: depth {', '.join(map(str, depths))}): the "
@@ -171,11 +243,11 @@ def trust_warnings(result: dict[str, Any], hp: str = "log2_lr") -> list[str]:
     if widths and t["width"] > th.max_width_extrapolation * widths[-1]:
         out.append(f"width {t['width']} is {t['width'] / widths[-1]:.0f}x the largest proxy ({widths[-1]}), more "
                    f"than {th.max_width_extrapolation:g}x: add a wider proxy to shorten the extrapolation")
-    if t["tokens"] > px["tokens"] * (1 + 1e-9):
+    if t["tokens"] is not None and px["tokens"] is not None and t["tokens"] > px["tokens"] * (1 + 1e-9):
         out.append(f"the target trains on {t['tokens']:.3g} tokens, the proxies on at most {px['tokens']:.3g}: "
                    "beyond the swept token budgets (see the notes for how the LR was moved)")
     b = px["batch_tokens"]
-    if b and not b[0] * (1 - 1e-9) <= t["batch_tokens"] <= b[-1] * (1 + 1e-9):
+    if b and t["batch_tokens"] is not None and not b[0] * (1 - 1e-9) <= t["batch_tokens"] <= b[-1] * (1 + 1e-9):
         out.append(f"a batch of {t['batch_tokens']:.3g} tokens per step is outside the swept ones "
                    f"({', '.join(f'{x:g}' for x in b)}): the LR depends on the batch; sweep a batch_size axis")
     return out

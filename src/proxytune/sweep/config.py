@@ -37,9 +37,11 @@ from typing import Any, ClassVar, Literal
 from typing_extensions import Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..train.config import ROLES, TrainConfig
+from .program import COMMAND_FIELDS, ProgramConfig
+from .tracking import TrackingConfig
 
 STRATEGIES = ("grid", "list", "random", "tpe", "halving", "hyperband", "telescoping")
 EXECUTORS = ("local", "inline", "ray")
@@ -129,7 +131,12 @@ class FileConfig(_Strict):
             raise cls._error(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise cls._error(f"{path}: expected a mapping of {cls._what} settings at the top level")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(cls._relative_to(data, path.parent), source=str(path))
+
+    @classmethod
+    def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Settings whose paths are relative to the file's folder, made absolute (none by default)."""
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Self:
@@ -148,9 +155,12 @@ class SweepConfig(FileConfig):
 
     _what: ClassVar[str] = "sweep"
     _error: ClassVar[type[ValueError]] = SweepConfigError
-    _sections: ClassVar[dict[str, type[BaseModel]]] = {"strategy": StrategyConfig, "executor": ExecutorConfig}
+    _sections: ClassVar[dict[str, type[BaseModel]]] = {"strategy": StrategyConfig, "executor": ExecutorConfig,
+                                                       "program": ProgramConfig, "tracking": TrackingConfig}
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    program: ProgramConfig | None = Field(None, description="the user's own training code (a function or a "
+                                                            "command) instead of the built-in trainer")
     model: str = "gpt"
     model_options: dict[str, Any] = Field(default_factory=dict)
     data: str = "stdlib"
@@ -166,6 +176,24 @@ class SweepConfig(FileConfig):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     storage: str | None = Field(None, description="None: a local file under runs_dir/name; or postgresql://...")
     runs_dir: str = "runs"
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig,
+                                     description="experiment trackers that get every finished trial")
+
+    @classmethod
+    def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+        program = data.get("program")
+        if isinstance(program, dict):
+            cwd = program.get("cwd")
+            if cwd is None or (isinstance(cwd, str) and not Path(cwd).is_absolute()):
+                data = {**data, "program": {**program, "cwd": str((folder / (cwd or ".")).resolve())}}
+        return data
+
+    @field_validator("program")
+    @classmethod
+    def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
+        if v is not None and (v.cwd is None or not Path(v.cwd).is_absolute()):
+            v = v.model_copy(update={"cwd": str(Path(v.cwd or ".").resolve())})
+        return v
 
     @field_validator("base")
     @classmethod
@@ -179,9 +207,11 @@ class SweepConfig(FileConfig):
 
     @field_validator("axes")
     @classmethod
-    def _axes(cls, v: dict[str, list[Any] | Range]) -> dict[str, list[Any] | Range]:
+    def _axes(cls, v: dict[str, list[Any] | Range], info: ValidationInfo) -> dict[str, list[Any] | Range]:
+        program = info.data.get("program")
+        extra = list(program.params) if program is not None else []
         for name, spec in v.items():
-            field_name(name)  # raises with a suggestion
+            field_name(name, extra)  # raises with a suggestion
             if isinstance(spec, list) and not spec:
                 raise ValueError(f"axis {name!r} has no values")
         return v
@@ -202,9 +232,29 @@ class SweepConfig(FileConfig):
         if kind == "telescoping":
             if self.strategy.scale_axis not in self.axes or not isinstance(self.axes[self.strategy.scale_axis], list):
                 raise ValueError(f"telescoping grows axis {self.strategy.scale_axis!r}: list its values under axes")
+        if self.program is not None:
+            self._check_program()
         # Every point must make a valid TrainConfig: check the first one now, before anything is written.
         base_config(self)
         return self
+
+    def _check_program(self) -> None:
+        """A program builds its own model and reads its own data; it runs one trial at a time."""
+        defaults = SweepConfig.model_fields
+        for key in ("model", "model_options", "data", "data_options"):
+            value = getattr(self, key)
+            default = defaults[key].get_default(call_default_factory=True)
+            if value != default:
+                raise ValueError(f"{key} is for the built-in trainer; a program builds its own model and reads its "
+                                 f"own data (give it what it needs in program.params)")
+        if self.executor.batch != 1:
+            raise ValueError("executor.batch: a program runs one trial at a time; set batch: 1")
+        names = set(self.axes) | set(self.program.params) | set(self.train) | set(COMMAND_FIELDS)
+        for axis in self.axes:
+            names.add(axis[5:] if axis.startswith("log2_") else axis)
+        for name in self.program.placeholders():
+            if name not in names and not name.startswith(("role_lr.", "role_init.")):
+                raise ValueError(_unknown("program.command placeholder", name, sorted(names)))
 
     def _check_points(self) -> None:
         """Strategy 'list': points present, each setting the same valid axes; axes derived when omitted."""
@@ -216,7 +266,7 @@ class SweepConfig(FileConfig):
                 raise ValueError(f"points[{i}] sets {sorted(point)}, points[0] sets {sorted(names)}: every point "
                                  "must set the same axes")
         for name in names:
-            field_name(name)  # raises with a suggestion
+            field_name(name, list(self.program.params) if self.program else [])  # raises with a suggestion
         if not self.axes:
             self.axes = {n: sorted({p[n] for p in self.points}, key=lambda v: (isinstance(v, str), v))
                          for n in names}
@@ -232,19 +282,26 @@ class SweepConfig(FileConfig):
         return self.storage or str(self.run_dir / "trials.journal")
 
     def identity(self) -> dict[str, Any]:
-        """What stored trials depend on: everything but axes, points, strategy, executor and storage."""
-        return self.model_dump(mode="json", exclude={"axes", "points", "strategy", "executor", "storage",
-                                                     "runs_dir"})
+        """What stored trials depend on: everything but axes, points, strategy, executor, storage, trackers and
+        where the program is run from."""
+        out = self.model_dump(mode="json", exclude={"axes", "points", "strategy", "executor", "storage",
+                                                    "runs_dir", "tracking"})
+        if out.get("program") is None:
+            out.pop("program", None)  # sweeps stored before programs existed keep their identity
+        else:
+            for key in ("cwd", "timeout", "kill_grace"):
+                out["program"].pop(key, None)
+        return out
 
 
 _LOG2_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "output_mult", "embedding_mult", "attn_mult",
                 "residual_mult", "residual_attn_ratio", "act_mult")
 
 
-def field_name(axis: str) -> str:
+def field_name(axis: str, extra: list[str] | None = None) -> str:
     """The TrainConfig field an axis sets (``log2_lr`` -> ``lr``, ``role_lr.readout`` and
-    ``log2_role_lr.readout`` -> ``role_lr``)."""
-    fields = [f for f in TrainConfig.model_fields if f not in _OWNED]
+    ``log2_role_lr.readout`` -> ``role_lr``); ``extra``: a program's own parameter names, also valid."""
+    fields = [f for f in TrainConfig.model_fields if f not in _OWNED] + list(extra or [])
     name = axis[5:] if axis.startswith("log2_") else axis
     if name.startswith(("role_lr.", "role_init.")):
         field, role = name.split(".", 1)
@@ -302,8 +359,14 @@ def first_point(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def base_config(cfg: SweepConfig) -> TrainConfig:
-    """The TrainConfig of the sweep's first point (validates every fixed field)."""
-    return TrainConfig(**apply_point(base_fields(cfg), first_point(cfg)))
+    """The TrainConfig of the sweep's first point (validates every fixed field; a program's own parameters
+    are left out)."""
+    fields = apply_point(base_fields(cfg), first_point(cfg))
+    if cfg.program is not None:
+        fields = {k: v for k, v in fields.items() if k in TrainConfig.model_fields}
+        fields.setdefault("width", cfg.base.get("width", TrainConfig.model_fields["width"].default))
+        fields.setdefault("depth", cfg.base.get("depth", TrainConfig.model_fields["depth"].default))
+    return TrainConfig(**fields)
 
 
 def check_base(v: dict[str, int]) -> dict[str, int]:

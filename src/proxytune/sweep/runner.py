@@ -17,7 +17,9 @@ import yaml
 from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
 from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
+from .program import check_program
 from .store import SweepStore
+from .tracking import Trackers
 from .worker import StopRequested, open_store, run_worker
 
 CONFIG_FILE = "sweep.yaml"
@@ -65,10 +67,14 @@ class Sweep:
         """
         cfg = self.cfg
         first = base_config(cfg)
-        data = load_data(first)  # a missing or too-short data file fails here
-        if hasattr(data, "check"):
-            data.check(first.seq_len)
-        _check_shapes(cfg)
+        if cfg.program is not None:
+            check_program(cfg)  # the function imports, the command exists
+        else:
+            data = load_data(first)  # a missing or too-short data file fails here
+            if hasattr(data, "check"):
+                data.check(first.seq_len)
+            _check_shapes(cfg)
+        trackers = self.trackers()  # a tracker whose package is missing fails here
         if cfg.strategy.kind in ("halving", "hyperband"):
             warnings.warn(f"strategy {cfg.strategy.kind!r} stops trials early, which favours large learning rates "
                           "(they look good early); never use its optimum for the transfer verdict.", stacklevel=2)
@@ -78,6 +84,7 @@ class Sweep:
         tmp = saved.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         os.replace(tmp, saved)
+        self._trackers = trackers
         if cfg.strategy.kind == "grid":
             store.enqueue(largest_first(grid_points(cfg.axes), cfg.train))
         elif cfg.strategy.kind == "list":
@@ -87,9 +94,31 @@ class Sweep:
         return store
 
     # --------------------------------------------------------------------- run
+    def trackers(self) -> Trackers | None:
+        """The experiment trackers of ``tracking:`` (None when there are none)."""
+        t = self.cfg.tracking
+        if not (t.tensorboard or t.mlflow):
+            return None
+        return Trackers(t, self.cfg.run_dir, self.cfg.name, self.cfg.recipe)
+
     def run(self, *, on_poll: PollFn | None = None, poll_seconds: float = 1.0) -> dict[str, int]:
         """Run (or continue) the sweep until no trial is left; returns the final counts."""
         store = self.prepare()
+        trackers = self._trackers
+        if trackers is not None:
+            user_poll = on_poll
+
+            def on_poll(counts: dict[str, int], store: SweepStore) -> None:
+                trackers.sync(store)
+                if user_poll is not None:
+                    user_poll(counts, store)
+        try:
+            return self._run(store, on_poll, poll_seconds)
+        finally:
+            if trackers is not None:
+                trackers.sync(store, force=True)  # the last trials, even if a tracker failed a moment ago
+
+    def _run(self, store: SweepStore, on_poll: PollFn | None, poll_seconds: float) -> dict[str, int]:
         while True:
             if self._nothing_to_run(store):
                 pass  # starting workers would only cost their start-up

@@ -17,8 +17,12 @@ def axis_values(spec: list[Any] | Range) -> list[Any]:
 
 
 def is_batchable_axis(axis: str) -> bool:
-    """Axes whose points can train together in one batched group."""
-    return field_name(axis) in BATCHABLE_FIELDS
+    """Axes whose points can train together in one batched group (a program's own parameters are not: they
+    may change anything)."""
+    try:
+        return field_name(axis) in BATCHABLE_FIELDS
+    except ValueError:
+        return False
 
 
 def order_axes(axes: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -59,11 +60,19 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary; the message is what matters
-        raise SweepConfigError(f"cannot open storage {_redact(url)}: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary; the message is what matters
+            # Two processes creating the schema of a fresh database at once: one loses a CREATE race
+            # (PostgreSQL: a unique violation on pg_type). The schema exists after that, so try again.
+            text = str(exc)
+            if attempt < 5 and ("UniqueViolation" in text or "already exists" in text):
+                time.sleep(0.2 + 0.3 * attempt + random.random() * 0.3)
+                continue
+            raise SweepConfigError(f"cannot open storage {_redact(url)}: {type(exc).__name__}: "
+                                   f"{text.splitlines()[0] if text else ''}") from None
+    raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:
@@ -241,6 +250,7 @@ class SweepStore:
         n = 0
         for t in self.stale():
             if self._finish_state(t._trial_id, TrialState.FAIL, None, {"status": "requeued"}):
+                _stop_orphan_program(t)
                 self._reenqueue(t)
                 n += 1
         return n + self._requeue_orphans()
@@ -367,6 +377,15 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ", 1)[1][:1] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _stop_orphan_program(trial: optuna.trial.FrozenTrial) -> None:
+    """A command started for a trial whose worker died may still run (and hold a GPU): end it, on this host."""
+    started = trial.user_attrs.get("program")
+    if isinstance(started, dict) and started.get("host") == HOST and started.get("trial_file"):
+        from .program import kill_orphans
+
+        kill_orphans(started["trial_file"])
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

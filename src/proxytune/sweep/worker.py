@@ -7,6 +7,7 @@ share one sweep.
 
 from __future__ import annotations
 
+import os
 import signal
 import traceback
 from typing import Any
@@ -14,18 +15,16 @@ from typing import Any
 import optuna
 import torch
 
-from ..train import TrainConfig, group_batchable, train, train_batched
+from ..train import RunResult, TrainConfig, group_batchable, train, train_batched
 from ..train.batched import BatchError
 from ..optim.batched import BATCHED_OPTIMIZERS
 from .config import SweepConfig, apply_point, base_fields
 from .space import group_key, suggest_point
-from .store import Heartbeat, SweepStore
+from .program import ProgramError, StopRequested, run_program_trial, trial_info
+from .store import HOST, Heartbeat, SweepStore
 
 SAMPLED = ("random", "tpe", "halving", "hyperband")
 
-
-class StopRequested(Exception):
-    """SIGTERM/SIGINT reached a worker: give the claimed trials back and exit."""
 
 
 def sampler_and_pruner(cfg: SweepConfig) -> tuple[Any, Any]:
@@ -36,7 +35,8 @@ def sampler_and_pruner(cfg: SweepConfig) -> tuple[Any, Any]:
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=s.min_resource or "auto",
                                                         reduction_factor=s.reduction_factor)
     elif kind == "hyperband":
-        steps = int(cfg.train.get("steps", TrainConfig.model_fields["steps"].default))
+        fixed = {**(cfg.program.params if cfg.program else {}), **cfg.train}
+        steps = int(fixed.get("steps", TrainConfig.model_fields["steps"].default))
         pruner = optuna.pruners.HyperbandPruner(min_resource=s.min_resource or 1, max_resource=steps,
                                                 reduction_factor=s.reduction_factor)
     return sampler, pruner
@@ -86,6 +86,14 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
         ids = [tid for tid, _ in batch]
         pending = set(ids)
         try:
+            if cfg.program is not None:
+                with Heartbeat(store, ids):
+                    for tid, point in batch:
+                        result = _run_program(store, cfg, tid, point, hard_exit=install_signals)
+                        pending.discard(tid)
+                        if result is not None and store.finish(tid, result):
+                            finished += 1
+                continue
             with Heartbeat(store, ids):
                 configs = [TrainConfig(**apply_point(fields, p)) for _, p in batch]
                 for group in group_batchable(configs):
@@ -111,6 +119,40 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
             err = traceback.format_exc()
             for tid in pending:
                 store.fail(tid, err)
+
+
+def _pruner_callback(store: SweepStore, trial_id: int) -> Any:
+    """``should_prune(step, value)`` for one trial, or None when the sweep has no pruner."""
+    if isinstance(store.study.pruner, optuna.pruners.NopPruner):
+        return None
+    trial = optuna.Trial(store.study, trial_id)
+
+    def should_prune(step: int, value: float) -> bool:
+        trial.report(value, step)
+        return trial.should_prune()
+
+    return should_prune
+
+
+def _run_program(store: SweepStore, cfg: SweepConfig, trial_id: int, point: dict[str, Any],
+                 hard_exit: bool) -> RunResult | None:
+    """One trial of a program sweep: its RunResult, or None when it failed (stored as failed here)."""
+    number = store.storage.get_trial_number_from_id(trial_id)
+    prune = _pruner_callback(store, trial_id)
+    info = trial_info(cfg, trial_id, number, point, pruning=prune is not None)
+
+    def on_start(started: dict[str, Any]) -> None:
+        store.storage.set_trial_user_attr(trial_id, "program", {"host": HOST, **started})
+
+    def hard_timeout(reason: str) -> None:  # a function stuck past its timeout: record it, end this worker
+        store.fail(trial_id, reason, info["params"])
+        os._exit(3)
+
+    try:
+        return run_program_trial(cfg, info, prune, on_start=on_start, hard_timeout=hard_timeout if hard_exit else None)
+    except ProgramError as exc:
+        store.fail(trial_id, str(exc), {"program": cfg.program.function or cfg.program.command, **info["params"]})
+        return None
 
 
 def _train_group(store: SweepStore, members: list[tuple[int, TrainConfig]]):  # noqa: ANN202

@@ -1,0 +1,498 @@
+"""Sweeping a user's own training code: ``program: {function: ...}`` or ``program: {command: [...]}``.
+
+A *function* ``run(trial) -> loss`` is imported and called in the worker
+process, one trial at a time. A *command* is started once per trial in its
+own process group, with ``PROXYTUNE_TRIAL`` pointing at a JSON file that
+``Trial.current()`` reads; its reports come back through a JSON-lines file
+in the trial's folder (``runs/<name>/trials/<number>/``), next to its
+``stdout.log`` and ``stderr.log``.
+
+Either way the worker keeps the trial's lease alive while the program runs,
+so a worker that dies has its trial re-queued, and the store records a
+crash, a timeout or a non-zero exit as a failed trial with the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..train.result import RunResult
+from .trial import ENV_VAR, DirectChannel, Trial
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+#: placeholders every command may use beside the axes and params
+COMMAND_FIELDS = ("trial", "trial_dir", "width", "depth", "base_width", "base_depth", "recipe", "optimizer", "sweep",
+                  "python")
+
+
+class ProgramConfig(BaseModel):
+    """``program:`` in a sweep file: the user's training code that runs each trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str | None = Field(None, description="'module:function' or 'path/to/file.py:function'; "
+                                                   "called as function(trial) -> final validation loss")
+    command: list[str] | None = Field(None, description="argv of a program run once per trial; '{lr}', "
+                                                        "'{width}'... are filled from the point")
+    params: dict[str, Any] = Field(default_factory=dict, description="fixed values handed to the program in "
+                                                                     "trial.params; axes may sweep these names")
+    timeout: float | None = Field(None, gt=0, description="seconds a trial may run; then it is stopped and "
+                                                          "stored as failed")
+    cwd: str | None = Field(None, description="where the command runs and the function's module is found "
+                                              "(default: the folder of the sweep file)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables of a command")
+    kill_grace: float = Field(10.0, ge=0, description="seconds between SIGTERM and SIGKILL when a command is "
+                                                      "stopped")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ProgramConfig:
+        if (self.function is None) == (self.command is None):
+            raise ValueError("give exactly one of program.function ('module:function') or program.command "
+                             "(a list of arguments)")
+        if self.function is not None and ":" not in self.function:
+            raise ValueError(f"program.function {self.function!r}: expected 'module:function' or "
+                             "'path/to/file.py:function'")
+        if self.command is not None and (not self.command or not all(isinstance(a, str) and a
+                                                                     for a in self.command)):
+            raise ValueError("program.command must be a non-empty list of non-empty strings")
+        for name in self.params:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"program.params key {name!r} is not a valid name (letters, digits, '_')")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "function" if self.function is not None else "command"
+
+    def placeholders(self) -> list[str]:
+        return [m for arg in self.command or [] for m in _PLACEHOLDER.findall(arg)]
+
+
+class StopRequested(BaseException):
+    """SIGTERM/SIGINT reached a worker: give the claimed trials back and exit (a BaseException, like
+    KeyboardInterrupt, so a user's ``except Exception`` does not turn a stop into a failed trial)."""
+
+
+class ProgramError(Exception):
+    """A program trial that failed; the message is what the store keeps."""
+
+
+class ProgramTimeout(BaseException):
+    """A function trial ran past ``program.timeout`` (a BaseException so ``except Exception`` in user code
+    does not swallow it)."""
+
+
+# ----------------------------------------------------------------- the trial
+def trial_info(cfg: Any, trial_id: int, number: int, point: dict[str, Any], pruning: bool) -> dict[str, Any]:
+    """What a program is told about its trial (also written to ``trial.json`` for a command)."""
+    from .config import apply_point
+
+    params = apply_point({**cfg.program.params, **cfg.train}, point)
+    run_dir = cfg.run_dir.resolve()
+    folder = run_dir / "trials" / f"{number:05d}"
+    return {
+        "sweep": cfg.name, "number": number, "trial_id": trial_id, "point": point, "params": params,
+        "recipe": cfg.recipe, "optimizer": cfg.optimizer,
+        "width": params.get("width", cfg.base.get("width")), "depth": params.get("depth", cfg.base.get("depth")),
+        "base_width": cfg.base.get("width"), "base_depth": cfg.base.get("depth"),
+        "dir": str(folder), "plans_dir": str(run_dir / "plans"),
+        "reports": str(folder / "reports.jsonl"), "decisions": str(folder / "decisions.jsonl"),
+        "pruning": pruning,
+    }
+
+
+def run_program_trial(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, float], bool] | None,
+                      on_start: Callable[[dict[str, Any]], None] | None = None,
+                      hard_timeout: Callable[[str], None] | None = None) -> RunResult:
+    """Run one trial of a program sweep; raises :class:`ProgramError` when it fails.
+
+    ``should_prune(step, value)``: the pruner (None: no pruning). ``on_start``: called with what identifies
+    a started command (stored with the trial, to find orphans). ``hard_timeout(reason)``: called from a
+    watchdog thread when a function ignores its timeout (the caller records the failure and exits).
+    """
+    Path(info["dir"]).mkdir(parents=True, exist_ok=True)
+    if cfg.program.kind == "function":
+        return _run_function(cfg, info, should_prune, hard_timeout)
+    return _run_command(cfg, info, should_prune, on_start)
+
+
+def _result(cfg: Any, info: dict[str, Any], status: str, value: float, reports: list[dict[str, float]],
+            metrics: dict[str, float], wall: float, reason: str = "") -> RunResult:
+    value = float(value)
+    if status == "complete" and not math.isfinite(value):
+        status = "diverged"
+    diverged_step = None
+    if status == "diverged":
+        bad = [r["step"] for r in reports if not math.isfinite(r.get("val_loss", math.nan))]
+        diverged_step = int(bad[0]) if bad else (int(reports[-1]["step"]) if reports else None)
+    steps = metrics.get("steps", reports[-1]["step"] if reports else 0)
+    config = {"program": cfg.program.function or cfg.program.command, "recipe": info["recipe"],
+              "optimizer": info["optimizer"], "width": info["width"], "depth": info["depth"],
+              "base_width": info["base_width"], "base_depth": info["base_depth"], **info["params"]}
+    return RunResult(
+        status=status, final_train_loss=float(metrics.get("train_loss", math.nan)),
+        final_val_loss=value if status != "diverged" else math.inf, train_losses=[], evals=reports,
+        steps_done=int(steps), tokens=_int_or_none(metrics.get("tokens")), wall_time=wall,
+        flops=float(metrics["flops"]) if "flops" in metrics else None,
+        n_params=_int_or_none(metrics.get("n_params")), config=config,
+        env={"program": cfg.program.kind, "host": os.uname().nodename, "python": sys.version.split()[0]},
+        diverged_step=diverged_step, reason=reason)
+
+
+def _int_or_none(v: Any) -> int | None:
+    return int(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def _final_value(returned: Any, trial: Trial) -> tuple[float, dict[str, float], str]:
+    """The trial's loss: what the function returned, else trial.finish(), else the last report."""
+    metrics = dict(trial.metrics)
+    if isinstance(returned, dict):
+        extra = dict(returned)
+        value = extra.pop("val_loss", extra.pop("loss", None))
+        if value is None:
+            raise ProgramError(f"the function returned a dict without 'val_loss': {sorted(returned)}")
+        metrics.update({k: float(v) for k, v in extra.items() if isinstance(v, (int, float))})
+        return float(value), metrics, ""
+    if returned is not None:
+        try:
+            return float(returned), metrics, ""
+        except (TypeError, ValueError):
+            raise ProgramError(f"the function returned {type(returned).__name__} {returned!r}; expected the final "
+                               "validation loss (a number) or a dict with 'val_loss'") from None
+    if trial.final is not None:
+        return trial.final, metrics, ""
+    if trial.reports:
+        return trial.reports[-1]["val_loss"], metrics, "no final result returned: the last report is the result"
+    raise ProgramError("the program finished without a result: return the final validation loss, call "
+                       "trial.finish(loss), or trial.report(step, loss) at least once")
+
+
+# ------------------------------------------------------------------ function
+def load_function(spec: str, cwd: str | None) -> Callable[[Trial], Any]:
+    """``module:function`` (importable, or found under ``cwd``) or ``path/file.py:function``."""
+    target, name = spec.rsplit(":", 1)
+    if cwd and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_absolute() and cwd:
+            path = Path(cwd) / path
+        if not path.is_file():
+            raise ProgramError(f"program.function {spec!r}: file {str(path)!r} not found")
+        mod_name = f"proxytune_program_{abs(hash(str(path.resolve())))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec_ = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec_ is not None and spec_.loader is not None
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[mod_name] = module
+            spec_.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ProgramError(f"program.function {spec!r}: cannot import {target!r} ({exc}); run from the folder "
+                               "that holds it, set program.cwd, or give a path: 'path/to/file.py:function'") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ProgramError(f"program.function {spec!r}: {target!r} has no function {name!r}")
+    return fn
+
+
+class _Deadline:
+    """``program.timeout`` for a function: SIGALRM raises ProgramTimeout in the main thread; a watchdog calls
+    ``hard_timeout`` when the function does not stop within ``grace`` seconds after that (stuck in C code)."""
+
+    def __init__(self, seconds: float | None, grace: float, hard_timeout: Callable[[str], None] | None) -> None:
+        self.seconds = seconds
+        self.grace = grace
+        self.hard_timeout = hard_timeout
+        self._armed = seconds is not None and threading.current_thread() is threading.main_thread()
+        self._old: Any = None
+        self._done = threading.Event()
+
+    def _alarm(self, signum: int, frame: Any) -> None:
+        raise ProgramTimeout(f"timed out after {self.seconds:g} s (program.timeout)")
+
+    def _watch(self) -> None:
+        assert self.seconds is not None and self.hard_timeout is not None
+        if not self._done.wait(self.seconds + self.grace):
+            self.hard_timeout(f"timed out after {self.seconds:g} s (program.timeout) and did not stop within "
+                              f"{self.grace:g} s; its worker process was ended")
+
+    def __enter__(self) -> _Deadline:
+        if self._armed:
+            self._old = signal.signal(signal.SIGALRM, self._alarm)
+            signal.setitimer(signal.ITIMER_REAL, float(self.seconds))
+        if self.seconds is not None and self.hard_timeout is not None:
+            threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old)
+
+
+def _run_function(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, float], bool] | None,
+                  hard_timeout: Callable[[str], None] | None) -> RunResult:
+    fn = load_function(cfg.program.function, cfg.program.cwd)
+    trial = Trial(info, DirectChannel(should_prune))
+    start = time.time()
+    try:
+        with _Deadline(cfg.program.timeout, max(cfg.program.kill_grace, 5.0), hard_timeout):
+            returned = fn(trial)
+    except optuna.TrialPruned:
+        last = trial.reports[-1]["val_loss"] if trial.reports else math.nan
+        return _result(cfg, info, "pruned", last, trial.reports, trial.metrics, time.time() - start, "pruned")
+    except ProgramTimeout as exc:
+        raise ProgramError(f"{exc}\n{_last_frames()}") from None
+    except Exception:  # noqa: BLE001 - the user's error, kept with the trial
+        raise ProgramError(traceback.format_exc()) from None
+    value, metrics, reason = _final_value(returned, trial)
+    return _result(cfg, info, "complete", value, trial.reports, metrics, time.time() - start, reason)
+
+
+def _last_frames() -> str:
+    return "".join(traceback.format_exc().splitlines(keepends=True)[-8:])
+
+
+# ------------------------------------------------------------------- command
+def fill(arg: str, values: dict[str, Any]) -> str:
+    """``{name}`` placeholders in one argument, from ``values`` (an unknown name is an error)."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise ProgramError(f"program.command: no value for placeholder {{{m.group(1)}}}")
+        v = values[m.group(1)]
+        return repr(v) if isinstance(v, float) else str(v)
+
+    return _PLACEHOLDER.sub(sub, arg)
+
+
+def command_values(info: dict[str, Any]) -> dict[str, Any]:
+    """What a command's placeholders can name: the point's axes, the params, and the trial's fields."""
+    values: dict[str, Any] = {}
+    for k, v in info["params"].items():
+        if isinstance(v, dict):  # role_lr / role_init: {role_lr.hidden}
+            values.update({f"{k}.{r}": x for r, x in v.items()})
+        else:
+            values[k] = v
+    values.update(info["point"])
+    values.update(trial=info["number"], trial_dir=info["dir"], width=info["width"], depth=info["depth"],
+                  base_width=info["base_width"], base_depth=info["base_depth"], recipe=info["recipe"],
+                  optimizer=info["optimizer"], sweep=info["sweep"], python=sys.executable)
+    return values
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the worker that started it dies (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+try:  # resolved once in the worker, so the forked child calls no loader
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _run_command(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, float], bool] | None,
+                 on_start: Callable[[dict[str, Any]], None] | None) -> RunResult:
+    prog = cfg.program
+    folder = Path(info["dir"])
+    values = command_values(info)
+    argv = [fill(a, values) for a in prog.command]
+    trial_file = folder / "trial.json"
+    trial_file.write_text(json.dumps(info, indent=1))
+    reports_path = Path(info["reports"])
+    decisions_path = Path(info["decisions"])
+    env = {**os.environ, **prog.env, ENV_VAR: str(trial_file)}
+    start = time.time()
+    with (folder / "stdout.log").open("wb") as out, (folder / "stderr.log").open("wb") as err:
+        try:
+            proc = subprocess.Popen(argv, cwd=prog.cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise ProgramError(f"program.command {argv[0]!r} could not start: {exc}") from None
+        if on_start is not None:
+            on_start({"pid": proc.pid, "trial_file": str(trial_file)})
+        reader = _ReportReader(reports_path)
+        pruned_at: float | None = None
+        timed_out = False
+        try:
+            while True:
+                rc = proc.poll()
+                for rec in reader.read():
+                    if "report" in rec:
+                        rep = rec["report"]
+                        decision = bool(should_prune(int(rep["step"]), float(rep["val_loss"]))) \
+                            if should_prune is not None else False
+                        if info["pruning"]:
+                            with decisions_path.open("a") as fh:
+                                fh.write(json.dumps({"prune": decision}) + "\n")
+                        if decision and pruned_at is None:
+                            pruned_at = time.time()
+                if rc is not None:
+                    break
+                now = time.time()
+                if prog.timeout is not None and now - start > prog.timeout:
+                    timed_out = True
+                    break
+                if pruned_at is not None and now - pruned_at > max(prog.kill_grace, 1.0) + 5:
+                    break  # told to stop and still running: stop it
+                time.sleep(0.02 if info["pruning"] else 0.1)
+        finally:
+            if proc.poll() is None:
+                _stop_group(proc, prog.kill_grace)
+        for rec in reader.read():  # anything written just before it exited
+            if "report" in rec and should_prune is not None:
+                should_prune(int(rec["report"]["step"]), float(rec["report"]["val_loss"]))
+    wall = time.time() - start
+    reports = reader.reports
+    final = reader.final
+    if timed_out:
+        raise ProgramError(f"timed out after {prog.timeout:g} s (program.timeout); the command was stopped\n"
+                           + _tail(folder / "stderr.log"))
+    if pruned_at is not None:
+        last = reports[-1]["val_loss"] if reports else math.nan
+        return _result(cfg, info, "pruned", last, reports, reader.metrics, wall, "pruned")
+    if proc.returncode != 0:
+        how = (f"killed by signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+               else f"exit status {proc.returncode}")
+        raise ProgramError(f"the command ended with {how}: {' '.join(argv)}\n--- stderr (last lines) ---\n"
+                           + _tail(folder / "stderr.log"))
+    if final is not None:
+        return _result(cfg, info, "complete", final, reports, reader.metrics, wall)
+    if reports:
+        return _result(cfg, info, "complete", reports[-1]["val_loss"], reports, reader.metrics, wall,
+                       "no final result: the last report is the result")
+    raise ProgramError("the command exited 0 without a result: call trial.finish(loss) (or trial.report) from "
+                       f"proxytune.Trial.current(); command: {' '.join(argv)}\n" + _tail(folder / "stderr.log"))
+
+
+class _ReportReader:
+    """Reads the complete lines a command appended to its reports file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.reports: list[dict[str, float]] = []
+        self.final: float | None = None
+        self.metrics: dict[str, float] = {}
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # not ours (a line the program wrote by hand): skip it
+            if not isinstance(rec, dict):
+                continue
+            if "report" in rec:
+                self.reports.append(rec["report"])
+            if "final" in rec:
+                self.final = float(rec["final"])
+                self.metrics.update(rec.get("metrics") or {})
+            out.append(rec)
+        return out
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the command's process group, SIGKILL it after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            _killpg_quiet(proc.pid)  # children that outlived the leader
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _killpg_quiet(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def kill_orphans(trial_file: str) -> int:
+    """SIGKILL the processes on this machine that still run a trial whose worker died (found by their
+    ``PROXYTUNE_TRIAL`` environment variable); returns how many."""
+    marker = f"{ENV_VAR}={trial_file}".encode() + b"\0"
+    n = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "environ").read_bytes() and int(proc.name) != os.getpid():
+                os.kill(int(proc.name), signal.SIGKILL)
+                n += 1
+        except (OSError, ValueError):
+            continue
+    return n
+
+
+def check_program(cfg: Any) -> None:
+    """Checks that need the machine (run before anything is written): the function imports, the command
+    exists."""
+    from .config import SweepConfigError
+
+    prog = cfg.program
+    if prog.cwd is not None and not Path(prog.cwd).is_dir():
+        raise SweepConfigError(f"program.cwd {prog.cwd!r} is not a directory")
+    if prog.kind == "function":
+        try:
+            load_function(prog.function, prog.cwd)
+        except ProgramError as exc:
+            raise SweepConfigError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - importing user code can raise anything
+            raise SweepConfigError(f"program.function {prog.function!r}: importing it failed: "
+                                   f"{type(exc).__name__}: {exc}") from None
+    else:
+        exe = prog.command[0]
+        if not _PLACEHOLDER.search(exe):
+            found = shutil.which(exe, path=os.environ.get("PATH")) if os.sep not in exe else exe
+            if os.sep in exe and prog.cwd and not Path(exe).is_absolute():
+                found = str(Path(prog.cwd) / exe)
+            if not found or not Path(found).exists():
+                raise SweepConfigError(f"program.command: {exe!r} not found (not on PATH, nor a file)")
