@@ -40,11 +40,13 @@ PROGRAM = textwrap.dedent('''
             raise RuntimeError("boom at this learning rate")
         if p.get("kill_lr") is not None and abs(math.log2(lr) - p["kill_lr"]) < 1e-9:
             os.kill(os.getpid(), 9)
+        noise = 0.003 * ((trial.seed * 7919) % 5)  # seeds differ a little, as real runs do
         for step in range(1, steps + 1):
             time.sleep(float(p.get("sleep", 0)))
-            trial.report(step, loss_at(lr, trial.width, step), train_loss=loss_at(lr, trial.width, step) + 0.1)
+            trial.report(step, loss_at(lr, trial.width, step) + noise,
+                         train_loss=loss_at(lr, trial.width, step) + 0.1)
         trial.set(tokens=1000 * steps, n_params=trial.width ** 2 * 10 + trial.width * 5)
-        return loss_at(lr, trial.width, steps)
+        return loss_at(lr, trial.width, steps) + noise
 
     def returns_nothing(trial):
         trial.report(1, 3.0)
@@ -477,3 +479,19 @@ def test_tracking_in_the_sweep_file_logs_every_program_trial_once(tmp_path):
     assert Sweep.from_dict(d).run()["complete"] == 2
     assert len(client.search_runs([exp.experiment_id])) == 2
     assert len([p for p in (run_dir / "tensorboard").iterdir() if p.is_dir()]) == 2
+
+
+# -------------------------------------------------------------------- tune
+def test_tune_on_a_program(tmp_path):
+    from proxytune.tune import tune
+
+    d = {"name": "tp", "program": {"function": "prog:run", "cwd": str(program_dir(tmp_path))}, "recipes": ["mup"],
+         "base": {"width": 32, "depth": 2}, "widths": [64, 128], "target": {"width": 256},
+         "search": {"strategy": "oat", "lr": {"start": -9, "stop": -5, "step": 1}, "multipliers": ["role_init.readout"],
+                    "rounds": 1, "span": 1, "lr_span": 1, "finalists": 1},
+         "verify": {"max_extend": 1}, "executor": {"kind": "inline"}, "runs_dir": str(tmp_path / "runs")}
+    result = tune(d, log=lambda *a, **k: None)
+    assert result.recipe == "mup" and abs(result.log2_lr + 7) <= 0.5  # the program's loss is lowest at log2 lr -7
+    assert result.prediction["params"] == pytest.approx(10 * 256 ** 2 + 5 * 256)  # fitted on the stored counts
+    assert result.prediction["plan"] is None
+    assert "Program `prog:run`" in Path(result.report).read_text()

@@ -575,16 +575,19 @@ def _print_tune(console: Any, result: Any) -> None:
             console.print(f"  [bold]{cand['recipe']}[/bold]: {v['line']}")
     p = result.prediction
     if p:
+        tokens = f"{p['tokens']:.3g} tokens" if p.get("tokens") is not None else "tokens not reported"
         console.print(f"\n[bold]Target[/bold] width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M params, "
-                      f"{p['tokens']:.3g} tokens): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
+                      f"{tokens}): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
                       f"{p['lr_interval'][1]:.3g})"
                       + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
                          f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ""))
         for warning in p["warnings"]:
             console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
-        console.print(f"  plan: {p['plan']}  training code: {p['snippet']}")
+        if p.get("plan"):
+            console.print(f"  plan: {p['plan']}  training code: {p['snippet']}")
     c = result.cost
-    line = f"\n[bold]Cost[/bold]: {c['trials']} proxy trials, {c['flops']:.3g} FLOPs"
+    line = f"\n[bold]Cost[/bold]: {c['trials']} proxy trials, " + (
+        f"{c['flops']:.3g} FLOPs" if c["flops"] else "FLOPs not reported (a program can: trial.set(flops=...))")
     if "vs_lr_sweep_at_largest" in c:
         line += f"; {c['vs_lr_sweep_at_largest']:.2f}x an LR sweep at width {c['largest_width']}"
     if "vs_target_run" in c:

@@ -278,7 +278,7 @@ def write_sweep_report(sweep: Any, out: Path, hp: str = "log2_lr", size_axis: st
     optima = optima_by_group(records, hp)
     if not optima:
         raise ValueError("no finished trials to report on yet")
-    unit = data_loss_unit(sweep.cfg.data)
+    unit = data_loss_unit(sweep.cfg.data) if sweep.cfg.program is None else "the program's units"
     name = f"{sweep.cfg.recipe} + {sweep.cfg.optimizer}"
     panels = {name: optima}
     figs = [lr_curves_figure(panels, out / "lr_curves.png", size_axis, hp, loss_unit=unit)]

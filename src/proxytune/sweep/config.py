@@ -181,19 +181,12 @@ class SweepConfig(FileConfig):
 
     @classmethod
     def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
-        program = data.get("program")
-        if isinstance(program, dict):
-            cwd = program.get("cwd")
-            if cwd is None or (isinstance(cwd, str) and not Path(cwd).is_absolute()):
-                data = {**data, "program": {**program, "cwd": str((folder / (cwd or ".")).resolve())}}
-        return data
+        return program_relative_to(data, folder)
 
     @field_validator("program")
     @classmethod
     def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
-        if v is not None and (v.cwd is None or not Path(v.cwd).is_absolute()):
-            v = v.model_copy(update={"cwd": str(Path(v.cwd or ".").resolve())})
-        return v
+        return program_absolute(v)
 
     @field_validator("base")
     @classmethod
@@ -292,6 +285,23 @@ class SweepConfig(FileConfig):
             for key in ("cwd", "timeout", "kill_grace"):
                 out["program"].pop(key, None)
         return out
+
+
+def program_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``program.cwd`` of a config file: relative to the file's folder, which is also the default."""
+    program = data.get("program")
+    if isinstance(program, dict):
+        cwd = program.get("cwd")
+        if cwd is None or (isinstance(cwd, str) and not Path(cwd).is_absolute()):
+            data = {**data, "program": {**program, "cwd": str((folder / (cwd or ".")).resolve())}}
+    return data
+
+
+def program_absolute(v: ProgramConfig | None) -> ProgramConfig | None:
+    """``program.cwd`` made absolute (from the current directory), so a saved copy works from anywhere."""
+    if v is not None and (v.cwd is None or not Path(v.cwd).is_absolute()):
+        v = v.model_copy(update={"cwd": str(Path(v.cwd or ".").resolve())})
+    return v
 
 
 _LOG2_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "output_mult", "embedding_mult", "attn_mult",

@@ -30,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..rules.recipes import RECIPES
 from ..sweep.config import (
     ExecutorConfig, FileConfig, Range, SweepConfigError, _unknown, check_base, check_train, field_name,
+    program_absolute, program_relative_to,
 )
+from ..sweep.program import ProgramConfig
 from ..train.config import MULTIPLIER_FIELDS, TrainConfig
 
 #: the named multipliers stage 1 scans by default (see docs/tuning.md for why these)
@@ -117,9 +119,12 @@ class TuneConfig(FileConfig):
     _what: ClassVar[str] = "tune"
     _error: ClassVar[type[ValueError]] = TuneConfigError
     _sections: ClassVar[dict[str, type[BaseModel]]] = {"search": SearchConfig, "verify": VerifyConfig,
-                                                       "target": TargetConfig, "executor": ExecutorConfig}
+                                                       "target": TargetConfig, "executor": ExecutorConfig,
+                                                       "program": ProgramConfig}
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    program: ProgramConfig | None = Field(None, description="your own training code instead of the built-in "
+                                                            "trainer (see docs/programs.md)")
     model: str = "gpt"
     model_options: dict[str, Any] = Field(default_factory=dict)
     data: str = "stdlib"
@@ -184,7 +189,21 @@ class TuneConfig(FileConfig):
             raise ValueError(f"depths must all be larger than the base depth {self.base_depth}")
         # every trial must make a valid TrainConfig: check one now, before anything is written
         TrainConfig(**self.train_fields(self.candidates[0]), width=bw, depth=self.base_depth, lr=1e-3)
+        if self.program is not None:
+            for key in ("model", "model_options", "data", "data_options"):
+                if getattr(self, key) != TuneConfig.model_fields[key].get_default(call_default_factory=True):
+                    raise ValueError(f"{key} is for the built-in trainer; a program builds its own model and reads "
+                                     "its own data (give it what it needs in program.params)")
         return self
+
+    @classmethod
+    def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+        return program_relative_to(data, folder)
+
+    @field_validator("program")
+    @classmethod
+    def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
+        return program_absolute(v)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -228,4 +247,10 @@ class TuneConfig(FileConfig):
 
     def identity(self) -> dict[str, Any]:
         """What the stored trials depend on (everything but the executor and where things are stored)."""
-        return self.model_dump(mode="json", exclude={"executor", "storage", "runs_dir"})
+        out = self.model_dump(mode="json", exclude={"executor", "storage", "runs_dir"})
+        if out.get("program") is None:
+            out.pop("program", None)  # tuning runs stored before programs existed keep their identity
+        else:
+            for key in ("cwd", "timeout", "kill_grace"):
+                out["program"].pop(key, None)
+        return out

@@ -181,7 +181,7 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
     from ..analysis.verdict import Verdict
 
     out = cfg.run_dir
-    unit = data_loss_unit(cfg.data)
+    unit = data_loss_unit(cfg.data) if cfg.program is None else "the program's units"
     panels = {c["recipe"]: c["optima"] for c in candidates if c["optima"]}
     verdicts: dict[str, Verdict] = {c["recipe"]: c["verdict"] for c in candidates if c.get("verdict")}
     figs = []
@@ -194,7 +194,7 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
         points = {}
         for c in candidates:
             rows = sorted((o for o in c["optima"] if math.isfinite(o.loss)), key=lambda o: o.group["width"])
-            points[c["recipe"]] = ([_params(cfg, int(o.group["width"])) for o in rows], [o.loss for o in rows])
+            points[c["recipe"]] = ([_params(cfg, int(o.group["width"]), c) for o in rows], [o.loss for o in rows])
         pred = result.prediction
         extrap = None
         if pred and pred.get("loss") and pred.get("loss_law") is not None:
@@ -205,7 +205,8 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
     c = result.cost
     lines = [
         f"# Tuning report: {cfg.name}", "",
-        f"Model `{cfg.model}`, data `{cfg.data}`, optimizer `{cfg.optimizer}`; base (smallest proxy) width "
+        (f"Program `{cfg.program.function or ' '.join(cfg.program.command)}`" if cfg.program is not None
+         else f"Model `{cfg.model}`, data `{cfg.data}`") + f", optimizer `{cfg.optimizer}`; base (smallest proxy) width "
         f"{cfg.base_width} x depth {cfg.base_depth}; wider proxies {', '.join(map(str, cfg.proxy_widths))}; "
         f"candidate recipes {', '.join(cfg.candidates)}. Losses are validation losses in {unit}.", "",
         "## Recommendation", "",
@@ -218,13 +219,15 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
     ]
     if result.prediction:
         p = result.prediction
+        tokens = f"{p['tokens']:.3g} tokens" if p.get("tokens") is not None else "tokens not reported"
         lines += [f"- **target** width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M parameters, "
-                  f"{p['tokens']:.3g} tokens): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
+                  f"{tokens}): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
                   f"{p['lr_interval'][1]:.3g})"
                   + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
                      f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ", no loss prediction"),
                   *[f"- **trust**: {x}" for x in p["warnings"]], *[f"- note: {x}" for x in p["notes"]],
-                  f"- per-tensor plan `{Path(p['plan']).name}`, training code `{Path(p['snippet']).name}`"]
+                  (f"- per-tensor plan `{Path(p['plan']).name}`, training code `{Path(p['snippet']).name}`"
+                   if p.get("plan") else "- per-tensor plans of the proxies: the sweeps' `plans/` folders")]
     lines += ["", "## Stage 1: constants at the base", "",
               f"Search: {s1['strategy']}, {s1['trials']} trials at width {cfg.base_width}. Finalists re-run on "
               f"fresh seeds (the search chose on seed 0):", "",
@@ -271,8 +274,16 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
     return path
 
 
-def _params(cfg: TuneConfig, width: int) -> int:
+def _params(cfg: TuneConfig, width: int, candidate: dict[str, Any] | None = None) -> int:
     from ..analysis.predict import count_params
+
+    if cfg.program is not None:  # the count the program stored with its trials
+        from ..sweep import Sweep
+
+        sweep = Sweep.open(candidate["sweep"]) if candidate and candidate.get("sweep") else None
+        counts = [r["params"] for r in (sweep.records() if sweep else []) if r.get("width") == width
+                  and r.get("params")]
+        return int(counts[0]) if counts else 0
 
     options = dict(cfg.model_options)
     if cfg.model in ("gpt", "moe"):

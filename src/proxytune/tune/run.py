@@ -110,6 +110,7 @@ class Tuner:
         d = {
             "name": f"{cfg.name}-{stage}", "model": cfg.model, "model_options": cfg.model_options, "data": cfg.data,
             "data_options": cfg.data_options, "recipe": recipe, "optimizer": cfg.optimizer,
+            **({"program": cfg.program.model_dump()} if cfg.program is not None else {}),
             "base": {"width": cfg.base_width, "depth": cfg.base_depth},
             "axes": axes or {}, "points": points,
             # every stage trains at the base shape unless its axes say otherwise
@@ -117,6 +118,8 @@ class Tuner:
             "strategy": strategy or {"kind": "list" if points is not None else "grid", "refine": False},
             "executor": cfg.executor.model_dump(), "storage": cfg.storage, "runs_dir": str(cfg.run_dir),
         }
+        if cfg.program is not None:
+            d["executor"]["batch"] = 1  # a program trains one trial at a time
         sweep = Sweep(SweepConfig.from_dict(d, source=f"tune stage {stage}"))
         self.sweeps[stage] = sweep
         return sweep
@@ -353,14 +356,18 @@ class Tuner:
         plan_path = self.cfg.run_dir / "target-plan.json"
         res = predict_from_sweep(sweep, width=t.width, depth=depth, tokens=t.tokens, plan_path=plan_path)
         snippet = self.cfg.run_dir / f"train-width{t.width}-depth{depth}.py"
-        snippet.write_text(res["plan"]["snippet"])
+        if res["plan"] is not None:
+            snippet.write_text(res["plan"]["snippet"])
+        else:  # a program sweep: the proxies' plans are on disk, the target's is the user's call
+            plan_path = snippet = None
         loss = res.get("loss")
         return {"width": t.width, "depth": depth, "params": res["target"]["params"], "tokens": res["target"]["tokens"],
                 "log2_lr": res["hp"]["value"], "log2_lr_interval": res["hp"]["interval"], "lr": res["hp"]["lr"],
                 "lr_interval": res["hp"]["lr_interval"],
                 "loss": None if not loss else {k: v for k, v in loss.items() if k != "fit"},
                 "loss_law": loss.get("fit") if loss else None,
-                "warnings": res["warnings"], "notes": res["notes"], "plan": str(plan_path), "snippet": str(snippet)}
+                "warnings": res["warnings"], "notes": res["notes"], "plan": plan_path and str(plan_path),
+                "snippet": snippet and str(snippet)}
 
     def _cost(self, candidates: list[dict[str, Any]], prediction: dict[str, Any] | None) -> dict[str, Any]:
         """FLOPs of every proxy trial, per stage, against one run of the target and an LR sweep at the largest
@@ -382,7 +389,7 @@ class Tuner:
             lr_sweep = largest_trial * len(self.cfg.search.lr.values()) * self.cfg.verify.seeds
             out.update(lr_sweep_at_largest=lr_sweep, vs_lr_sweep_at_largest=total / lr_sweep,
                        largest_width=big)
-        if prediction is not None:
+        if prediction is not None and self.cfg.program is None:  # a program's model is not ours to count
             target_flops = run_flops(self.cfg, prediction["width"], prediction["depth"], prediction["tokens"])
             if target_flops:
                 out.update(target_run=target_flops, vs_target_run=total / target_flops)
