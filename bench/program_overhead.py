@@ -136,11 +136,20 @@ def sweep_times(kind: str, args, runs_dir: Path) -> dict:
         "store_median_s": statistics.median(store),
         "program_wall_s": [r["wall_time"] for r in records],
         "program_wall_median_s": statistics.median(r["wall_time"] for r in records),
+        # per trial, the same time window: claim to stored result minus the time inside the program
+        "bookkeeping_median_s": statistics.median(
+            (t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs["result"]["wall_time"]
+            for t in trials),
         "first_start_after_s": (trials[0].datetime_start - wall0).total_seconds(),
         "between_trials_median_s": statistics.median(gaps) if gaps else None,
         "first_start_to_last_complete_s": (trials[-1].datetime_complete - trials[0].datetime_start).total_seconds(),
         "val_loss_median": statistics.median(r["val_loss"] for r in records),
     }
+
+
+def ms(seconds: float) -> str:
+    """'+123 ms' (no '-0')."""
+    return f"{round(1000 * seconds):+d} ms"
 
 
 def main() -> None:
@@ -182,7 +191,7 @@ def main() -> None:
             "store_overhead_ms": 1000 * (r["store_median_s"] - d_med),
             "end_to_end_s": r["end_to_end_per_trial_s"], "end_to_end_ratio": r["end_to_end_per_trial_s"] / d_mean,
             "end_to_end_overhead_ms": 1000 * (r["end_to_end_per_trial_s"] - d_mean),
-            "program_wall_median_s": r["program_wall_median_s"],
+            "program_wall_median_s": r["program_wall_median_s"], "bookkeeping_median_s": r["bookkeeping_median_s"],
         })
 
     lines = [
@@ -193,32 +202,34 @@ def main() -> None:
         f"thread(s), recipe mup from base {args.base_width}x{args.depth}. Whole script: {elapsed:.0f} s.",
         "",
         "| mode | per trial, median (store) | / direct | overhead | per trial, end to end | / direct | "
-        "overhead | inside the program (median) |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| direct call | {d_med:.3f} s | 1.00x | - | {d_mean:.3f} s (mean) | 1.00x | - | - |",
+        "overhead | inside the program (median) | store minus inside (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| direct call | {d_med:.3f} s | 1.00x | - | {d_mean:.3f} s (mean) | 1.00x | - | - | - |",
         f"| direct call with a trial, no sweep (reference) | {dt_med:.3f} s | {dt_med / d_med:.2f}x | "
-        f"{1000 * (dt_med - d_med):+.0f} ms | {dt_mean:.3f} s (mean) | {dt_mean / d_mean:.2f}x | "
-        f"{1000 * (dt_mean - d_mean):+.0f} ms | - |",
+        f"{ms(dt_med - d_med)} | {dt_mean:.3f} s (mean) | {dt_mean / d_mean:.2f}x | "
+        f"{ms(dt_mean - d_mean)} | - | - |",
     ] + ([
         f"| script, no sweep (reference) | {statistics.median(script):.3f} s | "
-        f"{statistics.median(script) / d_med:.2f}x | {1000 * (statistics.median(script) - d_med):+.0f} ms | "
+        f"{statistics.median(script) / d_med:.2f}x | {ms(statistics.median(script) - d_med)} | "
         f"{statistics.fmean(script):.3f} s (mean) | {statistics.fmean(script) / d_mean:.2f}x | "
-        f"{1000 * (statistics.fmean(script) - d_mean):+.0f} ms | - |"] if script else []) + [
-        f"| {r['mode']} | {r['store_median_s']:.3f} s | {r['store_ratio']:.2f}x | {r['store_overhead_ms']:+.0f} ms "
-        f"| {r['end_to_end_s']:.3f} s | {r['end_to_end_ratio']:.2f}x | {r['end_to_end_overhead_ms']:+.0f} ms "
-        f"| {r['program_wall_median_s']:.3f} s |" for r in rows
+        f"{ms(statistics.fmean(script) - d_mean)} | - | - |"] if script else []) + [
+        f"| {r['mode']} | {r['store_median_s']:.3f} s | {r['store_ratio']:.2f}x | {ms(r['store_overhead_ms'] / 1000)} "
+        f"| {r['end_to_end_s']:.3f} s | {r['end_to_end_ratio']:.2f}x | {ms(r['end_to_end_overhead_ms'] / 1000)} "
+        f"| {r['program_wall_median_s']:.3f} s | {1000 * r['bookkeeping_median_s']:.0f} ms |" for r in rows
     ] + [
         "",
         "Store: `datetime_complete - datetime_start` of each trial (claim to stored result), median; its overhead "
         "is that minus the median direct call. End to end: the sweep's wall time / "
         f"{args.n} (includes spawning the worker and its imports once, and the runner's last 1 s poll), against "
-        "the mean direct call. Inside the program: the stored `wall_time`. Script, no sweep: "
+        "the mean direct call. Inside the program: the stored `wall_time`; store minus inside: per trial, the "
+        "sweep's own work around the program (claim, trial info, storing the result), the same time window for both, "
+        "so the figure least moved by the machine's load. Script, no sweep: "
         "`python train_script.py ...` as a plain subprocess per run (what any command pays: the interpreter, "
         "`import torch`). Direct call with a trial: `train(..., trial=Trial(...))` in this process, no sweep "
         "(the mup plan, its per-tensor optimizer groups, three reports).",
         f"Sweep machinery alone (store median minus the with-trial direct median): function "
-        f"{1000 * (func['store_median_s'] - dt_med):+.0f} ms"
-        + (f", command {1000 * (cmd['store_median_s'] - dt_med - (statistics.median(script) - d_med)):+.0f} ms "
+        f"{ms(func['store_median_s'] - dt_med)}"
+        + (f", command {ms(cmd['store_median_s'] - dt_med - (statistics.median(script) - d_med))} "
            "(also minus the script reference's start-up)" if script else "") + ".",
         f"Sweep wall time: function {func['sweep_wall_s']:.1f} s (first trial started after "
         f"{func['first_start_after_s']:.1f} s), command {cmd['sweep_wall_s']:.1f} s (first trial started after "

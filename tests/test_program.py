@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -495,3 +496,30 @@ def test_tune_on_a_program(tmp_path):
     assert result.prediction["params"] == pytest.approx(10 * 256 ** 2 + 5 * 256)  # fitted on the stored counts
     assert result.prediction["plan"] is None
     assert "Program `prog:run`" in Path(result.report).read_text()
+
+
+@pytest.mark.parametrize("program", [FUNCTION, COMMAND], ids=["function", "command"])
+def test_ray_executor_runs_programs(tmp_path, program):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'proxytune[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        sw = Sweep.from_dict(sweep_dict(tmp_path, program, executor={"kind": "ray", "workers": 2}))
+        assert sw.run()["complete"] == 6, [r["error"] for r in sw.records()]
+        assert set(completes_per_point(sw).values()) == {1}
+    finally:
+        ray.shutdown()
+
+
+def test_a_point_that_kills_its_worker_every_time_is_failed_after_max_attempts(tmp_path):
+    d = sweep_dict(tmp_path, {"function": "prog:run", "params": {"kill_lr": -5}},
+                   executor={"workers": 2, "lease_seconds": 20, "max_attempts": 3})
+    start = time.time()
+    counts = Sweep.from_dict(d).run()
+    assert time.time() - start < 240
+    assert counts["complete"] == 4 and counts["failed"] == 2, counts
+    sw = Sweep.from_dict(d)
+    failed = [r for r in sw.records() if r["status"] == "failed"]
+    assert {r["log2_lr"] for r in failed} == {-5}
+    assert all("worker died 3 times" in r["error"] for r in failed)
+    died = Counter(t.user_attrs["point_id"] for t in sw.store().trials() if t.user_attrs.get("worker_died"))
+    assert sorted(died.values()) == [3, 3]  # two requeues and the final failure, per poisoned point

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -315,6 +316,30 @@ def sweep(
 
     sw = _sweep_errors(lambda: Sweep.from_yaml(config).with_executor(workers=workers, threads=threads, batch=batch))
     _sweep_errors(lambda: _run_sweep(sw))
+
+
+@app.command()
+def repair(
+    run_dir: str = typer.Argument(..., help="the sweep's directory"),
+    cut_at: int = typer.Option(..., "--cut-at", help="the byte offset the corruption error named"),
+) -> None:
+    """Cut a corrupt journal at a record boundary: the records before it are kept, the rest go to a side file."""
+    from .sweep import Sweep
+    from .sweep.journal import cut_journal
+
+    sw = _sweep_errors(lambda: Sweep.open(run_dir))
+    url = sw.cfg.storage_url()
+    if "://" in url:
+        typer.echo(f"error: {url} is a database, not a journal file; repair it with the database's own tools",
+                   err=True)
+        raise typer.Exit(2)
+    try:
+        done = cut_journal(url, cut_at)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"cut {url} at byte {done['offset']}: {done['bytes']} bytes moved to {done['side_file']}; "
+               f"proxytune resume {run_dir} re-runs what they held")
 
 
 @app.command()
@@ -802,7 +827,14 @@ def recipes() -> None:
         typer.echo(f"{o.name:<12} {o.summary}")
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,  # noqa: ANN001
+                  line: str | None = None) -> None:
+    """Warnings as one plain line each ("warning: ..."), not Python's file-and-line form."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     app(prog_name="proxytune")
 
 

@@ -109,6 +109,8 @@ class ExecutorConfig(_Strict):
     threads: int = Field(1, gt=0, description="torch threads per worker")
     batch: int = Field(1, gt=0, description="trials trained together in one worker (1 = off)")
     lease_seconds: float = Field(60.0, gt=1, description="a running trial whose heartbeat is older is re-queued")
+    max_attempts: int = Field(3, ge=1, description="a point whose worker dies this many times while running it "
+                                                   "(killed, out of memory) is stored as failed, not re-queued")
     address: str | None = Field(None, description="ray: cluster address (None: start ray locally)")
     gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs per task")
 
@@ -187,6 +189,11 @@ class SweepConfig(FileConfig):
     @classmethod
     def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
         return program_absolute(v)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        return absolute_storage(v)
 
     @field_validator("base")
     @classmethod
@@ -285,6 +292,20 @@ class SweepConfig(FileConfig):
             for key in ("cwd", "timeout", "kill_grace"):
                 out["program"].pop(key, None)
         return out
+
+
+def absolute_storage(v: str | None) -> str | None:
+    """A journal path or ``sqlite:///relative.db`` made absolute, so the saved sweep finds the same store from any
+    folder (and commands run elsewhere never create a stray empty database)."""
+    if v is None or not v.strip():
+        if v is not None:
+            raise ValueError("storage is empty; leave it out (a journal file under runs_dir) or give a path or URL")
+        return v
+    if "://" not in v:
+        return str(Path(v).expanduser().resolve())
+    if v.startswith("sqlite:///") and not v.startswith("sqlite:////") and v != "sqlite:///:memory:":
+        return "sqlite:///" + str(Path(v[len("sqlite:///"):]).resolve())
+    return v
 
 
 def program_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:

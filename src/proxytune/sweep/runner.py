@@ -18,7 +18,7 @@ from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
 from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
 from .program import check_program
-from .store import SweepStore
+from .store import SweepStore, check_writable
 from .tracking import Trackers
 from .worker import StopRequested, open_store, run_worker
 
@@ -67,6 +67,8 @@ class Sweep:
         """
         cfg = self.cfg
         first = base_config(cfg)
+        check_writable(cfg.storage_url())
+        _check_run_dir(cfg.run_dir)
         if cfg.program is not None:
             check_program(cfg)  # the function imports, the command exists
         else:
@@ -78,12 +80,16 @@ class Sweep:
         if cfg.strategy.kind in ("halving", "hyperband"):
             warnings.warn(f"strategy {cfg.strategy.kind!r} stops trials early, which favours large learning rates "
                           "(they look good early); never use its optimum for the transfer verdict.", stacklevel=2)
-        store = open_store(cfg, create=True)
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        saved = cfg.run_dir / CONFIG_FILE
-        tmp = saved.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        os.replace(tmp, saved)
+        try:
+            store = open_store(cfg, create=True)  # first: an unreachable database leaves no folder behind
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            saved = cfg.run_dir / CONFIG_FILE
+            tmp = saved.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            os.replace(tmp, saved)
+        except OSError as exc:
+            raise SweepConfigError(f"cannot write the sweep's files in {str(cfg.run_dir)!r}: "
+                                   f"{exc.strerror or exc}") from None
         self._trackers = trackers
         if cfg.strategy.kind == "grid":
             store.enqueue(largest_first(grid_points(cfg.axes), cfg.train))
@@ -226,6 +232,17 @@ class Sweep:
         else:
             raise SweepConfigError(f"unknown export format {fmt!r}; valid: csv, parquet")
         return path
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """The run folder (or the nearest existing folder above it) must be a writable directory."""
+    p = run_dir.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise SweepConfigError(f"runs_dir: {str(p)!r} is a file, not a folder; give a folder for the runs")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise SweepConfigError(f"runs_dir: {str(p)!r} is not writable; give a folder you can write to")
 
 
 def _check_shapes(cfg: SweepConfig) -> None:

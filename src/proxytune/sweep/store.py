@@ -30,6 +30,7 @@ import random
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,7 @@ def point_id(point: dict[str, Any]) -> str:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; file paths become journal storages."""
     if "://" not in url:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        return _open_journal(url)
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
@@ -73,6 +70,56 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             raise SweepConfigError(f"cannot open storage {_redact(url)}: {type(exc).__name__}: "
                                    f"{text.splitlines()[0] if text else ''}") from None
     raise AssertionError("unreachable")
+
+
+def _open_journal(url: str) -> optuna.storages.BaseStorage:
+    """The journal file at ``url`` (a path), checked and, when its last record is torn, repaired."""
+    from optuna.storages import JournalStorage
+
+    from .journal import JournalCorrupt, JournalRepairWarning, SafeJournalBackend, remove_legacy_lock
+
+    path = Path(url).resolve()
+    if path.is_dir():
+        raise SweepConfigError(f"storage {url!r} is a directory; give a file path (or leave storage unset)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, PermissionError) as exc:
+        raise SweepConfigError(f"storage {url!r}: cannot create its folder: {exc.strerror or exc}") from None
+    if not path.parent.is_dir():
+        raise SweepConfigError(f"storage {url!r}: {str(path.parent)!r} is not a directory")
+    writable = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if not path.exists() and not writable:
+        raise SweepConfigError(f"storage {url!r}: the folder {str(path.parent)!r} is not writable")
+    try:
+        backend = SafeJournalBackend(str(path))
+        done = None
+        if writable:
+            remove_legacy_lock(str(path))
+            done = backend.repair()
+        storage = JournalStorage(backend)
+        if done:
+            kept = sum(1 for study in storage.get_all_studies()
+                       for t in storage.get_all_trials(study._study_id, deepcopy=False)
+                       if t.state.is_finished() and t.user_attrs.get("status") not in ("requeued", "duplicate"))
+            warnings.warn(f"journal {path}: dropped 1 incomplete record at byte {done['offset']} ({done['bytes']} "
+                          f"bytes, a write cut short by a crash; kept in {done['side_file']}); {kept} finished "
+                          "trials kept", JournalRepairWarning, stacklevel=2)
+        return storage
+    except JournalCorrupt as exc:
+        raise SweepConfigError(str(exc)) from None
+    except PermissionError as exc:
+        raise SweepConfigError(f"storage {url!r}: {exc.strerror}: {exc.filename}") from None
+
+
+def check_writable(url: str) -> None:
+    """A sweep that will write its journal: refuse a read-only file or folder before any worker starts."""
+    if "://" in url:
+        return
+    path = Path(url).resolve()
+    for p in (path, path.parent):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise SweepConfigError(f"storage {url!r}: {str(p)!r} is read-only; a sweep must write its results "
+                                   "(make it writable, or copy the run folder somewhere writable)")
 
 
 def _redact(url: str) -> str:
@@ -99,6 +146,7 @@ class SweepStore:
         self.storage = storage
         self.study_id = storage.get_study_id_from_name(cfg.name)
         self.lease_seconds = cfg.executor.lease_seconds
+        self.max_attempts = cfg.executor.max_attempts
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -248,8 +296,22 @@ class SweepStore:
         trial failed as requeued or duplicate) and enqueues them again.
         """
         n = 0
-        for t in self.stale():
-            if self._finish_state(t._trial_id, TrialState.FAIL, None, {"status": "requeued"}):
+        stale = self.stale()
+        trials = self.trials() if stale else []
+        for t in stale:
+            pid = t.user_attrs.get("point_id")
+            died = 1 + sum(1 for o in trials if o.user_attrs.get("worker_died") and o.user_attrs.get("point_id") == pid
+                           and o._trial_id != t._trial_id)
+            lease = t.user_attrs.get("lease") or {}
+            if died >= self.max_attempts:  # a poison point: it takes its worker down every time
+                error = (f"its worker died {died} times while running it (killed, out of memory, or a crash in "
+                         f"native code); last seen: pid {lease.get('pid')} on {lease.get('host')}. Not retried again "
+                         f"(executor.max_attempts: {self.max_attempts}); proxytune resume tries it once more")
+                if self._finish_state(t._trial_id, TrialState.FAIL, None,
+                                      {"status": "failed", "worker_died": True, "error": error}):
+                    _stop_orphan_program(t)
+                continue
+            if self._finish_state(t._trial_id, TrialState.FAIL, None, {"status": "requeued", "worker_died": True}):
                 _stop_orphan_program(t)
                 self._reenqueue(t)
                 n += 1
