@@ -237,7 +237,10 @@ def _sweep_errors(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except (SweepConfigError, DataError, PlanError, ValueError) as exc:
-        typer.echo(f"error: {_config_error(exc)}", err=True)
+        # one line, whatever the message quotes (a key with a newline in it, a parser's multi-line text)
+        text = " ".join(_config_error(exc).split("\n"))
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        typer.echo(f"error: {text}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -310,11 +313,17 @@ def sweep(
     workers: Optional[int] = typer.Option(None, help="worker processes (overrides executor.workers)"),
     threads: Optional[int] = typer.Option(None, help="torch threads per worker"),
     batch: Optional[int] = typer.Option(None, help="trials trained together per worker (1 = off)"),
+    check: bool = typer.Option(False, "--check", help="check the file, its data, model shapes and devices; run "
+                                                      "nothing and write nothing"),
 ) -> None:
     """Run (or continue) the sweep described in CONFIG: progress bar and live table of the best trials."""
     from .sweep import Sweep
 
     sw = _sweep_errors(lambda: Sweep.from_yaml(config).with_executor(workers=workers, threads=threads, batch=batch))
+    if check:
+        _sweep_errors(sw.check)
+        typer.echo(f"{config}: ok ({sw.cfg.strategy.kind} sweep {sw.cfg.name!r} -> {sw.cfg.run_dir})")
+        return
     _sweep_errors(lambda: _run_sweep(sw))
 
 

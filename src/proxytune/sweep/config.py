@@ -43,6 +43,12 @@ from ..train.config import ROLES, TrainConfig
 from .program import COMMAND_FIELDS, ProgramConfig
 from .tracking import TrackingConfig
 
+#: limits that no real sweep reaches; beyond them a typo would enumerate millions of points
+MAX_AXIS_POINTS = 10_000
+MAX_GRID_POINTS = 100_000
+MAX_AXIS_VALUE = 1e12
+MAX_LOG2 = 100
+
 STRATEGIES = ("grid", "list", "random", "tpe", "halving", "hyperband", "telescoping")
 EXECUTORS = ("local", "inline", "ray")
 # Fields set by the sweep itself, not by ``train:``.
@@ -66,13 +72,22 @@ class Range(_Strict):
     low: float | None = None
     high: float | None = None
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     @model_validator(mode="after")
     def _one_form(self) -> Range:
         grid = (self.start, self.stop, self.step)
         bounds = (self.low, self.high)
+        for v in (*grid, *bounds):
+            if v is not None and abs(v) > MAX_AXIS_VALUE:
+                raise ValueError(f"{v:g} is too large for an axis value (|value| <= {MAX_AXIS_VALUE:g})")
         if all(v is not None for v in grid) and all(v is None for v in bounds):
             if not self.step > 0 or self.stop < self.start:
                 raise ValueError("a range needs step > 0 and stop >= start")
+            n = (self.stop - self.start) / self.step + 1
+            if n > MAX_AXIS_POINTS:
+                raise ValueError(f"{{start: {self.start:g}, stop: {self.stop:g}, step: {self.step:g}}} has {n:.3g} "
+                                 f"points; an axis may have at most {MAX_AXIS_POINTS} (raise the step)")
             return self
         if all(v is not None for v in bounds) and all(v is None for v in grid):
             if not self.high > self.low:
@@ -128,9 +143,17 @@ class FileConfig(_Strict):
         if not path.is_file():
             raise cls._error(f"{cls._what} file {str(path)!r} not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise cls._error(f"{path}: not a UTF-8 text file (byte {exc.start} is {exc.object[exc.start]:#04x})") \
+                from None
         except yaml.YAMLError as exc:
-            raise cls._error(f"{path}: not valid YAML: {exc}") from None
+            raise cls._error(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        except OSError as exc:
+            raise cls._error(f"{path}: cannot read it: {exc.strerror}") from None
+        binary = _binary_keys(data)
+        if binary:
+            raise cls._error(f"{path}: {binary[0]}: a YAML binary value (!!binary) is not accepted; write text")
         if not isinstance(data, dict):
             raise cls._error(f"{path}: expected a mapping of {cls._what} settings at the top level")
         return cls.from_dict(cls._relative_to(data, path.parent), source=str(path))
@@ -160,7 +183,7 @@ class SweepConfig(FileConfig):
     _sections: ClassVar[dict[str, type[BaseModel]]] = {"strategy": StrategyConfig, "executor": ExecutorConfig,
                                                        "program": ProgramConfig, "tracking": TrackingConfig}
 
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     program: ProgramConfig | None = Field(None, description="the user's own training code (a function or a "
                                                             "command) instead of the built-in trainer")
     model: str = "gpt"
@@ -214,6 +237,16 @@ class SweepConfig(FileConfig):
             field_name(name, extra)  # raises with a suggestion
             if isinstance(spec, list) and not spec:
                 raise ValueError(f"axis {name!r} has no values")
+            values = spec if isinstance(spec, list) else [x for x in (spec.start, spec.stop, spec.low, spec.high)
+                                                          if x is not None]
+            for x in values:
+                if isinstance(x, (bytes, bytearray)):
+                    raise ValueError(f"axis {name!r}: binary values are not accepted")
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ValueError(f"axis {name!r}: {x} is not a finite number")
+                if name.startswith("log2_") and (isinstance(x, bool) or not isinstance(x, (int, float))
+                                                 or abs(x) > MAX_LOG2):
+                    raise ValueError(f"axis {name!r}: {x!r} must be a number of octaves within +-{MAX_LOG2}")
         return v
 
     @model_validator(mode="after")
@@ -234,8 +267,21 @@ class SweepConfig(FileConfig):
                 raise ValueError(f"telescoping grows axis {self.strategy.scale_axis!r}: list its values under axes")
         if self.program is not None:
             self._check_program()
-        # Every point must make a valid TrainConfig: check the first one now, before anything is written.
+        if kind in ("grid", "telescoping"):
+            size = math.prod(len(axis_values_of(spec)) for spec in self.axes.values())
+            if size > MAX_GRID_POINTS:
+                raise ValueError(f"the grid has {size:,} points; at most {MAX_GRID_POINTS:,} (fewer axis values, or "
+                                 "strategy random/tpe with n_trials)")
+        # Every point must make a valid TrainConfig: check the first one, and every value of every axis, now.
         base_config(self)
+        if self.program is None:
+            first = first_point(self)
+            for axis, spec in self.axes.items():
+                for value in axis_values_of(spec) if not (isinstance(spec, Range) and spec.start is None) else []:
+                    try:
+                        TrainConfig(**apply_point(base_fields(self), {**first, axis: value}))
+                    except ValidationError as exc:
+                        raise ValueError(f"axis {axis!r} value {value!r}: {_format(exc)}") from None
         return self
 
     def _check_program(self) -> None:
@@ -306,6 +352,13 @@ def absolute_storage(v: str | None) -> str | None:
     if v.startswith("sqlite:///") and not v.startswith("sqlite:////") and v != "sqlite:///:memory:":
         return "sqlite:///" + str(Path(v[len("sqlite:///"):]).resolve())
     return v
+
+
+def axis_values_of(spec: list[Any] | Range) -> list[Any]:
+    """An axis's values (a list, or a grid range; bounds have none)."""
+    if isinstance(spec, list):
+        return list(spec)
+    return spec.values() if spec.start is not None else [spec.low, spec.high]
 
 
 def program_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -419,6 +472,17 @@ def check_train(v: dict[str, Any], owned: tuple[str, ...], where: str) -> dict[s
     return v
 
 
+def _binary_keys(data: Any, where: str = "") -> list[str]:
+    """Where ``data`` (parsed YAML) holds bytes (a ``!!binary`` tag)."""
+    if isinstance(data, (bytes, bytearray)):
+        return [where or "the file"]
+    if isinstance(data, dict):
+        return [k for key, v in data.items() for k in _binary_keys(v, f"{where}.{key}" if where else str(key))]
+    if isinstance(data, list):
+        return [k for i, v in enumerate(data) for k in _binary_keys(v, f"{where}[{i}]")]
+    return []
+
+
 def _unknown(where: str, key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     return f"unknown {where} key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
@@ -426,8 +490,14 @@ def _unknown(where: str, key: str, valid: list[str]) -> str:
 
 def _format(exc: ValidationError, sections: dict[str, type[BaseModel]] | None = None) -> str:
     """One readable clause per error; an unknown key in a section suggests the closest key of that section."""
-    out = []
+    out: list[str] = []
     for e in exc.errors():
+        if len(e["loc"]) >= 3 and e["loc"][0] == "axes" and str(e["loc"][2]).startswith(("list[", "function-after")):
+            # one clause for an axis whose value is neither a list nor a range (pydantic tries both)
+            clause = f"axes.{e['loc'][1]}: give a list of values, {{start, stop, step}} or {{low, high}}"
+            if clause not in out:
+                out.append(clause)
+            continue
         loc = ".".join(str(x) for x in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

@@ -18,7 +18,7 @@ from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
 from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
 from .program import check_program
-from .store import SweepStore, check_writable
+from .store import SweepStore, check_writable, probe_folder
 from .tracking import Trackers
 from .worker import StopRequested, open_store, run_worker
 
@@ -66,16 +66,7 @@ class Sweep:
         Every check that can fail runs before anything is written.
         """
         cfg = self.cfg
-        first = base_config(cfg)
-        check_writable(cfg.storage_url())
-        _check_run_dir(cfg.run_dir)
-        if cfg.program is not None:
-            check_program(cfg)  # the function imports, the command exists
-        else:
-            data = load_data(first)  # a missing or too-short data file fails here
-            if hasattr(data, "check"):
-                data.check(first.seq_len)
-            _check_shapes(cfg)
+        self.check()
         trackers = self.trackers()  # a tracker whose package is missing fails here
         if cfg.strategy.kind in ("halving", "hyperband"):
             warnings.warn(f"strategy {cfg.strategy.kind!r} stops trials early, which favours large learning rates "
@@ -100,6 +91,31 @@ class Sweep:
         return store
 
     # --------------------------------------------------------------------- run
+    def check(self) -> None:
+        """Every check that needs the machine (data, model shapes, devices, the program, the executor), writing
+        nothing; :meth:`prepare` runs it first. ``proxytune sweep --check`` runs only this."""
+        cfg = self.cfg
+        first = base_config(cfg)
+        check_writable(cfg.storage_url())
+        _check_run_dir(cfg.run_dir)
+        if cfg.executor.kind == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise SweepConfigError("executor 'ray' needs Ray: pip install 'proxytune[ray]'") from None
+        if cfg.program is not None:
+            check_program(cfg)  # the function imports, the command exists
+            return
+        if cfg.executor.kind != "ray":  # Ray workers may have devices this machine has not
+            _check_device(first.device)
+        try:
+            data = load_data(first)  # a missing or too-short data file fails here
+        except TypeError as exc:
+            raise SweepConfigError(f"data_options: {exc}") from None
+        if hasattr(data, "check"):
+            data.check(first.seq_len)
+        _check_shapes(cfg, data)
+
     def trackers(self) -> Trackers | None:
         """The experiment trackers of ``tracking:`` (None when there are none)."""
         t = self.cfg.tracking
@@ -243,28 +259,54 @@ def _check_run_dir(run_dir: Path) -> None:
         raise SweepConfigError(f"runs_dir: {str(p)!r} is a file, not a folder; give a folder for the runs")
     if not os.access(p, os.W_OK | os.X_OK):
         raise SweepConfigError(f"runs_dir: {str(p)!r} is not writable; give a folder you can write to")
+    probe_folder(run_dir.resolve(), "runs_dir")
 
 
-def _check_shapes(cfg: SweepConfig) -> None:
-    """Build every distinct model shape of a grid on ``meta`` (free) so a bad width fails before any trial."""
+def _check_device(device: str) -> None:
+    """A device this machine has (cuda:N within the visible GPUs)."""
+    import torch
+
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= n:
+            raise SweepConfigError(f"train.device {device!r}: this machine has {n} CUDA device(s)"
+                                   + ("" if n else "; use cpu (or auto)"))
+    elif device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SweepConfigError("train.device 'mps': not available on this machine; use cpu (or auto)")
+
+
+def _check_shapes(cfg: SweepConfig, data: Any = None) -> None:
+    """Build the base and every distinct model shape of a grid on ``meta`` (free) so a bad width fails before any
+    trial; a model whose context or vocabulary is smaller than the data's is refused too."""
     from ..builders import build_model, load_builder
     from ..train.config import TrainConfig
-    from ..train.setup import LM_MODELS
+    from ..train.setup import _builder_options
     from .config import apply_point, base_fields
 
     axes = {a: v for a, v in cfg.axes.items() if not is_batchable_axis(a)}
-    if not axes or any(not isinstance(v, list) and v.start is None for v in axes.values()):
-        return
+    if any(not isinstance(v, list) and v.start is None for v in axes.values()):
+        axes = {}
     builder = load_builder(cfg.model)
-    for point in grid_points(axes):
-        tc = TrainConfig(**apply_point(base_fields(cfg), point))
-        options = dict(tc.model_options)
-        if tc.model in LM_MODELS:
-            options.setdefault("seq_len", tc.seq_len)
+    first = base_config(cfg)
+    points = grid_points(axes) if axes else [{}]
+    shapes = [(p, TrainConfig(**apply_point(base_fields(cfg), p))) for p in points]
+    if first.base_width or first.base_depth:
+        base = first.model_copy(update={"width": first.base_width or first.width,
+                                        "depth": first.base_depth or first.depth})
+        shapes.insert(0, ("the base shape " + str(dict(cfg.base)), base))
+    for where, tc in shapes:
+        options = _builder_options(tc, data, builder) if data is not None else dict(tc.model_options)
+        if data is not None and getattr(data, "task", "lm") == "lm":
+            for key, need, what in (("seq_len", tc.seq_len, "the training seq_len"),
+                                    ("vocab", getattr(data, "vocab_size", 0), "the data's vocabulary")):
+                if key in tc.model_options and int(tc.model_options[key]) < need:
+                    raise SweepConfigError(f"model_options.{key} = {tc.model_options[key]} is smaller than {what} "
+                                           f"({need})")
         try:
             build_model(builder, tc.width, tc.depth, "meta", options)
         except Exception as exc:  # noqa: BLE001 - any builder error is a config error here
-            raise SweepConfigError(f"the model cannot be built at {point}: {exc}") from None
+            raise SweepConfigError(f"the model cannot be built at {where}: {exc}") from None
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:

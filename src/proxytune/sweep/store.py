@@ -116,10 +116,30 @@ def check_writable(url: str) -> None:
     if "://" in url:
         return
     path = Path(url).resolve()
+    if path.is_dir():
+        raise SweepConfigError(f"storage {url!r} is a directory; give a file path (or leave storage unset)")
     for p in (path, path.parent):
         if p.exists() and not os.access(p, os.W_OK):
             raise SweepConfigError(f"storage {url!r}: {str(p)!r} is read-only; a sweep must write its results "
                                    "(make it writable, or copy the run folder somewhere writable)")
+    probe_folder(path.parent, f"storage {url!r}")
+
+
+def probe_folder(folder: Path, what: str) -> None:
+    """Refuse a folder that cannot be created: make (and remove) a scratch folder where it would go."""
+    import tempfile
+
+    p = folder
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise SweepConfigError(f"{what}: {str(p)!r} is a file, not a folder")
+    if p == folder:
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".proxytune-probe-", dir=p))
+    except OSError as exc:
+        raise SweepConfigError(f"{what}: cannot create its folder under {str(p)!r}: {exc.strerror or exc}") from None
 
 
 def _redact(url: str) -> str:

@@ -22,6 +22,11 @@ ROLES = ("embedding", "hidden", "readout", "vector", "scalar")
 _CHOICES = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "mode": MODES, "weight_decay_policy": WD_POLICIES,
             "schedule": SCHEDULES}
 
+#: bounds no real model reaches: a typo beyond them would hang the build instead of failing
+MAX_WIDTH = 1 << 20
+MAX_DEPTH = 10_000
+DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
+
 # Fields that may differ between the members of one batched group (see
 # ``train_batched``); every other field must be equal across the group.
 BATCHABLE_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "role_lr", "role_init", "output_mult",
@@ -41,14 +46,14 @@ class TrainConfig(BaseModel):
     training under the recipe's base-shape values.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # model
     model: str = Field("gpt", description="built-in name (gpt, mlp, moe) or 'pkg.module:function'")
-    width: int = Field(64, gt=0)
-    depth: int = Field(2, gt=0)
-    base_width: int | None = Field(None, gt=0, description="width of the proxy the HPs are tuned at")
-    base_depth: int | None = Field(None, gt=0, description="depth of the proxy the HPs are tuned at")
+    width: int = Field(64, gt=0, le=MAX_WIDTH)
+    depth: int = Field(2, gt=0, le=MAX_DEPTH)
+    base_width: int | None = Field(None, gt=0, le=MAX_WIDTH, description="width of the proxy the HPs are tuned at")
+    base_depth: int | None = Field(None, gt=0, le=MAX_DEPTH, description="depth of the proxy the HPs are tuned at")
     model_options: dict[str, Any] = Field(default_factory=dict, description="extra builder keyword arguments")
 
     # parameterization
@@ -124,6 +129,34 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"multiplier for role {role!r} must be >= 0, got {value}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        """YAML's ``true`` is not a number of steps: refuse booleans where a number is expected."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and field.annotation is not bool and \
+                        "bool" not in str(field.annotation):
+                    raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+        return data
+
+    @field_validator("roles")
+    @classmethod
+    def _role_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for pattern, role in v.items():
+            _choice(f"role for {pattern!r}", role, ROLES)
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.match(DEVICE_PATTERN, v):
+            raise ValueError(f"device {v!r}: expected cpu, cuda, cuda:N, mps or auto")
+        return v
+
     @field_validator("betas")
     @classmethod
     def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
@@ -173,6 +206,8 @@ class TrainConfig(BaseModel):
 
 
 def _choice(what: str, value: str, valid: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: expected one of {', '.join(valid)}, got {value!r}")
     if value in valid:
         return value
     close = difflib.get_close_matches(value, list(valid), n=1)
