@@ -49,6 +49,12 @@ PROGRAM = textwrap.dedent('''
         trial.set(tokens=1000 * steps, n_params=trial.width ** 2 * 10 + trial.width * 5)
         return loss_at(lr, trial.width, steps) + noise
 
+    def diverges_at_32(trial):
+        trial.set(n_params=10 * trial.width ** 2 + 5 * trial.width, tokens=1000)
+        if trial.width == 32 or trial.params.get("all_diverge"):
+            return math.inf
+        return (math.log2(trial.params["lr"]) + 1) ** 2 / 10 + 64 / trial.width
+
     def returns_nothing(trial):
         trial.report(1, 3.0)
 
@@ -523,3 +529,32 @@ def test_a_point_that_kills_its_worker_every_time_is_failed_after_max_attempts(t
     assert all("worker died 3 times" in r["error"] for r in failed)
     died = Counter(t.user_attrs["point_id"] for t in sw.store().trials() if t.user_attrs.get("worker_died"))
     assert sorted(died.values()) == [3, 3]  # two requeues and the final failure, per poisoned point
+
+
+# ------------------------------------------------------- analysis of gaps
+@pytest.mark.parametrize("case", ["largest width diverged", "all diverged", "one width"])
+def test_analysis_of_sweeps_with_no_optimum_somewhere(tmp_path, case):
+    params = {"all_diverge": 1} if case == "all diverged" else {}
+    widths = [16] if case == "one width" else [16, 32]
+    d = sweep_dict(tmp_path, {"function": "prog:diverges_at_32", "params": params},
+                   axes={"width": widths, "log2_lr": [0, 2, 4]}, base={"width": 16, "depth": 1},
+                   executor={"kind": "inline"})
+    Sweep.from_dict(d).run()
+    run_dir = str(tmp_path / "runs" / "p")
+    runner = CliRunner()
+    outputs = {}
+    for cmd in (["analyze", run_dir], ["report", run_dir], ["predict", run_dir, "--width", "128", "--params", "1e6"]):
+        res = runner.invoke(app, cmd)
+        assert res.exception is None or isinstance(res.exception, SystemExit), (cmd, res.output)
+        assert res.exit_code in (0, 2) and "Traceback" not in res.output, (cmd, res.output)
+        outputs[cmd[0]] = (res.exit_code, " ".join(res.output.split()))
+    if case == "largest width diverged":
+        assert "width 32: every point diverged (log2_lr 0 .. 4)" in outputs["analyze"][1]
+        assert "the largest width swept (32) has no optimum" in outputs["analyze"][1]
+        assert outputs["predict"][0] == 2 and "no prediction from a smaller proxy" in outputs["predict"][1]
+        assert "Missing" in (tmp_path / "runs" / "p" / "report" / "report.md").read_text()
+    elif case == "all diverged":
+        assert "every point of the sweep diverged" in outputs["analyze"][1]
+        assert outputs["predict"][0] == 2 and "every point of the sweep diverged" in outputs["predict"][1]
+    else:
+        assert "no transfer verdict" in outputs["analyze"][1] and outputs["predict"][0] == 0

@@ -411,7 +411,7 @@ def analyze(
     from rich.table import Table
 
     from .analysis.optimum import optima_by_group
-    from .analysis.verdict import transfer_verdict
+    from .analysis.verdict import verdict_with_gaps
     from .sweep import Sweep
 
     records = _sweep_errors(lambda: Sweep.open(run_dir).records())
@@ -419,13 +419,13 @@ def analyze(
         typer.echo(f"error: the sweep has no axis {hp!r}", err=True)
         raise typer.Exit(2)
     optima = optima_by_group(records, hp)
-    verdict = None
-    sizes = {o.group.get(size_axis) for o in optima if size_axis in o.group}
-    if len(sizes) >= 2 and len(sizes) == len(optima):
-        verdict = transfer_verdict(optima, size_axis)
+    if not optima:
+        typer.echo("no finished trials yet: proxytune status shows what is running", err=True)
+        raise typer.Exit(2)
+    verdict, gaps = verdict_with_gaps(optima, size_axis, hp)
     if as_json:
         typer.echo(json.dumps({"optima": [o.to_dict() for o in optima],
-                               "verdict": verdict.to_dict() if verdict else None}, default=str))
+                               "verdict": verdict.to_dict() if verdict else None, "missing": gaps}, default=str))
         return
     table = Table(title=f"optimum of {hp} per size")
     for col in ("size", "optimum (90% interval)", "best grid point", "loss", "notes"):
@@ -440,7 +440,9 @@ def analyze(
         for line in verdict.advice:
             console.print(f"- {line}")
     else:
-        console.print(f"no transfer verdict: needs one optimum per value of {size_axis!r} (2 or more values)")
+        console.print(f"no transfer verdict: needs a finite optimum at 2 or more values of {size_axis!r}")
+    for line in gaps:
+        console.print(f"[bold yellow]missing:[/bold yellow] {line}")
 
 
 @app.command()

@@ -46,9 +46,17 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     records = sweep.records()
     if not any(hp in r for r in records):
         raise ValueError(f"the sweep has no axis {hp!r} to predict")
-    optima = [o for o in optima_by_group(records, hp) if math.isfinite(o.value)]
+    every = optima_by_group(records, hp)
+    optima = [o for o in every if math.isfinite(o.value)]
     if not optima:
+        if every:
+            raise ValueError(f"every point of the sweep diverged: no {hp} optimum anywhere; lower the {hp} range")
         raise ValueError("no completed trials with a finite loss in this sweep yet")
+    size_of = [(o.group.get("width", 0), o.group.get("depth", 0)) for o in every]
+    largest = max(size_of)
+    if all((o.group.get("width", 0), o.group.get("depth", 0)) != largest for o in optima):
+        raise ValueError(f"the largest size swept ({_fmt_size(every[size_of.index(largest)].group)}) diverged at every "
+                         f"{hp}: no prediction from a smaller proxy; add lower {hp} values there and resume the sweep")
     notes: list[str] = []
     program = cfg.program is not None
     if program:
@@ -210,6 +218,10 @@ def _line_through_draws(optima: list[Any], ns: list[float], n_target: float,
     tail = 50 * (1 - confidence)
     lo, hi = np.percentile(at_target, [tail, 100 - tail])
     return value, float(min(lo, value)), float(max(hi, value)), slope
+
+
+def _fmt_size(group: dict[str, Any]) -> str:
+    return " ".join(f"{k} {v}" for k, v in group.items()) or "the only size"
 
 
 def _swept(optima: list[Any], first: Any, axis: str) -> list[Any]:

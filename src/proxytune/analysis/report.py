@@ -271,7 +271,7 @@ def _seed_count(optima: list[Optimum]) -> str:
 def write_sweep_report(sweep: Any, out: Path, hp: str = "log2_lr", size_axis: str = "width") -> Path:
     """``report.md`` + PNG figures for one sweep: budget, optima, verdict, loss vs HP / size."""
     from .optimum import optima_by_group
-    from .verdict import transfer_verdict
+    from .verdict import verdict_with_gaps
 
     out.mkdir(parents=True, exist_ok=True)
     records = sweep.records()
@@ -282,17 +282,19 @@ def write_sweep_report(sweep: Any, out: Path, hp: str = "log2_lr", size_axis: st
     name = f"{sweep.cfg.recipe} + {sweep.cfg.optimizer}"
     panels = {name: optima}
     figs = [lr_curves_figure(panels, out / "lr_curves.png", size_axis, hp, loss_unit=unit)]
-    verdict_lines = ["no transfer verdict (needs 2 or more sizes along one axis)"]
-    sizes = {o.group.get(size_axis) for o in optima}
-    if len(sizes) >= 2 and len(sizes) == len(optima):
-        verdict = transfer_verdict(optima, size_axis)
+    verdict_lines = ["no transfer verdict (needs a finite optimum at 2 or more sizes along one axis)"]
+    verdict, gaps = verdict_with_gaps(optima, size_axis, hp)
+    if verdict is not None:
         verdict_lines = [verdict.line]
         # what to do and what to doubt come right under the line they qualify
         if verdict.advice:
             verdict_lines += ["", "Advice:", "", *[f"- {a}" for a in verdict.advice]]
         if verdict.warnings:
             verdict_lines += ["", "Warnings:", "", *[f"- {w}" for w in verdict.warnings]]
-        figs.append(optimum_figure(panels, out / "optimum_vs_size.png", size_axis, verdicts={name: verdict}))
+        figs.append(optimum_figure({name: [o for o in optima if math.isfinite(o.value)]},
+                                   out / "optimum_vs_size.png", size_axis, verdicts={name: verdict}))
+    if gaps:
+        verdict_lines += ["", "Missing:", "", *[f"- {g}" for g in gaps]]
     by_size: dict[Any, list[dict[str, Any]]] = {}
     for r in records:
         if r.get("status") == "complete" and r.get("params"):

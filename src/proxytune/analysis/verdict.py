@@ -193,3 +193,33 @@ def _wider_is_better(rows: list[Optimum], confidence: float) -> str:
     if math.isfinite(s) and total > z * s and all(d > -z * s_ for d, s_ in steps):
         return "yes"
     return "unresolved"
+
+
+def verdict_with_gaps(optima: list[Optimum], size_axis: str = "width",
+                      hp: str = "log2_lr") -> tuple[Verdict | None, list[str]]:
+    """The transfer verdict over the sizes that have a finite optimum, and what is missing, in words.
+
+    A size where every point diverged has no optimum: it is named, with what to do, and when it is the largest
+    size swept the verdict says it covers only the smaller ones (a recommendation must never come from a size
+    that is not the largest swept)."""
+    finite = [o for o in optima if math.isfinite(o.value)]
+    notes = []
+    for o in optima:
+        if not math.isfinite(o.value):
+            grid = [g for g in o.grid if math.isfinite(g)]
+            span = f" ({hp} {min(grid):g} .. {max(grid):g})" if grid else ""
+            notes.append(f"{size_axis} {o.group.get(size_axis)}: every point diverged{span}: add lower {hp} values "
+                         f"there and resume the sweep")
+    if not finite:
+        notes.insert(0, f"every point of the sweep diverged: no optimum anywhere; lower the {hp} range")
+        return None, notes
+    sizes = [o.group.get(size_axis) for o in finite]
+    verdict = None
+    if len(set(sizes)) >= 2 and len(set(sizes)) == len(finite):
+        verdict = transfer_verdict(finite, size_axis)
+    swept = [o.group.get(size_axis) for o in optima if o.group.get(size_axis) is not None]
+    if swept and sizes and None not in sizes and max(swept) > max(sizes):
+        notes.append(f"the largest {size_axis} swept ({max(swept)}) has no optimum: "
+                     + (f"the verdict covers {size_axis} {', '.join(map(str, sorted(set(sizes))))} only, and "
+                        if verdict else "") + "nothing can be recommended for larger models until it has one")
+    return verdict, notes
