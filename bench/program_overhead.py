@@ -22,7 +22,7 @@ Note: under a sweep, mytrain builds its optimizer through ``trial.parameterize``
 width, the plan saved once per shape) where the direct call uses plain ``torch.optim.AdamW``: that cost is
 part of the measured overhead.
 
-    python bench/program_overhead.py --out /work/bench_program_overhead.json
+    python bench/program_overhead.py --out bench/results/program_overhead.json
 """
 
 from __future__ import annotations
