@@ -286,13 +286,7 @@ class SweepConfig(FileConfig):
 
     def _check_program(self) -> None:
         """A program builds its own model and reads its own data; it runs one trial at a time."""
-        defaults = SweepConfig.model_fields
-        for key in ("model", "model_options", "data", "data_options"):
-            value = getattr(self, key)
-            default = defaults[key].get_default(call_default_factory=True)
-            if value != default:
-                raise ValueError(f"{key} is for the built-in trainer; a program builds its own model and reads its "
-                                 f"own data (give it what it needs in program.params)")
+        check_program_leaves_model(self)
         if self.executor.batch != 1:
             raise ValueError("executor.batch: a program runs one trial at a time; set batch: 1")
         names = set(self.axes) | set(self.program.params) | set(self.train) | set(COMMAND_FIELDS)
@@ -332,12 +326,7 @@ class SweepConfig(FileConfig):
         where the program is run from."""
         out = self.model_dump(mode="json", exclude={"axes", "points", "strategy", "executor", "storage",
                                                     "runs_dir", "tracking"})
-        if out.get("program") is None:
-            out.pop("program", None)  # sweeps stored before programs existed keep their identity
-        else:
-            for key in ("cwd", "timeout", "kill_grace"):
-                out["program"].pop(key, None)
-        return out
+        return program_identity(out)
 
 
 def absolute_storage(v: str | None) -> str | None:
@@ -359,6 +348,27 @@ def axis_values_of(spec: list[Any] | Range) -> list[Any]:
     if isinstance(spec, list):
         return list(spec)
     return spec.values() if spec.start is not None else [spec.low, spec.high]
+
+
+def check_program_leaves_model(cfg: BaseModel) -> None:
+    """A config with ``program:`` (a sweep or a tune file) must leave model and data to the program."""
+    if getattr(cfg, "program", None) is None:
+        return
+    for key in ("model", "model_options", "data", "data_options"):
+        if getattr(cfg, key) != type(cfg).model_fields[key].get_default(call_default_factory=True):
+            raise ValueError(f"{key} is for the built-in trainer; a program builds its own model and reads its "
+                             "own data (give it what it needs in program.params)")
+
+
+def program_identity(out: dict[str, Any]) -> dict[str, Any]:
+    """A config's identity with its program's run-time settings (folder, timeout) left out; without a
+    program, no key at all, so configs stored before programs existed keep their identity."""
+    if out.get("program") is None:
+        out.pop("program", None)
+    else:
+        for key in ("cwd", "timeout", "kill_grace"):
+            out["program"].pop(key, None)
+    return out
 
 
 def program_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:

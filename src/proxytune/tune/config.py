@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..rules.recipes import RECIPES
 from ..sweep.config import (
     ExecutorConfig, FileConfig, Range, SweepConfigError, _unknown, check_base, check_train, field_name,
-    program_absolute, program_relative_to,
+    check_program_leaves_model, program_absolute, program_identity, program_relative_to,
 )
 from ..sweep.program import ProgramConfig
 from ..train.config import MULTIPLIER_FIELDS, TrainConfig
@@ -189,11 +189,7 @@ class TuneConfig(FileConfig):
             raise ValueError(f"depths must all be larger than the base depth {self.base_depth}")
         # every trial must make a valid TrainConfig: check one now, before anything is written
         TrainConfig(**self.train_fields(self.candidates[0]), width=bw, depth=self.base_depth, lr=1e-3)
-        if self.program is not None:
-            for key in ("model", "model_options", "data", "data_options"):
-                if getattr(self, key) != TuneConfig.model_fields[key].get_default(call_default_factory=True):
-                    raise ValueError(f"{key} is for the built-in trainer; a program builds its own model and reads "
-                                     "its own data (give it what it needs in program.params)")
+        check_program_leaves_model(self)
         return self
 
     @classmethod
@@ -247,10 +243,4 @@ class TuneConfig(FileConfig):
 
     def identity(self) -> dict[str, Any]:
         """What the stored trials depend on (everything but the executor and where things are stored)."""
-        out = self.model_dump(mode="json", exclude={"executor", "storage", "runs_dir"})
-        if out.get("program") is None:
-            out.pop("program", None)  # tuning runs stored before programs existed keep their identity
-        else:
-            for key in ("cwd", "timeout", "kill_grace"):
-                out["program"].pop(key, None)
-        return out
+        return program_identity(self.model_dump(mode="json", exclude={"executor", "storage", "runs_dir"}))
