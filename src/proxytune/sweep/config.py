@@ -126,6 +126,9 @@ class ExecutorConfig(_Strict):
     lease_seconds: float = Field(60.0, gt=1, description="a running trial whose heartbeat is older is re-queued")
     max_attempts: int = Field(3, ge=1, description="a point whose worker dies this many times while running it "
                                                    "(killed, out of memory) is stored as failed, not re-queued")
+    reconnect_timeout: float = Field(600.0, gt=0, le=7 * 24 * 3600,
+                                     description="a database storage (postgresql://...) that stops answering is "
+                                                 "waited for this many seconds, reconnecting, before the sweep stops")
     address: str | None = Field(None, description="ray: cluster address (None: start ray locally)")
     gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs per task")
 

@@ -18,6 +18,7 @@ from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
 from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
 from .program import check_program
+from .reconnect import StorageUnavailable
 from .store import SweepStore, check_writable, probe_folder
 from .tracking import Trackers
 from .worker import StopRequested, open_store, run_worker
@@ -404,7 +405,10 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-        store.requeue_stale()
+        try:
+            store.requeue_stale()
+        except StorageUnavailable:
+            pass  # the database is gone: resume re-queues them
         raise
     for p in procs:
         p.join()

@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 
 from ..train.result import RunResult
 from .config import SweepConfig, SweepConfigError
+from .reconnect import MAX_WAIT_S
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -53,13 +54,29 @@ def point_id(point: dict[str, Any]) -> str:
     return json.dumps({k: point[k] for k in sorted(point)}, sort_keys=True)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; file paths become journal storages."""
+def open_storage(url: str, *, reconnect_timeout: float = 600.0, wait: bool = False) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; file paths become journal storages.
+
+    A database URL gives a :class:`ReconnectingStorage`: its calls wait up to
+    ``reconnect_timeout`` seconds for a lost connection to come back. With
+    ``wait`` (a worker joining a running sweep) opening it waits too; without
+    (a command a person typed), an unreachable database is an error at once.
+    """
     if "://" not in url:
         return _open_journal(url)
+    from .reconnect import ReconnectingStorage, StorageUnavailable, is_connection_error, retry_connection
+
+    def connect() -> optuna.storages.BaseStorage:
+        return ReconnectingStorage(url, reconnect_timeout=reconnect_timeout, what=_redact(url),
+                                   engine_kwargs={"pool_pre_ping": True})
+
     for attempt in range(6):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            if wait:
+                return retry_connection(connect, what=_redact(url), timeout=reconnect_timeout)
+            return connect()
+        except (SweepConfigError, StorageUnavailable):
+            raise
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary; the message is what matters
             # Two processes creating the schema of a fresh database at once: one loses a CREATE race
             # (PostgreSQL: a unique violation on pg_type). The schema exists after that, so try again.
@@ -67,8 +84,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             if attempt < 5 and ("UniqueViolation" in text or "already exists" in text):
                 time.sleep(0.2 + 0.3 * attempt + random.random() * 0.3)
                 continue
+            hint = " (is the server running and reachable?)" if is_connection_error(exc) else ""
             raise SweepConfigError(f"cannot open storage {_redact(url)}: {type(exc).__name__}: "
-                                   f"{text.splitlines()[0] if text else ''}") from None
+                                   f"{text.splitlines()[0] if text else ''}{hint}") from None
     raise AssertionError("unreachable")
 
 
@@ -149,11 +167,12 @@ def _redact(url: str) -> str:
     return url
 
 
-def existing_studies(url: str) -> list[str]:
+def existing_studies(url: str, storage: optuna.storages.BaseStorage | None = None) -> list[str]:
     """Names of the studies in a storage, without creating anything (a missing file has none)."""
-    if "://" not in url and not Path(url).exists():
-        return []
-    storage = open_storage(url)
+    if storage is None:
+        if "://" not in url and not Path(url).exists():
+            return []
+        storage = open_storage(url)
     return [s.study_name for s in storage.get_all_studies()]
 
 
@@ -170,22 +189,28 @@ class SweepStore:
 
     # ------------------------------------------------------------------ open
     @classmethod
-    def open(cls, cfg: SweepConfig, *, create: bool, sampler: Any = None, pruner: Any = None) -> SweepStore:
+    def open(cls, cfg: SweepConfig, *, create: bool, sampler: Any = None, pruner: Any = None,
+             wait: bool = False) -> SweepStore:
         """Open the sweep's study; with ``create``, make it if missing.
 
         Refuses a storage file that belongs to another sweep, and a stored
         sweep whose identity (model, data, recipe, base, training settings)
-        differs from ``cfg``, naming what changed.
+        differs from ``cfg``, naming what changed. ``wait``: a database that
+        does not answer is waited for (``executor.reconnect_timeout``).
         """
         url = cfg.storage_url()
         file_store = "://" not in url
-        names = existing_studies(url)
+        storage = None
+        if not file_store:
+            storage = open_storage(url, reconnect_timeout=cfg.executor.reconnect_timeout, wait=wait)
+        names = existing_studies(url, storage)
         if file_store and names and cfg.name not in names:
             raise SweepConfigError(f"storage file {url!r} belongs to sweep {', '.join(names)!r}, not {cfg.name!r}; "
                                    "use another runs_dir or storage")
         if cfg.name not in names and not create:
             raise SweepConfigError(f"no sweep named {cfg.name!r} in {_redact(url)}")
-        storage = open_storage(url)
+        if storage is None:
+            storage = open_storage(url)
         identity = cfg.identity()
         if cfg.name in names:
             study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner)
@@ -296,14 +321,19 @@ class SweepStore:
     def stale(self) -> list[optuna.trial.FrozenTrial]:
         """Running trials whose worker is gone: lease expired, or its process on this host no longer exists."""
         now = time.time()
+        # After a storage outage no heartbeat could be written: leases that ran out meanwhile belong to workers
+        # that are most likely alive and reconnecting (their next try can be one backoff step away). Give them a
+        # lease period and that step to renew before judging.
+        recovered = getattr(self.storage, "recovered_at", None)
+        judge_expiry = recovered is None or now - recovered > self.lease_seconds + 1.2 * MAX_WAIT_S
         out = []
         for t in self.trials((TrialState.RUNNING,)):
             lease = t.user_attrs.get("lease")
             if lease is None:
                 started = t.datetime_start.timestamp() if t.datetime_start else now
-                if now - started > self.lease_seconds:
+                if judge_expiry and now - started > self.lease_seconds:
                     out.append(t)
-            elif lease["until"] < now or (lease["host"] == HOST and not _alive(lease["pid"])):
+            elif (judge_expiry and lease["until"] < now) or (lease["host"] == HOST and not _alive(lease["pid"])):
                 out.append(t)
         return out
 

@@ -21,6 +21,7 @@ from ..optim.batched import BATCHED_OPTIMIZERS
 from .config import SweepConfig, apply_point, base_fields
 from .space import group_key, suggest_point
 from .program import ProgramError, StopRequested, run_program_trial, trial_info
+from .reconnect import StorageUnavailable
 from .store import HOST, Heartbeat, SweepStore
 
 SAMPLED = ("random", "tpe", "halving", "hyperband")
@@ -42,9 +43,9 @@ def sampler_and_pruner(cfg: SweepConfig) -> tuple[Any, Any]:
     return sampler, pruner
 
 
-def open_store(cfg: SweepConfig, create: bool = False) -> SweepStore:
+def open_store(cfg: SweepConfig, create: bool = False, wait: bool = False) -> SweepStore:
     sampler, pruner = sampler_and_pruner(cfg)
-    return SweepStore.open(cfg, create=create, sampler=sampler, pruner=pruner)
+    return SweepStore.open(cfg, create=create, sampler=sampler, pruner=pruner, wait=wait)
 
 
 def _next_trials(store: SweepStore, cfg: SweepConfig) -> list[tuple[int, dict[str, Any]]]:
@@ -75,7 +76,7 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
     if install_signals:
         signal.signal(signal.SIGTERM, _raise_stop)
         signal.signal(signal.SIGINT, _raise_stop)
-    store = open_store(cfg)
+    store = open_store(cfg, wait=True)  # a worker joining a sweep waits for a database that is restarting
     fields = base_fields(cfg)
     finished = 0
     while True:
@@ -115,6 +116,8 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
             for tid in pending:
                 store.release(tid)
             raise
+        except StorageUnavailable:
+            raise  # the database is gone for good: the trials stay running and are re-queued on resume
         except Exception:  # noqa: BLE001 - a failing trial is stored, the worker goes on
             err = traceback.format_exc()
             for tid in pending:
@@ -177,7 +180,7 @@ def _train_group(store: SweepStore, members: list[tuple[int, TrainConfig]]):  # 
     for tid, cfg in members:
         try:
             yield tid, train(cfg, on_eval=lambda step, val, tid=tid: report(tid, step, val))
-        except (StopRequested, KeyboardInterrupt):
+        except (StopRequested, KeyboardInterrupt, StorageUnavailable):
             raise
         except Exception:  # noqa: BLE001
             store.fail(tid, traceback.format_exc(), cfg.model_dump(mode="json"))
