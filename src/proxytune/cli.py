@@ -233,7 +233,7 @@ def _explain_check(model: str, width: int, depth: int, base_width: int, base_dep
 def _sweep_errors(fn: Callable[[], Any]) -> Any:
     from .data import DataError
     from .sweep import SweepConfigError
-    from .sweep.reconnect import StorageUnavailable
+    from .sweep.errors import StorageError
 
     try:
         return fn()
@@ -243,7 +243,7 @@ def _sweep_errors(fn: Callable[[], Any]) -> Any:
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
         typer.echo(f"error: {text}", err=True)
         raise typer.Exit(2) from None
-    except StorageUnavailable as exc:  # not the user's input: the database went away mid-command
+    except StorageError as exc:  # not the user's input: the database went away or the disk filled mid-command
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(1) from None
 

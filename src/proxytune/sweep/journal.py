@@ -23,6 +23,8 @@ that cuts the journal there.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -33,7 +35,10 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
 
+from .errors import StorageFull
+
 LOCK_SUFFIX = ".flock"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class JournalRepairWarning(UserWarning):
@@ -99,15 +104,28 @@ def repair_tail(path: str) -> dict[str, Any] | None:
             pos = read_from
         fh.seek(start)
         torn = fh.read(end - start)
-        side = f"{path}.torn-{start}"
-        with open(side, "ab") as out:
-            out.write(torn)
-            out.flush()
-            os.fsync(out.fileno())
+        side: str | None = f"{path}.torn-{start}"
+        try:
+            with open(side, "ab") as out:
+                out.write(torn)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            # A full disk: the record is incomplete and can never be read, so cut it anyway; the copy is a courtesy.
+            with contextlib.suppress(OSError):
+                os.unlink(side)
+            side = None
         fh.truncate(start)
         fh.flush()
         os.fsync(fh.fileno())
     return {"offset": start, "bytes": len(torn), "side_file": side}
+
+
+def side_file_note(done: dict[str, Any]) -> str:
+    side = done.get("side_file")
+    return f"kept in {side}" if side else "not kept (no space left for a copy)"
 
 
 def find_corruption(path: str) -> tuple[int, int] | None:
@@ -153,7 +171,7 @@ class SafeJournalBackend(JournalFileBackend):
     def _report(self, done: dict[str, Any]) -> None:
         self.repairs.append(done)
         warnings.warn(f"journal {self.path}: dropped 1 incomplete record at byte {done['offset']} "
-                      f"({done['bytes']} bytes: a write cut short by a crash), kept in {done['side_file']}",
+                      f"({done['bytes']} bytes: a write cut short by a crash), {side_file_note(done)}",
                       JournalRepairWarning, stacklevel=2)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -161,10 +179,7 @@ class SafeJournalBackend(JournalFileBackend):
         try:
             done = repair_tail(self.path)
             data = "\n".join(json.dumps(x, separators=(",", ":")) for x in logs) + "\n"
-            with open(self.path, "ab") as fh:
-                fh.write(data.encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
+            _append(self.path, data.encode("utf-8"))
         finally:
             self._lock.release()
         if done:
@@ -178,6 +193,29 @@ class SafeJournalBackend(JournalFileBackend):
             if found is None:
                 raise
             raise JournalCorrupt(corrupt_message(self.path, *found)) from None
+
+
+def _append(path: str, data: bytes) -> None:
+    """Append ``data`` durably. On a full disk, take back what was written (the journal keeps ending on a whole
+    record) and raise :class:`StorageFull`. Unbuffered, so nothing is left to be flushed (and fail) at close."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    before = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, before)
+        folder = Path(path).parent
+        run = str(folder) if (folder / "sweep.yaml").is_file() else "RUN_DIR"
+        raise StorageFull(f"no space left on the device of {path} ({exc.strerror}); every finished trial is kept: "
+                          f"free some space, then run proxytune resume {run}") from None
+    finally:
+        os.close(fd)
 
 
 def remove_legacy_lock(path: str) -> bool:

@@ -32,15 +32,15 @@ from typing import Any, TypeVar
 from optuna.storages import RDBStorage
 from optuna.storages._base import BaseStorage
 
+from .errors import StorageUnavailable
+
+__all__ = ["ReconnectingStorage", "StorageUnavailable", "is_connection_error", "retry_connection"]
+
 log = logging.getLogger("proxytune.sweep")
 T = TypeVar("T")
 
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 10.0
-
-
-class StorageUnavailable(RuntimeError):
-    """The sweep's database stayed unreachable for longer than ``executor.reconnect_timeout``."""
 
 
 def is_connection_error(exc: BaseException) -> bool:

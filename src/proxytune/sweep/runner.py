@@ -18,7 +18,7 @@ from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
 from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
 from .program import check_program
-from .reconnect import StorageUnavailable
+from .errors import StorageError
 from .store import SweepStore, check_writable, probe_folder
 from .tracking import Trackers
 from .worker import StopRequested, open_store, run_worker
@@ -137,6 +137,8 @@ class Sweep:
                     user_poll(counts, store)
         try:
             return self._run(store, on_poll, poll_seconds)
+        except StorageError as exc:  # the journal does not know which run folder it serves
+            raise type(exc)(str(exc).replace("RUN_DIR", str(self.cfg.run_dir))) from None
         finally:
             if trackers is not None:
                 trackers.sync(store, force=True)  # the last trials, even if a tracker failed a moment ago
@@ -337,11 +339,16 @@ _RECORD_KEYS = {"trial", "status", "stage", "val_loss", "train_loss", "steps_don
 
 
 # ------------------------------------------------------------------ executors
-def _worker_entry(config: dict[str, Any], index: int) -> None:
+def _worker_entry(config: dict[str, Any], index: int, fatal: Any = None) -> None:
     try:
         run_worker(config, index)
     except StopRequested:
         pass
+    except StorageError as exc:
+        # The whole sweep must stop (another worker would hit the same wall): tell the parent, no traceback.
+        if fatal is not None:
+            fatal.put(str(exc))
+        raise SystemExit(3) from None
 
 
 def _gpu_count() -> int:
@@ -360,6 +367,7 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
     n_gpus = _gpu_count()
     procs: list[mp.Process] = []
     spawned = 0
+    fatal = ctx.SimpleQueue()  # a worker's StorageError, to stop the sweep with its message
 
     def spawn(n: int) -> None:
         nonlocal spawned
@@ -367,7 +375,8 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
             env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
             if n_gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(spawned % n_gpus)
-            proc = ctx.Process(target=_worker_entry, args=(config, spawned), name=f"proxytune-worker-{spawned}")
+            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal),
+                               name=f"proxytune-worker-{spawned}")
             proc.start()
             if n_gpus:
                 if env_before is None:
@@ -382,6 +391,8 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
     try:
         while True:
             time.sleep(poll_seconds)
+            if not fatal.empty():
+                raise StorageError(fatal.get())
             store.requeue_stale()
             counts = store.counts()
             if on_poll is not None:
@@ -407,8 +418,8 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
                 p.kill()
         try:
             store.requeue_stale()
-        except StorageUnavailable:
-            pass  # the database is gone: resume re-queues them
+        except StorageError:
+            pass  # the database is gone or the disk is full: resume re-queues them
         raise
     for p in procs:
         p.join()

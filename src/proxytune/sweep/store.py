@@ -47,6 +47,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 IDENTITY_ATTR = "proxytune_identity"
 HOST = socket.gethostname()
+# (storage url, trial id) of the trials a worker in this process holds now. A lease in this process's name whose
+# trial is not here was left by a worker that stopped on an error (a full disk, a lost database): nobody runs it.
+_HELD: set[tuple[str, int]] = set()
 
 
 def point_id(point: dict[str, Any]) -> str:
@@ -94,7 +97,7 @@ def _open_journal(url: str) -> optuna.storages.BaseStorage:
     """The journal file at ``url`` (a path), checked and, when its last record is torn, repaired."""
     from optuna.storages import JournalStorage
 
-    from .journal import JournalCorrupt, JournalRepairWarning, SafeJournalBackend, remove_legacy_lock
+    from .journal import JournalCorrupt, JournalRepairWarning, SafeJournalBackend, side_file_note, remove_legacy_lock
 
     path = Path(url).resolve()
     if path.is_dir():
@@ -120,7 +123,7 @@ def _open_journal(url: str) -> optuna.storages.BaseStorage:
                        for t in storage.get_all_trials(study._study_id, deepcopy=False)
                        if t.state.is_finished() and t.user_attrs.get("status") not in ("requeued", "duplicate"))
             warnings.warn(f"journal {path}: dropped 1 incomplete record at byte {done['offset']} ({done['bytes']} "
-                          f"bytes, a write cut short by a crash; kept in {done['side_file']}); {kept} finished "
+                          f"bytes, a write cut short by a crash; {side_file_note(done)}); {kept} finished "
                           "trials kept", JournalRepairWarning, stacklevel=2)
         return storage
     except JournalCorrupt as exc:
@@ -184,6 +187,7 @@ class SweepStore:
         self.study = study
         self.storage = storage
         self.study_id = storage.get_study_id_from_name(cfg.name)
+        self.url = cfg.storage_url()
         self.lease_seconds = cfg.executor.lease_seconds
         self.max_attempts = cfg.executor.max_attempts
 
@@ -308,6 +312,7 @@ class SweepStore:
 
     # ---------------------------------------------------------------- leases
     def _set_lease(self, trial_id: int) -> None:
+        _HELD.add((self.url, trial_id))
         self.storage.set_trial_user_attr(trial_id, "lease", {"host": HOST, "pid": os.getpid(),
                                                              "until": time.time() + self.lease_seconds})
 
@@ -333,9 +338,15 @@ class SweepStore:
                 started = t.datetime_start.timestamp() if t.datetime_start else now
                 if judge_expiry and now - started > self.lease_seconds:
                     out.append(t)
-            elif (judge_expiry and lease["until"] < now) or (lease["host"] == HOST and not _alive(lease["pid"])):
+            elif (judge_expiry and lease["until"] < now) or (lease["host"] == HOST and not self._held(lease, t)):
                 out.append(t)
         return out
+
+    def _held(self, lease: dict[str, Any], trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether the lease's process on this host still runs the trial."""
+        if lease["pid"] == os.getpid():
+            return (self.url, trial._trial_id) in _HELD
+        return _alive(lease["pid"])
 
     def requeue_stale(self) -> int:
         """Fail the stale trials and enqueue their points again; returns how many.
@@ -419,6 +430,7 @@ class SweepStore:
 
     def _finish_state(self, trial_id: int, state: TrialState, values: list[float] | None,
                       attrs: dict[str, Any]) -> bool:
+        _HELD.discard((self.url, trial_id))
         try:
             for key, value in attrs.items():
                 self.storage.set_trial_user_attr(trial_id, key, value)
@@ -531,3 +543,5 @@ class Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        for tid in self.trial_ids:  # finished, given back, or left behind by an error: no longer held here
+            _HELD.discard((self.store.url, tid))

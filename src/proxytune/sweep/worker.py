@@ -21,7 +21,7 @@ from ..optim.batched import BATCHED_OPTIMIZERS
 from .config import SweepConfig, apply_point, base_fields
 from .space import group_key, suggest_point
 from .program import ProgramError, StopRequested, run_program_trial, trial_info
-from .reconnect import StorageUnavailable
+from .errors import StorageError
 from .store import HOST, Heartbeat, SweepStore
 
 SAMPLED = ("random", "tpe", "halving", "hyperband")
@@ -116,8 +116,8 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
             for tid in pending:
                 store.release(tid)
             raise
-        except StorageUnavailable:
-            raise  # the database is gone for good: the trials stay running and are re-queued on resume
+        except StorageError:
+            raise  # the database is gone or the disk is full: the trials stay running and are re-queued on resume
         except Exception:  # noqa: BLE001 - a failing trial is stored, the worker goes on
             err = traceback.format_exc()
             for tid in pending:
@@ -180,7 +180,7 @@ def _train_group(store: SweepStore, members: list[tuple[int, TrainConfig]]):  # 
     for tid, cfg in members:
         try:
             yield tid, train(cfg, on_eval=lambda step, val, tid=tid: report(tid, step, val))
-        except (StopRequested, KeyboardInterrupt, StorageUnavailable):
+        except (StopRequested, KeyboardInterrupt, StorageError):
             raise
         except Exception:  # noqa: BLE001
             store.fail(tid, traceback.format_exc(), cfg.model_dump(mode="json"))

@@ -1,0 +1,15 @@
+"""Errors of a sweep's storage that stop the sweep (not one trial): the sweep is resumable once they are fixed."""
+
+from __future__ import annotations
+
+
+class StorageError(RuntimeError):
+    """The sweep's storage cannot be used right now; every finished trial is kept, ``proxytune resume`` goes on."""
+
+
+class StorageUnavailable(StorageError):
+    """The sweep's database stayed unreachable for longer than ``executor.reconnect_timeout``."""
+
+
+class StorageFull(StorageError):
+    """The sweep's journal could not be written: the disk (or the user's quota) is full."""
