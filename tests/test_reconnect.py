@@ -210,3 +210,26 @@ def test_a_cli_sweep_survives_a_database_restart_exactly_once(tmp_path, postgres
     statuses = [t.user_attrs.get("status") for t in sw.store().trials()]
     # the workers were alive throughout: none of their trials may be taken from them after the outage
     assert "requeued" not in statuses and "failed" not in statuses, statuses
+
+
+def test_a_wall_clock_jump_on_the_judging_host_takes_no_live_trial(tmp_path, monkeypatch, caplog):
+    from proxytune.sweep import Sweep
+    from proxytune.sweep import store as store_module
+
+    from test_sweep import sweep_dict
+
+    d = sweep_dict(tmp_path, executor={"workers": 1, "lease_seconds": 5})
+    store = Sweep.from_dict(d).prepare()
+    [trial] = store.claim(1)
+    # a live worker on another host, lease renewed a moment ago
+    store.storage.set_trial_user_attr(trial._trial_id, "lease", {"host": "elsewhere", "pid": 1,
+                                                                 "until": time.time() + 5})
+    assert store.stale() == []
+    real_time = time.time
+    monkeypatch.setattr(store_module.time, "time", lambda: real_time() + 3600)  # an NTP step of one hour
+    with caplog.at_level(logging.WARNING, logger="proxytune.sweep"):
+        assert store.stale() == [], "a lease judged against a clock that just jumped"
+    assert any("clock jumped by +3600 s" in r.getMessage() for r in caplog.records)
+    # had the clock always been that far ahead, the same lease would be long expired
+    fresh = Sweep.from_dict(d).store()
+    assert [t._trial_id for t in fresh.stale()] == [trial._trial_id]

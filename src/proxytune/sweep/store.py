@@ -24,6 +24,7 @@ by a running trial with a lower number, steps aside (``status="duplicate"``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -44,6 +45,7 @@ from .config import SweepConfig, SweepConfigError
 from .reconnect import MAX_WAIT_S
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logging.getLogger("proxytune.sweep")
 
 IDENTITY_ATTR = "proxytune_identity"
 HOST = socket.gethostname()
@@ -190,6 +192,7 @@ class SweepStore:
         self.url = cfg.storage_url()
         self.lease_seconds = cfg.executor.lease_seconds
         self.max_attempts = cfg.executor.max_attempts
+        self._clock = _WallClockWatch()
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -331,6 +334,9 @@ class SweepStore:
         # lease period and that step to renew before judging.
         recovered = getattr(self.storage, "recovered_at", None)
         judge_expiry = recovered is None or now - recovered > self.lease_seconds + 1.2 * MAX_WAIT_S
+        # This host's wall clock jumped (an NTP step, a VM resumed): expiry times read against it mean nothing
+        # until the workers have renewed their leases with the new time.
+        judge_expiry = judge_expiry and self._clock.settled(self.lease_seconds + 1.2 * MAX_WAIT_S)
         out = []
         for t in self.trials((TrialState.RUNNING,)):
             lease = t.user_attrs.get("lease")
@@ -468,6 +474,26 @@ class SweepStore:
             if s in out:
                 out[s] += 1
         return out
+
+
+class _WallClockWatch:
+    """Notices a jump of this host's wall clock (against the monotonic clock, which never jumps)."""
+
+    JUMP_S = 5.0
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+        self._jumped_at: float | None = None
+
+    def settled(self, quiet_s: float) -> bool:
+        """False within ``quiet_s`` seconds of a jump (logged once per jump)."""
+        offset = time.time() - time.monotonic()
+        if abs(offset - self._offset) > self.JUMP_S:
+            log.warning("this host's clock jumped by %+.0f s; no lease is judged expired for the next %.0f s",
+                        offset - self._offset, quiet_s)
+            self._offset = offset
+            self._jumped_at = time.monotonic()
+        return self._jumped_at is None or time.monotonic() - self._jumped_at > quiet_s
 
 
 def _status(t: optuna.trial.FrozenTrial) -> str:
