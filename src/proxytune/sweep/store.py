@@ -71,9 +71,16 @@ def open_storage(url: str, *, reconnect_timeout: float = 600.0, wait: bool = Fal
         return _open_journal(url)
     from .reconnect import ReconnectingStorage, StorageUnavailable, is_connection_error, retry_connection
 
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql") and "?" not in url:
+        # A dropped network (not a refused connection) must fail a call in seconds, not after the kernel's TCP
+        # timeout, so the reconnect loop can run: libpq's connect timeout and TCP keepalives.
+        engine_kwargs["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                                         "keepalives_interval": 10, "keepalives_count": 3}
+
     def connect() -> optuna.storages.BaseStorage:
         return ReconnectingStorage(url, reconnect_timeout=reconnect_timeout, what=_redact(url),
-                                   engine_kwargs={"pool_pre_ping": True})
+                                   engine_kwargs=engine_kwargs)
 
     for attempt in range(6):
         try:
