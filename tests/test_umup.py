@@ -254,11 +254,12 @@ def test_saved_plan_reapplies_the_same_network():
     assert torch.allclose(fresh(x), y, atol=1e-6)
 
 
-def _final_loss(recipe: str, precision: str, lr: float, steps: int = 100) -> float:
+def _final_loss(recipe: str, precision: str, lr: float, steps: int = 100, seed: int = 0) -> float:
     from proxytune.train import TrainConfig, train
 
     cfg = TrainConfig(recipe=recipe, width=64, depth=2, base_width=32, base_depth=2, steps=steps, batch_size=8,
-                      seq_len=32, lr=lr, eval_every=steps, eval_batches=4, precision=precision, threads=1)
+                      seq_len=32, lr=lr, eval_every=steps, eval_batches=4, precision=precision, threads=1,
+                      seed=seed)
     return train(cfg).final_val_loss
 
 
@@ -277,13 +278,28 @@ def test_bf16_pure_trains_u_mup_with_bf16_weights_and_activations():
     assert abs(b - a) / a < 0.02
 
 
-def test_fp8_simulation_hurts_sp_more_than_u_mup():
-    """100 steps: u-muP (lr 1, its optimum on this model) in simulated fp8 stays within 2% of its fp32 loss;
-    SP (lr 2^-6) loses more."""
+def test_fp8_simulation_changes_the_numbers_and_u_mup_stays_within_2_percent():
+    """100 steps: u-muP (lr 1, its optimum on this model) in simulated fp8 lands within 2% of its fp32 loss, and
+    not on it (the casts are really applied)."""
     u32, u8 = _final_loss("u-mup", "fp32", 1.0), _final_loss("u-mup", "fp8-sim", 1.0)
-    s32, s8 = _final_loss("sp", "fp32", 2 ** -6), _final_loss("sp", "fp8-sim", 2 ** -6)
+    assert u8 != u32
     assert abs(u8 - u32) / u32 < 0.02
-    assert (s8 - s32) / s32 > abs(u8 - u32) / u32
+
+
+@pytest.mark.slow
+def test_fp8_simulation_hurts_sp_more_than_u_mup():
+    """300 steps, seeds 0 and 1 (at 100 steps SP's loss from fp8 is within seed noise on some machines: measured
+    -0.2% and +0.6% on one, +7% on another): SP (lr 2^-6) loses more than 1% to simulated fp8 on average (measured
+    +2.4% and +6.0%), u-muP (lr 1) stays within 2% at each seed (measured -1.1% and -0.4%) and loses less."""
+    def change(recipe: str, lr: float, seed: int) -> float:
+        a, b = (_final_loss(recipe, p, lr, steps=300, seed=seed) for p in ("fp32", "fp8-sim"))
+        return (b - a) / a
+
+    sp = [change("sp", 2 ** -6, seed) for seed in (0, 1)]
+    umup = [change("u-mup", 1.0, seed) for seed in (0, 1)]
+    assert all(abs(c) < 0.02 for c in umup), umup
+    assert sum(sp) / 2 > 0.01, sp
+    assert sum(sp) / 2 > sum(abs(c) for c in umup) / 2, (sp, umup)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
