@@ -84,6 +84,7 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_under_worker_processes(tmp_path):
     """Worker processes on a tmpfs that fills: one line, exit 1, journal whole; bigger disk, resume completes."""
     mnt = Path("/tmp") / f"proxytune-full-{uuid.uuid4().hex[:8]}"
