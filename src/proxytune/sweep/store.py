@@ -339,11 +339,12 @@ class SweepStore:
         # After a storage outage no heartbeat could be written: leases that ran out meanwhile belong to workers
         # that are most likely alive and reconnecting (their next try can be one backoff step away). Give them a
         # lease period and that step to renew before judging.
+        quiet = self.lease_seconds + 1.2 * MAX_WAIT_S
         recovered = getattr(self.storage, "recovered_at", None)
-        judge_expiry = recovered is None or now - recovered > self.lease_seconds + 1.2 * MAX_WAIT_S
         # This host's wall clock jumped (an NTP step, a VM resumed): expiry times read against it mean nothing
-        # until the workers have renewed their leases with the new time.
-        judge_expiry = judge_expiry and self._clock.settled(self.lease_seconds + 1.2 * MAX_WAIT_S)
+        # until the workers have renewed their leases with the new time. (Asked every time, so a jump is seen.)
+        clock_settled = self._clock.settled(quiet)
+        judge_expiry = clock_settled and (recovered is None or now - recovered > quiet)
         out = []
         for t in self.trials((TrialState.RUNNING,)):
             lease = t.user_attrs.get("lease")
