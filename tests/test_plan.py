@@ -203,29 +203,48 @@ def test_error_output_vocab_differs():
 
 
 def test_depth_from_a_stack_under_any_name_and_error_when_none_is_visible():
-    """A ModuleList whose length differs between target and base is the block stack, whatever its name; blocks
-    kept in a ModuleDict are not a visible stack: the error asks for a pattern, which still works."""
+    """A run of numbered siblings whose length differs between target and base is the block stack, whatever its
+    container (ModuleList, ModuleDict with numbered keys, numbered attributes); blocks whose names carry their
+    number elsewhere are not a visible stack: the error asks for a pattern, which then works. These toy models
+    have no readout (no forward at all): readout='none' says so."""
     class Deep(nn.Module):
         def __init__(self, n):
             super().__init__()
             self.stack = nn.ModuleList(nn.Linear(8, 8) for _ in range(n))
 
-    plan = pt.parameterize(Deep(4), Deep(2))
+    plan = pt.parameterize(Deep(4), Deep(2), readout="none")
     assert plan.tensors["stack.3.weight"].depth == 2 and plan.tensors["stack.3.weight"].block == "stack.3"
 
     class Keyed(nn.Module):
         def __init__(self, n):
             super().__init__()
-            self.stack = nn.ModuleDict({str(i): nn.Linear(8, 8) for i in range(n)})
+            self.stack = nn.ModuleDict({f"blk{i}": nn.Linear(8, 8) for i in range(n)})
 
-    with pytest.raises(pt.PlanError, match="no block pattern matches"):
-        pt.parameterize(Keyed(4), Keyed(2))
-    plan = pt.parameterize(Keyed(4), Keyed(2), block_pattern=r"(?:^|\.)stack\.(\d+)\.")
-    assert plan.tensors["stack.3.weight"].depth == 2
+    plan = pt.parameterize(Keyed(4), Keyed(2), readout="none")
+    assert plan.tensors["stack.blk3.weight"].depth == 2 and plan.tensors["stack.blk3.weight"].block == "stack.blk3"
+
+    class Attrs(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            for i in range(n):
+                setattr(self, f"layers_{i}", nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)))
+
+    plan = pt.parameterize(Attrs(4), Attrs(2), readout="none")
+    assert plan.tensors["layers_3.1.weight"].depth == 2 and plan.tensors["layers_3.1.weight"].block == "layers_3"
+
+    class Hidden(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.stack = nn.ModuleDict({f"blk_{i}_x": nn.Linear(8, 8) for i in range(n)})
+
+    with pytest.raises(pt.PlanError, match=r"differ in depth .*only in block numbers.*block_pattern="):
+        pt.parameterize(Hidden(4), Hidden(2), readout="none")
+    plan = pt.parameterize(Hidden(4), Hidden(2), block_pattern=r"^stack\.blk_(\d+)_x\.", readout="none")
+    assert plan.tensors["stack.blk_3_x.weight"].depth == 2
 
 
 def test_error_tied_policy():
-    with pytest.raises(pt.PlanError, match=r"'wte.weight' is tied to 'lm_head.weight'.*roles="):
+    with pytest.raises(pt.PlanError, match=r"'wte.weight' is used with different roles.*through 'lm_head.weight'.*roles="):
         pt.parameterize(_gpt(width=64, tied=True), gpt.build(width=32, tied=True, device="meta"), tied="error")
 
 

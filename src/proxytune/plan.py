@@ -21,16 +21,18 @@ import torch
 from torch import nn
 
 from .nn.attention import (
-    DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, head_dim_of, looks_like_attention, query_params_of,
+    DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, QueryProjection, QueryRows, head_dim_of, looks_like_attention,
+    query_params_of,
 )
-from .nn.multipliers import add_input_multiplier, add_multiplier, takes_input_multiplier
+from .nn.multipliers import add_input_multiplier, add_multiplier, add_output_multiplier, takes_input_multiplier
 from .rules.multipliers import Multipliers
 from .rules.recipes import (
     ALIGNMENT_CHOICES, MODES, MUON_SCALES, WD_POLICIES, Scale, TensorContext, check_choice,
     fold, get_optimizer, get_recipe, tensor_scales,
 )
-from .shapes import (DEFAULT_BLOCK_PATTERN, PlanError, TensorShape, analyze, canonical_modules, canonical_name,
-                     structural_block_pattern)
+from .forward import ForwardSpec
+from .trace import AttentionCall
+from .shapes import FactorRatio, PlanError, TensorShape, analyze_model, canonical_modules, canonical_name
 
 PLAN_VERSION = 1
 # set on a model by Plan.apply: the digest of the plan applied to it
@@ -87,6 +89,14 @@ class TensorPlan:
     no_decay: bool = False
     notes: list[str] = field(default_factory=list)
     grad_scale: float = 1.0  # u-muP: the tensor's backward scale (see proxytune.nn.unit.UnitWeight)
+    #: where the role came from: override, forward (the traced forward pass), module (the module's type) or
+    #: guess (a layout assumed from the shape); and the residual-branch mark's (override, forward, name, structure)
+    role_source: str = "module"
+    branch_source: str = ""
+    #: a tied table whose readout use is a functional product: the readout multiplier is carried by the tensor
+    #: itself and this embedding module's output is multiplied by ``lookup_multiplier`` to undo it for the lookup
+    lookup_module: str | None = None
+    lookup_multiplier: float = 1.0
 
     def scale(self, mode: str) -> Scale:
         return self.folded if mode == "folded" else self.explicit
@@ -94,8 +104,10 @@ class TensorPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["explicit"], d["folded"] = self.explicit.to_dict(), self.folded.to_dict()
-        if d["grad_scale"] == 1.0:  # plans without backward scales keep their digest
-            del d["grad_scale"]
+        # fields at their defaults are left out, so plans that do not use them keep their digest
+        for key, default in _OPTIONAL_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -103,6 +115,10 @@ class TensorPlan:
         d = dict(d)
         d["explicit"], d["folded"] = Scale(**d["explicit"]), Scale(**d["folded"])
         return cls(**d)
+
+
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"grad_scale": 1.0, "role_source": "module", "branch_source": "",
+                                      "lookup_module": None, "lookup_multiplier": 1.0}
 
 
 def _std(t: torch.Tensor) -> float:
@@ -298,6 +314,8 @@ class Plan:
             elif sc.multiplier != 1.0:
                 mod, attr = _owner(model, name)
                 add_multiplier(mod, attr, sc.multiplier)
+            if tp.lookup_module is not None and tp.lookup_multiplier != 1.0:
+                add_output_multiplier(_submodule(model, tp.lookup_module), tp.lookup_multiplier)
             if tp.readout_use is not None and tp.readout_multiplier * sc.multiplier != 1.0:
                 mod, attr = _owner(model, tp.readout_use)
                 if takes_input_multiplier(mod, attr):
@@ -338,6 +356,9 @@ class Plan:
         out += [f"{tp.readout_use!r}: readout multiplier x{tp.readout_multiplier * tp.scale(self.mode).multiplier:.4g}"
                 for tp in self.tensors.values()
                 if tp.readout_use is not None and tp.readout_multiplier * tp.scale(self.mode).multiplier != 1.0]
+        out += [f"{tp.lookup_module!r}: output x{tp.lookup_multiplier:.4g} (the lookup of a table that carries its "
+                f"readout multiplier)" for tp in self.tensors.values()
+                if tp.lookup_module is not None and tp.lookup_multiplier != 1.0]
         out += [f"{r['module']!r}: residual scales {tuple(round(c, 4) for c in r['scales'])}" for r in self.residual]
         return out
 
@@ -444,7 +465,8 @@ class Plan:
                 wd_txt = ("wd / lr" if weight_decay is None or lr is None
                           else f"{weight_decay / (lr * sc.lr):.3g}" if sc.lr > 0 else "0")
             eps_txt = "-" if not get_optimizer(self.optimizer_name).has_eps else rel(eps, sc.eps)
-            role = tp.role + ("*" if tp.branch_output else "") + ("/muon" if tp.muon else "")
+            role = (tp.role + ("*" if tp.branch_output else "") + ("?" if tp.role_source == "guess" else "")
+                    + ("~" if tp.branch_source == "structure" else "") + ("/muon" if tp.muon else ""))
             init_txt = (f"{tp.base_std * sc.init:.3g}" if tp.base_std > 0
                         else "const" if sc.init == 1 else f"const x{sc.init:.3g}")
             rows.append([
@@ -458,8 +480,9 @@ class Plan:
         lines += [fmt.format(*r) for r in shown]
         if len(shown) < len(rows):
             lines.append(f"... {len(rows) - len(shown)} more tensors")
-        lines.append("role* = residual-branch output; lr/wd/eps shown as multipliers of the base value "
-                     "unless base values were given.")
+        lines.append("role* = residual-branch output; ? = role guessed from the shape (the forward pass did not show "
+                     "how the tensor is used: check it); ~ = branch output guessed from the module structure; lr/wd/eps "
+                     "shown as multipliers of the base value unless base values were given.")
         if get_recipe(self.recipe).unit:
             lines.append("u-mup: init std, mult and lr are absolute (u-muP's rules at this tensor's own shape; the "
                          "base value is the global lr, optimal near 1). Forward: every mult above is in the forward "
@@ -519,19 +542,25 @@ def _base_module_name(name: str, pattern: re.Pattern, base_counts: dict[str, int
     return name[: m.start(1)] + str(int(m.group(1)) % n) + name[m.end(1):]
 
 
-def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern,
-                     adapters: Sequence[AttentionAdapter]) -> tuple[list[tuple[AttentionAdapter, AttentionSite]], list[str]]:
+def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern, adapters: Sequence[AttentionAdapter],
+                     traced: Sequence[AttentionCall] = ()) -> tuple[list[tuple[AttentionAdapter, AttentionSite]], list[str]]:
+    """The attention modules and how their logit factor is applied: the adapters first (in order), then, for
+    a module none of them handles, where the traced forward pass of the base says its query comes from."""
     counts: dict[str, int] = {}
     for n, _ in base.named_modules():
         m = pattern.search(n + ".")
         if m:
             key = n[: m.start(1)]
             counts[key] = max(counts.get(key, 0), int(m.group(1)) + 1)
+    calls = {c.module: c for c in traced}
+    t_params = _named_params(target)
+    b_params = _named_params(base)
     sites, unhandled = [], []
     for name, mod in target.named_modules():
         name = canonical_name(name)
+        bname = _base_module_name(name, pattern, counts)
         try:
-            bmod = base.get_submodule(_base_module_name(name, pattern, counts)) if name else base
+            bmod = base.get_submodule(bname) if name else base
         except AttributeError:
             continue
         for ad in adapters:
@@ -540,12 +569,47 @@ def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern,
                 sites.append((ad, site))
                 break
         else:
-            if looks_like_attention(mod) and not any(name.startswith(s.module + ".") for _, s in sites):
+            if any(name.startswith(s.module + ".") for _, s in sites):
+                continue
+            traced_site = _traced_site(name, mod, bname, calls.get(bname), t_params, b_params)
+            if traced_site is not None:
+                sites.append(traced_site)
+            elif looks_like_attention(mod) or bname in calls:
                 hd, bhd = head_dim_of(mod), head_dim_of(bmod)
+                if hd is None and bname in calls:
+                    bhd = calls[bname].head_dim
                 unhandled.append((name, hd, bhd))
     # a wrapper around a handled attention module (BERT's BertAttention around its `self`) is handled too
     unhandled = [u for u in unhandled if not any(s.module.startswith(u[0] + ".") for _, s in sites)]
     return sites, unhandled
+
+
+def _traced_site(name: str, mod: nn.Module, bname: str, call: AttentionCall | None, t_params: dict[str, Any],
+                 b_params: dict[str, Any]) -> tuple[AttentionAdapter, AttentionSite] | None:
+    """An attention site from the trace: the query is a whole projection inside the module (fold the factor into
+    it) or rows of a fused one (a rows multiplier)."""
+    if call is None or call.query is None:
+        return None
+    qparam, rows = call.query
+    if not qparam.startswith(bname + ".") or qparam not in b_params:
+        return None
+    rel = qparam[len(bname) + 1:]
+    layer = rel.rpartition(".")[0]
+    hd = head_dim_of(mod)
+    if hd is None:
+        return None
+    own = [p for p in ("weight", "bias") if f"{name}.{layer}.{p}" in t_params] if layer else []
+    if not own or f"{name}.{rel}" not in t_params:
+        return None
+    if rows is None:
+        return QueryProjection(), AttentionSite(name, "query-projection", hd, call.head_dim,
+                                                query_params=[f"{name}.{layer}.{p}" for p in own])
+    t_out, b_out = t_params[f"{name}.{rel}"].shape[0], b_params[qparam].shape[0]
+    if (rows[0] * t_out) % b_out or (rows[1] * t_out) % b_out:
+        return None
+    t_rows = [rows[0] * t_out // b_out, rows[1] * t_out // b_out]
+    return QueryRows(), AttentionSite(name, "query-rows", hd, call.head_dim, rows=t_rows,
+                                      row_params=[f"{layer}.{p}" for p in own])
 
 
 def parameterize(
@@ -567,6 +631,8 @@ def parameterize(
     decay_vectors: bool = False,
     multipliers: Multipliers | dict[str, Any] | None = None,
     seq_len: int | None = None,
+    forward: ForwardSpec | None = None,
+    readout: str = "auto",
     apply: bool = True,
 ) -> Plan:
     """Plan (and by default apply) a parameterization of ``target`` relative to ``base``.
@@ -605,6 +671,12 @@ def parameterize(
             multipliers. The recipe's rules carry them to the target; at the
             base shape they are the only change from the model's own init and
             the base HPs.
+        seq_len: the sequence length of the training data (u-muP's attention output scale; the length of
+            the example input of the traced forward pass).
+        forward: how to call the model and read its logits (:class:`proxytune.forward.ForwardSpec`), for the
+            one forward pass of the base that shows how each tensor is used.
+        readout: ``auto`` (a model without a readout tensor is refused) or ``none`` (its output is not
+            produced by a weight matrix).
         apply: re-initialize ``target`` and install multipliers now.
     """
     rec = get_recipe(recipe)
@@ -627,14 +699,21 @@ def parameterize(
         mode = "explicit"
         notes.append(f"{recipe} keeps its scales in the forward pass (that is what keeps low-precision tensors "
                      "in range): mode is explicit")
-    block_pattern = block_pattern or structural_block_pattern(target, base) or DEFAULT_BLOCK_PATTERN
-    pattern = re.compile(block_pattern)
-    shapes = analyze(target, base, roles=roles, layouts=layouts, block_pattern=block_pattern,
-                     branch_outputs=list(branch_outputs) if branch_outputs is not None else None, tied=tied)
+    analysis = analyze_model(target, base, roles=roles, layouts=layouts, block_pattern=block_pattern,
+                             branch_outputs=list(branch_outputs) if branch_outputs is not None else None,
+                             tied=tied, forward=forward, readout=readout, seq_len=seq_len)
+    shapes = analysis.tensors
+    notes += analysis.notes
+    pattern = re.compile(analysis.block_pattern)
+    if rec.unit and any(s.functional_readout is not None for s in shapes):
+        raise PlanError(f"{recipe} needs the readout's backward scale on a module: tensor "
+                        f"{next(s.name for s in shapes if s.functional_readout is not None)!r} is also used as a functional "
+                        "readout; give the model an nn.Linear head (tied to the table if you like)")
 
     # Attention logit factor.
     adapters = list(attention or ()) + list(DEFAULT_ADAPTERS)
-    sites, unhandled = _attention_sites(target, base, pattern, adapters)
+    sites, unhandled = _attention_sites(target, base, pattern, adapters,
+                                        analysis.trace.attention if analysis.trace is not None else ())
     attn_records, q_factor = [], {}
     named_query: set[str] = set()  # query tensors that carry the named attention multiplier
     if named.attention != 1.0 and not sites:
@@ -675,7 +754,14 @@ def parameterize(
                 notes.append(f"{name!r} looks like attention but its head dim is unknown: if it changes, "
                              "pass an attention adapter so the logits get the 1/d_head rule")
 
-    # Depth: branch outputs must exist where depth rules apply.
+    # Depth: branch outputs must exist where depth rules apply, in every sub-module that ends a branch.
+    if analysis.branch_gaps:
+        if rec.depth_alpha is not None or rec.unit:
+            raise PlanError(f"{recipe} scales every residual branch with depth, but " + "; ".join(analysis.branch_gaps[:3])
+                            + ". Pass branch_outputs=[...] (globs for the last matrix and bias of every residual "
+                            "branch; model: {branch_outputs: [...]} in a sweep file, --branch-output on the command "
+                            "line)")
+        notes += [f"residual branches: {g}" for g in analysis.branch_gaps[:3]]
     if rec.depth_alpha is not None:
         blocks_with_depth = {s.block for s in shapes if s.block is not None and s.depth != 1.0}
         with_branch = {s.block for s in shapes if s.branch_output}
@@ -686,12 +772,9 @@ def parameterize(
                 f"block(s) {', '.join(lacking[:4])}; pass branch_outputs=['*.attn.out.*', '*.mlp.down.*'] "
                 "(globs for the last matrix and bias of each residual branch)")
 
-    # A model that scales its readout's input by d_model^-1/2 in its own forward (T5 with tied embeddings)
-    # already applies part of the readout rule; the plan adds only the rest.
-    own_readout = _own_readout_scale(target, base)
-    if own_readout != 1.0:
-        notes.append(f"the model scales its decoder output by d_model^-1/2 in its own forward "
-                     f"(x{own_readout:.4g} relative to the base); the readout rule's multiplier is divided by it")
+    # Constant factors of the model's own forward that change with its shape (Gemma's sqrt(hidden) on the
+    # embeddings, T5's d_model^-1/2 before the readout) already apply part of a rule: the plan divides them out.
+    own = _own_factors(analysis.factors, shapes, notes)
     base_params = _named_params(base)
     t_params = _named_params(target)
     t_modules = canonical_modules(target)
@@ -711,7 +794,7 @@ def parameterize(
         tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
                           muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
                           decay_vectors=decay_vectors, optimizer=optimizer, named=named,
-                          named_query=s.name in named_query, own_readout=own_readout, branch=branch,
+                          named_query=s.name in named_query, own=own.get(s.name, (1.0, 1.0)), branch=branch,
                           act_input=s.name in act_inputs, unit=unit)
         transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
         tensors[s.name] = tp
@@ -733,6 +816,12 @@ def parameterize(
                      "(it cannot be folded into a shared tensor)")
     if any(r["adapter"] == "torch-mha" and r["factor"] != 1 for r in attn_records):
         notes.append("nn.MultiheadAttention fuses q/k/v: its query rows get a weight multiplier in both modes")
+    for r in attn_records:
+        if r["adapter"] == "query-rows" and r["factor"] != 1:
+            rows = r["site"]["rows"]
+            notes.append(f"attention {r['module']!r}: its query is rows {rows[0]}..{rows[1]} of the fused projection "
+                         f"{r['site']['row_params'][0].rpartition('.')[0]!r} (found by the traced forward pass): those "
+                         "rows get a weight multiplier in both modes")
     plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
                 weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
                 attention=attn_records, notes=notes, multipliers=named)
@@ -750,13 +839,26 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
                  base_params: dict[str, nn.Parameter],
                  t_modules: dict[str, nn.Module], *, alignment: str, muon_scale: str, wd_policy: str,
                  q_factor: float, decay_vectors: bool, optimizer: str, named: Multipliers,
-                 named_query: bool, own_readout: float = 1.0, branch: str | None = None,
+                 named_query: bool, own: tuple[float, float] = (1.0, 1.0), branch: str | None = None,
                  act_input: bool = False, unit: dict[str, Any] | None = None) -> TensorPlan:
+    """One tensor's plan. ``own`` holds the model's own forward factors relative to the base, on the tensor's
+    use for its role and on its readout use (a tied table)."""
     muon_matrix = optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
-    compensate = 1.0 / own_readout if s.role == "readout" else 1.0
+    own_role, own_readout = own
     named_forward = named.forward_for(s.role, query=named_query, branch=branch if s.branch_output else None,
-                                      act_input=act_input) * compensate
+                                      act_input=act_input) / own_role
     notes = list(s.notes)
+    # a functional tie: the readout use cannot take a multiplier of its own, so the table carries it and the
+    # lookup divides it back out
+    lookup_multiplier = 1.0
+    if s.functional_readout is not None and s.tied_readout is None and s.role == "embedding":
+        r = _tied_readout_multiplier(s, rec, named, named_forward, own_readout)
+        named_forward *= r
+        lookup_multiplier = 1.0 / r
+        if r != 1.0:
+            notes.append(f"its readout use is a product in the forward of {s.functional_readout or 'the model'!r}: "
+                         f"the tensor carries the readout multiplier x{r:.4g} and the lookup in {s.lookup_module!r} "
+                         f"is multiplied by x{lookup_multiplier:.4g}")
     if unit is not None:
         return _plan_unit_tensor(s, rec, spec, tparams, named_forward * q_factor, named, branch, unit,
                                  decay_vectors, notes)
@@ -800,22 +902,68 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         muon_scale_value = (math.sqrt(max(1.0, fo / fi)) if muon_scale == "spectral"
                             else 0.2 * math.sqrt(max(fi, fo)))
     readout_multiplier = 1.0
-    if s.tied_readout is not None and rec.tied_readout_multiplier:
-        from .rules.everett import AB
-        a_e, b_e = AB[rec.abc]["embedding"]
-        a_r, b_r = AB[rec.abc]["readout"]
-        # folded readout init exponent minus the embedding's: mup -> 1/m_in
-        readout_multiplier = float(s.m_out) ** float(-((a_r + b_r) - (a_e + b_e)))
     if s.tied_readout is not None:
-        # the shared tensor carries the embedding multiplier; its readout use needs the output one instead
-        readout_multiplier *= named.output / named.embedding / own_readout
+        readout_multiplier = _tied_readout_multiplier(s, rec, named, named_forward, own_readout)
     return TensorPlan(
         name=s.name, role=s.role, shape=list(s.shape), base_shape=list(s.base_shape), layout=s.layout,
         fan_in=s.fan_in, fan_out=s.fan_out, m_in=s.m_in, m_out=s.m_out, width=s.width, depth=s.depth,
         block=s.block, branch_output=s.branch_output, base_std=base_std, init_source=source,
         explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
         readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
-        muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes)
+        muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes,
+        role_source=s.role_source, branch_source=s.branch_source,
+        lookup_module=s.lookup_module if lookup_multiplier != 1.0 else None, lookup_multiplier=lookup_multiplier)
+
+
+def _tied_readout_multiplier(s: TensorShape, rec, named: Multipliers, table_forward: float,
+                             own_readout: float) -> float:
+    """The forward multiplier a tied table's readout use needs on top of what the table itself carries
+    (``table_forward``: the named embedding multiplier and the compensation of the model's own factors)."""
+    r = 1.0
+    if rec.tied_readout_multiplier:
+        from .rules.everett import AB
+        a_e, b_e = AB[rec.abc]["embedding"]
+        a_r, b_r = AB[rec.abc]["readout"]
+        # folded readout init exponent minus the embedding's: mup -> 1/m_in
+        r = float(s.m_out) ** float(-((a_r + b_r) - (a_e + b_e)))
+    # the shared tensor carries the embedding's forward multiplier; its readout use needs the output one instead
+    return r * named.output / own_readout / table_forward
+
+
+def _own_factors(factors: Sequence[FactorRatio], shapes: Sequence[TensorShape],
+                 notes: list[str]) -> dict[str, tuple[float, float]]:
+    """Per tensor, the model's own forward factors relative to the base: (on its role's use, on its readout
+    use). A factor whose value at the target could not be read is left alone, with a note."""
+    by_name = {s.name: s for s in shapes}
+    out: dict[str, list[float]] = {}
+    for f in factors:
+        s = by_name.get(f.tensor)
+        if s is None:
+            continue
+        where = "its lookup" if f.where == "embedding" else "the readout's input" if f.where == "readout-input" \
+            else "the logits"
+        ratio = f.ratio
+        if ratio is None:
+            notes.append(f"the model's forward multiplies {where} ({f.tensor!r}) by {f.source} in {f.module or 'the model'!r}, "
+                         f"x{f.base:.4g} at the base; its value at the target could not be read, so the plan does not "
+                         "compensate it: if it changes with width, coord-check will show it" if f.base is not None else
+                         f"the model's forward multiplies {where} ({f.tensor!r}) by {f.source}; its value could not be "
+                         "read")
+            continue
+        entry = out.setdefault(f.tensor, [1.0, 1.0])
+        readout_use = f.where != "embedding"
+        if readout_use and s.role != "readout":
+            entry[1] *= ratio  # the readout use of a tied table
+        else:
+            entry[0] *= ratio
+        if abs(ratio - 1.0) < 1e-9:
+            notes.append(f"the model's forward multiplies {where} ({f.tensor!r}) by {f.source} (x{f.base:.4g}, the same "
+                         "at base and target): nothing to compensate")
+        else:
+            notes.append(f"the model's forward multiplies {where} ({f.tensor!r}) by {f.source} in "
+                         f"{f.module or 'the model'!r}: x{f.base:.4g} at the base, x{f.target:.4g} at the target; the "
+                         f"plan divides that tensor's multiplier by the ratio {ratio:.4g} (absorbed)")
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 # ------------------------------------------------------------------ residual branches, activations, u-muP
 #: a block attribute (two floats: attention, MLP) that multiplies the stream after each residual add
@@ -1022,22 +1170,6 @@ def _unit_backward(tensors: dict[str, TensorPlan], target: nn.Module, modules: d
         notes.append(f"u-mup: in {', '.join(sorted(set(unpaired))[:3])} the norms do not pair one to one with the "
                      "residual branches: gradients inside those branches keep the branch's forward factor")
     return out
-
-
-def _own_readout_scale(target: nn.Module, base: nn.Module) -> float:
-    """How much more the target's own forward scales its readout input than the base's does: T5 multiplies
-    the decoder output by ``model_dim^-1/2`` when ``config.scale_decoder_outputs`` is set (``transformers``
-    5; earlier versions whenever the embeddings are tied)."""
-    cfg = getattr(target, "config", None)
-    if cfg is None or getattr(cfg, "model_type", "") not in ("t5", "mt5", "umt5"):
-        return 1.0
-    scaled = getattr(cfg, "scale_decoder_outputs", None)
-    if scaled is None:
-        scaled = getattr(cfg, "tie_word_embeddings", False)
-    d_t, d_b = getattr(target, "model_dim", None), getattr(base, "model_dim", None)
-    if not scaled or not isinstance(d_t, int) or not isinstance(d_b, int):
-        return 1.0
-    return (d_t / d_b) ** -0.5
 
 
 def _adapter_ref(adapter: AttentionAdapter) -> dict[str, Any]:

@@ -18,6 +18,11 @@ An *adapter* finds attention modules and applies that factor. Four ship, tried i
 - :class:`ScalingAttribute`: Hugging Face attention modules with a fused
   query projection (GPT-2): their float ``scaling`` attribute is multiplied.
 
+When none of them matches a module, the traced forward pass of the base says
+where the attention's query comes from: a whole projection of any name (the
+factor is folded into it, as :class:`QueryProjection` does) or the query rows
+of a fused projection that is split after one matmul (:class:`QueryRows`).
+
 Write your own by subclassing :class:`AttentionAdapter`: ``match`` returns an
 :class:`AttentionSite` for a module it handles (or None), ``install`` changes
 the module for a given factor.
@@ -68,6 +73,8 @@ class AttentionSite:
     base_head_dim: int
     query_params: list[str] = field(default_factory=list)
     value: float | None = None  # ScaleAttribute: the absolute scale to set
+    rows: list[int] | None = None  # QueryRows: the query's rows [start, stop) of a fused projection's output
+    row_params: list[str] = field(default_factory=list)  # QueryRows: that projection's weight (and bias), relative
 
 
 class AttentionAdapter:
@@ -170,6 +177,24 @@ class ScalingAttribute(ScaleAttribute):
         if not isinstance(getattr(module, self.attr, None), float):
             return None
         return super().match(name, module, base_module)
+
+
+class QueryRows(AttentionAdapter):
+    """The query rows of a fused q/k/v projection (nanoGPT's ``c_attn``, split into q, k and v after one matmul),
+    found by the traced forward pass rather than by name: the factor multiplies those rows of the projection's
+    weight and bias (a weight multiplier in both modes, as for ``nn.MultiheadAttention``). Its sites come from
+    :func:`proxytune.plan.parameterize`'s trace; ``match`` finds none by itself."""
+
+    name = "query-rows"
+
+    def match(self, name, module, base_module):
+        return None
+
+    def install(self, module, site, factor):
+        for rel in site.row_params:
+            owner_name, _, attr = rel.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            add_multiplier(owner, attr, factor, rows=(site.rows[0], site.rows[1]))
 
 
 DEFAULT_ADAPTERS: tuple[AttentionAdapter, ...] = (ScaleAttribute(), MultiheadAttention(), QueryProjection(),

@@ -66,14 +66,34 @@ def add_input_multiplier(module: nn.Module, multiplier: float) -> None:
 
 
 def remove_multipliers(model: nn.Module) -> None:
-    """Remove every :class:`WeightMultiplier` and :class:`InputMultiplier`, baking nothing into the weights."""
+    """Remove every :class:`WeightMultiplier`, :class:`InputMultiplier` and :class:`OutputMultiplier`, baking
+    nothing into the weights."""
     for mod in model.modules():
         for key, hook in list(mod._forward_pre_hooks.items()):
             if isinstance(hook, InputMultiplier):
                 del mod._forward_pre_hooks[key]
+        for key, hook in list(mod._forward_hooks.items()):
+            if isinstance(hook, OutputMultiplier):
+                del mod._forward_hooks[key]
     for mod in model.modules():
         if parametrize.is_parametrized(mod):
             for attr in list(mod.parametrizations.keys()):
                 plist = mod.parametrizations[attr]
                 if all(isinstance(p, WeightMultiplier) for p in plist):
                     parametrize.remove_parametrizations(mod, attr, leave_parametrized=False)
+
+
+class OutputMultiplier:
+    """A forward hook ``y -> multiplier x y`` on a module whose output is one tensor (an embedding lookup)."""
+
+    def __init__(self, multiplier: float) -> None:
+        self.multiplier = float(multiplier)
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * self.multiplier
+
+
+def add_output_multiplier(module: nn.Module, multiplier: float) -> None:
+    """Register an :class:`OutputMultiplier` on ``module`` (a no-op for 1)."""
+    if multiplier != 1.0:
+        module.register_forward_hook(OutputMultiplier(multiplier))
