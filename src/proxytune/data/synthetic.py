@@ -31,7 +31,14 @@ class TeacherTask:
     vocab_size: None = None
 
     def __init__(self, d_in: int = 16, d_out: int = 4, kind: str = "classification", seed: int = 0,
-                 n_val: int = 1024, width: int = 64, noise: float = 0.1) -> None:
+                 n_val: int = 1024, width: int = 64, noise: float = 0.1,
+                 shape: list[int] | tuple[int, ...] | None = None) -> None:
+        if shape is not None:
+            # inputs shaped like images (C, H, W) for a vision model: the same Gaussian vectors, reshaped
+            if not isinstance(shape, (list, tuple)) or not shape or not all(isinstance(n, int) and n > 0 for n in shape):
+                raise DataError(f"shape must be a list of positive integers, e.g. [3, 16, 16]; got {shape!r}")
+            d_in = math.prod(shape)
+        self.shape = tuple(shape) if shape is not None else None
         if kind not in ("classification", "regression"):
             raise DataError(f"kind must be 'classification' or 'regression', got {kind!r}")
         _check_positive(d_in=d_in, d_out=d_out, n_val=n_val, width=width)
@@ -47,6 +54,8 @@ class TeacherTask:
         h = hashlib.sha256(f"{kind}:{noise if kind == 'regression' else 0.0!r}".encode())
         for t in (self.w1, self.b1, self.w2, self.b2):
             h.update(t.numpy().tobytes())
+        if self.shape is not None:
+            h.update(repr(self.shape).encode())
         self.sha256 = h.hexdigest()
         self._val = self._draw(n_val, torch.Generator().manual_seed(seed + _VAL_SEED_OFFSET))
 
@@ -65,13 +74,15 @@ class TeacherTask:
     def _draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(n, self.d_in, generator=generator)
         out = self.teacher(x)
+        if self.shape is not None:
+            x = x.reshape(n, *self.shape)
         if self.kind == "classification":
             return x, out.argmax(dim=1)
         return x, out + self.noise * torch.randn(out.shape, generator=generator)
 
     def sample(self, split: str, batch_size: int, seq_len: int | None,
                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh examples: ``x`` (B, d_in) float32, ``y`` (B,) int64 or (B, d_out) float32."""
+        """Fresh examples: ``x`` (B, d_in) float32 (or (B, *shape)), ``y`` (B,) int64 or (B, d_out) float32."""
         if split not in ("train", "val"):
             raise DataError(f"split must be 'train' or 'val', got {split!r}")
         _check_positive(batch_size=batch_size)
@@ -92,4 +103,5 @@ class TeacherTask:
         """JSON-ready description for run records."""
         return {"name": self.name, "kind": self.kind, "task": self.task, "d_in": self.d_in,
                 "d_out": self.d_out, "width": self.width, "noise": self.noise, "seed": self.seed,
-                "n_val": self.n_val, "vocab_size": None, "sha256": self.sha256}
+                "n_val": self.n_val, "vocab_size": None, "sha256": self.sha256,
+                **({"shape": list(self.shape)} if self.shape is not None else {})}

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..modelspec import ModelSpec, ModelStructure, split_model_section
 from ..rules.multipliers import Multipliers
 from ..rules.recipes import MODES, OPTIMIZERS, RECIPES, WD_POLICIES
 
@@ -55,6 +56,10 @@ class TrainConfig(BaseModel):
     base_width: int | None = Field(None, gt=0, le=MAX_WIDTH, description="width of the proxy the HPs are tuned at")
     base_depth: int | None = Field(None, gt=0, le=MAX_DEPTH, description="depth of the proxy the HPs are tuned at")
     model_options: dict[str, Any] = Field(default_factory=dict, description="extra builder keyword arguments")
+    model_structure: ModelStructure = Field(
+        default_factory=ModelStructure, description="how proxytune reads the model: block pattern, branch outputs, "
+        "attention adapters, targets argument, output key... (proxytune.modelspec); `model:` may also be that "
+        "whole mapping, with builder and options")
 
     # parameterization
     recipe: str = "mup"
@@ -132,7 +137,10 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_bools_for_numbers(cls, data: Any) -> Any:
-        """YAML's ``true`` is not a number of steps: refuse booleans where a number is expected."""
+        """YAML's ``true`` is not a number of steps: refuse booleans where a number is expected; a ``model:``
+        mapping (:class:`proxytune.modelspec.ModelSpec`) is split into model, model_options and model_structure."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            data = split_model_section(data)
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name)
@@ -199,6 +207,15 @@ class TrainConfig(BaseModel):
                            output=self.output_mult, embedding=self.embedding_mult, attention=self.attn_mult,
                            residual=self.residual_mult, residual_attn_ratio=self.residual_attn_ratio,
                            activation=self.act_mult)
+
+    def model_spec(self) -> ModelSpec:
+        """The one description of this run's model (builder, options and how proxytune reads it)."""
+        return ModelSpec(builder=self.model, options=dict(self.model_options),
+                         **{**self.model_structure.model_dump(), "roles": {**self.model_structure.roles, **self.roles}})
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        """The model-reading keyword arguments of :func:`proxytune.parameterize` for this run."""
+        return self.model_structure.plan_kwargs(self.roles)
 
     def architecture_key(self) -> dict[str, Any]:
         """The fields batched members must share (everything but BATCHABLE_FIELDS and tags)."""

@@ -12,7 +12,7 @@ import torch
 from .config import TrainConfig
 from .result import RunResult, final_train_loss
 from .schedule import lr_factor
-from .setup import Prepared, environment, flops_per_step, optimizer_kwargs, prepare, to_device
+from .setup import Prepared, check_output, environment, flops_per_step, optimizer_kwargs, prepare, to_device
 
 # progress(step_done, total_steps, last_train_loss)
 ProgressFn = Callable[[int, int, float], None]
@@ -46,7 +46,7 @@ def evaluate(prep: Prepared, batches: list[tuple[torch.Tensor, torch.Tensor]]) -
     total = 0.0
     with _autocast(prep):
         for x, y in batches:
-            total += float(prep.loss_fn(model(x), y))
+            total += float(prep.loss(model, x, y))
     model.train(was_training)
     return total / len(batches)
 
@@ -92,9 +92,10 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
             g["lr"] = lr * factor
         x, y = to_device(prep.data.sample("train", cfg.batch_size, cfg.seq_len, gen), prep)
         if step == 0:
-            flops_step = flops_per_step(model, prep.loss_fn, x, y)
+            check_output(prep, x, y)
+            flops_step = flops_per_step(model, prep.loss_fn, x, y, prep.forward)
         with _autocast(prep):
-            loss = prep.loss_fn(model(x), y)
+            loss = prep.loss(model, x, y)
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..builders import BUILTIN_MODELS, accepts, build_model, load_builder
+from ..forward import DEFAULT_FORWARD, ForwardSpec, check_logits
 from ..plan import Plan, parameterize
 from .config import TrainConfig
 
@@ -38,6 +39,14 @@ class Prepared:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     device: torch.device
     n_params: int
+    forward: ForwardSpec = DEFAULT_FORWARD
+
+    def logits(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``model``'s logits for inputs ``x`` (the targets ``y`` go to a forward that takes them)."""
+        return self.forward.logits(self.forward.call(model, x, y))
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.logits(model, x, y), y)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,10 +63,18 @@ def resolve_device(name: str) -> torch.device:
 def _load_data_cached(source: str, options_key: tuple) -> Any:
     from .. import data as data_mod
 
-    options = dict(options_key)
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in options_key}
     if source == "teacher":
         return data_mod.TeacherTask(**options)
     return data_mod.load(source, **options)
+
+
+def check_output(prep: "Prepared", x: torch.Tensor, y: torch.Tensor) -> None:
+    """One forward pass before training: logits that do not line up with the targets are an error that says
+    what to do (a model returning only its last position, a tuple whose first element is not the logits)."""
+    with torch.no_grad():
+        logits = prep.logits(prep.model, x, y)
+    check_logits(logits, y, classes=getattr(prep.data, "task", "lm") != "regression")
 
 
 def load_data(config: TrainConfig) -> Any:
@@ -70,7 +87,8 @@ def load_data(config: TrainConfig) -> Any:
                 options[key] = config.model_options[key]
         # The held-out set must cover every evaluation batch.
         options.setdefault("n_val", max(1024, config.eval_batches * config.batch_size))
-    return _load_data_cached(config.data, tuple(sorted(options.items())))
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+    return _load_data_cached(config.data, key)
 
 
 def _builder_options(config: TrainConfig, data: Any, builder: Callable[..., nn.Module]) -> dict[str, Any]:
@@ -153,7 +171,7 @@ def prepare(config: TrainConfig) -> Prepared:
         target = target.to(torch.float64)
     plan = parameterize(target, base, recipe=config.recipe, optimizer=config.optimizer, mode=config.mode,
                         alignment=config.alignment, weight_decay=config.weight_decay_policy,
-                        roles=config.roles or None, multipliers=config.multipliers(),
+                        multipliers=config.multipliers(), **config.plan_kwargs(),
                         seq_len=config.seq_len if getattr(data, "task", "lm") == "lm" else None)
     if config.precision == "bf16-pure":
         target = target.to(torch.bfloat16)  # after the plan's init, which is computed in fp32
@@ -162,7 +180,8 @@ def prepare(config: TrainConfig) -> Prepared:
 
         simulate_fp8(target)
     n_params = sum(p.numel() for p in target.parameters())
-    return Prepared(config, target, plan, data, loss_function(getattr(data, "task", "lm")), device, n_params)
+    return Prepared(config, target, plan, data, loss_function(getattr(data, "task", "lm")), device, n_params,
+                    config.model_structure.forward())
 
 
 def param_settings(prep: Prepared) -> dict[str, dict[str, Any]]:
@@ -190,7 +209,8 @@ def optimizer_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {}
 
 
-def flops_per_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> int:
+def flops_per_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                   forward: ForwardSpec = DEFAULT_FORWARD) -> int:
     """FLOPs of one forward + backward pass, counted by torch on the ``meta`` device (free)."""
     from copy import deepcopy
 
@@ -201,7 +221,7 @@ def flops_per_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torc
         xm, ym = x.to("meta"), y.to("meta")
         counter = FlopCounterMode(display=False)
         with counter:
-            loss_fn(meta(xm), ym).backward()
+            loss_fn(forward.logits(forward.call(meta, xm, ym)), ym).backward()
         return int(counter.get_total_flops())
     except Exception:  # noqa: BLE001 - an estimate must never break a run
         n = sum(p.numel() for p in model.parameters())
