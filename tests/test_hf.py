@@ -113,9 +113,11 @@ def test_family_width_4x_depth_2x_without_overrides(family, recipe):
         assert math.isclose(sc.init, init, rel_tol=1e-9), f"{family} {name}: init x{sc.init}, expected x{init}"
         if tp.block is not None:
             assert tp.depth == 2.0
-    # every attention module gets the 1/d_head factor: head dim 8 -> 32, logits x (32/8)^-1/2
+    # every attention module gets the 1/d_head factor: head dim 8 -> 32, logits x (32/8)^-1/2 on top of the
+    # model's own 1/sqrt(d_head); T5 applies no scale of its own (it folds 1/sqrt(d_kv) into its init, which the
+    # plan replaces), so its factor is the whole (32/8)^-1
     assert plan.attention, family
-    assert all(math.isclose(r["factor"], 0.5) for r in plan.attention)
+    assert all(math.isclose(r["factor"], 0.25 if family == "t5" else 0.5) for r in plan.attention), plan.attention
     assert {r["adapter"] for r in plan.attention} == {ADAPTER.get(family, "query-projection")}
     assert not any("looks like attention" in n or "base is on 'meta'" in n for n in plan.notes), plan.notes
     # the parameterized model runs and its param groups carry the planned LRs

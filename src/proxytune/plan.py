@@ -543,16 +543,13 @@ def _base_module_name(name: str, pattern: re.Pattern, base_counts: dict[str, int
 
 
 def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern, adapters: Sequence[AttentionAdapter],
-                     traced: Sequence[AttentionCall] = ()) -> tuple[list[tuple[AttentionAdapter, AttentionSite]], list[str]]:
+                     traced: Sequence[AttentionCall] = (), target_traced: Sequence[AttentionCall] = (),
+                     ) -> tuple[list[tuple[AttentionAdapter, AttentionSite]], list[str]]:
     """The attention modules and how their logit factor is applied: the adapters first (in order), then, for
     a module none of them handles, where the traced forward pass of the base says its query comes from."""
-    counts: dict[str, int] = {}
-    for n, _ in base.named_modules():
-        m = pattern.search(n + ".")
-        if m:
-            key = n[: m.start(1)]
-            counts[key] = max(counts.get(key, 0), int(m.group(1)) + 1)
+    counts = _stack_counts(base, pattern)
     calls = {c.module: c for c in traced}
+    t_calls = {c.module: c for c in target_traced}
     t_params = _named_params(target)
     b_params = _named_params(base)
     sites, unhandled = [], []
@@ -571,40 +568,63 @@ def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern, ad
         else:
             if any(name.startswith(s.module + ".") for _, s in sites):
                 continue
-            traced_site = _traced_site(name, mod, bname, calls.get(bname), t_params, b_params)
+            traced_site = _traced_site(name, mod, bname, calls.get(bname), t_params, b_params, t_calls.get(name))
             if traced_site is not None:
                 sites.append(traced_site)
             elif looks_like_attention(mod) or bname in calls:
                 hd, bhd = head_dim_of(mod), head_dim_of(bmod)
-                if hd is None and bname in calls:
-                    bhd = calls[bname].head_dim
+                if bname in calls and name in t_calls:  # the trace saw it: its real head dims
+                    hd, bhd = t_calls[name].head_dim, calls[bname].head_dim
                 unhandled.append((name, hd, bhd))
     # a wrapper around a handled attention module (BERT's BertAttention around its `self`) is handled too
     unhandled = [u for u in unhandled if not any(s.module.startswith(u[0] + ".") for _, s in sites)]
     return sites, unhandled
 
 
+def _stack_counts(base: nn.Module, pattern: re.Pattern) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n, _ in base.named_modules():
+        m = pattern.search(n + ".")
+        if m:
+            key = n[: m.start(1)]
+            counts[key] = max(counts.get(key, 0), int(m.group(1)) + 1)
+    return counts
+
+
+def _native_scales(site: AttentionSite, base_calls: dict[str, AttentionCall], target_calls: dict[str, AttentionCall],
+                   base_name: str) -> tuple[float, float] | None:
+    """The scale the model's own forward applies to ``q . k`` at the base and at the target (from the traces),
+    or None when a trace did not show it."""
+    b, t = base_calls.get(base_name), target_calls.get(site.module)
+    if b is None or t is None or b.scale is None or t.scale is None or b.scale <= 0 or t.scale <= 0:
+        return None
+    return b.scale, t.scale
+
+
 def _traced_site(name: str, mod: nn.Module, bname: str, call: AttentionCall | None, t_params: dict[str, Any],
-                 b_params: dict[str, Any]) -> tuple[AttentionAdapter, AttentionSite] | None:
+                 b_params: dict[str, Any], t_call: AttentionCall | None = None,
+                 ) -> tuple[AttentionAdapter, AttentionSite] | None:
     """An attention site from the trace: the query is a whole projection inside the module (fold the factor into
-    it) or rows of a fused one (a rows multiplier)."""
+    it) or rows of a fused one (a rows multiplier). The head dims are the ones the traces saw."""
     if call is None or call.query is None:
         return None
     qparam, rows = call.query
-    if not qparam.startswith(bname + ".") or qparam not in b_params:
+    prefix = bname + "." if bname else ""
+    if not qparam.startswith(prefix) or qparam not in b_params:
         return None
-    rel = qparam[len(bname) + 1:]
+    rel = qparam[len(prefix):]
     layer = rel.rpartition(".")[0]
-    hd = head_dim_of(mod)
+    hd = t_call.head_dim if t_call is not None else head_dim_of(mod)
     if hd is None:
         return None
-    own = [p for p in ("weight", "bias") if f"{name}.{layer}.{p}" in t_params] if layer else []
-    if not own or f"{name}.{rel}" not in t_params:
+    name_prefix = name + "." if name else ""
+    own = [p for p in ("weight", "bias") if f"{name_prefix}{layer}.{p}" in t_params] if layer else []
+    if not own or f"{name_prefix}{rel}" not in t_params:
         return None
     if rows is None:
         return QueryProjection(), AttentionSite(name, "query-projection", hd, call.head_dim,
-                                                query_params=[f"{name}.{layer}.{p}" for p in own])
-    t_out, b_out = t_params[f"{name}.{rel}"].shape[0], b_params[qparam].shape[0]
+                                                query_params=[f"{name_prefix}{layer}.{p}" for p in own])
+    t_out, b_out = t_params[f"{name_prefix}{rel}"].shape[0], b_params[qparam].shape[0]
     if (rows[0] * t_out) % b_out or (rows[1] * t_out) % b_out:
         return None
     t_rows = [rows[0] * t_out // b_out, rows[1] * t_out // b_out]
@@ -712,17 +732,27 @@ def parameterize(
 
     # Attention logit factor.
     adapters = list(attention or ()) + list(DEFAULT_ADAPTERS)
-    sites, unhandled = _attention_sites(target, base, pattern, adapters,
-                                        analysis.trace.attention if analysis.trace is not None else ())
+    sites, unhandled = _attention_sites(
+        target, base, pattern, adapters, analysis.trace.attention if analysis.trace is not None else (),
+        analysis.target_trace.attention if analysis.target_trace is not None else ())
     attn_records, q_factor = [], {}
     named_query: set[str] = set()  # query tensors that carry the named attention multiplier
     if named.attention != 1.0 and not sites:
         raise PlanError(f"attention multiplier {named.attention:g}: no attention module found to apply it to "
                         "(see proxytune.nn.attention for the modules proxytune recognizes, or pass attention=[...])")
+    base_calls = {c.module: c for c in (analysis.trace.attention if analysis.trace is not None else ())}
+    target_calls = {c.module: c for c in (analysis.target_trace.attention if analysis.target_trace is not None else ())}
+    counts = _stack_counts(base, pattern)
     for ad, site in sites:
-        # u-muP is absolute: 1/sqrt(d_head) (the model's own) -> 1/d_head at every shape
-        factor = (site.head_dim ** -0.5 if rec.unit else
-                  (site.head_dim / site.base_head_dim) ** rec.attn_exponent)
+        # The recipe's logits scale is relative to SP's 1/sqrt(d_head): muP's 1/d_head is (d/d0)^-1/2 more. The
+        # model's own forward applies some scale too (SDPA's default d^-1/2, an attribute, none at all for T5,
+        # which folds it into its init); the factor makes up the difference, from the traces where they show it.
+        native = _native_scales(site, base_calls, target_calls, _base_module_name(site.module, pattern, counts))
+        if rec.unit:  # u-muP is absolute: 1/d_head at every shape
+            factor = site.head_dim ** -1.0 / (native[1] if native else site.head_dim ** -0.5)
+        else:
+            factor = (site.head_dim / site.base_head_dim) ** (rec.attn_exponent - 0.5)
+            factor *= (native[0] / native[1]) if native else (site.head_dim / site.base_head_dim) ** 0.5
         for qn in site.query_params:
             q_factor[qn] = factor
         if named.attention != 1.0:
@@ -912,7 +942,7 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
         muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes,
         role_source=s.role_source, branch_source=s.branch_source,
-        lookup_module=s.lookup_module if lookup_multiplier != 1.0 else None, lookup_multiplier=lookup_multiplier)
+        lookup_module=s.lookup_module, lookup_multiplier=lookup_multiplier)
 
 
 def _tied_readout_multiplier(s: TensorShape, rec, named: Multipliers, table_forward: float,

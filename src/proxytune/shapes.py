@@ -278,6 +278,8 @@ class ModelAnalysis:
     trace: ForwardTrace | None
     block_pattern: str
     factors: list["FactorRatio"] = field(default_factory=list)
+    #: the target's own trace (on ``meta`` when it is there), taken when the base's shows attention or factors
+    target_trace: ForwardTrace | None = None
     branch_gaps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -390,12 +392,16 @@ def analyze_model(
     notes: list[str] = []
     _check_readout(tensors, ftrace, readout, roles, notes)
     gaps = _mark_branches(tensors, branch_outputs, ftrace, depth)
-    factors = _factors(ftrace, target, forward, seq_len, depth, tensors) if ftrace is not None and ftrace.ok else []
+    t_trace = None
+    if ftrace is not None and ftrace.ok and (ftrace.factors or ftrace.attention):
+        t_trace = ftrace if target is base else _trace(target, forward, seq_len)
+    factors = _factors(ftrace, t_trace, tensors) if t_trace is not None else []
     if ftrace is not None and not ftrace.ok:
         notes.append(f"the forward pass could not be traced ({ftrace.error}); roles come from the module types "
                      "and shapes alone (marked ? in explain): check them, or describe the model's input "
                      "(model: {input: tokens | image | features}) so proxytune can call it")
-    return ModelAnalysis(tensors, ftrace, block_pattern, factors, gaps, notes)
+    return ModelAnalysis(tensors=tensors, trace=ftrace, block_pattern=block_pattern, factors=factors,
+                         target_trace=t_trace, branch_gaps=gaps, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------ phase: depth
@@ -810,19 +816,13 @@ STRUCTURAL_BRANCH_NOTE = ("residual-branch output found from the module structur
 
 
 # ------------------------------------------------------------------------------------------ phase: factors
-def _factors(ftrace: ForwardTrace, target: nn.Module, forward: ForwardSpec, seq_len: int | None,
-             depth: _DepthMap, tensors: list[TensorShape]) -> list[FactorRatio]:
+def _factors(ftrace: ForwardTrace, t_trace: ForwardTrace, tensors: list[TensorShape]) -> list[FactorRatio]:
     """The forward's constant factors at the base (from its trace) and at the target (its own trace, on
     ``meta`` when it is there: constants the code writes are read, buffers only where a float copy exists)."""
-    if not ftrace.factors:
-        return []
-    t_trace = _trace(target, forward, seq_len)
     by_base = {t.base_name: t.name for t in tensors}
     out = []
     for f in ftrace.factors:
         name = by_base.get(f.tensor, f.tensor)
-        value = None
-        if t_trace.ok:
-            value = factor_value(t_trace, f.where, name)
+        value = factor_value(t_trace, f.where, name) if t_trace.ok else None
         out.append(FactorRatio(f.where, name, factor_value(ftrace, f.where, f.tensor), value, f.module, f.source))
     return out

@@ -75,7 +75,9 @@ class Factor:
 class AttentionCall:
     """One attention (a ``scaled_dot_product_attention`` call, or a softmax of ``q @ k^T``) in ``module``: the
     parameter each of q and k is a product of, with the rows of its output they keep (a fused qkv projection
-    split), the head dim, and the ``scale`` argument when one was passed."""
+    split), the head dim, and the scale the forward applies to ``q . k`` (SDPA's ``scale``, default
+    ``head_dim^-1/2``; the constant factors before a softmax, 1 for T5, which folds its scale into the init;
+    None when it could not be read)."""
 
     module: str
     query: tuple[str, tuple[int, int] | None] | None
@@ -318,13 +320,15 @@ class _Recorder(TorchFunctionMode):
             return
         if name == "scaled_dot_product_attention" and len(args) >= 2:
             q, k = args[0], args[1]
+            scale = kwargs.get("scale") if len(args) < 7 else args[6]
             self.attention.append(AttentionCall(module, _source(self.origin(q)), _source(self.origin(k)),
-                                                int(q.shape[-1]), kwargs.get("scale")))
+                                                int(q.shape[-1]), float(scale) if scale is not None
+                                                else 1.0 / math.sqrt(q.shape[-1])))
         if name in ("softmax", "_softmax") and first is not None:
             qk = _qk_product(first)
             if qk is not None:
-                qo, ko, hd = qk
-                self.attention.append(AttentionCall(module, _source(qo), _source(ko), hd, None))
+                qo, ko, hd, scale = qk
+                self.attention.append(AttentionCall(module, _source(qo), _source(ko), hd, scale))
         if name in _THROUGH and self._activation(first):
             self._set(out, _Origin("through", (first,), module=module))
             return
@@ -502,18 +506,21 @@ def _source(o: _Origin | None) -> tuple[str, tuple[int, int] | None] | None:
     return o.param, rows
 
 
-def _qk_product(o: _Origin) -> tuple[_Origin, _Origin, int] | None:
-    """The q and k of attention logits ``softmax(q @ k^T * scale + mask)`` (None when ``o`` is not that)."""
-    todo, seen = [o], 0
+def _qk_product(o: _Origin) -> tuple[_Origin, _Origin, int, float | None] | None:
+    """The q and k of attention logits ``softmax(q @ k^T * scale + mask)``, the head dim and the constant
+    factors between the product and the softmax (None when ``o`` is not that)."""
+    todo, seen = [(o, 1.0)], 0
     while todo and seen < 64:
-        x = todo.pop()
+        x, scale = todo.pop()
         seen += 1
         while x.kind == "through" and x.parents:
+            if not x.gain:
+                scale = None if scale is None or x.scale is None else scale * x.scale
             x = x.parents[0]
         if x.kind == "op" and x.source.startswith("qk:") and len(x.parents) == 2:
-            return x.parents[0], x.parents[1], int(x.source[3:])
+            return x.parents[0], x.parents[1], int(x.source[3:]), scale
         if x.kind == "add":
-            todo.extend(x.parents)
+            todo.extend((p, scale) for p in x.parents)
     return None
 
 

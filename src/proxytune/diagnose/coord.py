@@ -1,12 +1,21 @@
 """Coordinate check for any ``nn.Module``, measured with forward hooks.
 
 The model is not modified: a forward hook on every leaf module that owns
-parameters (and on every residual block ``blocks.N``) records the RMS of its
+parameters (and on every residual block the plan found) records the RMS of its
 output on a fixed probe batch at step 0 and after each of a few optimizer
 steps. Under a correct parameterization the *change* of each output,
 ``rms(out(t) - out(0))``, does not depend on the swept size, so its log-log
 slope against the size is ~0. A positive slope means the update blows up as
 the model grows; a negative one means it vanishes (that layer stops learning).
+
+What cannot be fooled: besides the modules, every check measures the model's
+output (``logits``, however the forward returns it), the attention logits of
+every attention (``attn-logits:<module>``, from the ``q`` and ``k`` of each
+``scaled_dot_product_attention`` call or the input of an attention softmax)
+and each residual branch's output. A module is judged against what the plan
+meant: a query projection that carries the ``1/d_head`` factor on purpose is
+listed, not judged, and its attention logits are judged instead. A plan without
+a readout fails.
 
 >>> from proxytune.diagnose import coord_check
 >>> cc = coord_check("gpt", widths=[32, 64, 128], recipe="mup", depth=1)
@@ -28,19 +37,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch.overrides import TorchFunctionMode
+
 from ..builders import accepts, build_model, load_builder
-from ..plan import parameterize
+from ..forward import ForwardSpec, check_logits
+from ..modelspec import ModelSpec, ModelStructure
+from ..plan import Plan, parameterize
 from ..rules.recipes import get_optimizer, get_recipe
-from ..shapes import DEFAULT_BLOCK_PATTERN
 from ..thresholds import THRESHOLDS
 from .spectral import loglog_slope, rms
 
 __all__ = ["CoordCheck", "coord_check"]
 
-#: A residual block itself (``blocks.3``, ``model.layers.0`` ...), matched on the full module name.
-BLOCK_MODULE_PATTERN = r"(?:^|\.)(?:layers|blocks|h|layer)\.(\d+)$"
-_INSIDE_BLOCK = re.compile(DEFAULT_BLOCK_PATTERN)
-_BLOCK = re.compile(BLOCK_MODULE_PATTERN)
+#: the pseudo-module of the model's output
+LOGITS = "logits"
+#: prefix of an attention's logits pseudo-module: ``attn-logits:<attention module>``
+ATTN_LOGITS = "attn-logits:"
 
 
 @dataclass
@@ -65,6 +77,7 @@ class CoordCheck:
     blowups: list[str] = field(default_factory=list)
     vanishing: list[str] = field(default_factory=list)
     line: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def to_records(self) -> list[dict[str, Any]]:
         """The tidy records (a copy), ready for ``pandas.DataFrame``."""
@@ -79,13 +92,15 @@ class CoordCheck:
         """Text table of the slopes per module at the last step."""
         rows = list(self.last_step_slopes().values())
         head = ("module", f"d log rms_delta / d log {self.axis}", f"d log rms_out / d log {self.axis}", "verdict")
-        body = [(r["module"], f"{r['slope_delta']:+.3f}", f"{r['slope_out']:+.3f}", r["verdict"]) for r in rows]
+        body = [(r["module"], f"{r['slope_delta']:+.3f}", f"{r['slope_out']:+.3f}",
+                 r["verdict"] + (f" ({r['note']})" if r.get("note") else "")) for r in rows]
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         sep = "  ".join("-" * w for w in widths)
         lines = [f"coordinate check: recipe={self.recipe} {self.axis}s={self.sizes} tolerance={self.tolerance}",
                  fmt.format(*head), sep]
         lines += [fmt.format(*b) for b in body]
+        lines += [f"note: {n}" for n in self.notes]
         lines.append(self.line)
         return "\n".join(lines)
 
@@ -145,40 +160,71 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
     return None
 
 
-def _watched_modules(model: nn.Module, globs: Sequence[str] | None) -> dict[str, nn.Module]:
-    """Leaf modules owning parameters, plus the residual blocks themselves."""
+def _watched_modules(model: nn.Module, globs: Sequence[str] | None, blocks: set[str]) -> dict[str, nn.Module]:
+    """Leaf modules owning parameters, modules owning parameters none of whose children do, and the blocks."""
+    from ..shapes import canonical_name
+
     out: dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
         if not name:
             continue
+        name = canonical_name(name)
         owns = any(True for _ in mod.parameters(recurse=False))
         leaf = not any(True for _ in mod.children())
-        if (owns and leaf) or _BLOCK.search(name) or (owns and not any(
+        if (owns and leaf) or name in blocks or (owns and not any(
                 any(True for _ in c.parameters()) for c in mod.children())):
             if globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs):
                 out[name] = mod
     return out
 
 
-def _group_name(name: str, depth_axis: bool) -> str:
-    """For a depth sweep, blocks differ in number, so ``blocks.3.attn.proj``
-    becomes ``blocks.*.attn.proj`` (RMS pooled over blocks)."""
-    if not depth_axis:
-        return name
-    name = _BLOCK.sub(lambda m: m.group(0)[: m.start(1) - m.start(0)] + "*", name)
-    return _INSIDE_BLOCK.sub(lambda m: m.group(0)[: m.start(1) - m.start(0)] + "*.", name)
+class _Probe(TorchFunctionMode):
+    """Records, during one forward pass, the attention logits of every attention (SDPA's ``q k^T x scale``, or
+    the 4-D input of a softmax) and the products of the given weights (functional branch outputs), keyed by the
+    innermost module running them."""
+
+    def __init__(self, stack: list[str], weights: dict[int, str]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.weights = weights
+        self.found: dict[str, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        module = self.stack[-1] if self.stack else ""
+        try:
+            if name == "scaled_dot_product_attention" and len(args) >= 2:
+                key = ATTN_LOGITS + module
+                if key not in self.found:
+                    q, k = args[0].detach().float(), args[1].detach().float()
+                    if k.shape[-3] != q.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+                        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+                    scale = kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1])
+                    self.found[key] = (q @ k.transpose(-2, -1)) * scale
+            elif name in ("softmax", "_softmax") and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+                key = ATTN_LOGITS + module
+                if key not in self.found:
+                    self.found[key] = args[0].detach().float()
+            elif name in ("linear", "matmul", "__matmul__") and len(args) >= 2:
+                for a in args[:2]:
+                    w = self.weights.get(id(a))
+                    if w is not None and isinstance(out, torch.Tensor):
+                        self.found.setdefault("branch:" + w, out.detach().float())
+        except Exception:  # noqa: BLE001 - a measurement must never break the forward
+            pass
+        return out
 
 
-_GROUP_BLOCK = re.compile(r"(?:^|\.)(?:layers|blocks|h|layer)\.(?:\d+|\*|-1)$")
-_GROUP_INSIDE = re.compile(r"(?:^|\.)(?:layers|blocks|h|layer)\.(?:\d+|\*|-1)\.")
-
-
-def _is_block_output(group: str) -> bool:
-    return bool(_GROUP_BLOCK.search(group))
-
-
-def _inside_block(group: str) -> bool:
-    return bool(_GROUP_INSIDE.search(group))
+def _masked_rms(t: torch.Tensor, ref: torch.Tensor | None = None) -> float:
+    """RMS over the entries that are not masked (attention logits carry -inf or a large negative mask)."""
+    keep = torch.isfinite(t) & (t > -1e4)
+    if ref is not None:
+        keep &= torch.isfinite(ref) & (ref > -1e4)
+        t = t - ref
+    vals = t[keep]
+    return float(vals.pow(2).mean().sqrt()) if vals.numel() else float("nan")
 
 
 @functools.lru_cache(maxsize=4)
@@ -189,69 +235,149 @@ def _corpus(name: str):
 
 
 class _Task:
-    """A fixed training/probe batch and the loss, for LM or vector models."""
+    """A fixed training/probe batch and the loss: token windows of a corpus (``lm``), Gaussian vectors and a
+    random tanh teacher (``vector``), or random images with random labels (``image``)."""
 
     def __init__(self, kind: str, *, seed: int, batch_size: int, seq_len: int, data: str,
-                 d_in: int = 16, d_out: int = 4) -> None:
+                 d_in: int = 16, d_out: int = 4, image: tuple[int, int, int] = (3, 16, 16)) -> None:
         g = torch.Generator().manual_seed(10_000 + seed)
         self.kind = kind
+        self.generator = g
         if kind == "lm":
             corpus = _corpus(data)
             self.x, self.y = corpus.sample("train", batch_size, seq_len, g)
+        elif kind == "image":
+            self.x = torch.randn(batch_size, *image, generator=g)
+            self.y = None  # labels drawn once the number of classes is known (the logits' last dim)
         else:  # random teacher regression
             self.x = torch.randn(batch_size * seq_len, d_in, generator=g)
             w1 = torch.randn(d_in, 64, generator=g) / math.sqrt(d_in)
             w2 = torch.randn(64, d_out, generator=g) / math.sqrt(64)
             self.y = torch.tanh(self.x @ w1) @ w2
 
-    def loss(self, model: nn.Module) -> torch.Tensor:
-        out = _first_tensor(model(self.x))
-        if self.kind == "lm":
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), self.y.reshape(-1))
-        return F.mse_loss(out.float(), self.y)
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.kind == "vector":
+            return F.mse_loss(logits.float(), self.y)
+        if self.y is None:
+            self.y = torch.randint(logits.shape[-1], logits.shape[:-1], generator=self.generator)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), self.y.reshape(-1))
+
+
+def _plan_intent(plan: Plan) -> tuple[dict[str, str], dict[int, str], bool, set[str]]:
+    """What the plan means each module to do that a flat slope would contradict: the modules carrying the
+    attention-logit factor (a query projection, the query rows of a fused projection), the branch-output
+    weights not owned by a layer (measured by the probe), whether the plan has a readout, and the modules whose
+    output is a readout's (an LM head, a classifier, a router)."""
+    intended: dict[str, str] = {}
+    for name, tp in plan.tensors.items():
+        if tp.attn_factor != 1.0:
+            intended[name.rpartition(".")[0]] = "carries the attention-logit factor; its attention logits are judged"
+    for r in plan.attention:
+        for rel in r["site"].get("row_params") or []:
+            intended[f"{r['module']}.{rel.rpartition('.')[0]}"] = ("its query rows carry the attention-logit factor; "
+                                                                    "its attention logits are judged")
+    weights: dict[int, str] = {}
+    model = plan._model
+    if model is not None:
+        from ..plan import _named_params
+
+        params = _named_params(model)
+        for name, tp in plan.tensors.items():
+            if tp.branch_output and len(tp.shape) >= 2 and name in params:
+                owner = name.rpartition(".")[0]
+                mod = model.get_submodule(owner) if owner else model
+                if not isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) and type(mod).__name__ != "Conv1D":
+                    weights[id(params[name])] = name
+    readout = any(tp.role == "readout" or tp.readout_use is not None or tp.lookup_module is not None
+                  for tp in plan.tensors.values())
+    outputs = {tp.name.rpartition(".")[0] for tp in plan.tensors.values() if tp.role == "readout" and len(tp.shape) >= 2}
+    outputs |= {tp.readout_use.rpartition(".")[0] for tp in plan.tensors.values() if tp.readout_use is not None}
+    return intended, weights, readout, outputs
 
 
 def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width: int, base_depth: int,
              options: dict[str, Any], task: _Task, seed: int, recipe: str, optimizer: str, lr: float,
-             steps: int, globs: Sequence[str] | None) -> dict[str, list[tuple[float, float]]]:
-    """``{module: [(rms_out, rms_delta) per step 0..steps]}`` for one size and seed."""
+             steps: int, globs: Sequence[str] | None, structure: ModelStructure,
+             seq_len: int | None) -> tuple[dict[str, list[tuple[float, float]]], dict[str, Any]]:
+    """``{module: [(rms_out, rms_delta) per step 0..steps]}`` for one size and seed, and what the plan meant."""
+    from ..shapes import canonical_name
+
     torch.manual_seed(seed)
     target = build_model(fn, width, depth, "cpu", options)
-    base = build_model(fn, base_width, base_depth, "meta", options)
-    plan = parameterize(target, base, recipe=recipe, optimizer=optimizer)
+    with torch.random.fork_rng(devices=[]):
+        # the base is the smallest size: built on the CPU, its init statistics are exact (a model's own init may
+        # depend on its size in ways the rules replace, as T5's does)
+        base = build_model(fn, base_width, base_depth, "cpu", options)
+    plan = parameterize(target, base, recipe=recipe, optimizer=optimizer, seq_len=seq_len,
+                        **structure.plan_kwargs())
+    del base
+    forward: ForwardSpec = structure.forward()
     opt = plan.optimizer(lr=lr, model=target)
-    watched = _watched_modules(target, globs)
+    blocks = {tp.block for tp in plan.tensors.values() if tp.block is not None}
+    intended, weights, has_readout, outputs = _plan_intent(plan)
+    watched = _watched_modules(target, globs, blocks)
+    names = {id(m): canonical_name(n) for n, m in target.named_modules()}
     captured: dict[str, torch.Tensor] = {}
+    stack: list[str] = []
     hooks = []
-    for name, mod in watched.items():
-        def hook(_m, _i, out, name=name):
-            t = _first_tensor(out)
-            if t is not None:
-                captured[name] = t.detach().float().clone()
-        hooks.append(mod.register_forward_hook(hook))
+    for mod in target.modules():
+        name = names[id(mod)]
+
+        def pre(_m, _a, name=name):
+            stack.append(name)
+
+        def post(_m, _i, out, name=name):
+            if stack and stack[-1] == name:
+                stack.pop()
+            if name in watched:
+                t = _first_tensor(out)
+                if t is not None:
+                    captured[name] = t.detach().float().clone()
+
+        hooks.append(mod.register_forward_pre_hook(pre))
+        hooks.append(mod.register_forward_hook(post, always_call=True))
+
+    def measure() -> dict[str, torch.Tensor]:
+        captured.clear()
+        probe = _Probe(stack, weights)
+        with torch.no_grad(), probe:
+            logits = forward.logits(forward.call(target, task.x, task.y if forward.targets_arg else None))
+        found = dict(captured)
+        found.update(probe.found)
+        found[LOGITS] = logits.detach().float()
+        return found
+
     result: dict[str, list[tuple[float, float]]] = {}
     try:
         target.train()
         with torch.no_grad():
-            captured.clear()
-            target(task.x)
-        ref = dict(captured)
+            first = forward.logits(forward.call(target, task.x, task.y if forward.targets_arg else None))
+            if task.y is None:  # the image task learns its class count from the logits
+                task.loss(first)
+            check_logits(first, task.y, classes=task.kind != "vector")
+        ref = measure()
         for n, t in ref.items():
-            result[n] = [(rms(t), float("nan"))]
+            result[n] = [(_masked_rms(t) if n.startswith(ATTN_LOGITS) else rms(t), float("nan"))]
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            task.loss(target).backward()
+            task.loss(forward.logits(forward.call(target, task.x, task.y if forward.targets_arg else None))).backward()
             opt.step()
-            with torch.no_grad():
-                captured.clear()
-                target(task.x)
-            for n, t in captured.items():
-                if n in ref:
-                    result[n].append((rms(t), rms(t - ref[n])))
+            now = measure()
+            for n, t in now.items():
+                if n in ref and t.shape == ref[n].shape:
+                    if n.startswith(ATTN_LOGITS):
+                        result[n].append((_masked_rms(t), _masked_rms(t, ref[n])))
+                    else:
+                        result[n].append((rms(t), rms(t - ref[n])))
     finally:
         for h in hooks:
             h.remove()
-    return result
+    if globs is not None:
+        result = {n: v for n, v in result.items() if n in watched}
+    info = {"blocks": blocks, "intended": intended, "readout": has_readout, "outputs": outputs | {LOGITS},
+            "branches": {tp.name.rpartition(".")[0] for tp in plan.tensors.values() if tp.branch_output}
+            | {"branch:" + w for w in weights.values()}}
+    return result, info
 
 
 def _check_sizes(label: str, sizes: Any) -> list[int]:
@@ -264,41 +390,75 @@ def _check_sizes(label: str, sizes: Any) -> list[int]:
     return out
 
 
+def _resolve_model(model: str | Callable[..., nn.Module] | ModelSpec, structure: ModelStructure | None,
+                   model_options: dict[str, Any] | None) -> tuple[Callable[..., nn.Module], str, ModelStructure,
+                                                                  dict[str, Any]]:
+    """(builder, task kind, structure, options) for any way of naming a model."""
+    if isinstance(model, ModelSpec):
+        fn, name = load_builder(model.builder), model.builder
+        structure = structure or model.structure()
+        options = {**model.options, **(model_options or {})}
+    elif isinstance(model, str):
+        fn, name = load_builder(model), model
+        options = dict(model_options or {})
+    elif callable(model):
+        fn, name = model, ""
+        options = dict(model_options or {})
+    else:
+        raise ValueError(f"model must be a builder name, a callable or a ModelSpec, got {model!r}")
+    structure = structure or ModelStructure()
+    if structure.input == "features" or name == "mlp":
+        kind = "vector"
+    elif structure.input == "image":
+        kind = "image"
+    else:
+        kind = "lm"
+    return fn, kind, structure, options
+
+
 # --------------------------------------------------------------------- API
 def coord_check(
-    model: str | Callable[..., nn.Module] = "gpt", *, widths: list[int] | None = None,
+    model: str | Callable[..., nn.Module] | ModelSpec = "gpt", *, widths: list[int] | None = None,
     depths: list[int] | None = None, width: int = 64, depth: int = 2, base_width: int | None = None,
     base_depth: int | None = None, recipe: str = "mup", optimizer: str = "adamw", lr: float = THRESHOLDS.coord_lr,
     steps: int = 3, seeds: int = THRESHOLDS.coord_seeds, batch_size: int = 8, seq_len: int = 32, data: str = "stdlib",
     model_options: dict[str, Any] | None = None, tolerance: float = THRESHOLDS.coord_slope_tolerance,
-    modules: list[str] | None = None,
+    modules: list[str] | None = None, structure: ModelStructure | None = None,
 ) -> CoordCheck:
     """Coordinate check: does each module's update scale with width (or depth)?
 
     Give exactly one of ``widths`` (sweep width at fixed ``depth``) or
     ``depths`` (sweep depth at fixed ``width``). The base shape of the plan
-    defaults to the smallest swept size. For every size and seed
-    (``seeds`` seeds: 0..seeds-1) the target is built on CPU, planned with
-    ``parameterize(target, base_on_meta, recipe, optimizer)``, and trained for
+    defaults to the smallest swept size (built on the CPU: exact init statistics). ``model`` is a builder name, a
+    callable or a :class:`proxytune.modelspec.ModelSpec` (``structure`` says
+    how to read a model given by name or callable: roles, block pattern,
+    targets argument...). For every size and seed (``seeds`` seeds:
+    0..seeds-1) the target is built on CPU, planned with
+    ``parameterize(target, base, recipe, optimizer)``, and trained for
     ``steps`` steps of ``plan.optimizer(lr=lr)`` on one fixed batch (LM windows
     of ``data`` for token models; Gaussian inputs and a random tanh teacher
-    with MSE for ``model="mlp"``), which is also the probe batch.
+    with MSE for ``model="mlp"`` or ``input: features``; random images and
+    labels for ``input: image``), which is also the probe batch.
 
     Forward hooks (no model change) on every leaf module owning parameters,
-    and on each residual block ``blocks.N`` (the residual stream after it),
+    and on each residual block the plan found (the residual stream after it),
     record ``rms_out`` at every step and ``rms_delta = rms(out(t) - out(0))``
-    for ``t >= 1``. ``modules`` (globs on module names) restricts the hooks.
+    for ``t >= 1``; so are the model's logits (``logits``), each attention's
+    logits (``attn-logits:<module>``) and functional residual-branch outputs
+    (``branch:<weight>``). ``modules`` (globs on module names) restricts the
+    hooks.
 
     Slopes are least-squares fits of ``log(mean over seeds of rms)`` against
     ``log(size)``, per module and step. A judged module whose delta slope at
     the last step exceeds ``+tolerance`` blows up; below ``-tolerance`` it
-    vanishes.
+    vanishes. A module that carries a factor the plan put there on purpose (a
+    query projection with ``1/d_head``) is listed with verdict ``not judged``.
 
     Depth sweeps: the number of blocks changes, so modules inside the blocks
     are pooled across blocks (``blocks.*.attn.proj``, RMS over blocks) and
     the last block's output is also reported as ``blocks.-1``. Only modules
-    outside the repeated blocks (embeddings, final norm, readout) and the
-    block outputs (``blocks.*``, ``blocks.-1``: the residual stream) are
+    outside the repeated blocks (embeddings, final norm, readout, logits) and
+    the block outputs (``blocks.*``, ``blocks.-1``: the residual stream) are
     judged, because under depth-muP / CompleteP the branch outputs inside a
     block are *meant* to shrink as ``depth**-alpha`` (each of L branches
     contributes 1/L of the residual stream's update); their slopes are still
@@ -321,14 +481,7 @@ def coord_check(
         raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
     axis = "width" if widths is not None else "depth"
     sizes = _check_sizes(f"{axis}s", widths if widths is not None else depths)
-    if isinstance(model, str):
-        fn = load_builder(model)
-        kind = "vector" if model == "mlp" else "lm"
-    elif callable(model):
-        fn, kind = model, "lm"
-    else:
-        raise ValueError(f"model must be a builder name or a callable, got {model!r}")
-    options = dict(model_options or {})
+    fn, kind, structure, options = _resolve_model(model, structure, model_options)
     d_in, d_out = int(options.get("d_in", 16)), int(options.get("d_out", 4))
     if kind == "lm":
         corpus = _corpus(data)
@@ -343,75 +496,160 @@ def coord_check(
 
     records: list[dict[str, Any]] = []
     depth_axis = axis == "depth"
+    infos = []
     for size in sizes:
         w, d = (size, depth) if axis == "width" else (width, size)
         for seed in range(seeds):
             task = _Task(kind, seed=seed, batch_size=batch_size, seq_len=seq_len, data=data, d_in=d_in, d_out=d_out)
-            res = _run_one(fn, width=w, depth=d, base_width=bw, base_depth=bd, options=options, task=task,
-                           seed=seed, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, globs=modules)
+            res, info = _run_one(fn, width=w, depth=d, base_width=bw, base_depth=bd, options=options, task=task,
+                                 seed=seed, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, globs=modules,
+                                 structure=structure, seq_len=seq_len if kind == "lm" else None)
+            infos.append(info)
             for name, per_step in res.items():
                 for t, (ro, rd) in enumerate(per_step):
                     records.append({"axis": axis, "size": size, "seed": seed, "step": t, "module": name,
                                     "rms_out": ro, "rms_delta": rd})
 
-    slopes = _fit_slopes(records, sizes, depth_axis, tolerance)
+    blocks = set().union(*(i["blocks"] for i in infos))
+    intended = {k: v for i in infos for k, v in i["intended"].items()}
+    branches = set().union(*(i["branches"] for i in infos))
+    groups = _Groups(blocks, depth_axis)
+    rec = get_recipe(recipe)
+    # q and k coordinates stay O(1) at init under these parameterizations, so the logits at init scale as the
+    # attention scale's own exponent relative to SP (0 for SP, -1/2 for muP's 1/d_head)
+    attn_expected = (rec.attn_exponent if not depth_axis and (rec.abc in ("sp", "mup", "ntk") or rec.unit)
+                     else None)
+    # a readout's output at init: m random terms times the readout's scale, m^(1/2 - a - b) (abc exponents)
+    from ..rules.everett import AB
+
+    a_r, b_r = AB[rec.abc]["readout"]
+    readout_expected = None if depth_axis else 0.5 - float(a_r + b_r)
+    outputs = set().union(*(i["outputs"] for i in infos))
+    slopes = _fit_slopes(records, sizes, groups, tolerance, intended, branches, attn_expected, outputs,
+                         readout_expected)
     last = steps
     judged_last = [s for s in slopes if s["step"] == last and s["judged"]]
     blowups = [s["module"] for s in judged_last if s["verdict"] == "blowup"]
     vanishing = [s["module"] for s in judged_last if s["verdict"] == "vanish"]
-    passed = not blowups and not vanishing and bool(judged_last)
+    notes = []
+    has_readout = all(i["readout"] for i in infos)
+    if not has_readout:
+        notes.append("the plan has no readout tensor (role readout, or a tied table's readout use): the output "
+                     "layer gets no width rule")
+    passed = not blowups and not vanishing and bool(judged_last) and has_readout
     by_mod = {s["module"]: s for s in judged_last}
     if passed:
         line = f"PASS: every module's update is {axis}-independent (|slope| <= {tolerance:g})"
         if depth_axis:
-            line += " (judged: modules outside the blocks and the block outputs)"
+            line += " (judged: the logits, modules outside the blocks and the block outputs)"
+        else:
+            line += ", the logits' and the attention logits' included"
     elif not judged_last:
         line = "FAIL: no module could be judged (no hooked module has a finite slope)"
     else:
-        parts = []
+        parts = [] if has_readout else ["the plan has no readout (see explain; pass roles={'<name>': 'readout'})"]
         for label, names in (("blow up", blowups), ("vanish", vanishing)):
             if names:
-                names = sorted(names, key=lambda n: -abs(by_mod[n]["slope_delta"]))
+                names = sorted(names, key=lambda n: (n != LOGITS, -abs(by_mod[n]["slope_delta"])))
                 shown = ", ".join(f"{n} slope {by_mod[n]['slope_delta']:+.2f}" for n in names[:4])
                 more = f", +{len(names) - 4} more" if len(names) > 4 else ""
                 parts.append(f"{len(names)} module{'s' if len(names) > 1 else ''} {label} with {axis} "
                              f"({shown}{more})")
         line = "FAIL: " + "; ".join(parts)
     return CoordCheck(axis=axis, sizes=sizes, recipe=recipe, tolerance=tolerance, records=records,
-                      slopes=slopes, passed=passed, blowups=blowups, vanishing=vanishing, line=line)
+                      slopes=slopes, passed=passed, blowups=blowups, vanishing=vanishing, line=line, notes=notes)
 
 
-def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], depth_axis: bool,
-                tolerance: float) -> list[dict[str, Any]]:
+class _Groups:
+    """Module names -> groups: inside the plan's blocks, for a depth sweep, ``<stack>*.<rest>`` (pooled over
+    blocks) and the last block's ``<stack>-1``."""
+
+    def __init__(self, blocks: set[str], depth_axis: bool) -> None:
+        self.depth_axis = depth_axis
+        self.blocks: dict[str, tuple[str, int]] = {}
+        for b in blocks:
+            m = re.search(r"(\d+)$", b)
+            if m:
+                self.blocks[b] = (b[: m.start()], int(m.group(1)))
+
+    def block_of(self, module: str) -> tuple[str, str, int, str] | None:
+        """(block, stack key, index, rest after the block) of a module or pseudo-module name."""
+        prefix, name = "", module
+        for p in (ATTN_LOGITS, "branch:"):
+            if module.startswith(p):
+                prefix, name = p, module[len(p):]
+        for b, (key, idx) in self.blocks.items():
+            if name == b or name.startswith(b + "."):
+                return b, prefix + key, idx, name[len(b):]
+        return None
+
+    def group(self, module: str) -> str:
+        if not self.depth_axis:
+            return module
+        found = self.block_of(module)
+        if found is None:
+            return module
+        _, key, _, rest = found
+        return f"{key}*{rest}"
+
+    def inside(self, group: str) -> bool:
+        return "*" in group or "-1" in group if self.depth_axis else self.block_of(group) is not None
+
+    def is_block_output(self, group: str) -> bool:
+        if self.depth_axis:
+            return any(group in (f"{key}*", f"{key}-1") for key, _ in self.blocks.values())
+        return group in self.blocks
+
+
+def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups, tolerance: float,
+                intended: dict[str, str], branches: set[str], attn_expected: float | None = None,
+                outputs: set[str] | None = None, readout_expected: float | None = None) -> list[dict[str, Any]]:
+    depth_axis = groups.depth_axis
     # pool per (group, size, seed, step): RMS over the modules of the group (blocks, for depth sweeps)
     pooled: dict[tuple[str, int, int, int], list[tuple[float, float]]] = {}
-    last_block: dict[tuple[int, int], tuple[int, str]] = {}
+    last_block: dict[tuple[int, int, str], tuple[int, str]] = {}
     for r in records:
-        g = _group_name(r["module"], depth_axis)
+        g = groups.group(r["module"])
         pooled.setdefault((g, r["size"], r["seed"], r["step"]), []).append((r["rms_out"], r["rms_delta"]))
         if depth_axis:
-            m = _BLOCK.search(r["module"])
-            if m:
-                key = (r["size"], r["seed"])
-                idx = int(m.group(1))
-                if key not in last_block or idx > last_block[key][0]:
-                    last_block[key] = (idx, r["module"])
+            found = groups.block_of(r["module"])
+            if found is not None and found[3] == "":
+                b, key, idx, _ = found
+                k = (r["size"], r["seed"], key)
+                if k not in last_block or idx > last_block[k][0]:
+                    last_block[k] = (idx, r["module"])
     if depth_axis:
         for r in records:
-            lb = last_block.get((r["size"], r["seed"]))
-            if lb and r["module"] == lb[1]:
-                g = _BLOCK.sub(lambda m: m.group(0)[: m.start(1) - m.start(0)] + "-1", r["module"])
-                pooled.setdefault((g, r["size"], r["seed"], r["step"]), []).append((r["rms_out"], r["rms_delta"]))
+            for (size, seed, key), (_, module) in last_block.items():
+                if r["size"] == size and r["seed"] == seed and r["module"] == module:
+                    pooled.setdefault((f"{key}-1", size, seed, r["step"]), []).append((r["rms_out"], r["rms_delta"]))
     # RMS-pool within a group, then mean over seeds
     acc: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
     for (g, size, _seed, step), vals in pooled.items():
         arr = np.asarray(vals, dtype=float)
         acc.setdefault((g, step, size), []).append(tuple(np.sqrt(np.mean(arr ** 2, axis=0))))
-    groups = sorted({g for (g, _t, _s) in acc}, key=lambda g: (_inside_block(g), g))
+    order = sorted({g for (g, _t, _s) in acc}, key=lambda g: (g != LOGITS, groups.inside(g), g))
     steps = sorted({t for (_g, t, _s) in acc if t >= 1})
+    intended_groups = {groups.group(k): v for k, v in intended.items()}
+    branch_groups = {groups.group(b) for b in branches}
     out = []
-    for g in groups:
-        judged = (not depth_axis) or _is_block_output(g) or not _inside_block(g)
+    for g in order:
+        note = intended_groups.get(g, "")
+        judged = ((not depth_axis) or groups.is_block_output(g) or not groups.inside(g)) and not note
+        if depth_axis and groups.inside(g) and not groups.is_block_output(g):
+            note = "inside the blocks: meant to shrink with depth under depth rules"
+        if g in branch_groups or g.startswith("branch:"):
+            note = (note + "; " if note else "") + "residual-branch output"
+        # attention logits and readout outputs: products of two width-sized vectors (q . k, w . h) whose update
+        # starts as a random part, and whose scale at init says which scale the plan gave them
+        attn = (g.startswith(ATTN_LOGITS) or (not depth_axis and g in (outputs or set()))) and judged
+        expected = attn_expected if g.startswith(ATTN_LOGITS) else readout_expected
+        kind = "attention logits" if g.startswith(ATTN_LOGITS) else "readout's output"
+        init_slope = math.nan
+        if attn:
+            init = [acc.get((g, 0, s)) for s in sizes]
+            if all(v is not None for v in init):
+                init_slope = loglog_slope(sizes, [float(np.mean([v[0] for v in vv])) for vv in init])
         for t in steps:
             vals = [acc.get((g, t, s)) for s in sizes]
             if any(v is None for v in vals):
@@ -419,16 +657,32 @@ def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], depth_axis: boo
             ro = [float(np.mean([v[0] for v in vv])) for vv in vals]
             rd = [float(np.mean([v[1] for v in vv])) for vv in vals]
             sd, so = loglog_slope(sizes, rd), loglog_slope(sizes, ro)
+            row_note = note
+            low = -tolerance
+            if attn:
+                # the update of q.k (or w.h) starts as a random part that shrinks as d^-1/2 (a few steps, small
+                # widths, weights of order 1 such as a tied table), so only a faster fall is vanishing; the scale
+                # the plan meant shows at init
+                low = -(0.5 + tolerance)
+                row_note = ((note + "; " if note else "") + f"update judged in [{low:+.2f}, {tolerance:+.2f}]" + (
+                    f"; at init {init_slope:+.2f}, the recipe means {expected:+.2f}"
+                    if expected is not None and math.isfinite(init_slope) else ""))
             if not judged:
                 verdict = "not judged"
             elif not math.isfinite(sd):
                 verdict = "n/a"
+            elif attn and expected is not None and math.isfinite(init_slope) and abs(init_slope - expected) > tolerance:
+                verdict = "blowup" if init_slope > expected else "vanish"
+                sd = init_slope - expected
+                row_note = (f"the {kind}' scale at init has slope {init_slope:+.2f}, the recipe means {expected:+.2f}: "
+                            "not the recipe's scale (slope shown: the difference)")
             elif sd > tolerance:
                 verdict = "blowup"
-            elif sd < -tolerance:
+            elif sd < low:
                 verdict = "vanish"
             else:
                 verdict = "ok"
             out.append({"module": g, "step": t, "slope_delta": sd, "slope_out": so, "judged": judged,
-                        "verdict": verdict, "rms_delta": dict(zip(sizes, rd)), "rms_out": dict(zip(sizes, ro))})
+                        "verdict": verdict, "note": row_note, "rms_delta": dict(zip(sizes, rd)),
+                        "rms_out": dict(zip(sizes, ro))})
     return out
