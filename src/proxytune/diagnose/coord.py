@@ -375,6 +375,7 @@ def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width
     if globs is not None:
         result = {n: v for n, v in result.items() if n in watched}
     info = {"blocks": blocks, "intended": intended, "readout": has_readout, "outputs": outputs | {LOGITS},
+            "head_dims": {ATTN_LOGITS + r["module"]: r["site"]["head_dim"] for r in plan.attention},
             "branches": {tp.name.rpartition(".")[0] for tp in plan.tensors.values() if tp.branch_output}
             | {"branch:" + w for w in weights.values()}}
     return result, info
@@ -517,8 +518,17 @@ def coord_check(
     rec = get_recipe(recipe)
     # q and k coordinates stay O(1) at init under these parameterizations, so the logits at init scale as the
     # attention scale's own exponent relative to SP (0 for SP, -1/2 for muP's 1/d_head)
-    attn_expected = (rec.attn_exponent if not depth_axis and (rec.abc in ("sp", "mup", "ntk") or rec.unit)
-                     else None)
+    # the attention scale follows the head dim: the expected slope is the recipe's exponent times how fast
+    # the head dim grows with the swept size (0 when width grows by adding heads)
+    attn_expected: dict[str, float] = {}
+    if not depth_axis and (rec.abc in ("sp", "mup", "ntk") or rec.unit):
+        hds: dict[str, dict[int, int]] = {}
+        for size, info in zip([s for s in sizes for _ in range(seeds)], infos):
+            for module, hd in info["head_dims"].items():
+                hds.setdefault(module, {})[size] = hd
+        for module, by_size in hds.items():
+            if len(by_size) == len(sizes):
+                attn_expected[module] = rec.attn_exponent * loglog_slope(sizes, [by_size[s] for s in sizes])
     # a readout's output at init: m random terms times the readout's scale, m^(1/2 - a - b) (abc exponents)
     from ..rules.everett import AB
 
@@ -602,7 +612,7 @@ class _Groups:
 
 
 def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups, tolerance: float,
-                intended: dict[str, str], branches: set[str], attn_expected: float | None = None,
+                intended: dict[str, str], branches: set[str], attn_expected: dict[str, float] | None = None,
                 outputs: set[str] | None = None, readout_expected: float | None = None) -> list[dict[str, Any]]:
     depth_axis = groups.depth_axis
     # pool per (group, size, seed, step): RMS over the modules of the group (blocks, for depth sweeps)
@@ -643,7 +653,7 @@ def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups
         # attention logits and readout outputs: products of two width-sized vectors (q . k, w . h) whose update
         # starts as a random part, and whose scale at init says which scale the plan gave them
         attn = (g.startswith(ATTN_LOGITS) or (not depth_axis and g in (outputs or set()))) and judged
-        expected = attn_expected if g.startswith(ATTN_LOGITS) else readout_expected
+        expected = (attn_expected or {}).get(g) if g.startswith(ATTN_LOGITS) else readout_expected
         kind = "attention logits" if g.startswith(ATTN_LOGITS) else "readout's output"
         init_slope = math.nan
         if attn:
