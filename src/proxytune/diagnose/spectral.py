@@ -39,7 +39,7 @@ def train_proxy(
     model: str = "gpt", width: int = 64, depth: int = 1, base_width: int = 32, base_depth: int | None = None,
     recipe: str = "mup", optimizer: str = "adam", lr: float = 1e-2, steps: int = 5, seed: int = 0,
     batch_size: int = 8, seq_len: int = 32, eps: float | None = None,
-    model_options: dict[str, Any] | None = None, eps_mode: str = "plan",
+    model_options: dict[str, Any] | None = None, eps_mode: str = "plan", structure: Any = None,
 ) -> tuple[nn.Module, Any, dict[str, torch.Tensor], torch.optim.Optimizer]:
     """Build, parameterize and train a language-model proxy for ``steps`` steps.
 
@@ -53,9 +53,13 @@ def train_proxy(
     the optimizer is built (a width-independent eps, to show what the plan's
     scaling prevents).
 
+    ``structure`` (:class:`proxytune.modelspec.ModelStructure`) says how to read a user's model (roles,
+    targets argument...).
+
     Returns ``(model, plan, init_state, optimizer)``; ``init_state`` maps each
     planned tensor name to a copy of its weights right after parameterization.
     """
+    from ..modelspec import ModelStructure
     from .. import parameterize
     from ..builders import build_model, load_builder
 
@@ -73,7 +77,9 @@ def train_proxy(
     base = build_model(fn, base_width, depth if base_depth is None else base_depth, "cpu", options)
     torch.manual_seed(seed)
     target = build_model(fn, width, depth, "cpu", options)
-    plan = parameterize(target, base, recipe=recipe, optimizer=optimizer)
+    structure = structure or ModelStructure()
+    forward = structure.forward()
+    plan = parameterize(target, base, recipe=recipe, optimizer=optimizer, seq_len=seq_len, **structure.plan_kwargs())
     params = plan.parameters(target)
     init_state = {name: params[name].detach().clone() for name in plan.tensors}
     opt = plan.optimizer(lr=lr, eps=eps if eps_mode == "plan" else None)
@@ -85,7 +91,7 @@ def train_proxy(
     target.train()
     for _ in range(steps):
         x, y = corpus.sample("train", batch_size, seq_len, gen)
-        logits = target(x)
+        logits = forward.logits(forward.call(target, x, y))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

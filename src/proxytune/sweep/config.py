@@ -3,7 +3,8 @@
 Example (``sweep.yaml``)::
 
     name: width-transfer
-    model: gpt                      # or mypkg.models:build
+    model: gpt                      # or mypkg.models:build, ./mymodel.py:build, or a mapping
+                                    #   {builder, options, roles, block_pattern, ...}: proxytune.modelspec
     data: stdlib                    # or a text file / .bin token file
     recipe: mup
     optimizer: adamw
@@ -39,6 +40,8 @@ from typing_extensions import Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..errors import PlanError
+from ..modelspec import ModelStructure, split_model_section
 from ..train.config import ROLES, TrainConfig
 from .program import COMMAND_FIELDS, ProgramConfig
 from .tracking import TrackingConfig
@@ -52,7 +55,8 @@ MAX_LOG2 = 100
 STRATEGIES = ("grid", "list", "random", "tpe", "halving", "hyperband", "telescoping")
 EXECUTORS = ("local", "inline", "ray")
 # Fields set by the sweep itself, not by ``train:``.
-_OWNED = ("model", "model_options", "data", "data_options", "recipe", "optimizer", "base_width", "base_depth")
+_OWNED = ("model", "model_options", "model_structure", "data", "data_options", "recipe", "optimizer", "base_width",
+          "base_depth")
 
 
 class SweepConfigError(ValueError):
@@ -159,6 +163,11 @@ class FileConfig(_Strict):
             raise cls._error(f"{path}: {binary[0]}: a YAML binary value (!!binary) is not accepted; write text")
         if not isinstance(data, dict):
             raise cls._error(f"{path}: expected a mapping of {cls._what} settings at the top level")
+        if "model_structure" in cls.model_fields:
+            try:  # the builder file, when it is one, is relative to this file's folder
+                data = split_model_section(data, folder=path.resolve().parent)
+            except PlanError as exc:
+                raise cls._error(f"{path}: {exc}") from None
         return cls.from_dict(cls._relative_to(data, path.parent), source=str(path))
 
     @classmethod
@@ -169,6 +178,11 @@ class FileConfig(_Strict):
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Self:
         source = source or f"{cls._what} config"
+        if "model_structure" in cls.model_fields and isinstance(data.get("model"), dict):
+            try:
+                data = split_model_section(data)
+            except PlanError as exc:
+                raise cls._error(f"{source}: {exc}") from None
         bad = [_unknown(cls._what, k, list(cls.model_fields)) for k in data if k not in cls.model_fields]
         if bad:
             raise cls._error(f"{source}: " + "; ".join(bad))
@@ -191,6 +205,8 @@ class SweepConfig(FileConfig):
                                                             "command) instead of the built-in trainer")
     model: str = "gpt"
     model_options: dict[str, Any] = Field(default_factory=dict)
+    model_structure: ModelStructure = Field(default_factory=ModelStructure,
+                                            description="how proxytune reads the model (from a model: mapping)")
     data: str = "stdlib"
     data_options: dict[str, Any] = Field(default_factory=dict)
     recipe: str = "mup"
@@ -329,7 +345,7 @@ class SweepConfig(FileConfig):
         where the program is run from."""
         out = self.model_dump(mode="json", exclude={"axes", "points", "strategy", "executor", "storage",
                                                     "runs_dir", "tracking"})
-        return program_identity(out)
+        return structure_identity(program_identity(out))
 
 
 def absolute_storage(v: str | None) -> str | None:
@@ -357,10 +373,17 @@ def check_program_leaves_model(cfg: BaseModel) -> None:
     """A config with ``program:`` (a sweep or a tune file) must leave model and data to the program."""
     if getattr(cfg, "program", None) is None:
         return
-    for key in ("model", "model_options", "data", "data_options"):
+    for key in ("model", "model_options", "model_structure", "data", "data_options"):
         if getattr(cfg, key) != type(cfg).model_fields[key].get_default(call_default_factory=True):
             raise ValueError(f"{key} is for the built-in trainer; a program builds its own model and reads its "
                              "own data (give it what it needs in program.params)")
+
+
+def structure_identity(out: dict[str, Any]) -> dict[str, Any]:
+    """A config's identity without a default model structure, so configs stored before it existed keep theirs."""
+    if out.get("model_structure") == ModelStructure().model_dump(mode="json"):
+        out.pop("model_structure")
+    return out
 
 
 def program_identity(out: dict[str, Any]) -> dict[str, Any]:
@@ -430,8 +453,8 @@ def apply_point(fields: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]
 def base_fields(cfg: SweepConfig) -> dict[str, Any]:
     """TrainConfig fields shared by every point of the sweep."""
     fields = dict(cfg.train)
-    fields.update(model=cfg.model, model_options=cfg.model_options, data=cfg.data, data_options=cfg.data_options,
-                  recipe=cfg.recipe, optimizer=cfg.optimizer)
+    fields.update(model=cfg.model, model_options=cfg.model_options, model_structure=cfg.model_structure,
+                  data=cfg.data, data_options=cfg.data_options, recipe=cfg.recipe, optimizer=cfg.optimizer)
     if "width" in cfg.base:
         fields["base_width"] = cfg.base["width"]
     if "depth" in cfg.base:

@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..rules.recipes import RECIPES
 from ..sweep.config import (
     ExecutorConfig, FileConfig, Range, SweepConfigError, _unknown, check_base, check_train, field_name,
-    check_program_leaves_model, program_absolute, program_identity, program_relative_to,
+    check_program_leaves_model, program_absolute, program_identity, program_relative_to, structure_identity,
 )
+from ..modelspec import ModelStructure
 from ..sweep.program import ProgramConfig
 from ..train.config import MULTIPLIER_FIELDS, TrainConfig
 
@@ -39,8 +40,8 @@ from ..train.config import MULTIPLIER_FIELDS, TrainConfig
 DEFAULT_MULTIPLIERS = ("role_init.hidden", "role_init.readout", "role_init.embedding", "role_lr.embedding",
                        "role_lr.readout", "role_lr.vector", "attn_mult")
 # Fields set by the tune file itself, not by ``train:``.
-_OWNED = ("model", "model_options", "data", "data_options", "recipe", "optimizer", "base_width", "base_depth",
-          "width", "depth", "lr", "seed", *MULTIPLIER_FIELDS)
+_OWNED = ("model", "model_options", "model_structure", "data", "data_options", "recipe", "optimizer", "base_width",
+          "base_depth", "width", "depth", "lr", "seed", *MULTIPLIER_FIELDS)
 
 
 class TuneConfigError(SweepConfigError):
@@ -127,6 +128,8 @@ class TuneConfig(FileConfig):
                                                             "trainer (see docs/programs.md)")
     model: str = "gpt"
     model_options: dict[str, Any] = Field(default_factory=dict)
+    model_structure: ModelStructure = Field(default_factory=ModelStructure,
+                                            description="how proxytune reads the model (from a model: mapping)")
     data: str = "stdlib"
     data_options: dict[str, Any] = Field(default_factory=dict)
     optimizer: str = "adamw"
@@ -230,8 +233,8 @@ class TuneConfig(FileConfig):
     def train_fields(self, recipe: str) -> dict[str, Any]:
         """TrainConfig fields shared by every trial of ``recipe`` (no multipliers, lr, width or seed)."""
         fields = {k: v for k, v in self.train.items() if k != "depth"}
-        fields.update(model=self.model, model_options=self.model_options, data=self.data,
-                      data_options=self.data_options, recipe=recipe, optimizer=self.optimizer,
+        fields.update(model=self.model, model_options=self.model_options, model_structure=self.model_structure,
+                      data=self.data, data_options=self.data_options, recipe=recipe, optimizer=self.optimizer,
                       base_width=self.base_width, base_depth=self.base_depth)
         if self.executor.kind != "inline":
             fields["threads"] = self.executor.threads
@@ -243,4 +246,5 @@ class TuneConfig(FileConfig):
 
     def identity(self) -> dict[str, Any]:
         """What the stored trials depend on (everything but the executor and where things are stored)."""
-        return program_identity(self.model_dump(mode="json", exclude={"executor", "storage", "runs_dir"}))
+        return structure_identity(program_identity(self.model_dump(mode="json",
+                                                                   exclude={"executor", "storage", "runs_dir"})))
