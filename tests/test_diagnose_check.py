@@ -49,3 +49,54 @@ def test_coord_check_cli_and_explain_check(tmp_path):
     res = runner.invoke(app, ["explain", "--width", "128", "--depth", "1", "--base-width", "32",
                               "--base-depth", "1", "--recipe", "sp", "--lr", "0.01", "--check"])
     assert res.exit_code == 1 and "FAIL" in res.output, res.output
+
+
+# Tiny settings for the tied-readout and failure tests (a few seconds each).
+TINY_CHECK = {"widths": (16, 32, 64), "depth": 1, "log2_lrs": (-9, -7, -5, -3), "steps": 20, "batch_size": 4,
+              "seq_len": 16}
+
+
+def test_quick_check_on_a_tied_readout():
+    """A tied readout gets a forward multiplier, and with it the plan's marker buffer, whose digest differs between
+    seeds. The mini sweep used to stop on it after the coordinate check ("buffer 'proxytune_plan' differs between
+    members"); the alignment measurement failed on the tied weight's second name."""
+    res = quick_check("gpt", model_options={"tied": True}, **TINY_CHECK)
+    assert res.sweep is not None and not res.sweep_error
+    assert len(res.records) == 3 * 4 * 2 and all(r["status"] in ("complete", "diverged") for r in res.records)
+    assert res.alignment is not None, res.alignment_error
+    assert any("tied" in n for n in res.alignment.notes)
+
+
+def test_quick_check_trains_one_by_one_when_members_cannot_batch_and_keeps_the_coordinate_check(monkeypatch):
+    """A BatchError: the members train one by one. Any other error in the mini sweep: the coordinate check and
+    the alignment are kept and printed, the error is named, and the command exits 2 (no verdict)."""
+    import proxytune.diagnose.check as check
+    from proxytune.train import BatchError
+
+    alone = []
+    real_train = check.train
+
+    def no_batch(configs, **kw):
+        raise BatchError("these members cannot batch")
+
+    def counting(cfg, **kw):
+        alone.append(cfg.width)
+        return real_train(cfg, **kw)
+
+    monkeypatch.setattr(check, "train_batched", no_batch)
+    monkeypatch.setattr(check, "train", counting)
+    res = quick_check("gpt", **{**TINY_CHECK, "log2_lrs": (-8, -5), "seeds": 2})
+    assert res.sweep is not None and len(alone) == 3 * 2 * 2
+
+    def broken(configs, **kw):
+        raise RuntimeError("the mini sweep broke")
+
+    monkeypatch.setattr(check, "train_batched", broken)
+    res = CliRunner().invoke(app, ["check", "--widths", "16,32,64", "--depth", "1"])
+    assert res.exit_code == 2, res.output
+    out = res.output
+    for line in ("check: coordinate check: widths 16, 32, 64", "check: alignment: width 64",
+                 "check: mini LR sweep at width 16: 14 trials"):
+        assert line in out, out
+    assert "no verdict: the mini LR sweep failed (RuntimeError: the mini sweep broke)" in out
+    assert "coordinate check: PASS" in out and "mini LR sweep: failed (RuntimeError: the mini sweep broke)" in out

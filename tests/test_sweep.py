@@ -421,3 +421,105 @@ def test_a_point_whose_trials_were_all_given_back_is_enqueued_again(tmp_path):
     assert store.requeue_stale() == 0
     waiting = {t.user_attrs["point_id"] for t in store.trials((TrialState.WAITING,))}
     assert waiting == {point_id({"width": 32, "log2_lr": -9}), point_id({"width": 32, "log2_lr": -8})}
+
+
+# ------------------------------------------------------- failing trials
+_FAILING_BUILDER = """
+import os
+import torch
+from proxytune.models import gpt
+
+CALLS = [0]
+class Runaway(BaseException):
+    '''Stops a sweep that would otherwise never end (the bug these tests guard against).'''
+
+def build(width, depth, **options):
+    if torch.empty(0).device.type != "meta":  # the shape check before the sweep builds on meta: let it pass
+        CALLS[0] += 1
+        if CALLS[0] > int(os.environ.get("PT_TEST_RUNAWAY", "60")):
+            raise Runaway(f"{CALLS[0]} trials and still going")
+        if os.environ.get("PT_TEST_ALTERNATE") and CALLS[0] % 2:
+            raise ValueError("another cause")
+        raise RuntimeError(f"this model cannot be built today (attempt {CALLS[0]}, value {0.37 * CALLS[0]:.4f})")
+    return gpt.build(width=width, depth=depth, **options)
+"""
+
+
+def _failing_sweep(tmp_path: Path, monkeypatch, name: str, **over) -> Sweep:
+    (tmp_path / "failing.py").write_text(_FAILING_BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    import failing
+    importlib.reload(failing)  # a fresh call counter per test
+    d = sweep_dict(tmp_path, name=name, model="failing:build", axes={"width": [32], "log2_lr": {"low": -9, "high": -5}},
+                   strategy={"kind": "tpe", "n_trials": 8}, executor={"kind": "inline", "batch": 2})
+    d.update(over)
+    return Sweep.from_dict(d)
+
+
+def test_failed_trials_spend_a_sampled_sweeps_budget(tmp_path, monkeypatch):
+    """A TPE sweep whose every trial fails ends after n_trials trials: failed ones count. Before, they did not,
+    and such a sweep asked for new trials forever (here, until the builder's guard stopped it)."""
+    sw = _failing_sweep(tmp_path, monkeypatch, "budget")
+    counts = sw.run()
+    assert counts["failed"] == 8 and counts["running"] == counts["waiting"] == 0
+    assert sw.run()["failed"] == 8  # nothing left to do: the budget is spent
+
+
+def test_a_sweep_stops_when_its_trials_keep_failing_with_the_same_error(tmp_path, monkeypatch):
+    """With stop_after_failures=5, a sampled or grid sweep whose trials fail with one error (numbers in its
+    message aside) stops after 5 in a row, naming it; failures before this run do not count; different errors
+    in turn do not stop it."""
+    from proxytune.sweep.errors import RepeatedFailure
+
+    sw = _failing_sweep(tmp_path, monkeypatch, "tpe", strategy={"kind": "tpe", "n_trials": 50},
+                        executor={"kind": "inline", "batch": 1})
+    with pytest.raises(RepeatedFailure, match=r"5 trials in a row failed with the same error: RuntimeError: this "
+                                              r"model cannot be built today \(attempt \d+, value "):
+        sw.run(stop_after_failures=5)
+    assert sw.store().counts()["failed"] == 5
+    with pytest.raises(RepeatedFailure):  # a second run judges its own trials: 5 more, not 0
+        sw.run(stop_after_failures=5)
+    assert sw.store().counts()["failed"] == 10
+    grid = _failing_sweep(tmp_path, monkeypatch, "grid", axes={"width": [32], "log2_lr": [-9, -8, -7, -6, -5, -4]},
+                          strategy={"kind": "grid", "refine": False}, executor={"kind": "inline", "batch": 1})
+    with pytest.raises(RepeatedFailure, match="3 trials in a row"):
+        grid.run(stop_after_failures=3)
+    assert grid.store().counts() == {**grid.store().counts(), "failed": 3, "waiting": 3, "running": 0}
+    monkeypatch.setenv("PT_TEST_ALTERNATE", "1")
+    mixed = _failing_sweep(tmp_path, monkeypatch, "mixed", executor={"kind": "inline", "batch": 1})
+    assert mixed.run(stop_after_failures=3)["failed"] == 8
+
+
+def test_a_stop_while_a_sampled_trial_is_being_created_leaves_no_trial_running(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) that lands between Optuna's ask() and the moment the worker records the trial as its own:
+    before, the trial stayed running (no lease yet, so nobody gave it back); now the stop waits for that moment
+    and the trial is given back like any other."""
+    import proxytune.sweep.worker as worker
+
+    real = worker.suggest_point
+    calls = []
+
+    def suggest_then_interrupt(trial, cfg):
+        calls.append(trial.number)
+        point = real(trial, cfg)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does, in the middle of creating a trial
+        return point
+
+    monkeypatch.setattr(worker, "suggest_point", suggest_then_interrupt)
+    d = sweep_dict(tmp_path, axes={"width": [32], "log2_lr": {"low": -9, "high": -5}},
+                   strategy={"kind": "tpe", "n_trials": 6}, executor={"kind": "inline", "batch": 2})
+    sweep = Sweep.from_dict(d)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run()
+    store = sweep.store()
+    trail = [(t.number, t.state.name, t.user_attrs.get("status")) for t in store.trials()]
+    assert not store.trials((TrialState.RUNNING,)), f"no trial is left running: {trail}"
+    assert store.counts()["complete"] == 2
+    given_back = {t.user_attrs["point_id"] for t in store.trials() if t.user_attrs.get("status") == "requeued"}
+    assert len(given_back) == 2, trail
+    monkeypatch.setattr(worker, "suggest_point", real)
+    sweep.run()  # the given-back points run on the next run
+    assert given_back <= set(completes_per_point(sweep))

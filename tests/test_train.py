@@ -232,3 +232,17 @@ def test_on_eval_prunes_single_and_batched_members():
     assert out[1].steps_done == 4 and out[0].steps_done == 12
     alone = train(members[2])
     assert out[2].final_val_loss == pytest.approx(alone.final_val_loss, rel=1e-4)
+
+
+def test_batched_tied_readout_with_its_multiplier():
+    """Under muP a tied readout gets an input multiplier, and the model the plan's marker buffer (its digest,
+    which differs between seeds). Members that differ in lr and seed batch and match training alone; members whose
+    forward multipliers differ (output_mult cancels the readout's here) are refused: member 0's template would
+    run the other with the wrong multiplier."""
+    common = dict(width=32, base_width=16, recipe="mup", precision="fp64", steps=6, eval_every=3,
+                  model_options={"tied": True})
+    members = [lm(**common, lr=1e-2, seed=0), lm(**common, lr=3e-3, seed=1)]
+    _compare([train(c) for c in members], train_batched(members), rtol=1e-9)
+    for pair in ([lm(**common, output_mult=2.0), lm(**common)], [lm(**common), lm(**common, embedding_mult=2.0)]):
+        with pytest.raises(BatchError, match="forward pass of member 1 differs"):
+            train_batched(pair)

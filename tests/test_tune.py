@@ -337,3 +337,122 @@ def test_stage1_with_tpe(tmp_path):
     assert all(-3 <= r["log2_role_init.readout"] <= 3 for r in tpe)
     assert s1["strategy"] == "tpe" and s1["trials"] == 3 + 6 + 2 * 2
     assert set(s1["winner"]["setting"]) == {LR_AXIS, "role_init.readout", "attn_mult"}
+
+
+# ------------------------------------------------------------------ multipliers that cannot apply, failing stages
+_NO_ATTENTION = '''
+import torch
+from torch import nn
+
+
+class LM(nn.Module):
+    """A language model with no attention at all: an attention multiplier has nothing to apply to."""
+
+    def __init__(self, width, depth, vocab):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+                                    for _ in range(depth))
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.lm_head(x)
+
+
+def build(width, depth, vocab=256, seq_len=64, device=None):
+    with torch.device(device or "cpu"):
+        return LM(width, depth, vocab)
+'''
+
+
+def _no_attention(tmp_path, monkeypatch, **over) -> dict:
+    (tmp_path / "noattn.py").write_text(_NO_ATTENTION)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tiny(tmp_path, model="noattn:build", model_options={}, **over)
+
+
+def test_multipliers_that_cannot_apply_are_left_out_of_the_search(tmp_path, monkeypatch):
+    """attn_mult on a model without attention: every trial that sets it would fail with a PlanError. It is
+    dropped before the search, with the plan's error in a note; the search runs over the rest."""
+    search = {**TINY["search"], "multipliers": ["role_init.readout", "attn_mult", "act_mult"]}
+    lines = []
+    tuner = Tuner(TuneConfig.from_dict(_no_attention(tmp_path, monkeypatch, search=search)), log=lines.append)
+    notes = tuner.check_multipliers()
+    assert tuner.mults == ["role_init.readout"] and tuner.axes == [LR_AXIS, "role_init.readout"]
+    assert len(notes) == 2 and "attn_mult is left out of the search" in notes[0]
+    assert "no attention module found" in notes[0] and "act_mult" in notes[1]
+    assert [line for line in lines if line.startswith("note: attn_mult")]
+    _synthetic(monkeypatch, lambda p: 2.0 + 0.05 * (p[LR_AXIS] + 7) ** 2)
+    s1 = tuner.stage1()
+    assert set(s1["winner"]["setting"]) == {LR_AXIS, "role_init.readout"}
+    # a model with attention keeps it
+    gpt = Tuner(TuneConfig.from_dict(tiny(tmp_path, search=search)), log=lambda m: None)
+    assert gpt.check_multipliers() == [] and "attn_mult" in gpt.mults
+
+
+def test_tune_on_a_model_without_attention_prints_progress_and_says_which_lr_is_which(tmp_path, monkeypatch):
+    """End to end from the command line, output not a terminal: the note on the dropped multiplier, one plain
+    progress line per stage start and per stage's counts, and the two learning rates labelled for what they
+    are (the base LR measured at the base width; the base LR predicted for the target, which the training code
+    uses); predict on a verification sweep says the same."""
+    search = {**TINY["search"], "multipliers": ["role_init.readout", "attn_mult"]}
+    cfg = _no_attention(tmp_path, monkeypatch, search=search, recipes=["mup"])
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    res = runner.invoke(app, ["tune", str(path)])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "note: attn_mult is left out of the search: it cannot apply to this model" in out
+    assert "stage 1 · LR scan at the base, every multiplier at 1: 3 trials" in out
+    assert "  stage 1 · LR scan at the base, every multiplier at 1: done, 3 of 3 trials finished (3 complete)" in out
+    assert [line for line in out.splitlines() if line.startswith("  stage 2 · mup: ") and "trials finished" in line]
+    assert "base LR 0." in out and "the optimum measured at the base width" in out
+    assert "plan.optimizer(lr=...)" in out and "base LR predicted for the target" in out
+    assert "it trains with the base LR predicted for the target" in out
+    result = json.loads((tmp_path / "runs" / "tiny" / "tune.json").read_text())
+    assert any("attn_mult" in n for n in result["notes"])
+    report = (tmp_path / "runs" / "tiny" / "report.md").read_text()
+    assert "note: attn_mult is left out" in report and "base LR predicted for the target" in report
+    snippet = Path(result["prediction"]["snippet"]).read_text()
+    assert "this base LR is the optimum predicted for this target (width 128" in snippet
+    res = runner.invoke(app, ["predict", result["candidates"][0]["sweep"], "--width", "64"])
+    assert res.exit_code == 0, res.output
+    assert "base LR predicted for the target:" in res.output and "plan.optimizer(lr=...)" in res.output
+    assert "at the predicted base LR" in res.output
+
+
+def test_a_stage_whose_trials_keep_failing_stops_and_exits_2(tmp_path, monkeypatch):
+    """A failure the plan check cannot foresee (here: the check is skipped) fails every TPE trial with one error
+    (its sampled value differs in each message). Before, failed trials did not count towards n_trials and the stage
+    never ended; now it stops after MAX_SAME_FAILURES in a row with the error in one line, exit code 2."""
+    import proxytune.sweep.worker as worker
+    from proxytune.tune.run import MAX_SAME_FAILURES
+
+    real, asked = worker.suggest_point, []
+
+    class Runaway(BaseException):
+        pass
+
+    def guarded(trial, cfg):  # the old behaviour asked forever: stop it so the test fails instead of hanging
+        asked.append(1)
+        if len(asked) > 60:
+            raise Runaway("the stage never ended")
+        return real(trial, cfg)
+
+    monkeypatch.setattr(worker, "suggest_point", guarded)
+    monkeypatch.setattr(Tuner, "check_multipliers", lambda self: [])
+    search = {"strategy": "tpe", "n_trials": 40, "lr": {"start": -8, "stop": -6, "step": 1},
+              "multipliers": ["attn_mult"]}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(_no_attention(tmp_path, monkeypatch, search=search)))
+    res = CliRunner().invoke(app, ["tune", str(path)])
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.output
+    assert f"{MAX_SAME_FAILURES} trials in a row failed with the same error" in errors[0]
+    assert "no attention module found" in errors[0] and "stage 1 · TPE" in errors[0]
+    assert len(asked) <= 8 + MAX_SAME_FAILURES  # one batch of 8 may be under way when the streak is seen

@@ -20,6 +20,10 @@ from .optimum import optima_by_group
 from .rules_of_thumb import apply_rule
 from .snippet import training_snippet
 
+#: What a "base LR" is, in the words every output uses: the sweeps' LR axis, the tuned LR and the predicted one are
+#: all values of this one quantity (at the base shape, at a proxy's width, at the target's).
+BASE_LR_MEANING = "the lr given to plan.optimizer(lr=...) of a plan built for the target, which scales it per tensor"
+
 
 def count_params(model_name: str, width: int, depth: int, options: dict[str, Any]) -> int:
     model = build_model(load_builder(model_name), width, depth, "meta", options)
@@ -290,6 +294,8 @@ def target_plan(sweep: Sweep, width: int, depth: int, hp: dict[str, Any],
         import json
 
         Path(path).write_text(json.dumps(d, indent=1, default=str))
+    source = (f"the optimum predicted for this target (width {width}, depth {depth}) from the sweep's optima"
+              if "lr" in hp else f"the sweep's train.lr: the prediction was for {hp['name']}, not the LR")
     d["snippet"] = training_snippet(first, width=width, depth=depth, lr=lr,
-                                    params=sum(p.numel() for p in target.parameters()))
+                                    params=sum(p.numel() for p in target.parameters()), lr_source=source)
     return d

@@ -2,7 +2,8 @@
 
 ``training_snippet(cfg, width=..., depth=..., lr=...)`` writes Python source
 that does what the trainer (:mod:`proxytune.train.setup` and ``loop``) does
-for ``cfg``, at the target's shape and the predicted base LR: the same base
+for ``cfg``, at the target's shape and the given base LR (``proxytune predict``
+and ``tune`` give the one predicted for the target): the same base
 (shape, seed, CPU so its init statistics are exact), the same
 ``parameterize`` call, init multipliers, optimizer keywords, schedule
 (``proxytune.train.lr_factor`` through ``LambdaLR``) and gradient clipping.
@@ -120,7 +121,7 @@ def _call(fn: str, width: int, depth: int, device: str, takes_device: bool) -> s
 
 
 def training_snippet(cfg: TrainConfig, *, width: int, depth: int, lr: float, params: int | None = None,
-                     memory_bytes: int | None = None) -> str:
+                     memory_bytes: int | None = None, lr_source: str | None = None) -> str:
     """Python source that builds the target, parameterizes it against the base and trains it with exactly
     the optimizer, per-tensor groups, betas, eps, weight decay, schedule, warmup and grad clipping of the
     tuned proxy run ``cfg`` (a TrainConfig: src/proxytune/train/config.py), at base learning rate ``lr``.
@@ -133,7 +134,8 @@ def training_snippet(cfg: TrainConfig, *, width: int, depth: int, lr: float, par
     CUDA and CUDA is available) the snippet builds the target on ``meta``,
     prints why and stops before training; setting ``device`` to one where it
     fits runs it in full. The data is left to the user: ``next_batch`` holds
-    ``# your data here`` (:data:`DATA_PLACEHOLDER`).
+    ``# your data here`` (:data:`DATA_PLACEHOLDER`). ``lr_source`` says in the script's comment where ``lr``
+    came from (e.g. "predicted for this target by the sweep's width law").
     """
     from ..train.setup import _BASE_SEED_OFFSET, optimizer_kwargs
 
@@ -182,7 +184,9 @@ def training_snippet(cfg: TrainConfig, *, width: int, depth: int, lr: float, par
         add("device = 'meta'")
     else:
         add(f"device = {device_expr}")
-    add(f"lr = {lr!r}  # base LR, at the base shape; the plan scales it per tensor")
+    add(f"lr = {lr!r}  # base LR: the lr given to plan.optimizer below, which scales it per tensor")
+    if lr_source:
+        add(f"# (this base LR is {lr_source})")
     add(f"options = {options!r}  # the proxies' model options")
     add("")
     add("# The base is the proxy shape the HPs were tuned at, built on the CPU (it is small) so its init")

@@ -75,7 +75,7 @@ def alignment_check(
     width: int = 128, *, model: str = "gpt", depth: int = 1, base_width: int = 32, recipe: str = "mup",
     optimizer: str = "adam", lr: float = 1e-2, steps: int = 5, seed: int = 0, batch_size: int = 8,
     seq_len: int = 32, threshold: float = 0.75, assumed: str = "full",
-    model_options: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None, structure: Any = None,
 ) -> AlignmentCheck:
     """Train ``steps`` steps at ``width`` and measure each Linear layer's alignment.
 
@@ -86,14 +86,19 @@ def alignment_check(
     if assumed not in ("full", "none"):
         raise ValueError(f"assumed must be 'full' or 'none', got {assumed!r}")
     net, plan, init, _ = train_proxy(model, width, depth, base_width, None, recipe, optimizer, lr, steps, seed,
-                                     batch_size, seq_len, model_options=model_options)
+                                     batch_size, seq_len, model_options=model_options, structure=structure)
     params = plan.parameters(net)
-    by_id = {id(p): name for name, p in params.items()}
+    # one name per tensor, the plan's: a tied weight is listed under each module that uses it
+    by_id = {id(p): name for name, p in params.items() if name in plan.tensors}
     inputs: dict[str, torch.Tensor] = {}
     hooks = []
-    for mod in net.modules():
+    tied = []
+    for mname, mod in net.named_modules():
         if isinstance(mod, nn.Linear) and id(mod.weight) in by_id:
             wname = by_id[id(mod.weight)]
+            if wname != (f"{mname}.weight" if mname else "weight"):
+                tied.append(mname)  # another tensor's use (a readout tied to the embedding): measured as that one
+                continue
             hooks.append(mod.register_forward_hook(
                 lambda m, i, o, n=wname: inputs.__setitem__(n, i[0].detach())))
     try:
@@ -113,7 +118,7 @@ def alignment_check(
                         "A": log_alignment(dw, z, tp.fan_in), "A_random": log_alignment(rnd, z, tp.fan_in),
                         "dW_rms": rms(dw), "z_rms": rms(z)})
     hidden = [r for r in records if r["role"] == "hidden" and math.isfinite(r["A"])]
-    notes = []
+    notes = [f"{m}: not measured, its weight is tied to another tensor's" for m in tied]
     if not hidden:
         notes.append("no hidden Linear layers: the mean is over all Linear layers")
         hidden = [r for r in records if math.isfinite(r["A"])]

@@ -19,14 +19,16 @@ transfer, because ..." with the evidence and a suggestion.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..analysis.optimum import optima_by_group
 from ..analysis.verdict import Verdict, transfer_verdict
 from ..thresholds import THRESHOLDS
-from ..train import TrainConfig, train_batched
+from ..train import BatchError, RunResult, TrainConfig, train, train_batched
 from .alignment import AlignmentCheck, alignment_check
+from ..modelspec import ModelSpec
 from .coord import CoordCheck, coord_check
 
 
@@ -40,6 +42,8 @@ class QuickCheck:
     sweep: Verdict | None
     records: list[dict[str, Any]] = field(default_factory=list)
     alignment_error: str = ""
+    #: why the mini LR sweep did not finish ("" when it did); the other evidence is kept
+    sweep_error: str = ""
 
     def report(self) -> str:
         parts = [self.line, "", "coordinate check: " + self.coord.line]
@@ -49,43 +53,65 @@ class QuickCheck:
             parts.append("alignment: not measured (" + self.alignment_error + ")")
         if self.sweep is not None:
             parts.append("mini LR sweep: " + self.sweep.line)
+        elif self.sweep_error:
+            parts.append("mini LR sweep: failed (" + self.sweep_error + ")")
         return "\n".join(parts)
 
 
-def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2,
+def quick_check(model: str | ModelSpec = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), depth: int = 2,
                 recipe: str = "mup", optimizer: str = "adamw", data: str = "stdlib",
                 model_options: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
                 log2_lrs: tuple[float, ...] = (-10, -9, -8, -7, -6, -5, -4), steps: int = 60, batch_size: int = 8,
-                seq_len: int = 32, seeds: int = 2, alignment: str = "full") -> QuickCheck:
+                seq_len: int = 32, seeds: int = 2, alignment: str = "full",
+                log: Callable[[str], None] | None = None) -> QuickCheck:
     """Run the three checks and return the verdict (a few minutes at most for small proxies on CPU).
 
     The mini sweep trains every (width, log2 LR, seed) for ``steps`` steps; ``seeds`` >= 2 lets the
-    optimum's interval include the seed-to-seed noise."""
+    optimum's interval include the seed-to-seed noise. Its members train batched, one by one when they
+    cannot (a :class:`BatchError`). When the mini sweep fails, the coordinate check and the alignment are
+    still returned, with the error in ``sweep_error`` and no verdict. ``log(line)`` gets one line as each
+    phase starts (the command line prints them)."""
     widths = tuple(sorted(widths))
     if len(widths) < 3:
         raise ValueError("quick_check needs 3 or more widths")
-    coord = coord_check(model, widths=list(widths), depth=depth, recipe=recipe, optimizer=optimizer, data=data,
-                        model_options=model_options, seeds=THRESHOLDS.coord_seeds, steps=3, batch_size=batch_size,
-                        seq_len=seq_len, lr=THRESHOLDS.coord_lr)
+    spec = ModelSpec.from_value(model)
+    if model_options:
+        spec = spec.model_copy(update={"options": {**spec.options, **model_options}})
+    model, model_options, structure = spec.builder, dict(spec.options), spec.structure()
+    say = log or (lambda line: None)
+    say(f"coordinate check: widths {', '.join(map(str, widths))}, {THRESHOLDS.coord_seeds} seeds, 3 steps")
+    coord = coord_check(spec, widths=list(widths), depth=depth, recipe=recipe, optimizer=optimizer, data=data,
+                        seeds=THRESHOLDS.coord_seeds, steps=3, batch_size=batch_size, seq_len=seq_len,
+                        lr=THRESHOLDS.coord_lr)
     align, align_error = None, ""
     if model == "gpt" or ":" in model:
+        say(f"alignment: width {widths[-1]} against base width {widths[0]}")
         try:
             align = alignment_check(widths[-1], model=model, depth=depth, base_width=widths[0], recipe=recipe,
                                     optimizer="adam" if optimizer in ("adam", "adamw") else optimizer,
                                     batch_size=batch_size, seq_len=seq_len, assumed=alignment,
-                                    model_options=model_options)
+                                    model_options=model_options, structure=structure)
         except Exception as exc:  # noqa: BLE001 - alignment is supporting evidence, never fatal
             align_error = str(exc)
-    records = []
-    for w in widths:
-        configs = [TrainConfig(model=model, width=w, depth=depth, base_width=widths[0], base_depth=depth,
-                               recipe=recipe, optimizer=optimizer, data=data, data_options=data_options or {},
-                               model_options=model_options or {}, lr=2.0 ** x, steps=steps,
-                               batch_size=batch_size, seq_len=seq_len, eval_every=steps, eval_batches=4, seed=s,
-                               tags={"log2_lr": x}) for x in log2_lrs for s in range(seeds)]
-        for cfg, res in zip(configs, train_batched(configs)):
-            records.append({"width": w, "log2_lr": cfg.tags["log2_lr"], "seed": cfg.seed, "status": res.status,
-                            "val_loss": res.final_val_loss})
+    records: list[dict[str, Any]] = []
+    try:
+        for w in widths:
+            configs = [TrainConfig(model=model, width=w, depth=depth, base_width=widths[0], base_depth=depth,
+                                   recipe=recipe, optimizer=optimizer, data=data, data_options=data_options or {},
+                                   model_options=model_options, model_structure=structure, lr=2.0 ** x, steps=steps,
+                                   batch_size=batch_size, seq_len=seq_len, eval_every=steps, eval_batches=4, seed=s,
+                                   tags={"log2_lr": x}) for x in log2_lrs for s in range(seeds)]
+            say(f"mini LR sweep at width {w}: {len(configs)} trials ({len(log2_lrs)} learning rates x {seeds} "
+                f"seeds, {steps} steps)")
+            for cfg, res in zip(configs, _train_all(configs)):
+                records.append({"width": w, "log2_lr": cfg.tags["log2_lr"], "seed": cfg.seed, "status": res.status,
+                                "val_loss": res.final_val_loss})
+    except Exception as exc:  # noqa: BLE001 - the coordinate check and alignment stand on their own
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        line = ("no verdict: the mini LR sweep failed (" + error + "); the coordinate check "
+                + ("passes" if coord.passed else "fails") + ": " + coord.line)
+        return QuickCheck(False, line, [f"the mini LR sweep failed ({error})"], coord, align, None, records,
+                          align_error, sweep_error=error)
     optima = optima_by_group(records, "log2_lr", size_axes=["width"])
     sweep = transfer_verdict(optima, "width") if len(optima) >= 2 else None
     reasons = _reasons(coord, align, sweep, recipe)
@@ -96,6 +122,15 @@ def quick_check(model: str = "gpt", *, widths: tuple[int, ...] = (32, 64, 128), 
     else:
         line = "does not transfer, because " + "; ".join(reasons)
     return QuickCheck(ok, line, reasons, coord, align, sweep, records, align_error)
+
+
+def _train_all(configs: list[TrainConfig]) -> list[RunResult]:
+    """The configs trained batched, or one by one when they cannot be (members whose forward passes differ,
+    per-member buffers...)."""
+    try:
+        return train_batched(configs)
+    except BatchError:
+        return [train(c) for c in configs]
 
 
 def _reasons(coord: CoordCheck, align: AlignmentCheck | None, sweep: Verdict | None, recipe: str) -> list[str]:

@@ -13,3 +13,8 @@ class StorageUnavailable(StorageError):
 
 class StorageFull(StorageError):
     """The sweep's journal could not be written: the disk (or the user's quota) is full."""
+
+
+class RepeatedFailure(RuntimeError):
+    """Trials of a sweep kept failing with the same error (``Sweep.run(stop_after_failures=N)``): the sweep stopped
+    instead of spending its budget on a cause that does not go away. The message names the error."""

@@ -18,7 +18,7 @@ from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
 from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
 from .program import check_program
-from .errors import StorageError
+from .errors import RepeatedFailure, StorageError
 from .store import SweepStore, check_writable, probe_folder
 from .tracking import Trackers
 from .worker import StopRequested, open_store, run_worker
@@ -124,8 +124,14 @@ class Sweep:
             return None
         return Trackers(t, self.cfg.run_dir, self.cfg.name, self.cfg.recipe)
 
-    def run(self, *, on_poll: PollFn | None = None, poll_seconds: float = 1.0) -> dict[str, int]:
-        """Run (or continue) the sweep until no trial is left; returns the final counts."""
+    def run(self, *, on_poll: PollFn | None = None, poll_seconds: float = 1.0,
+            stop_after_failures: int | None = None) -> dict[str, int]:
+        """Run (or continue) the sweep until no trial is left; returns the final counts.
+
+        ``stop_after_failures``: stop with :class:`RepeatedFailure` (its message names the error) once that many
+        trials in a row, of those finished by this call, failed with the same error. ``proxytune tune`` sets it
+        for its stages; a plain sweep runs to its end (a failure at one size says nothing about the others)."""
+        failures = (stop_after_failures, time.time()) if stop_after_failures else None
         store = self.prepare()
         trackers = self._trackers
         if trackers is not None:
@@ -136,25 +142,26 @@ class Sweep:
                 if user_poll is not None:
                     user_poll(counts, store)
         try:
-            return self._run(store, on_poll, poll_seconds)
+            return self._run(store, on_poll, poll_seconds, failures)
         except StorageError as exc:  # the journal does not know which run folder it serves
             raise type(exc)(str(exc).replace("RUN_DIR", str(self.cfg.run_dir))) from None
         finally:
             if trackers is not None:
                 trackers.sync(store, force=True)  # the last trials, even if a tracker failed a moment ago
 
-    def _run(self, store: SweepStore, on_poll: PollFn | None, poll_seconds: float) -> dict[str, int]:
+    def _run(self, store: SweepStore, on_poll: PollFn | None, poll_seconds: float,
+             failures: tuple[int, float] | None = None) -> dict[str, int]:
         while True:
             if self._nothing_to_run(store):
                 pass  # starting workers would only cost their start-up
             elif self.cfg.executor.kind == "ray":
-                _run_ray(self.cfg, store, on_poll, poll_seconds)
+                _run_ray(self.cfg, store, on_poll, poll_seconds, failures)
             elif self.cfg.executor.kind == "inline":
-                run_worker(self.cfg.model_dump(mode="json"), 0, install_signals=False)
-                if on_poll is not None:
-                    on_poll(store.counts(), store)
+                # no poll loop runs beside an inline worker: it reports after each batch
+                run_worker(self.cfg.model_dump(mode="json"), 0, install_signals=False, stop_after_failures=failures,
+                           on_batch=(lambda: on_poll(store.counts(), store)) if on_poll is not None else None)
             else:
-                _run_local(self.cfg, store, on_poll, poll_seconds)
+                _run_local(self.cfg, store, on_poll, poll_seconds, failures)
             if self.cfg.strategy.kind == "grid":
                 if not self._refine(store):
                     break
@@ -163,7 +170,7 @@ class Sweep:
         return store.counts()
 
     def _nothing_to_run(self, store: SweepStore) -> bool:
-        """No trial waiting or running, and (for a sampler) the trial budget spent."""
+        """No trial waiting or running, and (for a sampler) the trial budget spent (failed trials spend it too)."""
         from .worker import SAMPLED
 
         store.requeue_stale()
@@ -171,7 +178,8 @@ class Sweep:
         if counts["waiting"] or counts["running"]:
             return False
         if self.cfg.strategy.kind in SAMPLED:
-            return counts["complete"] + counts["diverged"] + counts["pruned"] >= (self.cfg.strategy.n_trials or 0)
+            spent = counts["complete"] + counts["diverged"] + counts["pruned"] + counts["failed"]
+            return spent >= (self.cfg.strategy.n_trials or 0)
         return True
 
     def refinement_points(self, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -310,6 +318,29 @@ def _check_shapes(cfg: SweepConfig, data: Any = None) -> None:
             build_model(builder, tc.width, tc.depth, "meta", options)
         except Exception as exc:  # noqa: BLE001 - any builder error is a config error here
             raise SweepConfigError(f"the model cannot be built at {where}: {exc}") from None
+    _check_plan(shapes[-1][1], builder, data)
+
+
+def _check_plan(tc: Any, builder: Any, data: Any) -> None:
+    """Read the largest shape against the base as a trial's plan would (both on ``meta``: free), so a model
+    proxytune cannot read (no readout, blocks it cannot match) fails now rather than in every trial."""
+    from ..builders import build_model
+    from ..errors import PlanError
+    from ..shapes import analyze_model
+    from ..train.setup import _builder_options
+
+    options = _builder_options(tc, data, builder) if data is not None else dict(tc.model_options)
+    try:
+        base = build_model(builder, tc.base_width or tc.width, tc.base_depth or tc.depth, "meta", options)
+        target = build_model(builder, tc.width, tc.depth, "meta", options)
+    except Exception:  # noqa: BLE001 - reported by the shape check above
+        return
+    kwargs = tc.plan_kwargs()
+    kwargs.pop("attention")
+    try:
+        analyze_model(target, base, **kwargs, seq_len=tc.seq_len if getattr(data, "task", "lm") == "lm" else None)
+    except PlanError as exc:
+        raise SweepConfigError(f"the model cannot be planned at width {tc.width}, depth {tc.depth}: {exc}") from None
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -339,15 +370,16 @@ _RECORD_KEYS = {"trial", "status", "stage", "val_loss", "train_loss", "steps_don
 
 
 # ------------------------------------------------------------------ executors
-def _worker_entry(config: dict[str, Any], index: int, fatal: Any = None) -> None:
+def _worker_entry(config: dict[str, Any], index: int, fatal: Any = None,
+                  failures: tuple[int, float] | None = None) -> None:
     try:
-        run_worker(config, index)
+        run_worker(config, index, stop_after_failures=failures)
     except StopRequested:
         pass
-    except StorageError as exc:
+    except (StorageError, RepeatedFailure) as exc:
         # The whole sweep must stop (another worker would hit the same wall): tell the parent, no traceback.
         if fatal is not None:
-            fatal.put(str(exc))
+            fatal.put((type(exc).__name__, str(exc)))
         raise SystemExit(3) from None
 
 
@@ -360,14 +392,15 @@ def _gpu_count() -> int:
         return 0
 
 
-def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_seconds: float) -> None:
+def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_seconds: float,
+               failures: tuple[int, float] | None = None) -> None:
     """N worker processes (spawned), one GPU each when there are GPUs; respawned while work is waiting."""
     ctx = mp.get_context("spawn")
     config = cfg.model_dump(mode="json")
     n_gpus = _gpu_count()
     procs: list[mp.Process] = []
     spawned = 0
-    fatal = ctx.SimpleQueue()  # a worker's StorageError, to stop the sweep with its message
+    fatal = ctx.SimpleQueue()  # a worker's StorageError or RepeatedFailure, to stop the sweep with its message
 
     def spawn(n: int) -> None:
         nonlocal spawned
@@ -375,7 +408,7 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
             env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
             if n_gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(spawned % n_gpus)
-            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal),
+            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal, failures),
                                name=f"proxytune-worker-{spawned}")
             proc.start()
             if n_gpus:
@@ -392,7 +425,8 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
         while True:
             time.sleep(poll_seconds)
             if not fatal.empty():
-                raise StorageError(fatal.get())
+                kind, message = fatal.get()
+                raise (RepeatedFailure if kind == RepeatedFailure.__name__ else StorageError)(message)
             store.requeue_stale()
             counts = store.counts()
             if on_poll is not None:
@@ -425,11 +459,12 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
         p.join()
 
 
-def _ray_worker(config: dict[str, Any], index: int) -> int:
-    return run_worker(config, index, install_signals=False)
+def _ray_worker(config: dict[str, Any], index: int, failures: tuple[int, float] | None = None) -> int:
+    return run_worker(config, index, install_signals=False, stop_after_failures=failures)
 
 
-def _run_ray(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_seconds: float) -> None:
+def _run_ray(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_seconds: float,
+             failures: tuple[int, float] | None = None) -> None:
     """Workers as Ray tasks (``ray.init()`` locally, or ``executor.address`` for a cluster)."""
     try:
         import ray
@@ -442,7 +477,7 @@ def _run_ray(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_s
         ray.init(address=cfg.executor.address, include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=cfg.executor.threads, num_gpus=cfg.executor.gpus_per_worker)(_ray_worker)
     config = cfg.model_dump(mode="json")
-    pending = [task.remote(config, i) for i in range(cfg.executor.workers)]
+    pending = [task.remote(config, i, failures) for i in range(cfg.executor.workers)]
     try:
         while pending:
             done, pending = ray.wait(pending, timeout=poll_seconds)
@@ -451,7 +486,7 @@ def _run_ray(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_s
             if on_poll is not None:
                 on_poll(store.counts(), store)
             if not pending and store.counts()["waiting"]:
-                pending = [task.remote(config, i) for i in range(cfg.executor.workers)]
+                pending = [task.remote(config, i, failures) for i in range(cfg.executor.workers)]
     except BaseException:
         for ref in pending:
             ray.cancel(ref)

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -475,6 +476,29 @@ class SweepStore:
             rows.append(row)
         return rows
 
+    def failure_streak(self, n: int, since: float | None = None) -> str | None:
+        """The error of the last ``n`` trials to finish (since ``since``, a ``time.time()``) when they all failed
+        with the same error, else None.
+
+        Errors are compared on their last line with the numbers taken out, so a sampled value quoted in the
+        message (``attention multiplier 5.1005: ...``) does not make it another error. Trials given back
+        (``requeued``, ``duplicate``) are not results and do not count either way."""
+        done = []
+        for t in self.trials((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            if t.state == TrialState.FAIL and t.user_attrs.get("status", "failed") != "failed":
+                continue
+            end = t.datetime_complete
+            if end is None or (since is not None and end.timestamp() < since):
+                continue
+            done.append((end, t.number, t))
+        if n < 1 or len(done) < n:
+            return None
+        last = [t for _, _, t in sorted(done, key=lambda x: (x[0], x[1]))[-n:]]
+        if any(t.state != TrialState.FAIL for t in last):
+            return None
+        lines = [error_line(t.user_attrs.get("error", "")) for t in last]
+        return lines[-1] if len({error_key(line) for line in lines}) == 1 else None
+
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("complete", "diverged", "pruned", "failed", "running", "waiting")}
         for t in self.trials():
@@ -502,6 +526,22 @@ class _WallClockWatch:
             self._offset = offset
             self._jumped_at = time.monotonic()
         return self._jumped_at is None or time.monotonic() - self._jumped_at > quiet_s
+
+
+def error_line(error: str) -> str:
+    """The line of a stored error that says what went wrong: the last non-empty one (a traceback's exception)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def error_key(line: str) -> str:
+    """``line`` with its numbers (and hex addresses) replaced by ``#``: two trials that fail on the same cause with
+    other sampled values or process ids have the same key."""
+    return _NUMBER.sub("#", _HEX.sub("#", line))
 
 
 def _status(t: optuna.trial.FrozenTrial) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -21,11 +23,10 @@ from ..optim.batched import BATCHED_OPTIMIZERS
 from .config import SweepConfig, apply_point, base_fields
 from .space import group_key, suggest_point
 from .program import ProgramError, StopRequested, run_program_trial, trial_info
-from .errors import StorageError
+from .errors import RepeatedFailure, StorageError
 from .store import HOST, Heartbeat, SweepStore
 
 SAMPLED = ("random", "tpe", "halving", "hyperband")
-
 
 
 def sampler_and_pruner(cfg: SweepConfig) -> tuple[Any, Any]:
@@ -54,7 +55,8 @@ def _next_trials(store: SweepStore, cfg: SweepConfig) -> list[tuple[int, dict[st
     claimed = store.claim(k, same_group=group_key, share=cfg.executor.workers)
     if claimed or cfg.strategy.kind not in SAMPLED:
         return [(t._trial_id, t.user_attrs["point"]) for t in claimed]
-    done = sum(1 for t in store.trials() if t.user_attrs.get("status") not in ("requeued", "duplicate", "failed"))
+    # A failed trial spends the budget too: were it not counted, a sweep whose trials keep failing would never end.
+    done = sum(1 for t in store.trials() if t.user_attrs.get("status") not in ("requeued", "duplicate"))
     out = []
     for _ in range(min(k, cfg.strategy.n_trials - done)):
         trial = store.study.ask()
@@ -68,8 +70,53 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise StopRequested(signal.Signals(signum).name)
 
 
-def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: bool = True) -> int:
-    """Run trials of the sweep ``config`` until none is left; returns how many this worker finished."""
+class _HoldStops:
+    """Holds SIGINT and SIGTERM while a worker takes trials, and delivers them when the block ends.
+
+    Between ``study.ask()`` (or a claim) and the moment the worker lists the trial as its own, a stop would leave
+    a running trial that nobody gives back (with no lease yet, not even stale until a lease period has passed):
+    it showed as running long after Ctrl-C. Held, the stop arrives once the trials are in the list that the
+    hand-back releases. Signal handlers can only be set in the main thread; elsewhere nothing is held."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> _HoldStops:
+        self.caught: list[int] = []
+        self.saved: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            try:
+                for sig in self._SIGNALS:
+                    handler = signal.getsignal(sig)
+                    if handler is None or handler == signal.SIG_IGN:  # not set from Python, or ignored: leave it
+                        continue
+                    self.saved[sig] = handler
+                    signal.signal(sig, self._hold)
+            except BaseException:  # a stop that came before the hold was in place: no handler is left changed
+                self._restore()
+                raise
+        return self
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self.caught.append(signum)
+
+    def _restore(self) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+        for sig in dict.fromkeys(self.caught):
+            signal.raise_signal(sig)  # to the handler that was in place: StopRequested, KeyboardInterrupt, ...
+
+
+def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: bool = True, *,
+               stop_after_failures: tuple[int, float] | None = None,
+               on_batch: Callable[[], None] | None = None) -> int:
+    """Run trials of the sweep ``config`` until none is left; returns how many this worker finished.
+
+    ``stop_after_failures``: ``(n, since)``: raise :class:`RepeatedFailure` when the last ``n`` trials of the sweep
+    finished since ``since`` (a ``time.time()``) all failed with the same error. ``on_batch()`` is called after
+    each batch of trials (the inline executor's progress)."""
     cfg = SweepConfig.model_validate(config)
     if cfg.executor.kind != "inline":  # an inline worker leaves the caller's thread count alone
         torch.set_num_threads(cfg.executor.threads)
@@ -81,32 +128,38 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
     finished = 0
     while True:
         store.requeue_stale()
-        batch = _next_trials(store, cfg)
-        if not batch:
-            return finished
-        ids = [tid for tid, _ in batch]
-        pending = set(ids)
+        pending: set[int] = set()
+        failed = False
         try:
+            with _HoldStops():
+                batch = _next_trials(store, cfg)
+                pending.update(tid for tid, _ in batch)
+            if not batch:
+                return finished
+            ids = [tid for tid, _ in batch]
             if cfg.program is not None:
                 with Heartbeat(store, ids):
                     for tid, point in batch:
                         result = _run_program(store, cfg, tid, point, hard_exit=install_signals)
                         pending.discard(tid)
-                        if result is not None and store.finish(tid, result):
+                        if result is None:  # failed and stored as failed by _run_program
+                            failed = True
+                        elif store.finish(tid, result):
                             finished += 1
-                continue
-            with Heartbeat(store, ids):
-                configs = [TrainConfig(**apply_point(fields, p)) for _, p in batch]
-                for group in group_batchable(configs):
-                    members = [(ids[i], configs[i]) for i in group]
-                    for tid, result in _train_group(store, members):
-                        if tid in pending:
-                            if result is None:  # failed and stored as failed by _train_group
+            else:
+                with Heartbeat(store, ids):
+                    configs = [TrainConfig(**apply_point(fields, p)) for _, p in batch]
+                    for group in group_batchable(configs):
+                        members = [(ids[i], configs[i]) for i in group]
+                        for tid, result in _train_group(store, members):
+                            if tid in pending:
+                                if result is None:  # failed and stored as failed by _train_group
+                                    pending.discard(tid)
+                                    failed = True
+                                    continue
+                                store.finish(tid, result)
                                 pending.discard(tid)
-                                continue
-                            store.finish(tid, result)
-                            pending.discard(tid)
-                            finished += 1
+                                finished += 1
         except (StopRequested, KeyboardInterrupt):
             # A second Ctrl-C or SIGTERM must not interrupt the hand-back (a worker in the caller's own
             # process, the inline executor, gets KeyboardInterrupt and keeps the caller's handlers).
@@ -122,6 +175,14 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
             err = traceback.format_exc()
             for tid in pending:
                 store.fail(tid, err)
+            failed = failed or bool(pending)
+        if on_batch is not None:
+            on_batch()
+        if failed and stop_after_failures is not None:
+            n, since = stop_after_failures
+            error = store.failure_streak(n, since)
+            if error is not None:
+                raise RepeatedFailure(f"{n} trials in a row failed with the same error: {error}")
 
 
 def _pruner_callback(store: SweepStore, trial_id: int) -> Any:

@@ -30,6 +30,7 @@ from .result import RunResult, final_train_loss
 from .schedule import lr_factor
 from .setup import (
     Prepared,
+    check_output,
     environment,
     flops_per_step,
     optimizer_kwargs,
@@ -144,12 +145,16 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
     task = getattr(preps[0].data, "task", "lm")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c0.precision == "bf16")
 
-    def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(template, (params, buffers), (x,), strict=True)
+    forward = preps[0].forward
+
+    def member_forward(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        args, kwargs = forward.arguments(template, x, y)
+        return forward.logits(functional_call(template, (params, buffers), args, kwargs, strict=True))
 
     def losses_of(params: dict[str, Tensor], x: Tensor, y: Tensor, shared: bool) -> Tensor:
         with autocast:
-            out = vmap(member_forward, in_dims=(0, None if shared else 0))(params, x)
+            dims = None if shared else 0
+            out = vmap(member_forward, in_dims=(0, dims, dims))(params, x, y)
         return stacked_losses(task, out, y, shared)
 
     # Members with the same data seed see the same batches: sample once, share them.
@@ -168,7 +173,8 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
         factor = lr_factor(step, c0.steps, c0.schedule, warmup, c0.final_lr_frac, c0.cooldown)
         batch = {s: to_device(data.sample("train", c0.batch_size, c0.seq_len, g), preps[0]) for s, g in gens.items()}
         if step == 0:
-            flops_step = flops_per_step(preps[0].model, loss_fn, *batch[seeds[0]])
+            check_output(preps[0], *batch[seeds[0]])
+            flops_step = flops_per_step(preps[0].model, loss_fn, *batch[seeds[0]], preps[0].forward)
         params = {sp.name: sp.param for sp in stacked}
         active_seeds = [seeds[i] for i in active]
         shared = len(set(active_seeds)) == 1
@@ -252,19 +258,35 @@ def _meta_template(model: nn.Module) -> nn.Module:
 
 
 def _check_same_modules(preps: list[Prepared]) -> None:
-    """The members run through one template module: what the plan set on modules (an attention scale
-    attribute, a weight multiplier) must be the same for all of them."""
+    """The members run through one template module (member 0's): what the plan set on modules (an attention
+    scale attribute, a tied readout's input multiplier, residual scales) must be the same for all of them."""
     ref = preps[0].plan.attention
     for p in preps[1:]:
         if p.plan.attention != ref:
             raise BatchError("the attention adapters of the members differ (e.g. an attention multiplier set "
                              "through a module attribute): train these configs one by one")
+    state = preps[0].plan.forward_state()
+    for i, p in enumerate(preps[1:], start=1):
+        other = p.plan.forward_state()
+        if other != state:
+            diff = next((a, b) for a, b in zip([*state, "nothing"], [*other, "nothing"]) if a != b)
+            raise BatchError(f"the forward pass of member {i} differs from member 0's ({diff[1]} vs {diff[0]}): "
+                             "member 0's template would run it with the wrong multipliers; train these configs "
+                             "one by one")
 
 
 def _shared_buffers(preps: list[Prepared]) -> dict[str, Tensor]:
-    """Buffers (e.g. rotary tables) must be identical across members: they are passed unbatched."""
+    """Buffers (e.g. rotary tables) must be identical across members: they are passed unbatched.
+
+    The plan's marker buffer (``MARKER_BUFFER``: the digest of the plan applied, for checkpoints) is not
+    compared: the forward pass never reads it, and the members' plans differ in it by their seed's init
+    statistics. What the plan does put in the forward pass is compared by :func:`_check_same_modules`."""
+    from ..plan import MARKER_BUFFER
+
     bufs = [dict(p.model.named_buffers()) for p in preps]
     for name, b in bufs[0].items():
+        if name.rsplit(".", 1)[-1] == MARKER_BUFFER:
+            continue
         for other in bufs[1:]:
             if not torch.equal(other[name], b):
                 raise BatchError(f"buffer {name!r} differs between members; batched trials need identical buffers "

@@ -8,6 +8,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.optimum import Optimum
+from ..analysis.predict import BASE_LR_MEANING
 from ..analysis.report import (
     _legend_outside, _plt, _save, data_loss_unit, loss_figure, lr_curves_figure, optima_table, optimum_figure,
 )
@@ -94,7 +95,8 @@ def movement(entry: dict[str, Any]) -> list[str]:
         return []
     lo, hi = v.sizes[0], v.sizes[-1]
     th = v.thresholds["max_drift_per_doubling"]
-    state = {"PASS": "it stays put", "FAIL": "it moves: use the predicted target LR, not the base one",
+    state = {"PASS": "it stays put", "FAIL": "it moves: train with the base LR predicted for the target, not the "
+                                            "one measured at the base",
              "UNRESOLVED": "too noisy to tell whether it moves"}[v.state]
     return [f"{entry['recipe']}: the optimal log2 lr goes from {v.optima[0]:.2f} at width {lo:g} to "
             f"{v.optima[-1]:.2f} at width {hi:g}; fitted drift {v.drift_per_doubling:+.2f} octaves per doubling "
@@ -211,18 +213,20 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
         f"candidate recipes {', '.join(cfg.candidates)}. Losses are validation losses in {unit}.", "",
         "## Recommendation", "",
         f"- **recipe**: `{result.recipe}`",
-        f"- **base LR**: {result.lr:.4g} (log2 {result.log2_lr:.2f}), at the base shape; the plan scales it per "
-        "tensor",
+        f"- **base LR**: {result.lr:.4g} (log2 {result.log2_lr:.2f}), the recommended recipe's optimum measured at "
+        f"the base width; a base LR is {BASE_LR_MEANING}",
         "- **named multipliers** (at the base, carried by the recipe): "
         + (", ".join(f"`{k}: {v}`" for k, v in result.constants.items()) or "all 1"),
+        *[f"- note: {n}" for n in result.notes],
         *[f"- {line}" for line in result.recommendation],
     ]
     if result.prediction:
         p = result.prediction
         tokens = f"{p['tokens']:.3g} tokens" if p.get("tokens") is not None else "tokens not reported"
         lines += [f"- **target** width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M parameters, "
-                  f"{tokens}): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
-                  f"{p['lr_interval'][1]:.3g})"
+                  f"{tokens}): base LR predicted for the target {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
+                  f"{p['lr_interval'][1]:.3g}; the proxies' optima carried to this size, see the notes; the training "
+                  "code uses this one)"
                   + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
                      f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ", no loss prediction"),
                   *[f"- **trust**: {x}" for x in p["warnings"]], *[f"- note: {x}" for x in p["notes"]],

@@ -16,8 +16,9 @@ transferred LR, and only the lowest of them gets the full LR scan at the
 largest width.
 
 Then: the recipe with the best loss at the largest proxy, its transfer
-verdict, the predicted target LR and loss (the sweep's laws, with intervals),
-the per-tensor plan and training code, the cost, and a report.
+verdict, the base LR and loss predicted for the target (the sweep's laws,
+with intervals), the per-tensor plan and training code, the cost, and a
+report.
 
 Every stage is a sweep under ``runs_dir/name/``, so a stopped run continues
 where it was: the next points are derived again from the stored trials.
@@ -39,6 +40,7 @@ import yaml
 from ..analysis.optimum import Optimum, optima_by_group
 from ..analysis.verdict import loss_gap, transfer_verdict
 from ..sweep import Sweep, SweepConfig
+from ..sweep.errors import RepeatedFailure
 from ..thresholds import THRESHOLDS
 from .config import TuneConfig, TuneConfigError
 from .search import (
@@ -48,6 +50,8 @@ from .search import (
 CONFIG_FILE = "tune.yaml"
 RESULT_FILE = "tune.json"
 _DONE = ("complete", "diverged")
+#: a stage stops when this many of its trials in a row fail with the same error (docs/tuning.md, "When trials fail")
+MAX_SAME_FAILURES = 5
 
 # log(message) and on_poll(stage label, counts) for progress output
 LogFn = Callable[[str], None]
@@ -101,6 +105,7 @@ class Tuner:
         self.mults = list(cfg.search.multipliers)
         self.axes = [LR_AXIS, *self.mults]
         self.sweeps: dict[str, Sweep] = {}
+        self.notes: list[str] = []
 
     # ---------------------------------------------------------------- sweeps
     def _sweep(self, stage: str, recipe: str, *, fixed: dict[str, Any] | None = None,
@@ -108,7 +113,8 @@ class Tuner:
                strategy: dict[str, Any] | None = None) -> Sweep:
         cfg = self.cfg
         d = {
-            "name": f"{cfg.name}-{stage}", "model": cfg.model, "model_options": cfg.model_options, "data": cfg.data,
+            "name": f"{cfg.name}-{stage}", "model": cfg.model, "model_options": cfg.model_options,
+            "model_structure": cfg.model_structure.model_dump(), "data": cfg.data,
             "data_options": cfg.data_options, "recipe": recipe, "optimizer": cfg.optimizer,
             **({"program": cfg.program.model_dump()} if cfg.program is not None else {}),
             "base": {"width": cfg.base_width, "depth": cfg.base_depth},
@@ -128,7 +134,14 @@ class Tuner:
         n = len(sweep.cfg.points or []) or None
         self.log(f"{label}" + (f": {n} trials" if n else "") + f" -> {sweep.cfg.run_dir}")
         poll = (lambda counts, store: self.on_poll(label, counts)) if self.on_poll else None
-        sweep.run(on_poll=poll)
+        try:
+            counts = sweep.run(on_poll=poll, stop_after_failures=MAX_SAME_FAILURES)
+        except RepeatedFailure as exc:
+            raise TuneConfigError(f"{label.split(':')[0]} ({sweep.cfg.name}) stopped: {exc}. Fix the cause and run "
+                                  f"tune again (finished trials are kept); proxytune status {sweep.cfg.run_dir} "
+                                  "lists the trials") from None
+        if self.on_poll is not None:
+            self.on_poll(label, counts)  # the final counts (the last poll may have come before the last trial)
         records = sweep.records()
         failed = [r for r in records if r.get("status") == "failed"]
         if failed and not any(r.get("status") in _DONE for r in records):
@@ -326,9 +339,30 @@ class Tuner:
                 state[r]["probe_only"] = big
 
     # ---------------------------------------------------------------- all
+    def check_multipliers(self) -> list[str]:
+        """Drop from the search the multipliers that cannot apply to this model, before any trial.
+
+        For each one, the plan of the widest proxy against the base is built (the target on ``meta``, the base
+        on the CPU: small) with that multiplier alone set, for every candidate recipe; a multiplier whose plan
+        raises :class:`PlanError` (an attention multiplier on a model whose attention proxytune cannot reach)
+        would fail every trial that sets it. Returns the notes, one per dropped multiplier (also in
+        ``self.notes`` and logged). A program builds its own model: nothing is checked, a stage whose trials
+        keep failing stops instead (``MAX_SAME_FAILURES``)."""
+        if self.cfg.program is None and self.mults:
+            dropped = inapplicable_multipliers(self.cfg, self.mults)
+            for name, why in dropped.items():
+                note = (f"{name} is left out of the search: it cannot apply to this model (the plan with {name} = 2: "
+                        f"{why})")
+                self.notes.append(note)
+                self.log(f"note: {note}")
+            self.mults = [m for m in self.mults if m not in dropped]
+            self.axes = [LR_AXIS, *self.mults]
+        return self.notes
+
     def run(self) -> TuneResult:
         cfg = self.cfg
         _check_stored(cfg)
+        self.check_multipliers()
         s1 = self.stage1()
         winner = s1["winner"]["setting"]
         self.log(f"stage 1 done: best setting {_describe(winner)} (loss {s1['winner']['mean']:.4f} on fresh seeds, "
@@ -342,7 +376,8 @@ class Tuner:
         result = TuneResult(
             name=cfg.name, run_dir=str(cfg.run_dir), recipe=choice["recipe"], log2_lr=_lr_of(choice, winner),
             lr=2.0 ** _lr_of(choice, winner), constants=constants_of(winner), stage1=_jsonable(s1),
-            candidates=[summarize(c) for c in candidates], recommendation=why, prediction=prediction, cost=cost)
+            candidates=[summarize(c) for c in candidates], recommendation=why, prediction=prediction, cost=cost,
+            notes=list(self.notes))
         result.report = str(write_report(result, candidates, s1, cfg))
         (cfg.run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, default=_json_default))
         return result
@@ -406,6 +441,54 @@ def tune(config: TuneConfig | dict[str, Any] | str | Path, *, log: LogFn = print
     else:
         cfg = config
     return Tuner(cfg, log=log, on_poll=on_poll).run()
+
+
+def inapplicable_multipliers(cfg: TuneConfig, names: list[str]) -> dict[str, str]:
+    """``{multiplier: why}`` for the named multipliers (search axis names) whose plan raises :class:`PlanError` on
+    this model, under any candidate recipe: the plan of the widest proxy (on ``meta``) against the base (on the
+    CPU), with that multiplier alone set to 2. When the model cannot be built or planned even with every
+    multiplier at 1, nothing is judged here (every trial would fail with that error; the stage says so)."""
+    import torch
+
+    from .. import PlanError, parameterize
+    from ..sweep.config import apply_point
+    from ..train.config import TrainConfig
+    from ..train.setup import build_models, load_data
+
+    def plan(tc: TrainConfig, target: Any, base: Any, data: Any) -> None:
+        # the trainer's call (train.setup.prepare), with the model's own attention adapters, roles and patterns
+        parameterize(target, base, recipe=tc.recipe, optimizer=tc.optimizer, mode=tc.mode, alignment=tc.alignment,
+                     weight_decay=tc.weight_decay_policy, multipliers=tc.multipliers(), **tc.plan_kwargs(),
+                     seq_len=tc.seq_len if getattr(data, "task", "lm") == "lm" else None, apply=False)
+
+    def fields(recipe: str) -> dict[str, Any]:
+        return {**cfg.train_fields(recipe), "width": max(cfg.proxy_widths), "depth": cfg.base_depth, "lr": 1e-3}
+
+    try:  # the models do not depend on the recipe: built once
+        tc = TrainConfig(**fields(cfg.candidates[0]))
+        data = load_data(tc)
+        with torch.random.fork_rng(devices=[]):  # the trials seed themselves; leave the caller's RNG alone
+            target, base = build_models(tc, data, "meta")
+    except Exception:  # noqa: BLE001 - not a multiplier's fault: the trials report it
+        return {}
+    out: dict[str, str] = {}
+    for recipe in cfg.candidates:
+        try:
+            plan(TrainConfig(**fields(recipe)), target, base, data)
+        except Exception:  # noqa: BLE001 - this recipe cannot plan the model at all: its trials report why
+            continue
+        for name in names:
+            if name in out:
+                continue
+            try:
+                one = TrainConfig(**apply_point(fields(recipe), {name: 2.0}))
+            except ValueError:
+                continue  # not a value this field takes: the trials will say so
+            try:
+                plan(one, target, base, data)
+            except PlanError as exc:
+                out[name] = " ".join(str(exc).split()) + (f", under recipe {recipe}" if len(cfg.candidates) > 1 else "")
+    return out
 
 
 def run_flops(cfg: TuneConfig, width: int, depth: int, tokens: float | None) -> float:
