@@ -500,6 +500,32 @@ def build_hf_t5(width: int = 32, depth: int = 2, *, vocab: int = 256, seq_len: i
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Three attention variants outside FAMILIES (tests/test_zoo.py checks them separately): the query scaled before
+# the product (OPT), QK-norm (Qwen3: a norm on q after its projection) and ALiBi through baddbmm (BLOOM)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_hf_opt(width: int = 32, depth: int = 2, *, vocab: int = 256, seq_len: int = 32) -> nn.Module:
+    T = _hf()  # q_proj(x) * head_dim ** -0.5, then attention with scale 1
+    return T.OPTForCausalLM(T.OPTConfig(
+        hidden_size=width, ffn_dim=4 * width, num_hidden_layers=depth, num_attention_heads=HEADS, vocab_size=vocab,
+        max_position_embeddings=seq_len, word_embed_proj_dim=width, dropout=0.0, attention_dropout=0.0))
+
+
+def build_hf_qwen3(width: int = 32, depth: int = 2, *, vocab: int = 256, seq_len: int = 32) -> nn.Module:
+    T = _hf()  # q_norm / k_norm (RMSNorm per head) after q_proj / k_proj
+    return T.Qwen3ForCausalLM(T.Qwen3Config(
+        hidden_size=width, intermediate_size=2 * width, num_hidden_layers=depth, num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS, head_dim=width // HEADS, vocab_size=vocab, max_position_embeddings=seq_len))
+
+
+def build_hf_bloom(width: int = 32, depth: int = 2, *, vocab: int = 256, seq_len: int = 32) -> nn.Module:
+    T = _hf()  # alibi.baddbmm(q, k, alpha=inv_norm_factor); fused query_key_value interleaved per head
+    return T.BloomForCausalLM(T.BloomConfig(hidden_size=width, n_layer=depth, n_head=HEADS, vocab_size=vocab,
+                                            hidden_dropout=0.0, attention_dropout=0.0))
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------
 
@@ -690,12 +716,12 @@ FAMILIES: dict[str, ZooModel] = {
     "hf_t5": ZooModel(
         "hf_t5", build_hf_t5, "tokens", True, "shared.weight",
         [(r"^shared\.weight$", E), (r"embed_tokens\.weight$", E), (r"^lm_head\.weight$", E),
-         (r"relative_attention_bias\.weight$", S),
+         (r"relative_attention_bias\.weight$", E),
          (r"\.(q|k|v|o|wi|wi_0|wi_1|wo)\.weight$", H), _NORM_VEC],
         r"\.(SelfAttention\.o|EncDecAttention\.o|DenseReluDense\.wo)\.weight$",
         "Encoder-decoder; forward needs decoder_input_ids. T5 attention has no 1/sqrt(d_kv) scale; RMS-style "
-        "layer_norm without bias; relative_attention_bias (32 buckets, 4 heads) only in block 0 of each stack, "
-        "no width dim -> scalar. Tied (shared = encoder/decoder embed_tokens = lm_head); the decoder output is "
+        "layer_norm without bias; relative_attention_bias (32 buckets, 4 heads) only in block 0 of each stack: "
+        "a lookup table with no width dim (embedding rules at width ratio 1 change nothing, as scalar ones would). Tied (shared = encoder/decoder embed_tokens = lm_head); the decoder output is "
         "multiplied by d_model ** -0.5 before lm_head (config.scale_decoder_outputs, True when tied). "
         "Residual branches: 2 per encoder block + 3 per decoder block.",
         tied_aliases=("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"),

@@ -35,9 +35,57 @@ def _parse_options(options: list[str]) -> dict[str, Any]:
     return out
 
 
+# The model description on the command line (the same fields as a model: mapping; see proxytune.modelspec).
+_MODEL_HELP = ("built-in name (gpt, mlp, moe), pkg.module:build_fn, path/file.py:build_fn, or a YAML file holding a "
+               "model: mapping (builder, options, roles, block_pattern, ...)")
+_ROLE = typer.Option([], "--role", help="role override GLOB=ROLE (repeatable): embedding, hidden, readout, vector, "
+                     "scalar")
+_BLOCK_PATTERN = typer.Option(None, "--block-pattern", help="regex whose group 1 is the block index")
+_BRANCH = typer.Option([], "--branch-output", help="glob of a residual-branch output tensor (repeatable)")
+_ATTENTION = typer.Option([], "--attention", help="attention adapter (repeatable): scale-attribute:ATTR, "
+                          "hf-scaling:ATTR, query-projection:NAME, or pkg.module:Class")
+_TARGETS_ARG = typer.Option(None, "--targets-arg", help="the forward's targets argument (nanoGPT: targets)")
+_OUTPUT = typer.Option(None, "--output", help="key, attribute or index of the logits in the forward's output")
+_INPUT = typer.Option(None, "--input", help="the model's input: tokens, image, features (default: auto)")
+_READOUT = typer.Option(None, "--readout", help="auto, or none when the output is not produced by a weight matrix")
+
+
+def _model_spec(model: str, option: list[str], role: list[str], block_pattern: str | None, branch: list[str],
+                attention: list[str], targets_arg: str | None, output: str | None, input_kind: str | None,
+                readout: str | None) -> Any:
+    """One :class:`~proxytune.modelspec.ModelSpec` from ``--model`` (a builder or a YAML file) and the options."""
+    from .modelspec import ModelSpec
+
+    spec = ModelSpec.from_value(model)
+    update: dict[str, Any] = {}
+    if option:
+        update["options"] = {**spec.options, **_parse_options(option)}
+    if role:
+        roles = {}
+        for item in role:
+            glob, sep, name = item.rpartition("=")
+            if not sep or not glob:
+                raise PlanError(f"--role {item!r}: expected GLOB=ROLE, e.g. lm_head.weight=readout")
+            roles[glob] = name
+        update["roles"] = {**spec.roles, **roles}
+    for key, value in (("block_pattern", block_pattern), ("targets_arg", targets_arg), ("input", input_kind),
+                       ("readout", readout)):
+        if value is not None:
+            update[key] = value
+    if output is not None:
+        update["output"] = int(output) if output.lstrip("-").isdigit() else output
+    if branch:
+        update["branch_outputs"] = list(branch)
+    if attention:
+        update["attention"] = [*spec.attention, *attention]
+    if update:
+        spec = ModelSpec.from_value({**spec.model_dump(), **update})
+    return spec
+
+
 @app.command()
 def explain(
-    model: str = typer.Option("gpt", help="built-in name (gpt, mlp, moe) or pkg.module:build_fn"),
+    model: str = typer.Option("gpt", help=_MODEL_HELP),
     width: int = typer.Option(..., help="target width"),
     depth: int = typer.Option(..., help="target depth (blocks)"),
     base_width: int = typer.Option(..., help="base (proxy) width where HPs are tuned"),
@@ -58,19 +106,27 @@ def explain(
     seed: int = typer.Option(0, help="seed for building the base"),
     run_check: bool = typer.Option(False, "--check", help="also run the quick coordinate check for this plan "
                                    "(exit 1 when it fails)"),
+    role: list[str] = _ROLE, block_pattern: Optional[str] = _BLOCK_PATTERN, branch_output: list[str] = _BRANCH,
+    attention: list[str] = _ATTENTION, targets_arg: Optional[str] = _TARGETS_ARG, output: Optional[str] = _OUTPUT,
+    input_kind: Optional[str] = _INPUT, readout: Optional[str] = _READOUT,
 ) -> None:
-    """Print the per-tensor plan (role, multipliers, init std, lr, wd, eps) for a target/base pair."""
+    """Print the per-tensor plan (role, multipliers, init std, lr, wd, eps) for a target/base pair; roles marked ?
+    were guessed from shapes, branch outputs marked ~ from the module structure."""
     try:
-        fn = load_builder(model)
-        opts = _parse_options(option)
+        spec = _model_spec(model, option, role, block_pattern, branch_output, attention, targets_arg, output,
+                           input_kind, readout)
+        fn = load_builder(spec.builder)
+        opts = dict(spec.options)
         torch.manual_seed(seed)
         base = build_model(fn, base_width, base_depth, "cpu", opts)  # small: exact init statistics
         target = build_model(fn, width, depth, "meta", opts)  # any size, free
         from .rules.multipliers import Multipliers
 
+        seq_len = opts.get("seq_len") if isinstance(opts.get("seq_len"), int) else None
         plan = parameterize(target, base, recipe=recipe, optimizer=optimizer, mode=mode,
                             alignment=alignment, weight_decay=weight_decay_policy,
-                            multipliers=Multipliers.from_items(mult))
+                            multipliers=Multipliers.from_items(mult), seq_len=seq_len,
+                            **spec.structure().plan_kwargs())
         if lr is not None and lr <= 0:
             raise PlanError(f"--lr must be > 0, got {lr}")
     except (PlanError, ValueError) as exc:
@@ -83,7 +139,7 @@ def explain(
     else:
         typer.echo(plan.explain(lr=lr, weight_decay=wd, eps=eps))
     if run_check:
-        _explain_check(model, width, depth, base_width, base_depth, recipe, optimizer, lr, _parse_options(option))
+        _explain_check(spec, width, depth, base_width, base_depth, recipe, optimizer, lr, {})
 
 
 def _config_error(exc: Exception) -> str:
@@ -209,7 +265,7 @@ def _print_result(console: Any, result: Any) -> None:
     console.print(summary)
 
 
-def _explain_check(model: str, width: int, depth: int, base_width: int, base_depth: int, recipe: str,
+def _explain_check(model: Any, width: int, depth: int, base_width: int, base_depth: int, recipe: str,
                    optimizer: str, lr: float | None, options: dict[str, Any]) -> None:
     """The quick coordinate check for an explained plan: widths from the base up (at most 4, capped for CPU)."""
     from .diagnose import coord_check
@@ -497,6 +553,7 @@ def predict(
         typer.echo(json.dumps(result, default=str))
         return
     console = Console()
+    console.soft_wrap = not console.is_terminal  # a file or a pipe keeps whole lines
     t = result["target"]
     h = result["hp"]
     r, px = result["recipe"], result["proxies"]
@@ -505,9 +562,16 @@ def predict(
                   f"{tokens_text}; recipe {r['recipe']} + {r['optimizer']}, from sweep {r['sweep']} "
                   f"(widths {', '.join(map(str, px['widths']))}, {px['seeds']} seed{'s' if px['seeds'] > 1 else ''})")
     pct = f"{100 * h['confidence']:.0f}%"
-    console.print(f"{h['name']}: {h['value']:.2f} ({pct} {h['interval'][0]:.2f} .. {h['interval'][1]:.2f})"
-                  + (f"  ->  lr {h['lr']:.4g} ({h['lr_interval'][0]:.3g} .. {h['lr_interval'][1]:.3g})"
-                     if "lr" in h else ""))
+    if "lr" in h:
+        from .analysis.predict import BASE_LR_MEANING
+
+        console.print(f"base LR predicted for the target: {h['lr']:.4g} ({pct} {h['lr_interval'][0]:.3g} .. "
+                      f"{h['lr_interval'][1]:.3g}), {h['name']} {h['value']:.2f} ({h['interval'][0]:.2f} .. "
+                      f"{h['interval'][1]:.2f})")
+        console.print(f"  (a base LR is {BASE_LR_MEANING}; this one is the sweep's optimum carried to the "
+                      "target's size, see the notes)")
+    else:
+        console.print(f"{h['name']}: {h['value']:.2f} ({pct} {h['interval'][0]:.2f} .. {h['interval'][1]:.2f})")
     if result["loss"]:
         loss = result["loss"]
         at = f"after {loss['at_tokens']:.3g} tokens" if loss["at_tokens"] is not None else "at the proxies' budget"
@@ -522,7 +586,8 @@ def predict(
     code = Path(path).with_name(f"train-width{width}-depth{t['depth']}.py")
     code.write_text(result["plan"]["snippet"])
     console.print(f"per-tensor plan: {path}")
-    console.print(f"training code (the tuned optimizer, groups, schedule and warmup; add your data): {code}")
+    lr_text = f", at the predicted base LR {h['lr']:.4g}" if "lr" in h else ""
+    console.print(f"training code (the tuned optimizer, groups, schedule and warmup{lr_text}; add your data): {code}")
 
 
 @app.command()
@@ -558,7 +623,7 @@ def tune(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Find the settings for the big model: constants and LR tuned at the base, verified on wider proxies, the
-    best recipe recommended, with the target's predicted LR and loss, the plan, the cost and a report.
+    best recipe recommended, with the base LR and loss predicted for the target, the plan, the cost and a report.
     Running it again continues a stopped run."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -578,17 +643,42 @@ def tune(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
                         TimeElapsedColumn(), console=console, transient=True)
     task = progress.add_task("tune", total=None)
+    # Off a terminal (a log file, a pipe) the bar prints nothing: plain progress lines instead.
+    from .progress import PlainProgress
+
+    if not console.is_terminal:
+        console.soft_wrap = True  # a log file keeps whole lines (paths, numbers), not lines cut at 80 columns
+    plain = None if console.is_terminal else PlainProgress(
+        lambda line: console.print(line, markup=False, highlight=False))
 
     def on_poll(stage: str, counts: dict[str, int]) -> None:
+        if plain is not None:
+            plain.poll(stage.split(":")[0], counts)
+            return
         done = counts["complete"] + counts["diverged"] + counts["failed"] + counts["pruned"]
         progress.update(task, total=done + counts["running"] + counts["waiting"], completed=done,
                         description=stage.split(":")[0])
 
     console.print(f"[bold]proxytune tune[/bold] {cfg.name}: base {cfg.base_width} x {cfg.base_depth}, proxies "
                   f"{', '.join(map(str, cfg.proxy_widths))}, candidates {', '.join(cfg.candidates)} -> {cfg.run_dir}/")
+
+    def run() -> Any:
+        try:
+            result = run_tune(cfg, log=plain.log if plain is not None else progress.console.print, on_poll=on_poll)
+        except BaseException:
+            if plain is not None:
+                plain.close("stopped")  # the last stage's counts, before the error line
+            raise
+        if plain is not None:
+            plain.close()
+        return result
+
     try:
-        with progress:
-            result = _sweep_errors(lambda: run_tune(cfg, log=progress.console.print, on_poll=on_poll))
+        if plain is not None:
+            result = _sweep_errors(run)
+        else:
+            with progress:
+                result = _sweep_errors(run)
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped: finished trials are kept; continue with: proxytune tune {config}[/yellow]")
         raise typer.Exit(130) from None
@@ -601,9 +691,14 @@ def tune(
 
 
 def _print_tune(console: Any, result: Any) -> None:
-    console.print(f"\n[bold]Recommended[/bold]: recipe [bold]{result.recipe}[/bold], base lr {result.lr:.4g} "
-                  f"(log2 {result.log2_lr:.2f}), multipliers "
+    from .analysis.predict import BASE_LR_MEANING
+
+    console.print(f"\n[bold]Recommended[/bold]: recipe [bold]{result.recipe}[/bold], base LR {result.lr:.4g} "
+                  f"(log2 {result.log2_lr:.2f}, the optimum measured at the base width), multipliers "
                   + (", ".join(f"{k}={v}" for k, v in result.constants.items()) or "all 1"))
+    console.print(f"  (a base LR is {BASE_LR_MEANING})")
+    for note in getattr(result, "notes", []):
+        console.print(f"  note: {note}", markup=False)
     for line in result.recommendation[1:]:
         console.print(f"  {line}")
     from .tune.report import base_gain_line
@@ -617,14 +712,15 @@ def _print_tune(console: Any, result: Any) -> None:
     if p:
         tokens = f"{p['tokens']:.3g} tokens" if p.get("tokens") is not None else "tokens not reported"
         console.print(f"\n[bold]Target[/bold] width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M params, "
-                      f"{tokens}): lr {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
-                      f"{p['lr_interval'][1]:.3g})"
+                      f"{tokens}): base LR predicted for the target {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
+                      f"{p['lr_interval'][1]:.3g}; the proxies' optima carried to this size)"
                       + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
                          f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ""))
         for warning in p["warnings"]:
             console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
         if p.get("plan"):
-            console.print(f"  plan: {p['plan']}  training code: {p['snippet']}")
+            console.print(f"  plan: {p['plan']}  training code: {p['snippet']} (it trains with the base LR "
+                          f"predicted for the target, {p['lr']:.4g})")
     c = result.cost
     line = f"\n[bold]Cost[/bold]: {c['trials']} proxy trials, " + (
         f"{c['flops']:.3g} FLOPs" if c["flops"] else "FLOPs not reported (a program can: trial.set(flops=...))")
@@ -694,7 +790,8 @@ def demo(
     pred = summary["prediction"]
     loss = pred["loss"]
     t = summary["tune"]
-    console.print(f"\n[bold]Recommended[/bold] (proxytune tune): {t['recipe']}, base lr {t['lr']:.3g}, constants "
+    console.print(f"\n[bold]Recommended[/bold] (proxytune tune): {t['recipe']}, base LR {t['lr']:.3g} (the optimum "
+                  "measured at the base width), constants "
                   + (", ".join(f"{k}={v}" for k, v in t["constants"].items()) or "all 1")
                   + f"; tuning cost {t['cost']['flops']:.3g} FLOPs"
                   + (f" ({t['cost']['vs_lr_sweep_at_largest']:.2f}x an LR sweep at the largest proxy)"
@@ -703,7 +800,8 @@ def demo(
         console.print(f"  {line}")
     console.print(f"\n[bold]Prediction[/bold] with {pred['recipe']} for a target of width "
                   f"{pred['target_width']} ({pred['target_params'] / 1e6:.2f} M params, {pred['tokens']:,} tokens): "
-                  f"lr {pred['lr']:.3g} (90% {pred['lr_interval'][0]:.3g} .. {pred['lr_interval'][1]:.3g})"
+                  f"base LR predicted for the target {pred['lr']:.3g} (90% {pred['lr_interval'][0]:.3g} .. "
+                  f"{pred['lr_interval'][1]:.3g}; the value for plan.optimizer(lr=...) of the target's plan)"
                   + (f", expected loss {loss['value']:.3f} nats/byte (90% {loss['interval'][0]:.3f} .. "
                      f"{loss['interval'][1]:.3f})" if loss else ""))
     for warning in pred["warnings"]:
@@ -728,7 +826,7 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
 
 @app.command("coord-check")
 def coord_check_cmd(
-    model: str = typer.Option("gpt", help="built-in name or pkg.module:build_fn"),
+    model: str = typer.Option("gpt", help=_MODEL_HELP),
     widths: Optional[str] = typer.Option(None, help="comma-separated widths, e.g. 64,128,256,512"),
     depths: Optional[str] = typer.Option(None, help="comma-separated depths, e.g. 2,4,8,16"),
     width: int = typer.Option(64, help="fixed width for a depth sweep"),
@@ -742,14 +840,19 @@ def coord_check_cmd(
     option: list[str] = typer.Option([], help="builder option key=value (repeatable)"),
     figure: Optional[str] = typer.Option("coord_check.png", help="PNG path for the figure ('' for none)"),
     as_json: bool = typer.Option(False, "--json", help="print the tidy records and slopes as JSON"),
+    role: list[str] = _ROLE, block_pattern: Optional[str] = _BLOCK_PATTERN, branch_output: list[str] = _BRANCH,
+    attention: list[str] = _ATTENTION, targets_arg: Optional[str] = _TARGETS_ARG, output: Optional[str] = _OUTPUT,
+    input_kind: Optional[str] = _INPUT, readout: Optional[str] = _READOUT,
 ) -> None:
-    """Coordinate check across widths or depths: verdict, slope table, figure (one panel per step)."""
+    """Coordinate check across widths or depths: verdict, slope table, figure (one panel per step). The logits,
+    every attention's logits and the residual branches are measured besides the modules."""
     from .diagnose import coord_check
 
     result = _sweep_errors(lambda: coord_check(
-        model, widths=_int_list(widths, "--widths"), depths=_int_list(depths, "--depths"), width=width,
-        depth=depth, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, seeds=seeds, data=data,
-        model_options=_parse_options(option)))
+        _model_spec(model, option, role, block_pattern, branch_output, attention, targets_arg, output, input_kind,
+                    readout),
+        widths=_int_list(widths, "--widths"), depths=_int_list(depths, "--depths"), width=width,
+        depth=depth, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, seeds=seeds, data=data))
     if as_json:
         typer.echo(json.dumps({"passed": result.passed, "line": result.line, "slopes": result.slopes,
                                "records": result.to_records()}, default=str))
@@ -764,7 +867,7 @@ def coord_check_cmd(
 
 @app.command("unit-check")
 def unit_check_cmd(
-    model: str = typer.Option("gpt", help="built-in name or pkg.module:build_fn"),
+    model: str = typer.Option("gpt", help=_MODEL_HELP),
     width: int = typer.Option(64, help="model width"),
     depth: int = typer.Option(2, help="model depth"),
     base_width: Optional[int] = typer.Option(None, help="base width of the plan (default: the model's width)"),
@@ -780,6 +883,9 @@ def unit_check_cmd(
     low: float = typer.Option(0.25, help="lower end of the unit-scale band"),
     high: float = typer.Option(4.0, help="upper end of the unit-scale band"),
     as_json: bool = typer.Option(False, "--json", help="print every measured RMS as JSON"),
+    role: list[str] = _ROLE, block_pattern: Optional[str] = _BLOCK_PATTERN, branch_output: list[str] = _BRANCH,
+    attention: list[str] = _ATTENTION, targets_arg: Optional[str] = _TARGETS_ARG, output: Optional[str] = _OUTPUT,
+    input_kind: Optional[str] = _INPUT, readout: Optional[str] = _READOUT,
 ) -> None:
     """Unit-scale check: RMS of every weight, activation and gradient at init and after a few steps, and
     which fall outside [low, high] (what bf16/fp8 training needs; see docs/diagnostics.md section 7)."""
@@ -788,10 +894,11 @@ def unit_check_cmd(
     from .train.setup import optimizer_kwargs, prepare
 
     def run() -> Any:
-        cfg = TrainConfig(model=model, width=width, depth=depth, base_width=base_width or width,
+        spec = _model_spec(model, option, role, block_pattern, branch_output, attention, targets_arg, output,
+                           input_kind, readout)
+        cfg = TrainConfig(model=spec.model_dump(), width=width, depth=depth, base_width=base_width or width,
                           base_depth=base_depth or depth, recipe=recipe, optimizer=optimizer, data=data,
-                          model_options=_parse_options(option), lr=lr, steps=max(steps, 1), batch_size=batch_size,
-                          seq_len=seq_len)
+                          lr=lr, steps=max(steps, 1), batch_size=batch_size, seq_len=seq_len)
         prep = prepare(cfg)
         opt = prep.plan.optimizer(cfg.lr, cfg.weight_decay, model=prep.model, eps=cfg.eps, **optimizer_kwargs(cfg))
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -800,8 +907,8 @@ def unit_check_cmd(
             x, y = prep.data.sample("train", batch_size, seq_len, gen)
             return x.to(prep.device), y.to(prep.device)
 
-        return unit_scale_check(prep.model, batch, loss_fn=prep.loss_fn, optimizer=opt, steps=steps, low=low,
-                                high=high)
+        return unit_scale_check(prep.model, batch, loss_fn=lambda out, y: prep.loss_fn(prep.forward.logits(out), y),
+                                optimizer=opt, steps=steps, low=low, high=high)
 
     result = _sweep_errors(run)
     if as_json:
@@ -813,7 +920,7 @@ def unit_check_cmd(
 
 @app.command()
 def check(
-    model: str = typer.Option("gpt", help="built-in name or pkg.module:build_fn"),
+    model: str = typer.Option("gpt", help=_MODEL_HELP),
     data: str = typer.Option("stdlib", help="stdlib, a text file or a .bin token file"),
     recipe: str = typer.Option("mup", help=f"one of: {', '.join(RECIPES)}"),
     optimizer: str = typer.Option("adamw", help=f"one of: {', '.join(OPTIMIZERS)}"),
@@ -821,15 +928,21 @@ def check(
     depth: int = typer.Option(2, help="proxy depth"),
     option: list[str] = typer.Option([], help="builder option key=value (repeatable)"),
     data_option: list[str] = typer.Option([], help="data option key=value, e.g. vocab_size=50304"),
+    role: list[str] = _ROLE, block_pattern: Optional[str] = _BLOCK_PATTERN, branch_output: list[str] = _BRANCH,
+    attention: list[str] = _ATTENTION, targets_arg: Optional[str] = _TARGETS_ARG, output: Optional[str] = _OUTPUT,
+    input_kind: Optional[str] = _INPUT, readout: Optional[str] = _READOUT,
 ) -> None:
     """The quick verdict: coordinate check + alignment + a mini LR sweep at 3 widths -> transfers or why not."""
     from .diagnose.check import quick_check
 
     result = _sweep_errors(lambda: quick_check(
-        model, widths=tuple(_int_list(widths, "--widths") or ()), depth=depth, recipe=recipe, optimizer=optimizer,
-        data=data, model_options=_parse_options(option), data_options=_parse_options(data_option)))
+        _model_spec(model, option, role, block_pattern, branch_output, attention, targets_arg, output, input_kind,
+                    readout),
+        widths=tuple(_int_list(widths, "--widths") or ()), depth=depth, recipe=recipe, optimizer=optimizer,
+        data=data, data_options=_parse_options(data_option),
+        log=lambda line: typer.echo(f"check: {line}", err=True)))  # one line per phase, on a terminal or not
     typer.echo(result.report())
-    raise typer.Exit(0 if result.transfers else 1)
+    raise typer.Exit(2 if result.sweep_error else 0 if result.transfers else 1)  # 2: no verdict, an error
 
 
 @app.command()

@@ -544,7 +544,7 @@ def _base_module_name(name: str, pattern: re.Pattern, base_counts: dict[str, int
 
 def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern, adapters: Sequence[AttentionAdapter],
                      traced: Sequence[AttentionCall] = (), target_traced: Sequence[AttentionCall] = (),
-                     ) -> tuple[list[tuple[AttentionAdapter, AttentionSite]], list[str]]:
+                     trace: Any = None) -> tuple[list[tuple[AttentionAdapter, AttentionSite]], list[str]]:
     """The attention modules and how their logit factor is applied: the adapters first (in order), then, for
     a module none of them handles, where the traced forward pass of the base says its query comes from."""
     counts = _stack_counts(base, pattern)
@@ -562,13 +562,17 @@ def _attention_sites(target: nn.Module, base: nn.Module, pattern: re.Pattern, ad
             continue
         for ad in adapters:
             site = ad.match(name, mod, bmod)
+            if site is not None and site.query_params and calls.get(bname) is not None \
+                    and calls[bname].query_normed:
+                continue  # QK-norm: a factor folded into the query projection would be normalized away
             if site is not None:
                 sites.append((ad, site))
                 break
         else:
             if any(name.startswith(s.module + ".") for _, s in sites):
                 continue
-            traced_site = _traced_site(name, mod, bname, calls.get(bname), t_params, b_params, t_calls.get(name))
+            traced_site = _traced_site(name, mod, bname, calls.get(bname), t_params, b_params, t_calls.get(name),
+                                       trace)
             if traced_site is not None:
                 sites.append(traced_site)
             elif looks_like_attention(mod) or bname in calls:
@@ -602,11 +606,11 @@ def _native_scales(site: AttentionSite, base_calls: dict[str, AttentionCall], ta
 
 
 def _traced_site(name: str, mod: nn.Module, bname: str, call: AttentionCall | None, t_params: dict[str, Any],
-                 b_params: dict[str, Any], t_call: AttentionCall | None = None,
+                 b_params: dict[str, Any], t_call: AttentionCall | None = None, trace: Any = None,
                  ) -> tuple[AttentionAdapter, AttentionSite] | None:
     """An attention site from the trace: the query is a whole projection inside the module (fold the factor into
     it) or rows of a fused one (a rows multiplier). The head dims are the ones the traces saw."""
-    if call is None or call.query is None:
+    if call is None or call.query is None or call.query_normed:
         return None
     qparam, rows = call.query
     prefix = bname + "." if bname else ""
@@ -618,18 +622,23 @@ def _traced_site(name: str, mod: nn.Module, bname: str, call: AttentionCall | No
     if hd is None:
         return None
     name_prefix = name + "." if name else ""
-    own = [p for p in ("weight", "bias") if f"{name_prefix}{layer}.{p}" in t_params] if layer else []
-    if not own or f"{name_prefix}{rel}" not in t_params:
+    if f"{name_prefix}{rel}" not in t_params:
+        return None
+    # the projection's weight and bias (a layer), or the raw matrix itself
+    own = [f"{layer}.{p}" for p in ("weight", "bias") if f"{name_prefix}{layer}.{p}" in t_params] if layer else [rel]
+    if not own:
         return None
     if rows is None:
         return QueryProjection(), AttentionSite(name, "query-projection", hd, call.head_dim,
-                                                query_params=[f"{name_prefix}{layer}.{p}" for p in own])
-    t_out, b_out = t_params[f"{name_prefix}{rel}"].shape[0], b_params[qparam].shape[0]
+                                                query_params=[f"{name_prefix}{r}" for r in own])
+    lay = trace.layout(qparam) if trace is not None else None
+    out_dim = lay[2] if lay is not None and lay[0] == "matmul" and lay[2] is not None else 0
+    t_out, b_out = t_params[f"{name_prefix}{rel}"].shape[out_dim], b_params[qparam].shape[out_dim]
     if (rows[0] * t_out) % b_out or (rows[1] * t_out) % b_out:
         return None
     t_rows = [rows[0] * t_out // b_out, rows[1] * t_out // b_out]
-    return QueryRows(), AttentionSite(name, "query-rows", hd, call.head_dim, rows=t_rows,
-                                      row_params=[f"{layer}.{p}" for p in own])
+    return QueryRows(), AttentionSite(name, "query-rows", hd, call.head_dim, rows=t_rows, row_params=own,
+                                      rows_dim=out_dim)
 
 
 def parameterize(
@@ -730,18 +739,69 @@ def parameterize(
                         f"{next(s.name for s in shapes if s.functional_readout is not None)!r} is also used as a functional "
                         "readout; give the model an nn.Linear head (tied to the table if you like)")
 
-    # Attention logit factor.
-    adapters = list(attention or ()) + list(DEFAULT_ADAPTERS)
-    sites, unhandled = _attention_sites(
-        target, base, pattern, adapters, analysis.trace.attention if analysis.trace is not None else (),
-        analysis.target_trace.attention if analysis.target_trace is not None else ())
-    attn_records, q_factor = [], {}
+    sites, attn_records, q_factor, named_query = _attention_plan(target, base, analysis, pattern, rec, recipe,
+                                                                  named, list(attention or ()), notes)
+    _check_branches(analysis, rec, recipe, notes)
+
+    # Constant factors of the model's own forward that change with its shape (Gemma's sqrt(hidden) on the
+    # embeddings, T5's d_model^-1/2 before the readout) already apply part of a rule: the plan divides them out.
+    own = _own_factors(analysis.factors, shapes, notes)
+    base_params = _named_params(base)
+    t_params = _named_params(target)
+    t_modules = canonical_modules(target)
+    attn_modules = [r["module"] for r in attn_records]
+    act_inputs, act_kind = _activation_inputs(shapes, t_modules, target)
+    if named.activation != 1.0 and not act_inputs:
+        raise PlanError(f"activation multiplier {named.activation:g}: no MLP input projection found (looked for "
+                        f"{', '.join(GATE_NAMES + UP_NAMES)} modules inside blocks)")
+    unit = (_unit_context(rec, shapes, target, t_modules, attn_modules, act_kind, named, notes, seq_len)
+            if rec.unit else None)
+    if unit is not None:
+        unit["head_dim"] = {r["module"]: r["site"]["head_dim"] for r in attn_records}
+    tensors: dict[str, TensorPlan] = {}
+    transfer_down = False
+    for s in shapes:
+        branch = _branch_kind(s.name, attn_modules)
+        tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
+                          muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
+                          decay_vectors=decay_vectors, optimizer=optimizer, named=named,
+                          named_query=s.name in named_query, own=own.get(s.name, (1.0, 1.0)), branch=branch,
+                          act_input=s.name in act_inputs, unit=unit)
+        transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
+        tensors[s.name] = tp
+    notes += _closing_notes(tensors, attn_records, mode, transfer_down)
+    plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
+                weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
+                attention=attn_records, notes=notes, multipliers=named)
+    if unit is not None:
+        plan.residual = unit["residual"]
+        plan.backward = _unit_backward(tensors, target, t_modules, notes, unit)
+    plan._adapters = [ad for ad, _ in sites]
+    if apply and not any(p.is_meta for p in target.parameters()):
+        plan.apply(target)
+    plan._model = target
+    return plan
+
+
+
+def _attention_plan(target: nn.Module, base: nn.Module, analysis: Any, pattern: re.Pattern, rec: Any, recipe: str,
+                    named: Multipliers, user_adapters: list[AttentionAdapter], notes: list[str],
+                    ) -> tuple[list, list[dict[str, Any]], dict[str, float], set[str]]:
+    """Phase: the attention-logit factor of every attention module, and where it goes. Returns the sites, their
+    records (saved with the plan), the factor folded into each query tensor, and the query tensors that carry the
+    named attention multiplier."""
+    adapters = user_adapters + list(DEFAULT_ADAPTERS)
+    base_traced = analysis.trace.attention if analysis.trace is not None else ()
+    target_traced = analysis.target_trace.attention if analysis.target_trace is not None else ()
+    sites, unhandled = _attention_sites(target, base, pattern, adapters, base_traced, target_traced, analysis.trace)
+    attn_records: list[dict[str, Any]] = []
+    q_factor: dict[str, float] = {}
     named_query: set[str] = set()  # query tensors that carry the named attention multiplier
     if named.attention != 1.0 and not sites:
         raise PlanError(f"attention multiplier {named.attention:g}: no attention module found to apply it to "
                         "(see proxytune.nn.attention for the modules proxytune recognizes, or pass attention=[...])")
-    base_calls = {c.module: c for c in (analysis.trace.attention if analysis.trace is not None else ())}
-    target_calls = {c.module: c for c in (analysis.target_trace.attention if analysis.target_trace is not None else ())}
+    base_calls = {c.module: c for c in base_traced}
+    target_calls = {c.module: c for c in target_traced}
     counts = _stack_counts(base, pattern)
     for ad, site in sites:
         # The recipe's logits scale is relative to SP's 1/sqrt(d_head): muP's 1/d_head is (d/d0)^-1/2 more. The
@@ -780,11 +840,15 @@ def parameterize(
                     "parameterize(..., attention=[proxytune.nn.attention.ScaleAttribute('my_scale')]); or use a "
                     "separate query projection named q_proj; or write an adapter (proxytune.nn.attention."
                     "AttentionAdapter); or keep the head dim fixed and grow the number of heads.")
-            if hd is None and any(s.m_in != 1 or s.m_out != 1 for s in shapes):
+            if hd is None and any(s.m_in != 1 or s.m_out != 1 for s in analysis.tensors):
                 notes.append(f"{name!r} looks like attention but its head dim is unknown: if it changes, "
                              "pass an attention adapter so the logits get the 1/d_head rule")
+    return sites, attn_records, q_factor, named_query
 
-    # Depth: branch outputs must exist where depth rules apply, in every sub-module that ends a branch.
+
+def _check_branches(analysis: Any, rec: Any, recipe: str, notes: list[str]) -> None:
+    """Phase: branch outputs must exist where depth rules apply, in every sub-module that ends a branch."""
+    shapes = analysis.tensors
     if analysis.branch_gaps:
         if rec.depth_alpha is not None or rec.unit:
             raise PlanError(f"{recipe} scales every residual branch with depth, but " + "; ".join(analysis.branch_gaps[:3])
@@ -802,32 +866,11 @@ def parameterize(
                 f"block(s) {', '.join(lacking[:4])}; pass branch_outputs=['*.attn.out.*', '*.mlp.down.*'] "
                 "(globs for the last matrix and bias of each residual branch)")
 
-    # Constant factors of the model's own forward that change with its shape (Gemma's sqrt(hidden) on the
-    # embeddings, T5's d_model^-1/2 before the readout) already apply part of a rule: the plan divides them out.
-    own = _own_factors(analysis.factors, shapes, notes)
-    base_params = _named_params(base)
-    t_params = _named_params(target)
-    t_modules = canonical_modules(target)
-    attn_modules = [r["module"] for r in attn_records]
-    act_inputs, act_kind = _activation_inputs(shapes, t_modules, target)
-    if named.activation != 1.0 and not act_inputs:
-        raise PlanError(f"activation multiplier {named.activation:g}: no MLP input projection found (looked for "
-                        f"{', '.join(GATE_NAMES + UP_NAMES)} modules inside blocks)")
-    unit = (_unit_context(rec, shapes, target, t_modules, attn_modules, act_kind, named, notes, seq_len)
-            if rec.unit else None)
-    if unit is not None:
-        unit["head_dim"] = {r["module"]: r["site"]["head_dim"] for r in attn_records}
-    tensors: dict[str, TensorPlan] = {}
-    transfer_down = False
-    for s in shapes:
-        branch = _branch_kind(s.name, attn_modules)
-        tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
-                          muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
-                          decay_vectors=decay_vectors, optimizer=optimizer, named=named,
-                          named_query=s.name in named_query, own=own.get(s.name, (1.0, 1.0)), branch=branch,
-                          act_input=s.name in act_inputs, unit=unit)
-        transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
-        tensors[s.name] = tp
+
+def _closing_notes(tensors: dict[str, TensorPlan], attn_records: list[dict[str, Any]], mode: str,
+                   transfer_down: bool) -> list[str]:
+    """Phase: what the plan as a whole should tell its reader (base statistics, forward multipliers kept)."""
+    notes: list[str] = []
     if transfer_down:
         notes.append("the base is larger than the target in width or depth: transferring down "
                      "(allowed; the rules are the same, read them as multipliers < 1)")
@@ -850,19 +893,9 @@ def parameterize(
         if r["adapter"] == "query-rows" and r["factor"] != 1:
             rows = r["site"]["rows"]
             notes.append(f"attention {r['module']!r}: its query is rows {rows[0]}..{rows[1]} of the fused projection "
-                         f"{r['site']['row_params'][0].rpartition('.')[0]!r} (found by the traced forward pass): those "
-                         "rows get a weight multiplier in both modes")
-    plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
-                weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
-                attention=attn_records, notes=notes, multipliers=named)
-    if unit is not None:
-        plan.residual = unit["residual"]
-        plan.backward = _unit_backward(tensors, target, t_modules, notes, unit)
-    plan._adapters = [ad for ad, _ in sites]
-    if apply and not any(p.is_meta for p in target.parameters()):
-        plan.apply(target)
-    plan._model = target
-    return plan
+                         f"{(r['site']['row_params'][0].rpartition('.')[0] or r['site']['row_params'][0])!r} (found by "
+                         "the traced forward pass): those rows get a weight multiplier in both modes")
+    return notes
 
 
 def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str, nn.Parameter],

@@ -509,8 +509,12 @@ def _rows(t_entries: list[_Entry], b_by_name: dict[str, _Entry], depth: _DepthMa
                     if known or lay.kind in ("scalar", "vector") else "guess"
                 uses.append(_Use(e, lay, source))
         if ftrace is not None and ftrace.ok and not any(u.source == "override" for u in uses):
-            own = {depth.base_name(e.name).rpartition(".")[0] for e in entries}
-            uses += _functional_uses(ftrace, be.name, first, own)
+            if all(_raw_parameter(e.module, e.param.ndim) for e in entries) and traced is None:
+                # a raw parameter with uses of different kinds (looked up and multiplied): each use is one
+                uses = _raw_uses(ftrace, be.name, first) or uses
+            else:
+                own = {depth.base_name(e.name).rpartition(".")[0] for e in entries}
+                uses += _functional_uses(ftrace, be.name, first, own)
         rows.append(_Row(first, be, shp, bshp, uses))
     return rows
 
@@ -530,6 +534,24 @@ def _functional_uses(ftrace: ForwardTrace, base_name: str, first: _Entry, own: s
         if not any(x.functional == u.module for x in out):
             out.append(_Use(first, lay, "forward", functional=u.module))
     return out
+
+
+def _raw_uses(ftrace: ForwardTrace, base_name: str, first: _Entry) -> list[_Use]:
+    """The distinct uses the trace saw of a raw parameter (no layer of its own): a lookup, and products."""
+    out: list[_Use] = []
+    seen = set()
+    for u in ftrace.uses.get(base_name, []):
+        if u.kind == "other" or len(u.in_dims) != 1 or len(u.out_dims) != 1 or (u.kind, u.in_dims, u.out_dims) in seen:
+            continue
+        seen.add((u.kind, u.in_dims, u.out_dims))
+        i, o = u.in_dims[0], u.out_dims[0]
+        if u.kind == "lookup":
+            out.append(_Use(first, Layout("embedding", i, o, "layout from the forward pass: a table looked up by "
+                                                             "index"), "forward"))
+        else:
+            lay = Layout("out_in" if (i, o) == (1, 0) else "in_out", i, o, "")
+            out.append(_Use(first, lay, "forward", functional=u.module))
+    return out if len(out) >= 2 else []
 
 
 def _check_finite_dims(rows: list[_Row]) -> set[int]:
@@ -669,9 +691,15 @@ def _tensor_shape(row: _Row, widths: _WidthSizes, roles: dict[str, str] | None, 
             if tied == "embedding":
                 if other.functional is None:
                     tied_readout = other.entry.name
-                else:
+                elif isinstance(pick.entry.module, (nn.Embedding, nn.EmbeddingBag)):
                     functional = other.functional
                     lookup_module = pick.entry.module_name
+                else:
+                    raise PlanError(
+                        f"tensor {names[0]!r} is looked up and used as the readout, neither through a module of its "
+                        "own: proxytune cannot give the readout use its multiplier without changing the lookup. Keep "
+                        "the table in an nn.Embedding (its lookup then takes the correction), give the readout an "
+                        "nn.Linear sharing the weight, or pass tied='readout' (readout rules for the table)")
         else:
             raise PlanError(
                 f"tensor {names[0]!r} is used with different roles ({', '.join(sorted(use_roles))})"

@@ -75,15 +75,17 @@ class Factor:
 class AttentionCall:
     """One attention (a ``scaled_dot_product_attention`` call, or a softmax of ``q @ k^T``) in ``module``: the
     parameter each of q and k is a product of, with the rows of its output they keep (a fused qkv projection
-    split), the head dim, and the scale the forward applies to ``q . k`` (SDPA's ``scale``, default
-    ``head_dim^-1/2``; the constant factors before a softmax, 1 for T5, which folds its scale into the init;
-    None when it could not be read)."""
+    split), the head dim, the scale the forward applies to ``q . k`` (SDPA's ``scale``, default
+    ``head_dim^-1/2``, or the constant factors before a softmax, 1 for T5, which folds its scale into the init;
+    times constant factors on q's and k's way; None when it could not be read), and whether a normalization
+    module runs on the query's way (QK-norm)."""
 
     module: str
     query: tuple[str, tuple[int, int] | None] | None
     key: tuple[str, tuple[int, int] | None] | None
     head_dim: int
     scale: float | None
+    query_normed: bool = False
 
 
 @dataclass
@@ -222,9 +224,11 @@ def _einsum_dims(eq: str, operands: Sequence[torch.Tensor], k: int) -> tuple[tup
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, params: dict[int, str], buffers: dict[int, tuple[str, nn.Module, str]]) -> None:
+    def __init__(self, params: dict[int, str], buffers: dict[int, tuple[str, nn.Module, str]],
+                 norms: set[str] | None = None) -> None:
         super().__init__()
         self.params = params
+        self.norms = norms or set()
         self.buffers = buffers
         self.origins: dict[int, _Origin] = {}
         self.keep: list[Any] = []  # every recorded tensor stays alive, so no id is reused during the call
@@ -321,14 +325,13 @@ class _Recorder(TorchFunctionMode):
         if name == "scaled_dot_product_attention" and len(args) >= 2:
             q, k = args[0], args[1]
             scale = kwargs.get("scale") if len(args) < 7 else args[6]
-            self.attention.append(AttentionCall(module, _source(self.origin(q)), _source(self.origin(k)),
-                                                int(q.shape[-1]), float(scale) if scale is not None
-                                                else 1.0 / math.sqrt(q.shape[-1])))
+            qo, ko = self.origin(q), self.origin(k)
+            scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+            self._attention(module, qo, ko, int(q.shape[-1]), scale)
         if name in ("softmax", "_softmax") and first is not None:
             qk = _qk_product(first)
             if qk is not None:
-                qo, ko, hd, scale = qk
-                self.attention.append(AttentionCall(module, _source(qo), _source(ko), hd, scale))
+                self._attention(module, *qk)
         if name in _THROUGH and self._activation(first):
             self._set(out, _Origin("through", (first,), module=module))
             return
@@ -343,8 +346,11 @@ class _Recorder(TorchFunctionMode):
                 self._set(out, self._op(args, module))
             return
         if name in _MATMULS or name in _ADDMMS:
-            a, b = (args[0], args[1]) if name in _MATMULS else (args[1], args[2])
-            if name in _ADDMMS:
+            if name in _MATMULS:
+                a, b = args[0], args[1]
+            else:  # addmm(input, mat1, mat2) / baddbmm(input, batch1, batch2), positional or by keyword
+                a = kwargs.get("mat1", kwargs.get("batch1", args[1] if len(args) > 1 else None))
+                b = kwargs.get("mat2", kwargs.get("batch2", args[2] if len(args) > 2 else None))
                 self._other_uses([args[0]], name)
             oa, ob = self.origin(a), self.origin(b)
             if ob is not None and ob.kind == "param" and b.ndim >= 2 and ob.dims is not None:
@@ -355,8 +361,11 @@ class _Recorder(TorchFunctionMode):
                 self._set(out, _Origin("matmul", (ob,) if ob else (), param=oa.param, module=module))
             else:
                 origin = self._op((a, b), module)
-                if name in _MATMULS and self._activation(oa) and self._activation(ob) and a.ndim >= 2:
+                if self._activation(oa) and self._activation(ob) and a.ndim >= 2:
                     origin.source = f"qk:{a.shape[-1]}"  # a product of two activations: attention logits, maybe
+                    if name in _ADDMMS:  # BLOOM's alibi.baddbmm(q, k, alpha=1/sqrt(d)): the product's scale
+                        alpha = kwargs.get("alpha", 1.0)
+                        origin.scale = float(alpha) if isinstance(alpha, (int, float)) else None
                 self._set(out, origin)
             return
         if name == "einsum":
@@ -436,6 +445,17 @@ class _Recorder(TorchFunctionMode):
             for t in out:
                 self._set(t, origin)
 
+    def _attention(self, module: str, qo: _Origin | None, ko: _Origin | None, head_dim: int,
+                   scale: float | None) -> None:
+        """Record one attention: where q and k come from, and the whole scale the forward gives ``q . k`` (the
+        scale of the product times constant factors on q's and k's way, as OPT's ``q_proj(x) * scaling``)."""
+        for o in (qo, ko):
+            if o is not None and scale is not None:
+                _, factor = _walk(o)
+                scale = None if factor is None else scale * factor
+        self.attention.append(AttentionCall(module, _source(qo), _source(ko), head_dim, scale,
+                                            query_normed=_normed(qo, self.norms)))
+
     def _lookup(self, w: _Origin, dim: int, index: Any, out: Any, op: str, module: str) -> None:
         if w.dims is not None and len(w.dims) >= 3 and dim == 0 and isinstance(out, torch.Tensor):
             # a stack of matrices (a mixture of experts' weights) gathered per token: still the matrices
@@ -506,6 +526,21 @@ def _source(o: _Origin | None) -> tuple[str, tuple[int, int] | None] | None:
     return o.param, rows
 
 
+def _normed(o: _Origin | None, norms: set[str], limit: int = 2000) -> bool:
+    """Whether a normalization module ran on ``o``'s way from its projection (QK-norm): a factor folded into the
+    projection would be divided out again."""
+    todo, seen = ([o] if o is not None else []), 0
+    while todo and seen < limit:
+        x = todo.pop()
+        seen += 1
+        if x.module in norms:
+            return True
+        if x.kind == "matmul" and x.param is not None:
+            continue
+        todo.extend(x.parents)
+    return False
+
+
 def _qk_product(o: _Origin) -> tuple[_Origin, _Origin, int, float | None] | None:
     """The q and k of attention logits ``softmax(q @ k^T * scale + mask)``, the head dim and the constant
     factors between the product and the softmax (None when ``o`` is not that)."""
@@ -518,6 +553,7 @@ def _qk_product(o: _Origin) -> tuple[_Origin, _Origin, int, float | None] | None
                 scale = None if scale is None or x.scale is None else scale * x.scale
             x = x.parents[0]
         if x.kind == "op" and x.source.startswith("qk:") and len(x.parents) == 2:
+            scale = None if scale is None or x.scale is None else scale * x.scale
             return x.parents[0], x.parents[1], int(x.source[3:]), scale
         if x.kind == "add":
             todo.extend((p, scale) for p in x.parents)
@@ -705,8 +741,10 @@ def _trace(model: nn.Module, forward: ForwardSpec, param_names: dict[int, str], 
                 buffers.setdefault(id(b), (f"{mod_name}.{attr}" if mod_name else attr, mod, attr))
     errors = []
     was_training = model.training
+    norms = {name for m in model.modules() if "norm" in type(m).__name__.lower()
+             for name in [module_names.get(id(m))] if name}
     for kind, x in example_inputs(model, forward.input, seq_len):
-        rec = _Recorder(param_names, buffers)
+        rec = _Recorder(param_names, buffers, norms)
         targets = x if kind == "tokens" else None
         model.eval()
         try:

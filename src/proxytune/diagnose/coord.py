@@ -40,7 +40,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..builders import accepts, build_model, load_builder
-from ..forward import ForwardSpec, check_logits
+from ..forward import ForwardSpec, _first_tensor, check_logits
 from ..modelspec import ModelSpec, ModelStructure
 from ..plan import Plan, parameterize
 from ..rules.recipes import get_optimizer, get_recipe
@@ -144,22 +144,6 @@ def _mean_over_seeds(records: Sequence[dict[str, Any]], key: str) -> dict[tuple[
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def _first_tensor(out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    if isinstance(out, dict):
-        for o in out.values():
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    return None
-
-
 def _watched_modules(model: nn.Module, globs: Sequence[str] | None, blocks: set[str]) -> dict[str, nn.Module]:
     """Leaf modules owning parameters, modules owning parameters none of whose children do, and the blocks."""
     from ..shapes import canonical_name
@@ -183,10 +167,11 @@ class _Probe(TorchFunctionMode):
     the 4-D input of a softmax) and the products of the given weights (functional branch outputs), keyed by the
     innermost module running them."""
 
-    def __init__(self, stack: list[str], weights: dict[int, str]) -> None:
+    def __init__(self, stack: list[str], weights: dict[int, str], tables: dict[int, str] | None = None) -> None:
         super().__init__()
         self.stack = stack
         self.weights = weights
+        self.tables = tables or {}
         self.found: dict[str, torch.Tensor] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -203,10 +188,22 @@ class _Probe(TorchFunctionMode):
                         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
                     scale = kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1])
                     self.found[key] = (q @ k.transpose(-2, -1)) * scale
+            elif name == "baddbmm" and isinstance(kwargs.get("batch1", args[1] if len(args) > 1 else None),
+                                                  torch.Tensor):
+                # BLOOM: alibi.baddbmm(q, k, alpha=scale): the logits without the positional bias
+                b1 = kwargs.get("batch1", args[1] if len(args) > 1 else None)
+                b2 = kwargs.get("batch2", args[2] if len(args) > 2 else None)
+                key = ATTN_LOGITS + module
+                if key not in self.found and id(b1) not in self.weights and id(b2) not in self.weights:
+                    self.found[key] = (b1.detach().float() @ b2.detach().float()) * float(kwargs.get("alpha", 1.0))
             elif name in ("softmax", "_softmax") and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
                 key = ATTN_LOGITS + module
                 if key not in self.found:
                     self.found[key] = args[0].detach().float()
+            elif name == "__getitem__" and len(args) >= 2 and id(args[0]) in self.tables and \
+                    isinstance(args[1], torch.Tensor) and not args[1].is_floating_point():
+                # a raw table looked up by index outside any embedding module: its output is an input embedding
+                self.found.setdefault("lookup:" + self.tables[id(args[0])], out.detach().float())
             elif name in ("linear", "matmul", "__matmul__") and len(args) >= 2:
                 for a in args[:2]:
                     w = self.weights.get(id(a))
@@ -263,11 +260,11 @@ class _Task:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), self.y.reshape(-1))
 
 
-def _plan_intent(plan: Plan) -> tuple[dict[str, str], dict[int, str], bool, set[str]]:
+def _plan_intent(plan: Plan) -> tuple[dict[str, str], tuple[dict[int, str], dict[int, str]], bool, set[str]]:
     """What the plan means each module to do that a flat slope would contradict: the modules carrying the
     attention-logit factor (a query projection, the query rows of a fused projection), the branch-output
-    weights not owned by a layer (measured by the probe), whether the plan has a readout, and the modules whose
-    output is a readout's (an LM head, a classifier, a router)."""
+    weights and the raw tables not owned by a layer (measured by the probe), whether the plan has a readout, and
+    the modules whose output is a readout's (an LM head, a classifier, a router)."""
     intended: dict[str, str] = {}
     for name, tp in plan.tensors.items():
         if tp.attn_factor != 1.0:
@@ -277,11 +274,17 @@ def _plan_intent(plan: Plan) -> tuple[dict[str, str], dict[int, str], bool, set[
             intended[f"{r['module']}.{rel.rpartition('.')[0]}"] = ("its query rows carry the attention-logit factor; "
                                                                     "its attention logits are judged")
     weights: dict[int, str] = {}
+    tables: dict[int, str] = {}
     model = plan._model
     if model is not None:
         from ..plan import _named_params
 
         params = _named_params(model)
+        for name, tp in plan.tensors.items():
+            owner = name.rpartition(".")[0]
+            mod = model.get_submodule(owner) if owner else model
+            if len(tp.shape) == 2 and name in params and not isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
+                tables[id(params[name])] = name
         for name, tp in plan.tensors.items():
             if tp.branch_output and len(tp.shape) >= 2 and name in params:
                 owner = name.rpartition(".")[0]
@@ -292,7 +295,7 @@ def _plan_intent(plan: Plan) -> tuple[dict[str, str], dict[int, str], bool, set[
                   for tp in plan.tensors.values())
     outputs = {tp.name.rpartition(".")[0] for tp in plan.tensors.values() if tp.role == "readout" and len(tp.shape) >= 2}
     outputs |= {tp.readout_use.rpartition(".")[0] for tp in plan.tensors.values() if tp.readout_use is not None}
-    return intended, weights, readout, outputs
+    return intended, (weights, tables), readout, outputs
 
 
 def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width: int, base_depth: int,
@@ -314,7 +317,7 @@ def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width
     forward: ForwardSpec = structure.forward()
     opt = plan.optimizer(lr=lr, model=target)
     blocks = {tp.block for tp in plan.tensors.values() if tp.block is not None}
-    intended, weights, has_readout, outputs = _plan_intent(plan)
+    intended, (weights, tables), has_readout, outputs = _plan_intent(plan)
     watched = _watched_modules(target, globs, blocks)
     names = {id(m): canonical_name(n) for n, m in target.named_modules()}
     captured: dict[str, torch.Tensor] = {}
@@ -339,7 +342,7 @@ def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width
 
     def measure() -> dict[str, torch.Tensor]:
         captured.clear()
-        probe = _Probe(stack, weights)
+        probe = _Probe(stack, weights, tables)
         with torch.no_grad(), probe:
             logits = forward.logits(forward.call(target, task.x, task.y if forward.targets_arg else None))
         found = dict(captured)

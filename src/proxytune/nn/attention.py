@@ -16,7 +16,8 @@ An *adapter* finds attention modules and applies that factor. Four ship, tried i
   ``query``, ``q``, ``wq``, ``to_q``, ``c_q``); the factor is folded into its
   weight and bias like any other multiplier.
 - :class:`ScalingAttribute`: Hugging Face attention modules with a fused
-  query projection (GPT-2): their float ``scaling`` attribute is multiplied.
+  query projection (GPT-2): their float ``scaling`` attribute is multiplied
+  (``inv_norm_factor`` for BLOOM's ``baddbmm``).
 
 When none of them matches a module, the traced forward pass of the base says
 where the attention's query comes from: a whole projection of any name (the
@@ -75,6 +76,7 @@ class AttentionSite:
     value: float | None = None  # ScaleAttribute: the absolute scale to set
     rows: list[int] | None = None  # QueryRows: the query's rows [start, stop) of a fused projection's output
     row_params: list[str] = field(default_factory=list)  # QueryRows: that projection's weight (and bias), relative
+    rows_dim: int = 0  # QueryRows: the weight's output dimension (1 for a raw (in, out) matrix used as x @ W)
 
 
 class AttentionAdapter:
@@ -194,8 +196,9 @@ class QueryRows(AttentionAdapter):
         for rel in site.row_params:
             owner_name, _, attr = rel.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
-            add_multiplier(owner, attr, factor, rows=(site.rows[0], site.rows[1]))
+            dim = site.rows_dim if getattr(owner, attr).ndim > 1 else 0
+            add_multiplier(owner, attr, factor, rows=(site.rows[0], site.rows[1]), dim=dim)
 
 
 DEFAULT_ADAPTERS: tuple[AttentionAdapter, ...] = (ScaleAttribute(), MultiheadAttention(), QueryProjection(),
-                                                  ScalingAttribute())
+                                                  ScalingAttribute(), ScalingAttribute("inv_norm_factor"))

@@ -14,31 +14,34 @@ from torch.nn.utils import parametrize
 
 
 class WeightMultiplier(nn.Module):
-    """``W -> multiplier x W``, or only rows ``[start, stop)`` of dim 0 when given."""
+    """``W -> multiplier x W``, or only indices ``[start, stop)`` of dimension ``dim`` (rows by default)."""
 
-    def __init__(self, multiplier: float, rows: tuple[int, int] | None = None) -> None:
+    def __init__(self, multiplier: float, rows: tuple[int, int] | None = None, dim: int = 0) -> None:
         super().__init__()
         self.multiplier = float(multiplier)
         self.rows = rows
+        self.dim = dim
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.rows is None:
             return w * self.multiplier
         start, stop = self.rows
-        scale = torch.ones(w.shape[0], dtype=w.dtype, device=w.device)
+        dim = self.dim % w.ndim
+        scale = torch.ones(w.shape[dim], dtype=w.dtype, device=w.device)
         scale[start:stop] = self.multiplier
-        return w * scale.view(-1, *([1] * (w.ndim - 1)))
+        return w * scale.view(*([1] * dim), -1, *([1] * (w.ndim - dim - 1)))
 
     def extra_repr(self) -> str:
-        return f"multiplier={self.multiplier:g}" + (f", rows={self.rows}" if self.rows else "")
+        return (f"multiplier={self.multiplier:g}" + (f", rows={self.rows}" if self.rows else "")
+                + (f", dim={self.dim}" if self.dim else ""))
 
 
 def add_multiplier(module: nn.Module, attr: str, multiplier: float,
-                   rows: tuple[int, int] | None = None) -> None:
+                   rows: tuple[int, int] | None = None, dim: int = 0) -> None:
     """Register a :class:`WeightMultiplier` on ``module.<attr>`` (a no-op for 1)."""
     if multiplier == 1.0:
         return
-    parametrize.register_parametrization(module, attr, WeightMultiplier(multiplier, rows),
+    parametrize.register_parametrization(module, attr, WeightMultiplier(multiplier, rows, dim),
                                          unsafe=True)
 
 
