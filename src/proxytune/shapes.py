@@ -743,8 +743,9 @@ def _check_readout(tensors: list[TensorShape], ftrace: ForwardTrace | None, read
             raise PlanError(
                 f"tensor {t.name!r} produces the model's output (the traced forward pass), but its shape makes it "
                 f"{t.role!r} (shape {t.shape}, base {t.base_shape}): a readout's output size (vocabulary, classes) "
-                "must be the same in base and target. If that is intended, pass roles={"
-                f"{t.name!r}: '{t.role}'}} to confirm")
+                "must be the same in base and target. If the model's output is meant to be its features (an "
+                "encoder), pass readout='none'; to keep this role, pass roles={"
+                f"{t.name!r}: '{t.role}'}}")
     if has:
         return
     where = ("the traced forward pass found no weight producing the output" if ftrace is not None and ftrace.ok
