@@ -44,6 +44,8 @@ from .forward import DEFAULT_FORWARD, ForwardSpec
 
 __all__ = ["Use", "Factor", "AttentionCall", "ForwardTrace", "trace_forward", "example_inputs"]
 
+_RMSNORM = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+
 
 @dataclass(frozen=True)
 class Use:
@@ -741,7 +743,11 @@ def _trace(model: nn.Module, forward: ForwardSpec, param_names: dict[int, str], 
                 buffers.setdefault(id(b), (f"{mod_name}.{attr}" if mod_name else attr, mod, attr))
     errors = []
     was_training = model.training
-    norms = {name for m in model.modules() if "norm" in type(m).__name__.lower()
+    # normalization layers: torch's, and any class named like one (Qwen3RMSNorm, T5LayerNorm), not a
+    # "PostNormBlock"
+    norms = {name for m in model.modules()
+             if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, *_RMSNORM))
+             or type(m).__name__.lower().endswith("norm")
              for name in [module_names.get(id(m))] if name}
     for kind, x in example_inputs(model, forward.input, seq_len):
         rec = _Recorder(param_names, buffers, norms)

@@ -8,7 +8,7 @@ init) under muP and under SP at widths 32, 64, 128 (1 seed, the zoo tests' setti
 the wall time of the zoo's default test run (``pytest tests/test_zoo.py tests/test_zoo_build.py``), measured
 here in a subprocess unless ``--no-tests``.
 
-    python bench/zoo.py --write
+    python bench/model_zoo.py --write
 """
 
 from __future__ import annotations
@@ -93,13 +93,13 @@ def main() -> None:
     test_line = ""
     if not args.no_tests:
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "tests/test_zoo.py",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:warnings", "tests/test_zoo.py",
                                "tests/test_zoo_build.py"], cwd=ROOT, capture_output=True, text=True)
         tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-200:]
         test_line = (f"The zoo's default test run (`python -m pytest tests/test_zoo.py tests/test_zoo_build.py`, "
                      f"the tune of every family but three under `-m slow`): {time.perf_counter() - t:.0f} s, "
                      f"`{tail}`.")
-    lines = [provenance("zoo.py", "cpu", 1) + f" This table: {bench_s:.0f} s.", "",
+    lines = [provenance("model_zoo.py", "cpu", 1) + f" This table: {bench_s:.0f} s.", "",
              "Plan: base width 32 x depth 2, target 128 x 4, muP + AdamW, no overrides (nanoGPT: `targets_arg: "
              "targets`; ViT: `input: image`). Roles: the count per role; sources: where each role came from "
              "(forward = the traced forward pass showed the tensor's use, module = the owning module's type, "
