@@ -32,7 +32,6 @@ imported because you named it, like the builder).
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Literal
 
