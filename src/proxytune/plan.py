@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -21,13 +22,14 @@ import torch
 from torch import nn
 
 from .nn.attention import (
-    DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, QueryProjection, QueryRows, head_dim_of, looks_like_attention,
+    BUILTIN_ADAPTERS, DEFAULT_ADAPTERS, AttentionAdapter, AttentionSite, AttributeName, MultiheadAttention,
+    QueryProjection, QueryRows, ScaleAttribute, check_adapter_state, head_dim_of, looks_like_attention,
     query_params_of,
 )
 from .nn.multipliers import add_input_multiplier, add_multiplier, add_output_multiplier, takes_input_multiplier
 from .rules.multipliers import Multipliers
 from .rules.recipes import (
-    ALIGNMENT_CHOICES, MODES, MUON_SCALES, WD_POLICIES, Scale, TensorContext, check_choice,
+    ALIGNMENT_CHOICES, MODES, MUON_SCALES, OPTIMIZERS, RECIPES, WD_POLICIES, Scale, TensorContext, check_choice,
     fold, get_optimizer, get_recipe, tensor_scales,
 )
 from .forward import ForwardSpec
@@ -111,7 +113,10 @@ class TensorPlan:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TensorPlan":
+    def from_dict(cls, d: Any, where: str = "tensor") -> "TensorPlan":
+        """Rebuild from :meth:`to_dict`'s output; a missing field, an unknown one or one of the wrong type raises
+        :class:`PlanError` naming it (``where`` is the path to ``d`` in the plan)."""
+        _check_fields(d, _TENSOR_FIELDS, where, _TENSOR_REQUIRED)
         d = dict(d)
         d["explicit"], d["folded"] = Scale(**d["explicit"]), Scale(**d["folded"])
         return cls(**d)
@@ -119,6 +124,192 @@ class TensorPlan:
 
 _OPTIONAL_DEFAULTS: dict[str, Any] = {"grad_scale": 1.0, "role_source": "module", "branch_source": "",
                                       "lookup_module": None, "lookup_multiplier": 1.0}
+
+
+# ------------------------------------------------------------------ reading a plan file: data, checked field by field
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_scale(v: Any) -> bool:
+    return isinstance(v, dict) and set(v) <= {"multiplier", "init", "lr", "wd", "eps"} and all(map(_is_num, v.values()))
+
+
+#: the kinds of value a plan file holds: a test and what the error says was expected
+_KINDS: dict[str, tuple[Any, str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str?": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "int": (_is_int, "an integer"),
+    "num": (_is_num, "a number"),
+    "num?": (lambda v: v is None or _is_num(v), "a number or null"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    # tuples too: ``from_dict`` also takes a ``to_dict`` that never went through JSON
+    "strs": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "ints": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a list of integers"),
+    "ints?": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(map(_is_int, v))),
+              "a list of integers or null"),
+    "nums": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_num, v)), "a list of numbers"),
+    "dict": (lambda v: isinstance(v, dict), "an object"),
+    "dict?": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "list": (lambda v: isinstance(v, (list, tuple)), "a list"),
+    "scale": (_is_scale, "an object of numbers multiplier, init, lr, wd, eps"),
+}
+
+
+def _check_fields(d: Any, schema: dict[str, str], where: str, required: Iterable[str]) -> None:
+    """Raise :class:`PlanError` naming the field unless ``d`` is an object with the ``required`` fields, no field
+    outside ``schema`` and each of its kind (see ``_KINDS``)."""
+    if not isinstance(d, dict):
+        raise PlanError(f"{where}: expected an object, got {_json_type(d)}")
+    unknown = sorted(map(str, set(d) - set(schema)))
+    if unknown:
+        raise PlanError(f"{where}.{unknown[0]}: not a field of a saved plan (valid: {', '.join(schema)})")
+    for key in required:
+        if key not in d:
+            raise PlanError(f"{where}.{key}: missing")
+    for key, value in d.items():
+        test, what = _KINDS[schema[key]]
+        if not test(value):
+            raise PlanError(f"{where}.{key}: expected {what}, got {_json_type(value)} {_short(value)}")
+
+
+def _json_type(v: Any) -> str:
+    names = {dict: "an object", list: "a list", tuple: "a list", str: "a string", bool: "a boolean",
+             type(None): "null"}
+    return names.get(type(v), "a number" if _is_num(v) else type(v).__name__)
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TENSOR_FIELDS: dict[str, str] = {
+    "name": "str", "role": "str", "shape": "ints", "base_shape": "ints", "layout": "str", "fan_in": "int",
+    "fan_out": "int", "m_in": "num", "m_out": "num", "width": "num", "depth": "num", "block": "str?",
+    "branch_output": "bool", "base_std": "num", "init_source": "str", "explicit": "scale", "folded": "scale",
+    "aliases": "strs", "readout_use": "str?", "readout_multiplier": "num", "attn_factor": "num", "muon": "bool",
+    "muon_scale": "num", "no_decay": "bool", "notes": "strs", "grad_scale": "num", "role_source": "str",
+    "branch_source": "str", "lookup_module": "str?", "lookup_multiplier": "num"}
+_TENSOR_REQUIRED = [f.name for f in fields(TensorPlan) if f.default is MISSING and f.default_factory is MISSING]
+_PLAN_FIELDS: dict[str, str] = {
+    "version": "int", "recipe": "str", "optimizer": "str", "mode": "str", "alignment": "str",
+    "weight_decay_policy": "str", "muon_scale": "str", "tensors": "dict", "attention": "list", "notes": "strs",
+    "multipliers": "dict?", "residual": "list", "backward": "list"}
+_PLAN_REQUIRED = ("recipe", "optimizer", "mode", "alignment", "weight_decay_policy", "muon_scale", "tensors")
+_PLAN_CHOICES: dict[str, Iterable[str]] = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "mode": MODES,
+                                            "alignment": ALIGNMENT_CHOICES, "weight_decay_policy": WD_POLICIES,
+                                            "muon_scale": MUON_SCALES}
+_ATTENTION_FIELDS: dict[str, str] = {"module": "str", "adapter": "str", "factor": "num", "site": "dict",
+                                     "adapter_class": "str", "adapter_state": "dict?"}
+_SITE_FIELDS: dict[str, str] = {"module": "str", "adapter": "str", "head_dim": "int", "base_head_dim": "int",
+                                "query_params": "strs", "value": "num?", "rows": "ints?", "row_params": "strs",
+                                "rows_dim": "int"}
+_RESIDUAL_FIELDS: dict[str, str] = {"module": "str", "scales": "nums"}
+_BACKWARD_FIELDS: dict[str, str] = {"module": "str", "kind": "str", "vocab": "int", "factor": "num"}
+#: where older versions recorded the built-in adapters (``adapter_class``): mapped to the class, never imported
+_BUILTIN_PATHS: dict[str, type[AttentionAdapter]] = {
+    f"{cls.__module__}:{cls.__qualname__}": cls for cls in BUILTIN_ADAPTERS.values()}
+
+
+def _check_attention_record(r: Any, where: str) -> None:
+    _check_fields(r, _ATTENTION_FIELDS, where, ("module", "adapter", "factor", "site"))
+    _check_fields(r["site"], _SITE_FIELDS, f"{where}.site", ("module", "adapter", "head_dim", "base_head_dim"))
+    rows = r["site"].get("rows")
+    if rows is not None and (len(rows) != 2 or not 0 <= rows[0] <= rows[1]):
+        raise PlanError(f"{where}.site.rows: expected [start, stop] with 0 <= start <= stop, got {rows}")
+    state = r.get("adapter_state") or {}
+    for key, value in state.items():
+        # whatever adapter it belongs to, a setting is a plain name and a plain value
+        if not (key.isidentifier() and not key.startswith("_")):
+            raise PlanError(f"{where}.adapter_state: {key!r} is not a public field name")
+        if not (value is None or isinstance(value, (str, bool)) or _is_num(value)):
+            raise PlanError(f"{where}.adapter_state.{key}: expected a string, number, boolean or null, got "
+                            f"{_json_type(value)}")
+
+
+def _check_plan_dict(d: Any) -> None:
+    """Everything :meth:`Plan.from_dict` reads, checked before it builds anything."""
+    if not isinstance(d, dict):
+        raise PlanError(f"a plan is a JSON object, this is {_json_type(d)}")
+    version = d.get("version")
+    if "version" not in d:
+        raise PlanError("version: missing (not a proxytune plan?)")
+    if not _is_int(version) or version != PLAN_VERSION:
+        raise PlanError(f"version: plan version {version!r} is not supported (expected {PLAN_VERSION})")
+    _check_fields(d, _PLAN_FIELDS, "plan", _PLAN_REQUIRED)
+    for key, valid in _PLAN_CHOICES.items():
+        if d[key] not in valid:
+            raise PlanError(f"plan.{key}: unknown {key} {d[key]!r}; valid: {', '.join(valid)}")
+    for name, t in d["tensors"].items():
+        where = f"tensors[{name!r}]"
+        _check_fields(t, _TENSOR_FIELDS, where, _TENSOR_REQUIRED)
+        if t["name"] != name:
+            raise PlanError(f"{where}.name: {t['name']!r} differs from its key")
+    for i, r in enumerate(d.get("attention", [])):
+        _check_attention_record(r, f"attention[{i}]")
+    for i, r in enumerate(d.get("residual", [])):
+        _check_fields(r, _RESIDUAL_FIELDS, f"residual[{i}]", ("module", "scales"))
+        if len(r["scales"]) != 2:
+            raise PlanError(f"residual[{i}].scales: expected two numbers (attention, MLP), got {len(r['scales'])}")
+    for i, r in enumerate(d.get("backward", [])):
+        where = f"backward[{i}]"
+        _check_fields(r, _BACKWARD_FIELDS, where, ("module", "kind"))
+        needs = {"logits": "vocab", "input": "factor"}.get(r["kind"])
+        if needs is None:
+            raise PlanError(f"{where}.kind: expected 'logits' or 'input', got {r['kind']!r}")
+        if needs not in r:
+            raise PlanError(f"{where}.{needs}: missing")
+    m = d.get("multipliers") or {}
+    for key in ("lr", "init"):
+        if key in m and not isinstance(m[key], dict):
+            raise PlanError(f"multipliers.{key}: expected an object of role -> number, got {_json_type(m[key])}")
+
+
+def _adapter_for(record: dict[str, Any], where: str, passed: Sequence[AttentionAdapter]) -> AttentionAdapter | None:
+    """The adapter a checked attention record names: one the caller passed with that name and the saved
+    settings, else a built-in rebuilt from its checked settings, else None (a user adapter not passed).
+    Nothing the record says is imported or called."""
+    name, ref = record["adapter"], record.get("adapter_class")
+    state = record.get("adapter_state") or {}
+    same_name = [a for a in passed if a.name == name]
+    for a in same_name:
+        saved = check_adapter_state(type(a), state, f"{where}.adapter_state")
+        own = _declared_state(a, where)
+        if all(own.get(k) == v for k, v in saved.items()):  # the passed object agrees with what was saved
+            return a
+    cls = BUILTIN_ADAPTERS.get(name) if ref is None else _BUILTIN_PATHS.get(ref)
+    if cls is not None and cls.name != name:
+        raise PlanError(f"{where}.adapter: {name!r} is not the name of {ref} ({cls.name!r})")
+    if cls is not None:
+        return cls(**check_adapter_state(cls, state, f"{where}.adapter_state"))
+    if same_name:
+        raise PlanError(f"{where}.adapter_state: the plan saved {name!r} with {state}, the adapter passed for it "
+                        f"has {_declared_state(same_name[0], where)}; pass one built with the saved settings")
+    return None
+
+
+def _declared_state(adapter: AttentionAdapter, where: str) -> dict[str, Any]:
+    """``adapter``'s declared settings, checked against its own ``STATE_FIELDS``."""
+    try:
+        state = {k: getattr(adapter, k) for k in getattr(type(adapter), "STATE_FIELDS", {})}
+    except AttributeError as e:
+        raise PlanError(f"{where}: adapter {type(adapter).__name__} lacks a field its STATE_FIELDS declares ({e})") \
+            from None
+    return check_adapter_state(type(adapter), state, f"{where}: {type(adapter).__name__}")
+
+
+def _missing_adapter(record: dict[str, Any], where: str) -> PlanError:
+    name, ref = record["adapter"], record.get("adapter_class")
+    field_name, what = ("adapter_class", ref) if ref is not None else ("adapter", name)
+    cls = (ref or "MyAdapter").rpartition(":")[2].rpartition(".")[2] or "MyAdapter"
+    return PlanError(f"{where}.{field_name}: {what!r} (for module {record['module']!r}) is not a built-in proxytune "
+                     "adapter, and a plan file is data: it never imports code. Pass the adapter object named "
+                     f"{name!r}: Plan.load(path, attention=[{cls}(...)]) or plan.apply(model, attention=[{cls}(...)])")
 
 
 def _std(t: torch.Tensor) -> float:
@@ -167,6 +358,29 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
     return inner.get_submodule(name) if name else inner
 
 
+_ABSENT = object()
+
+
+def _find_module(model: nn.Module, name: str, where: str) -> nn.Module:
+    """``_submodule`` for a name read from a plan: a missing module is a :class:`PlanError` naming the field."""
+    try:
+        return _submodule(model, name)
+    except AttributeError:
+        raise PlanError(f"{where}: the model has no module {name!r}") from None
+
+
+def _check_passed(adapters: Any) -> list[AttentionAdapter]:
+    """The caller's ``attention=`` adapters: objects, not classes (a class is a common slip)."""
+    if isinstance(adapters, AttentionAdapter) or not isinstance(adapters, Iterable):
+        raise PlanError("attention: expected a list of adapter objects, e.g. attention=[MyAdapter()]")
+    out = list(adapters)
+    for a in out:
+        if not isinstance(a, AttentionAdapter):
+            hint = f"; pass an instance, {a.__name__}()" if isinstance(a, type) else ""
+            raise PlanError(f"attention: {a!r} is not an AttentionAdapter object{hint}")
+    return out
+
+
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     """The module and attribute behind a canonical parameter name."""
     mod_name, _, attr = name.rpartition(".")
@@ -202,8 +416,8 @@ class Plan:
     def __post_init__(self) -> None:
         self._model: nn.Module | None = None
         # the adapter objects that found each attention site (user adapters included), in ``attention``'s order;
-        # a loaded plan rebuilds them from the records
-        self._adapters: list[AttentionAdapter] = []
+        # a loaded plan holds the built-ins it rebuilt by name and those its caller passed, None for the rest
+        self._adapters: list[AttentionAdapter | None] = []
 
     # ----------------------------------------------------------------- data
     def to_dict(self) -> dict[str, Any]:
@@ -219,30 +433,58 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Plan":
-        if d.get("version") != PLAN_VERSION:
-            raise PlanError(f"plan version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
-        return cls(
+    def from_dict(cls, d: Any, *, attention: Sequence[AttentionAdapter] = ()) -> "Plan":
+        """Rebuild a plan from :meth:`to_dict`'s output. Every field is checked (a :class:`PlanError` names the
+        one that is missing, unknown or of the wrong type) and nothing in ``d`` is imported or called: the
+        attention adapters are the built-in ones named by the records, or those passed in ``attention`` (see
+        :meth:`load`)."""
+        _check_plan_dict(d)
+        passed = _check_passed(attention)
+        try:
+            multipliers = Multipliers.from_dict(d.get("multipliers"))
+        except (ValueError, TypeError) as e:
+            raise PlanError(f"multipliers: {e}") from None
+        plan = cls(
             recipe=d["recipe"], optimizer_name=d["optimizer"], mode=d["mode"], alignment=d["alignment"],
             weight_decay_policy=d["weight_decay_policy"], muon_scale_mode=d["muon_scale"],
-            tensors={k: TensorPlan.from_dict(v) for k, v in d["tensors"].items()},
+            tensors={k: TensorPlan.from_dict(v, f"tensors[{k!r}]") for k, v in d["tensors"].items()},
             attention=list(d.get("attention", [])), notes=list(d.get("notes", [])),
-            multipliers=Multipliers.from_dict(d.get("multipliers")), residual=list(d.get("residual", [])),
-            backward=list(d.get("backward", [])))
+            multipliers=multipliers, residual=list(d.get("residual", [])), backward=list(d.get("backward", [])))
+        plan._adapters = [_adapter_for(r, f"attention[{i}]", passed) for i, r in enumerate(plan.attention)]
+        return plan
 
     def save(self, path: str | Path) -> None:
         """Write the plan as JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
-        """Read a plan written by :meth:`save`."""
+    def load(cls, path: str | Path, *, attention: Sequence[AttentionAdapter] = ()) -> "Plan":
+        """Read a plan written by :meth:`save`.
+
+        A plan file is data: loading it never imports a module or calls anything it names. An attention site
+        found by a built-in adapter is rebuilt from the adapter's registered name and its declared settings
+        (``STATE_FIELDS``), which are checked. A site found by your own adapter needs that adapter object, given
+        here or to :meth:`apply` (``attention=[MyAdapter()]``, as for :func:`parameterize`); it is matched by its
+        ``name`` and settings. A malformed file raises :class:`PlanError` naming the field."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise PlanError(f"no plan file at {str(path)!r}") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"{str(path)!r} is not a proxytune plan: {exc}") from None
+        except UnicodeDecodeError as e:
+            raise PlanError(f"{str(path)!r} is not a proxytune plan: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise PlanError(f"cannot read the plan file {str(path)!r}: {e.strerror or e}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{str(path)!r} is not a proxytune plan: invalid JSON at line {e.lineno} column "
+                            f"{e.colno} ({e.msg}); the file is truncated or garbled") from None
+        except RecursionError:
+            raise PlanError(f"{str(path)!r} is not a proxytune plan: its JSON is nested too deeply") from None
+        try:
+            return cls.from_dict(data, attention=attention)
+        except PlanError as e:
+            raise PlanError(f"{str(path)!r}: {e}") from None
 
     def bind(self, model: nn.Module) -> "Plan":
         """Remember ``model`` so ``optimizer()`` needs no ``model=`` argument."""
@@ -271,11 +513,18 @@ class Plan:
             raise PlanError(msg)
         return params
 
-    def apply(self, model: nn.Module, *, reinit: bool = True) -> nn.Module:
+    def apply(self, model: nn.Module, *, reinit: bool = True,
+              attention: Sequence[AttentionAdapter] | None = None) -> nn.Module:
         """Re-initialize ``model`` with the planned std and install the forward
         multipliers the plan's mode needs. Call it once, on a freshly built
         target (the init is rescaled relative to the model's own), before
         wrapping it in DDP or ``torch.compile``.
+
+        ``attention`` gives the user adapters a loaded plan needs (see
+        :meth:`load`); they take precedence over those it already holds.
+        Everything the plan names (tensors, modules, the attributes its
+        adapters set) is checked against the model before anything is
+        changed, and a mismatch raises :class:`PlanError`.
 
         Applying the same plan (or an equal one, e.g. saved and loaded) to a
         model it was already applied to changes nothing; applying a different
@@ -290,6 +539,8 @@ class Plan:
         if applied is not None:
             raise PlanError("this model was already parameterized by another plan: its init and forward multipliers "
                             "would stack. Build a fresh model and apply this plan to it.")
+        adapters = self._attention_adapters(attention)
+        self._check_targets(model, params, adapters)
         if reinit:
             with torch.no_grad():
                 for name, tp in self.tensors.items():
@@ -323,8 +574,7 @@ class Plan:
                     add_input_multiplier(mod, tp.readout_multiplier * sc.multiplier)
                 else:
                     add_multiplier(mod, attr, tp.readout_multiplier * sc.multiplier)
-        for i, site in enumerate(self.attention):  # a query projection's install is a no-op: folded above
-            adapter = self._adapters[i] if i < len(self._adapters) else _adapter_from_ref(site)
+        for adapter, site in zip(adapters, self.attention):  # a query projection's install is a no-op: folded above
             adapter.install(_submodule(model, site["module"]), AttentionSite(**site["site"]), site["factor"])
         for r in self.residual:
             setattr(_submodule(model, r["module"]), RESIDUAL_ATTR, tuple(r["scales"]))
@@ -345,6 +595,66 @@ class Plan:
         setattr(model, APPLIED_ATTR, key)
         self._model = model
         return model
+
+    def _attention_adapters(self, passed: Sequence[AttentionAdapter] | None) -> list[AttentionAdapter]:
+        """The adapter of every attention record: one of ``passed`` where it fits, else the one the plan holds;
+        a record with neither raises :class:`PlanError` saying how to pass it."""
+        extra = _check_passed(passed or ())
+        out: list[AttentionAdapter] = []
+        for i, record in enumerate(self.attention):
+            where = f"attention[{i}]"
+            held = self._adapters[i] if i < len(self._adapters) else None
+            found = _adapter_for(record, where, extra) if extra or held is None else None
+            # a passed adapter replaces the held one; a built-in rebuilt again would only duplicate it
+            adapter = found if held is None or any(found is a for a in extra) else held
+            if adapter is None:
+                raise _missing_adapter(record, where)
+            out.append(adapter)
+        return out
+
+    def _check_targets(self, model: nn.Module, params: dict[str, nn.Parameter],
+                       adapters: Sequence[AttentionAdapter]) -> None:
+        """Everything ``apply`` will change, found in ``model`` first, so that a plan naming something the model
+        lacks (or an attribute that is not a plain number) fails before the model is touched."""
+        for name, tp in self.tensors.items():
+            if tp.readout_use is not None and tp.readout_use not in params:
+                raise PlanError(f"tensors[{name!r}].readout_use: the model has no parameter {tp.readout_use!r}")
+            if tp.lookup_module is not None:
+                _find_module(model, tp.lookup_module, f"tensors[{name!r}].lookup_module")
+        for i, (adapter, r) in enumerate(zip(adapters, self.attention)):
+            where = f"attention[{i}]"
+            mod = _find_module(model, r["module"], f"{where}.module")
+            site = r["site"]
+            for field_name, kind in getattr(type(adapter), "STATE_FIELDS", {}).items():
+                if kind is not AttributeName:
+                    continue
+                # the adapter sets this attribute: it must be one the module already keeps a number in
+                attr = getattr(adapter, field_name)
+                current = getattr(mod, attr, _ABSENT)
+                number = (isinstance(current, numbers.Real) and not isinstance(current, bool)) or (
+                    isinstance(current, torch.Tensor) and current.numel() == 1)
+                if not (current is None or number):
+                    raise PlanError(f"{where}.adapter_state.{field_name}: module {r['module']!r} has no number "
+                                    f"attribute {attr!r} for adapter {adapter.name!r} to set")
+            if isinstance(adapter, ScaleAttribute) and not _is_num(site.get("value")):
+                raise PlanError(f"{where}.site.value: adapter {adapter.name!r} needs the scale to set, got "
+                                f"{site.get('value')!r}")
+            if isinstance(adapter, MultiheadAttention) and not isinstance(mod, nn.MultiheadAttention):
+                raise PlanError(f"{where}.module: {r['module']!r} is a {type(mod).__name__}, not the "
+                                "nn.MultiheadAttention adapter 'torch-mha' expects")
+            if isinstance(adapter, QueryRows):
+                if site.get("rows") is None or not site.get("row_params"):
+                    raise PlanError(f"{where}.site: adapter 'query-rows' needs rows and row_params")
+                for rel in site["row_params"]:
+                    full = f"{r['module']}.{rel}" if r["module"] else rel
+                    if full not in params:
+                        raise PlanError(f"{where}.site.row_params: the model has no parameter {full!r}")
+        for i, r in enumerate(self.residual):
+            mod = _find_module(model, r["module"], f"residual[{i}].module")
+            if not hasattr(mod, RESIDUAL_ATTR):
+                raise PlanError(f"residual[{i}].module: {r['module']!r} has no {RESIDUAL_ATTR} attribute to set")
+        for i, r in enumerate(self.backward):
+            _find_module(model, r["module"], f"backward[{i}].module")
 
     def forward_state(self) -> list[str]:
         """What this plan puts in the forward pass that the weights do not carry (an attention scale set as an
@@ -1236,31 +1546,8 @@ def _unit_backward(tensors: dict[str, TensorPlan], target: nn.Module, modules: d
 
 
 def _adapter_ref(adapter: AttentionAdapter) -> dict[str, Any]:
-    """How to rebuild ``adapter`` from a saved plan: its class and its plain attributes (e.g. the scale
-    attribute's name). Built-in adapters and user adapters importable by module path both round-trip."""
+    """What a saved plan records of ``adapter`` (beside its ``name``): its class, as a label for messages (a
+    loaded plan never imports it), and its declared settings (``STATE_FIELDS``), checked, and nothing else."""
     cls = type(adapter)
-    state = {k: v for k, v in vars(adapter).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    return {"adapter_class": f"{cls.__module__}:{cls.__qualname__}", "adapter_state": state}
-
-
-def _adapter_from_ref(site: dict[str, Any]) -> AttentionAdapter:
-    ref = site.get("adapter_class")
-    if ref is None:  # a plan saved before adapters were recorded: the built-in of that name
-        builtin = {a.name: a for a in DEFAULT_ADAPTERS}.get(site["adapter"])
-        if builtin is None:
-            raise PlanError(f"attention {site['module']!r}: adapter {site['adapter']!r} is not built in and the plan "
-                            "does not say how to rebuild it; parameterize the model again with attention=[...]")
-        return builtin
-    import importlib
-
-    mod_name, _, qual = ref.partition(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-        for part in qual.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise PlanError(f"attention {site['module']!r}: cannot import its adapter {ref} ({e}); import the module "
-                        "that defines it, or parameterize the model again with attention=[...]") from None
-    adapter = obj.__new__(obj)
-    adapter.__dict__.update(site.get("adapter_state") or {})
-    return adapter
+    return {"adapter_class": f"{cls.__module__}:{cls.__qualname__}",
+            "adapter_state": _declared_state(adapter, f"attention adapter {adapter.name!r}")}

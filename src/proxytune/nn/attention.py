@@ -26,16 +26,22 @@ of a fused projection that is split after one matmul (:class:`QueryRows`).
 
 Write your own by subclassing :class:`AttentionAdapter`: ``match`` returns an
 :class:`AttentionSite` for a module it handles (or None), ``install`` changes
-the module for a given factor.
+the module for a given factor. A saved plan records an adapter by its ``name``
+and the settings it declares in ``STATE_FIELDS``, never as code to import: a
+loaded plan finds the built-in adapters by name (:data:`BUILTIN_ADAPTERS`) and
+takes any other from its caller (``Plan.load(path, attention=[MyAdapter()])``).
 """
 
 from __future__ import annotations
 
+import keyword
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
 
 from torch import nn
 
+from ..errors import PlanError
 from .multipliers import add_multiplier
 
 _HEAD_ATTRS = ("num_heads", "n_head", "n_heads", "num_attention_heads", "nheads", "n_heads_q")
@@ -79,10 +85,63 @@ class AttentionSite:
     rows_dim: int = 0  # QueryRows: the weight's output dimension (1 for a raw (in, out) matrix used as x @ W)
 
 
+class AttributeName(str):
+    """A ``STATE_FIELDS`` type: the name of an attribute the adapter sets on the attention module (one that
+    already holds a number or None). Only a plain public identifier is accepted (no ``_``-prefixed or dunder
+    name, no keyword), so a saved plan cannot point an adapter at a module's internals."""
+
+
+def is_attribute_name(value: Any) -> bool:
+    """Whether ``value`` is acceptable as an :class:`AttributeName`."""
+    return (isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value)
+            and not value.startswith("_"))
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               type(None): "null", AttributeName: "a public attribute name (an identifier not starting with '_')"}
+
+
+def _state_value_ok(value: Any, kind: type) -> bool:
+    if kind is AttributeName:
+        return is_attribute_name(value)
+    if kind is float:  # JSON writes 2.0 as 2.0 but a hand-written plan may say 2
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_adapter_state(adapter_cls: type, state: Any, where: str = "adapter_state") -> dict[str, Any]:
+    """``state`` checked against ``adapter_cls.STATE_FIELDS``: a mapping of declared fields only, each of its
+    declared type (a type or a tuple of types). Returns it as a dict; raises :class:`PlanError` naming the field
+    (``where`` is prefixed to it) otherwise."""
+    if not isinstance(state, Mapping):
+        raise PlanError(f"{where}: expected an object of the adapter's settings, got {type(state).__name__}")
+    declared: Mapping[str, Any] = getattr(adapter_cls, "STATE_FIELDS", {})
+    unknown = sorted(map(str, set(state) - set(declared)))
+    if unknown:
+        valid = ", ".join(declared) or "none"
+        raise PlanError(f"{where}.{unknown[0]}: {adapter_cls.__name__} declares no such field (its STATE_FIELDS: "
+                        f"{valid})")
+    for key, value in state.items():
+        kinds = declared[key] if isinstance(declared[key], tuple) else (declared[key],)
+        if not any(_state_value_ok(value, k) for k in kinds):
+            want = " or ".join(_TYPE_WORDS.get(k, k.__name__) for k in kinds)
+            raise PlanError(f"{where}.{key}: expected {want}, got {value!r:.80}")
+    return dict(state)
+
+
 class AttentionAdapter:
-    """Base class: find attention modules and apply the logit factor."""
+    """Base class: find attention modules and apply the logit factor.
+
+    ``STATE_FIELDS`` declares the settings a saved plan records (``{"attr": AttributeName}`` for an attribute
+    the adapter sets; ``str``, ``int``, ``float``, ``bool`` or ``type(None)``, or a tuple of them, otherwise):
+    :func:`proxytune.plan.parameterize` saves those attributes of the adapter and nothing else, and a loaded
+    plan refuses settings the adapter's class does not declare. A built-in adapter is rebuilt from them as
+    ``cls(**state)``."""
 
     name = "adapter"
+    STATE_FIELDS: ClassVar[Mapping[str, Any]] = {}
 
     def match(self, name: str, module: nn.Module, base_module: nn.Module) -> AttentionSite | None:
         raise NotImplementedError
@@ -95,8 +154,12 @@ class ScaleAttribute(AttentionAdapter):
     """Modules with a scale attribute used as the SDPA ``scale`` argument."""
 
     name = "scale-attribute"
+    STATE_FIELDS: ClassVar[Mapping[str, Any]] = {"attr": AttributeName}
 
     def __init__(self, attr: str = "attn_scale") -> None:
+        if not is_attribute_name(attr):
+            raise PlanError(f"{type(self).__name__}: attr must be a public attribute name (an identifier not "
+                            f"starting with '_'), got {attr!r}")
         self.attr = attr
 
     def match(self, name, module, base_module):
@@ -202,3 +265,7 @@ class QueryRows(AttentionAdapter):
 
 DEFAULT_ADAPTERS: tuple[AttentionAdapter, ...] = (ScaleAttribute(), MultiheadAttention(), QueryProjection(),
                                                   ScalingAttribute(), ScalingAttribute("inv_norm_factor"))
+
+#: the built-in adapter classes by ``name``: all a loaded plan rebuilds by itself (anything else its caller passes)
+BUILTIN_ADAPTERS: dict[str, type[AttentionAdapter]] = {
+    cls.name: cls for cls in (ScaleAttribute, MultiheadAttention, QueryProjection, ScalingAttribute, QueryRows)}
