@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from proxytune.cli import app
 from proxytune.sweep import Sweep, SweepConfigError
-from proxytune.sweep.journal import FlockLock, JournalRepairWarning, repair_tail
+from proxytune.sweep.journal import FlockLock, JournalRepairWarning, NotAJournal, repair_tail
 from proxytune.sweep.store import open_storage
 from sweep_helpers import completes_per_point
 
@@ -161,8 +161,10 @@ def test_repair_tail_leaves_a_clean_file_alone(tmp_path):
     done = repair_tail(str(path))
     assert done == {"offset": 9, "bytes": 6, "side_file": f"{path}.torn-9"}
     assert path.read_bytes() == b'{"a": 1}\n' and Path(done["side_file"]).read_bytes() == b'{"b": '
-    path.write_bytes(b'{"b": ')  # a torn first record
-    assert repair_tail(str(path))["offset"] == 0 and path.read_bytes() == b""
+    path.write_bytes(b'{"b": ')  # a torn first record: a repair never moves the whole file aside
+    with pytest.raises(NotAJournal, match="not a proxytune journal"):
+        repair_tail(str(path))
+    assert path.read_bytes() == b'{"b": '
 
 
 @pytest.mark.parametrize("storage, needle", [

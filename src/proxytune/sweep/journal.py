@@ -19,6 +19,12 @@ on real machines:
 A record that is not valid JSON *before* the last line is real corruption
 (not a torn write): reading refuses it with the byte offset and the command
 that cuts the journal there.
+
+Nothing is cut before the file is known to be a journal: its first line must
+be a journal record (a JSON object with an ``op_code``, what Optuna writes
+first), so a database or text file given as ``storage:`` by mistake is refused
+untouched. No repair ever cuts at byte 0 (that would move the whole file
+aside, keeping nothing).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 import warnings
 from collections.abc import Generator
 from pathlib import Path
@@ -38,7 +45,12 @@ from optuna.storages.journal import JournalFileBackend
 from .errors import StorageFull
 
 LOCK_SUFFIX = ".flock"
+JOURNAL_NAME = "trials.journal"  # the sweep's own journal in its run folder
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_RECORD_START = b'{"op_code"'  # how Optuna's records begin (json.dumps of a dict whose first key is op_code)
+_FIRST_LINE_MAX = 1 << 20  # a first record (creating a study) is short; a longer "line" is not a journal's
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+_URL_FORMS = "sqlite:///path/to/file.db, postgresql://user@host/db"
 
 
 class JournalRepairWarning(UserWarning):
@@ -49,34 +61,124 @@ class JournalCorrupt(ValueError):
     """A journal record before the last one is not valid: the message names the byte offset."""
 
 
+class NotAJournal(ValueError):
+    """The file is not a journal proxytune may write to or repair (the one-line message says why and what to do)."""
+
+
 class FlockLock:
-    """An exclusive ``flock`` on ``<journal>.flock``; released by the kernel when its holder dies."""
+    """An exclusive ``flock`` on ``<journal>.flock``; released by the kernel when its holder dies.
+
+    Re-entrant for the thread that holds it, so opening a sweep can hold it around Optuna calls that append
+    (and take it again). Other threads of this process wait on a mutex first: they would share the fd.
+    """
 
     def __init__(self, journal: str) -> None:
         self.path = journal + LOCK_SUFFIX
         self._fd: int | None = None
+        self._owner: int | None = None
+        self._depth = 0
+        self._mutex = threading.Lock()
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return True
+        self._mutex.acquire()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except PermissionError:
+                fd = os.open(self.path, os.O_RDONLY)  # a read-only lock file (a copied run folder) locks as well
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
         except BaseException:
-            os.close(fd)
+            self._mutex.release()
             raise
-        self._fd = fd
+        self._fd, self._owner, self._depth = fd, me, 1
         return True
 
     def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
+        if self._fd is None or self._owner != threading.get_ident():
+            return
+        self._depth -= 1
+        if self._depth:
+            return
+        fd, self._fd, self._owner = self._fd, None, None
+        try:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+        finally:
+            self._mutex.release()
+
+
+def _first_line(path: str) -> tuple[int, bytes]:
+    """(file size, its first line, newline included when there is one; at most _FIRST_LINE_MAX bytes)."""
+    with open(path, "rb") as fh:
+        return os.fstat(fh.fileno()).st_size, fh.readline(_FIRST_LINE_MAX)
+
+
+def _is_record(line: bytes, *, strict: bool = True) -> bool:
+    """A whole journal record: a JSON object on one line (``strict``: with Optuna's ``op_code``)."""
+    if not line.endswith(b"\n"):
+        return False
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(rec, dict) and ("op_code" in rec or not strict)
+
+
+def _torn_first(path: str, size: int) -> str:
+    return (f"the journal {path} holds only an incomplete first record ({size} bytes, a first write cut short), so "
+            f"no trials; nothing was changed: delete it to start the sweep afresh")
+
+
+def not_a_journal(path: str, head: bytes) -> str:
+    """The one-line refusal for an existing file at ``path`` (beginning with ``head``) that is not a journal."""
+    if head.startswith(SQLITE_MAGIC):
+        return (f"storage {path} is a SQLite database, not a proxytune journal; nothing was written to it. To keep "
+                f"the sweep in this database, write storage: sqlite:///{os.path.abspath(path)}")
+    return (f"storage {path} is not a proxytune journal (its first line is not a journal record); nothing was "
+            f"written to it. Give a path for a new journal file, or a database URL ({_URL_FORMS})")
+
+
+def journal_problem(path: str) -> tuple[str, str | None]:
+    """What the file at ``path`` is, reading only: ``(kind, refusal)``.
+
+    kind: ``missing``, ``journal``, ``empty`` (one proxytune made: the sweep's own ``trials.journal``, or one with
+    its ``.flock`` beside it, left so by a first start that was interrupted), ``torn-first`` (only an incomplete
+    first record: a first write cut short, or being written right now) or ``foreign``. refusal: the one-line
+    message when it must not be used as a journal, else None (``torn-first`` has one too: callers that hold the
+    lock decide).
+    """
+    try:
+        size, line = _first_line(path)
+    except FileNotFoundError:
+        return "missing", None
+    if size == 0:
+        if os.path.basename(path) == JOURNAL_NAME or os.path.exists(path + LOCK_SUFFIX):
+            return "empty", None
+        return "foreign", (f"storage {path} is an empty file that proxytune did not create; nothing was written to "
+                           f"it. Give a path for a new journal file (proxytune creates it), or a database URL "
+                           f"({_URL_FORMS})")
+    if _is_record(line):
+        return "journal", None
+    if not line.endswith(b"\n") and len(line) == size and (line.startswith(_RECORD_START)
+                                                             or _RECORD_START.startswith(line)):
+        return "torn-first", _torn_first(path, size)
+    return "foreign", not_a_journal(path, line)
 
 
 def repair_tail(path: str) -> dict[str, Any] | None:
     """Cut a torn last record off the journal at ``path`` (call with the lock held).
 
-    Returns what was done (``offset``, ``bytes``, ``side_file``), or None when the file ends cleanly.
+    Returns what was done (``offset``, ``bytes``, ``side_file``), or None when the file ends cleanly. Raises
+    :class:`NotAJournal`, changing nothing, when the cut would keep no record (it starts at byte 0) or the first
+    line is not a record.
     """
     try:
         size = os.path.getsize(path)
@@ -102,6 +204,15 @@ def repair_tail(path: str) -> dict[str, Any] | None:
                 start = read_from + nl + 1
                 break
             pos = read_from
+        if start == 0:  # cutting here would keep nothing: not a torn tail but a file with no record in it
+            fh.seek(0)
+            head = fh.read(_FIRST_LINE_MAX)
+            looks_ours = head.startswith(_RECORD_START) or _RECORD_START.startswith(head)
+            raise NotAJournal(_torn_first(path, size) if looks_ours else not_a_journal(path, head))
+        fh.seek(0)
+        first = fh.readline(_FIRST_LINE_MAX)
+        if not _is_record(first, strict=False):  # lines, but not JSON records: not a journal, leave it whole
+            raise NotAJournal(not_a_journal(path, first))
         fh.seek(start)
         torn = fh.read(end - start)
         side: str | None = f"{path}.torn-{start}"
@@ -143,6 +254,9 @@ def find_corruption(path: str) -> tuple[int, int] | None:
 
 
 def corrupt_message(path: str, offset: int, line: int) -> str:
+    if offset == 0:  # a cut here would keep nothing: never offer it
+        return (f"the journal {path} is corrupt at byte 0 (its first record): no record before it can be kept, so "
+                f"proxytune cannot repair it; restore it from a copy, or run the sweep under a new name or storage")
     return (f"the journal {path} is corrupt at byte {offset} (record {line}), before its last record: this is "
             f"not a torn write. To keep the {line - 1} records before it and drop the rest (a copy is kept), run: "
             f"proxytune repair {Path(path).parent} --cut-at {offset}")
@@ -153,9 +267,17 @@ class SafeJournalBackend(JournalFileBackend):
     corrupt record."""
 
     def __init__(self, path: str) -> None:
+        if not os.path.exists(path):
+            # The lock file first: an empty journal with its .flock beside it is known to be proxytune's own
+            # (an interrupted first start), an empty file without one is not.
+            os.close(os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644))
         super().__init__(path, lock_obj=FlockLock(path))  # type: ignore[arg-type] - acquire/release is all it needs
         self.path = path
         self.repairs: list[dict[str, Any]] = []
+
+    @property
+    def lock(self) -> FlockLock:
+        return self._lock  # type: ignore[return-value] - set in __init__
 
     def repair(self) -> dict[str, Any] | None:
         """Cut a torn tail now (taking the lock); returns what was done (the caller reports it)."""
@@ -235,7 +357,15 @@ def remove_legacy_lock(path: str) -> bool:
 
 def cut_journal(path: str, offset: int) -> dict[str, Any]:
     """``proxytune repair --cut-at``: keep the journal's bytes before ``offset`` (a record boundary), move the
-    rest to a side file."""
+    rest to a side file. Never at byte 0 (that keeps nothing), never in a file that is not a journal."""
+    kind, refusal = journal_problem(path)
+    if kind == "missing":
+        raise ValueError(f"there is no journal at {path}")
+    if kind != "journal":
+        raise NotAJournal(refusal or f"the journal {path} is empty: there is nothing to repair")
+    if offset == 0:
+        raise NotAJournal(f"--cut-at 0 would move the whole journal {path} aside and keep no record; nothing was "
+                          "changed. Give the offset of a later record, or run the sweep under a new name")
     lock = FlockLock(path)
     lock.acquire()
     try:

@@ -23,6 +23,7 @@ by a running trial with a lower number, steps aside (``status="duplicate"``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,11 @@ def open_storage(url: str, *, reconnect_timeout: float = 600.0, wait: bool = Fal
             raise
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary; the message is what matters
             # Two processes creating the schema of a fresh database at once: one loses a CREATE race
-            # (PostgreSQL: a unique violation on pg_type). The schema exists after that, so try again.
+            # (PostgreSQL: a unique violation on pg_type; SQLite: on alembic_version, or the file is locked
+            # meanwhile). The schema exists after that, so try again.
             text = str(exc)
-            if attempt < 5 and ("UniqueViolation" in text or "already exists" in text):
+            if attempt < 5 and any(s in text for s in ("UniqueViolation", "already exists", "UNIQUE constraint failed",
+                                                       "database is locked")):
                 time.sleep(0.2 + 0.3 * attempt + random.random() * 0.3)
                 continue
             hint = " (is the server running and reachable?)" if is_connection_error(exc) else ""
@@ -104,14 +107,24 @@ def open_storage(url: str, *, reconnect_timeout: float = 600.0, wait: bool = Fal
 
 
 def _open_journal(url: str) -> optuna.storages.BaseStorage:
-    """The journal file at ``url`` (a path), checked and, when its last record is torn, repaired."""
+    """The journal file at ``url`` (a path), checked and, when its last record is torn, repaired.
+
+    An existing file is identified as a journal before anything writes to it (a repair included): a database or
+    text file given as ``storage:`` by mistake is refused untouched, no side file made beside it.
+    """
     from optuna.storages import JournalStorage
 
-    from .journal import JournalCorrupt, JournalRepairWarning, SafeJournalBackend, side_file_note, remove_legacy_lock
+    from .journal import (JournalCorrupt, JournalRepairWarning, NotAJournal, SafeJournalBackend, journal_problem,
+                          remove_legacy_lock, side_file_note)
 
     path = Path(url).resolve()
     if path.is_dir():
         raise SweepConfigError(f"storage {url!r} is a directory; give a file path (or leave storage unset)")
+    kind, refusal = journal_problem(str(path)) if path.exists() else ("missing", None)
+    if kind == "foreign":
+        raise SweepConfigError(refusal)
+    # ("torn-first": its first record may be being written right now; the repair below holds the lock and refuses
+    # it if it is still incomplete, cutting nothing.)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (OSError, PermissionError) as exc:
@@ -136,14 +149,17 @@ def _open_journal(url: str) -> optuna.storages.BaseStorage:
                           f"bytes, a write cut short by a crash; {side_file_note(done)}); {kept} finished "
                           "trials kept", JournalRepairWarning, stacklevel=2)
         return storage
-    except JournalCorrupt as exc:
+    except (JournalCorrupt, NotAJournal) as exc:
         raise SweepConfigError(str(exc)) from None
     except PermissionError as exc:
         raise SweepConfigError(f"storage {url!r}: {exc.strerror}: {exc.filename}") from None
 
 
 def check_writable(url: str) -> None:
-    """A sweep that will write its journal: refuse a read-only file or folder before any worker starts."""
+    """A sweep that will write its journal: refuse a read-only file or folder, or an existing file that is not a
+    journal, before any worker starts. Reads only."""
+    from .journal import journal_problem
+
     if "://" in url:
         return
     path = Path(url).resolve()
@@ -153,6 +169,10 @@ def check_writable(url: str) -> None:
         if p.exists() and not os.access(p, os.W_OK):
             raise SweepConfigError(f"storage {url!r}: {str(p)!r} is read-only; a sweep must write its results "
                                    "(make it writable, or copy the run folder somewhere writable)")
+    if path.exists():
+        _, refusal = journal_problem(str(path))
+        if refusal:
+            raise SweepConfigError(refusal)
     probe_folder(path.parent, f"storage {url!r}")
 
 
@@ -189,6 +209,108 @@ def existing_studies(url: str, storage: optuna.storages.BaseStorage | None = Non
     return [s.study_name for s in storage.get_all_studies()]
 
 
+@contextlib.contextmanager
+def _journal_lock(storage: optuna.storages.BaseStorage, url: str, create: bool) -> Iterator[None]:
+    """The journal's file lock, held while a sweep is looked up, created and its identity checked or recorded.
+
+    The storage is fresh, used by no other thread yet, so holding the lock across Optuna's calls (which take its
+    thread lock, then this lock again) cannot deadlock. A lock that cannot be taken at all (a read-only folder
+    with no lock file in it) is only an error for a sweep that would write: nobody can write there either."""
+    lock = storage._backend.lock  # type: ignore[attr-defined] - a SafeJournalBackend's
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if create:
+            raise SweepConfigError(f"storage {url!r}: cannot take its lock {lock.path}: {exc.strerror or exc}; a "
+                                   "sweep must write its results (make the folder writable)") from None
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+IDENTITY_WAIT_S = 5.0  # how long an opener waits for a sweep created a moment ago to get its identity recorded
+
+
+def _open_study(cfg: SweepConfig, storage: optuna.storages.BaseStorage, url: str, *, create: bool, sampler: Any,
+                pruner: Any) -> optuna.Study:
+    """Load (``create``: or create) the study of ``cfg`` and check, or record, its identity (a journal's caller
+    holds its lock)."""
+    file_store = "://" not in url
+    names = [s.study_name for s in storage.get_all_studies()]
+    if file_store and names and cfg.name not in names:
+        raise SweepConfigError(f"storage file {url!r} belongs to sweep {', '.join(names)!r}, not {cfg.name!r}; "
+                               "use another runs_dir or storage")
+    if cfg.name not in names:
+        if not create:
+            raise SweepConfigError(f"no sweep named {cfg.name!r} in {_redact(url)}")
+        try:
+            storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], cfg.name)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # a database: another process created it a moment ago; the identity decides whose it is
+    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner)
+    identity = cfg.identity()
+    stored = storage.get_study_user_attrs(study._study_id).get(IDENTITY_ATTR)
+    if stored is None and create:
+        stored = _claim_identity(storage, study._study_id, identity, url, cfg.executor.reconnect_timeout)
+    elif stored is None and not file_store:
+        stored = _await_identity(storage, study._study_id)
+    if stored is not None and stored != identity:
+        changes = _diff(stored, identity)
+        raise SweepConfigError(
+            f"sweep {cfg.name!r} in {_redact(url)} was run with a different configuration; its stored trials "
+            f"would not match: {'; '.join(changes)}. Restore these settings, or give the sweep a new name.")
+    return study
+
+
+def _claim_identity(storage: optuna.storages.BaseStorage, study_id: int, identity: Any, url: str,
+                    reconnect_timeout: float) -> Any:
+    """Record ``identity`` as the study's unless one is recorded already; returns the one that stands.
+
+    A study without one was created a moment ago, by this process or another (or by one that stopped before it
+    recorded it). A journal's caller holds the file lock, so a plain write is safe. A database gets an INSERT of
+    the attribute row: its unique key (study, key) lets exactly one of several processes win; the others read
+    the winner's."""
+    if "://" not in url:
+        storage.set_study_user_attr(study_id, IDENTITY_ATTR, identity)
+        return identity
+    from .reconnect import retry_connection
+
+    def insert() -> None:
+        from optuna.storages._rdb import models
+        from sqlalchemy import exc as sa_exc
+
+        session = storage.scoped_session()  # type: ignore[attr-defined] - an RDBStorage
+        try:
+            session.add(models.StudyUserAttributeModel(study_id=study_id, key=IDENTITY_ATTR,
+                                                       value_json=json.dumps(identity)))
+            session.commit()
+        except sa_exc.IntegrityError:
+            session.rollback()  # recorded first by another process: its identity stands
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    # A commit that reached the server before the connection dropped is retried into the IntegrityError: fine.
+    retry_connection(insert, what=_redact(url), timeout=reconnect_timeout)
+    return storage.get_study_user_attrs(study_id).get(IDENTITY_ATTR)
+
+
+def _await_identity(storage: optuna.storages.BaseStorage, study_id: int) -> Any:
+    """The identity of a database study opened without ``create``: one created a moment ago (no trials yet) may
+    not have it recorded yet, so wait a little for it. A study with trials and none is from before identities."""
+    deadline = time.monotonic() + IDENTITY_WAIT_S
+    while True:
+        stored = storage.get_study_user_attrs(study_id).get(IDENTITY_ATTR)
+        if stored is not None or time.monotonic() > deadline or storage.get_all_trials(study_id, deepcopy=False):
+            return stored
+        time.sleep(0.05)
+
+
 class SweepStore:
     """The trials of one sweep in one Optuna storage."""
 
@@ -212,33 +334,23 @@ class SweepStore:
         sweep whose identity (model, data, recipe, base, training settings)
         differs from ``cfg``, naming what changed. ``wait``: a database that
         does not answer is waited for (``executor.reconnect_timeout``).
+
+        Creating the study and recording its identity is one atomic step, so
+        of two different sweeps started at once under one name exactly one is
+        accepted: a journal does it all under its file lock, a database
+        records the identity with an insert its unique key lets only one
+        process win (:func:`_claim_identity`).
         """
         url = cfg.storage_url()
-        file_store = "://" not in url
-        storage = None
-        if not file_store:
-            storage = open_storage(url, reconnect_timeout=cfg.executor.reconnect_timeout, wait=wait)
-        names = existing_studies(url, storage)
-        if file_store and names and cfg.name not in names:
-            raise SweepConfigError(f"storage file {url!r} belongs to sweep {', '.join(names)!r}, not {cfg.name!r}; "
-                                   "use another runs_dir or storage")
-        if cfg.name not in names and not create:
-            raise SweepConfigError(f"no sweep named {cfg.name!r} in {_redact(url)}")
-        if storage is None:
-            storage = open_storage(url)
-        identity = cfg.identity()
-        if cfg.name in names:
-            study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner)
-            stored = study.user_attrs.get(IDENTITY_ATTR)
-            if stored is not None and stored != identity:
-                changes = _diff(stored, identity)
-                raise SweepConfigError(
-                    f"sweep {cfg.name!r} in {_redact(url)} was run with a different configuration; its stored trials "
-                    f"would not match: {'; '.join(changes)}. Restore these settings, or give the sweep a new name.")
+        if "://" not in url:
+            if not create and not Path(url).exists():
+                raise SweepConfigError(f"no sweep named {cfg.name!r} in {_redact(url)}")
+            storage = open_storage(url)  # (read here, unlocked: the locked part below reads only what is new)
+            with _journal_lock(storage, url, create):
+                study = _open_study(cfg, storage, url, create=create, sampler=sampler, pruner=pruner)
         else:
-            study = optuna.create_study(study_name=cfg.name, storage=storage, direction="minimize",
-                                        sampler=sampler, pruner=pruner, load_if_exists=True)
-            study.set_user_attr(IDENTITY_ATTR, identity)
+            storage = open_storage(url, reconnect_timeout=cfg.executor.reconnect_timeout, wait=wait)
+            study = _open_study(cfg, storage, url, create=create, sampler=sampler, pruner=pruner)
         return cls(cfg, study, storage)
 
     # --------------------------------------------------------------- trials
