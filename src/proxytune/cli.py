@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 import warnings
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -304,6 +308,54 @@ def _sweep_errors(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
+class _Stop(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to a command that runs sweeps: handled as Ctrl-C is (workers stopped, running trials
+    given back), with the signal's own exit status."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """While sweeps run, SIGTERM and SIGHUP stop them the way Ctrl-C does. SIGHUP goes through SIGTERM's handler,
+    the one the sweep's own code holds and watches (a trial being claimed, a function trial). Only the first
+    stop raises: a second one must not cut the hand-back short (kill -9 still ends it, and the workers then
+    stop on their own). Handlers can only be set in the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    state: dict[str, Any] = {"signum": None, "raised": False}
+
+    def on_hangup(signum: int, frame: Any) -> None:
+        state["signum"] = state["signum"] or signum
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        if not state["raised"]:
+            state["raised"] = True
+            raise _Stop(state["signum"] or signum)
+
+    saved = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term),
+             signal.SIGHUP: signal.signal(signal.SIGHUP, on_hangup)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _stopped(console: Any, exc: BaseException, again: str) -> typer.Exit:
+    """Say how to continue a stopped run; the exit status is 128 + the signal (130 for Ctrl-C)."""
+    try:
+        console.print(f"stopped; `{again}` continues", style="yellow", markup=False, highlight=False,
+                      soft_wrap=True)
+    except OSError:
+        pass  # the terminal is gone (SIGHUP): the exit status still tells
+    return typer.Exit(128 + getattr(exc, "signum", signal.SIGINT))
+
+
 def _status_tables(status: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
@@ -351,11 +403,10 @@ def _run_sweep(sweep: Any) -> None:
 
     with Live(Group(bar), console=console, refresh_per_second=4, transient=True) as live:
         try:
-            counts = sweep.run(on_poll=on_poll)
-        except KeyboardInterrupt:
-            console.print("[yellow]stopped: running trials were returned to the queue; "
-                          f"continue with: proxytune resume {sweep.cfg.run_dir}[/yellow]")
-            raise typer.Exit(130) from None
+            with _stop_signals():
+                counts = sweep.run(on_poll=on_poll)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the running trials were given back
+            raise _stopped(console, exc, f"proxytune resume {sweep.cfg.run_dir}") from None
     for table in _status_tables({"counts": counts, "best": best_per_group(sweep.records())}):
         console.print(table)
     console.print(f"results: {sweep.cfg.run_dir}  (proxytune status / export {sweep.cfg.run_dir})")
@@ -375,11 +426,15 @@ def sweep(
     batch: Optional[int] = typer.Option(None, help="trials trained together per worker (1 = off)"),
     check: bool = typer.Option(False, "--check", help="check the file, its data, model shapes and devices; run "
                                                       "nothing and write nothing"),
+    accept_data_change: bool = typer.Option(False, "--accept-data-change",
+                                            help="go on although the data file changed since the sweep started "
+                                                 "(its trials then mix two versions of the data)"),
 ) -> None:
     """Run (or continue) the sweep described in CONFIG: progress bar and live table of the best trials."""
     from .sweep import Sweep
 
     sw = _sweep_errors(lambda: Sweep.from_yaml(config).with_executor(workers=workers, threads=threads, batch=batch))
+    sw.accept_data_change = accept_data_change
     if check:
         _sweep_errors(sw.check)
         typer.echo(f"{config}: ok ({sw.cfg.strategy.kind} sweep {sw.cfg.name!r} -> {sw.cfg.run_dir})")
@@ -417,11 +472,15 @@ def resume(
     workers: Optional[int] = typer.Option(None, help="worker processes"),
     threads: Optional[int] = typer.Option(None, help="torch threads per worker"),
     batch: Optional[int] = typer.Option(None, help="trials trained together per worker"),
+    accept_data_change: bool = typer.Option(False, "--accept-data-change",
+                                            help="go on although the data file changed since the sweep started "
+                                                 "(its trials then mix two versions of the data)"),
 ) -> None:
     """Continue a sweep after a crash, kill or reboot: finished trials are kept, lost ones re-run."""
     from .sweep import Sweep
 
     sw = _sweep_errors(lambda: Sweep.open(run_dir).with_executor(workers=workers, threads=threads, batch=batch))
+    sw.accept_data_change = accept_data_change
     _sweep_errors(lambda: _run_sweep(sw))
 
 
@@ -674,14 +733,14 @@ def tune(
         return result
 
     try:
-        if plain is not None:
-            result = _sweep_errors(run)
-        else:
-            with progress:
+        with _stop_signals():
+            if plain is not None:
                 result = _sweep_errors(run)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]stopped: finished trials are kept; continue with: proxytune tune {config}[/yellow]")
-        raise typer.Exit(130) from None
+            else:
+                with progress:
+                    result = _sweep_errors(run)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: finished trials are kept, running ones given back
+        raise _stopped(console, exc, f"proxytune tune {config}") from None
     if as_json:
         from .tune.run import _json_default
 

@@ -225,7 +225,7 @@ class SweepConfig(FileConfig):
 
     @classmethod
     def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
-        return program_relative_to(data, folder)
+        return data_relative_to(program_relative_to(data, folder), folder)
 
     @field_validator("program")
     @classmethod
@@ -236,6 +236,18 @@ class SweepConfig(FileConfig):
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
         return absolute_storage(v)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        return absolute_data(v)
+
+    @field_validator("data_options")
+    @classmethod
+    def _data_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(v.get("val_path"), str):
+            v = {**v, "val_path": absolute_data(v["val_path"])}
+        return v
 
     @field_validator("base")
     @classmethod
@@ -395,6 +407,30 @@ def program_identity(out: dict[str, Any]) -> dict[str, Any]:
         for key in ("cwd", "timeout", "kill_grace"):
             out["program"].pop(key, None)
     return out
+
+
+#: data sources that are names, not files
+DATA_NAMES = ("stdlib", "teacher")
+
+
+def data_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data:`` (and ``data_options.val_path``) of a config file: a relative file path is relative to the file's
+    folder, like ``program.cwd``, so the sweep reads the same file whatever folder it is started or resumed from."""
+    source = data.get("data")
+    if isinstance(source, str) and source not in DATA_NAMES and source and not Path(source).expanduser().is_absolute():
+        data = {**data, "data": str((folder / source).resolve())}
+    options = data.get("data_options")
+    val = options.get("val_path") if isinstance(options, dict) else None
+    if isinstance(val, str) and val and not Path(val).expanduser().is_absolute():
+        data = {**data, "data_options": {**options, "val_path": str((folder / val).resolve())}}
+    return data
+
+
+def absolute_data(source: str) -> str:
+    """A data file path made absolute (from the current directory); the names in :data:`DATA_NAMES` as they are."""
+    if source in DATA_NAMES or not source:
+        return source
+    return str(Path(source).expanduser().resolve())
 
 
 def program_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:

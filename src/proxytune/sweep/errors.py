@@ -18,3 +18,9 @@ class StorageFull(StorageError):
 class RepeatedFailure(RuntimeError):
     """Trials of a sweep kept failing with the same error (``Sweep.run(stop_after_failures=N)``): the sweep stopped
     instead of spending its budget on a cause that does not go away. The message names the error."""
+
+
+class DataChanged(StorageError):
+    """The sweep's data file is not the one its stored trials trained on (its content hash differs, or it
+    changed while a trial ran): mixing them would compare runs on different data. The message names the file,
+    both hashes and what to do."""

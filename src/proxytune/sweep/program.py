@@ -15,6 +15,7 @@ crash, a timeout or a non-zero exit as a failed trial with the reason.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import importlib.util
 import json
@@ -35,7 +36,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..train.result import RunResult
-from .trial import ENV_VAR, DirectChannel, Trial
+from .trial import ENV_VAR, DirectChannel, Trial, as_real, check_step, show_value
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 #: placeholders every command may use beside the axes and params
@@ -166,17 +167,27 @@ def _final_value(returned: Any, trial: Trial) -> tuple[float, dict[str, float], 
     metrics = dict(trial.metrics)
     if isinstance(returned, dict):
         extra = dict(returned)
-        value = extra.pop("val_loss", extra.pop("loss", None))
+        key = "val_loss" if "val_loss" in extra else "loss"
+        raw = extra.pop("val_loss", extra.pop("loss", None))
+        extra.pop("loss", None)
+        if raw is None:
+            raise ProgramError(f"the function returned a dict without 'val_loss': {sorted(map(str, returned))}")
+        value = as_real(raw)
         if value is None:
-            raise ProgramError(f"the function returned a dict without 'val_loss': {sorted(returned)}")
-        metrics.update({k: float(v) for k, v in extra.items() if isinstance(v, (int, float))})
-        return float(value), metrics, ""
+            raise ProgramError(f"the function returned a dict whose {key!r} is {show_value(raw)}; return a float "
+                               "loss: expected the final validation loss as a number")
+        for k, v in extra.items():  # other numbers are metrics; anything else (text, flags) is not ours to keep
+            x = as_real(v)
+            if x is not None:
+                metrics[str(k)] = x
+        return value, metrics, ""
     if returned is not None:
-        try:
-            return float(returned), metrics, ""
-        except (TypeError, ValueError):
-            raise ProgramError(f"the function returned {type(returned).__name__} {returned!r}; expected the final "
-                               "validation loss (a number) or a dict with 'val_loss'") from None
+        # Strict: float() would take "1.5" or True as a loss, and a bug would pass for a result.
+        value = as_real(returned)
+        if value is None:
+            raise ProgramError(f"the function returned {show_value(returned)}; return a float loss: expected the "
+                               "final validation loss as a number, or a dict with 'val_loss'")
+        return value, metrics, ""
     if trial.final is not None:
         return trial.final, metrics, ""
     if trial.reports:
@@ -253,23 +264,92 @@ class _Deadline:
             signal.signal(signal.SIGALRM, self._old)
 
 
+class _StopWatch:
+    """Tells a stop delivered to the process (SIGINT, SIGTERM) from a KeyboardInterrupt or SystemExit that the
+    user's function raised itself.
+
+    Both reach ``_run_function`` as the same exception types: the worker's handlers raise StopRequested, and
+    the inline executor keeps Python's own SIGINT handler, which raises KeyboardInterrupt. So while the function
+    runs, each Python-level handler of those signals is wrapped: the wrapper calls it and keeps the exception it
+    raised (``stop``); an exception with no ``stop`` came from the user's code. Wrapping whatever handler is in
+    place, rather than a flag set by the worker's own handler, covers every executor (and
+    ``_thread.interrupt_main``, which also goes through the SIGINT handler). Handlers can only be set in the
+    main thread; elsewhere no signal reaches the function's thread, so any KeyboardInterrupt there is the
+    user's. The handlers in place before are put back afterwards, also when the function replaced them."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.stop: BaseException | None = None
+        self._saved: dict[int, Any] = {}
+
+    def _wrap(self, handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+        def wrapper(signum: int, frame: Any) -> Any:
+            try:
+                return handler(signum, frame)
+            except BaseException as exc:
+                self.stop = exc
+                raise
+        return wrapper
+
+    def __enter__(self) -> _StopWatch:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._SIGNALS:
+                handler = signal.getsignal(sig)
+                if handler is None:  # set outside Python: cannot be put back
+                    continue
+                self._saved[sig] = handler
+                if callable(handler):  # SIG_DFL / SIG_IGN raise nothing to tell apart
+                    signal.signal(sig, self._wrap(handler))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
 def _run_function(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, float], bool] | None,
                   hard_timeout: Callable[[str], None] | None) -> RunResult:
     fn = load_function(cfg.program.function, cfg.program.cwd)
     trial = Trial(info, DirectChannel(should_prune))
     start = time.time()
-    try:
-        with _Deadline(cfg.program.timeout, max(cfg.program.kill_grace, 5.0), hard_timeout):
-            returned = fn(trial)
-    except optuna.TrialPruned:
-        last = trial.reports[-1]["val_loss"] if trial.reports else math.nan
-        return _result(cfg, info, "pruned", last, trial.reports, trial.metrics, time.time() - start, "pruned")
-    except ProgramTimeout as exc:
-        raise ProgramError(f"{exc}\n{_last_frames()}") from None
-    except Exception:  # noqa: BLE001 - the user's error, kept with the trial
-        raise ProgramError(traceback.format_exc()) from None
+    # The watch spans the sorting of the outcome too: a stop that lands after the function returned is still
+    # seen as one (after the watch, the restored handlers raise it outside this try).
+    with _StopWatch() as watch:
+        try:
+            with _Deadline(cfg.program.timeout, max(cfg.program.kill_grace, 5.0), hard_timeout):
+                returned = fn(trial)
+        except BaseException as exc:  # noqa: BLE001 - sorted below: a stop, a prune, or the trial failing
+            if watch.stop is not None:  # a real stop: the trial is given back, whatever the function made of it
+                if exc is watch.stop:
+                    raise
+                raise watch.stop from None
+            if isinstance(exc, optuna.TrialPruned):
+                last = trial.reports[-1]["val_loss"] if trial.reports else math.nan
+                return _result(cfg, info, "pruned", last, trial.reports, trial.metrics, time.time() - start,
+                               "pruned")
+            if isinstance(exc, ProgramTimeout):
+                raise ProgramError(f"{exc}\n{_last_frames()}") from None
+            if isinstance(exc, Exception):  # the user's error, kept with the trial
+                raise ProgramError(traceback.format_exc()) from None
+            # KeyboardInterrupt, SystemExit... that the user's code raised with no stop signal: a failed trial like
+            # any other (let through, it ended the worker and the trial was re-queued again and again)
+            raise ProgramError(f"{_user_base_exception(exc)}\n{traceback.format_exc()}") from None
+        if watch.stop is not None:  # the function caught the stop and returned: the stop still holds
+            raise watch.stop
     value, metrics, reason = _final_value(returned, trial)
     return _result(cfg, info, "complete", value, trial.reports, metrics, time.time() - start, reason)
+
+
+def _user_base_exception(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return (f"the function raised SystemExit({exc.code!r}) (sys.exit() or exit()); a function program "
+                "returns its loss instead of exiting")
+    name = type(exc).__name__
+    text = f"the function raised {name}: {exc}" if str(exc) else f"the function raised {name}"
+    if isinstance(exc, KeyboardInterrupt):
+        text += " (no stop signal reached the worker: the function raised it itself)"
+    return text
 
 
 def _last_frames() -> str:
@@ -303,16 +383,52 @@ def command_values(info: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the worker that started it dies (Linux)."""
+def _die_with_parent(parent: int | None = None) -> None:
+    """In the child before exec: SIGKILL it when the worker that started it dies (Linux). A worker that died
+    before the request was made is not watched for: the child checks it is still the worker's, else exits."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if parent is not None and os.getppid() != parent:
+            os._exit(1)
 
 
 try:  # resolved once in the worker, so the forked child calls no loader
     _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 except (OSError, AttributeError):
     _PRCTL = None
+
+
+class _HeldStops:
+    """Holds SIGINT and SIGTERM while a command is started; :meth:`deliver` raises them afterwards.
+
+    ``Popen`` with a ``preexec_fn`` runs Python's at-fork hooks, and an exception that a signal handler raises
+    inside one is printed and dropped: the stop was lost and the worker ran on, taking trials. Only the main
+    thread can set handlers; elsewhere nothing is held."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> _HeldStops:
+        self.caught: list[int] = []
+        self.saved: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._SIGNALS:
+                handler = signal.getsignal(sig)
+                if callable(handler):  # a Python handler; the default and ignore dispositions raise nothing
+                    self.saved[sig] = handler
+                    signal.signal(sig, self._hold)
+        return self
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self.caught.append(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    def deliver(self) -> None:
+        caught, self.caught = self.caught, []
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)  # to the handler put back: StopRequested, KeyboardInterrupt, ...
 
 
 def _run_command(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, float], bool] | None,
@@ -328,17 +444,22 @@ def _run_command(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, fl
     env = {**os.environ, **prog.env, ENV_VAR: str(trial_file)}
     start = time.time()
     with (folder / "stdout.log").open("wb") as out, (folder / "stderr.log").open("wb") as err:
+        held = _HeldStops()
         try:
-            proc = subprocess.Popen(argv, cwd=prog.cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            with held:
+                proc = subprocess.Popen(argv, cwd=prog.cwd, env=env, stdout=out, stderr=err,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=functools.partial(_die_with_parent, os.getpid()))
         except OSError as exc:
+            held.deliver()
             raise ProgramError(f"program.command {argv[0]!r} could not start: {exc}") from None
-        if on_start is not None:
-            on_start({"pid": proc.pid, "trial_file": str(trial_file)})
         reader = _ReportReader(reports_path)
         pruned_at: float | None = None
         timed_out = False
         try:
+            if on_start is not None:
+                on_start({"pid": proc.pid, "trial_file": str(trial_file)})
+            held.deliver()  # a stop that came while it started: now, with the command in hand to stop
             while True:
                 rc = proc.poll()
                 for rec in reader.read():
@@ -361,8 +482,8 @@ def _run_command(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, fl
                     break  # told to stop and still running: stop it
                 time.sleep(0.02 if info["pruning"] else 0.1)
         finally:
-            if proc.poll() is None:
-                _stop_group(proc, prog.kill_grace)
+            # However the trial ends (exit, timeout, prune, a stop): nothing it started may run on (and hold a GPU).
+            _stop_group(proc, prog.kill_grace, str(trial_file))
         for rec in reader.read():  # anything written just before it exited
             if "report" in rec and should_prune is not None:
                 should_prune(int(rec["report"]["step"]), float(rec["report"]["val_loss"]))
@@ -395,6 +516,7 @@ class _ReportReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
+        self.line = 0  # complete lines read so far, to name a bad one
         self.reports: list[dict[str, float]] = []
         self.final: float | None = None
         self.metrics: dict[str, float] = {}
@@ -411,40 +533,146 @@ class _ReportReader:
             return []
         self.offset += end + 1
         out = []
-        for line in data[:end].splitlines():
+        for line in data[:end].split(b"\n"):
+            self.line += 1
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue  # not ours (a line the program wrote by hand): skip it
             if not isinstance(rec, dict):
                 continue
+            if "report" in rec or "final" in rec:
+                rec = self._check(rec, line)  # ours: a bad one fails the trial, naming the line
             if "report" in rec:
                 self.reports.append(rec["report"])
             if "final" in rec:
-                self.final = float(rec["final"])
-                self.metrics.update(rec.get("metrics") or {})
+                self.final = rec["final"]
+                self.metrics.update(rec["metrics"])
             out.append(rec)
         return out
 
+    def _check(self, rec: dict[str, Any], line: bytes) -> dict[str, Any]:
+        """``rec`` with its numbers as floats and its step as an int; ProgramError quoting the line when a report
+        or final record is not what ``Trial.report`` / ``Trial.finish`` write."""
+        def bad(why: str) -> ProgramError:
+            text = line.decode(errors="replace").strip()
+            text = text if len(text) <= 300 else text[:300] + "..."
+            return ProgramError(f"reports file line {self.line} is not a valid report: {text}: {why}\n(file: "
+                                f"{self.path}; proxytune.Trial.current().report(step, loss) and .finish(loss) write "
+                                "valid lines)")
 
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the command's process group, SIGKILL it after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        def floats(d: dict[str, Any], skip: str = "") -> dict[str, float]:
+            out: dict[str, float] = {}
+            for k, v in d.items():
+                if k == skip:
+                    continue
+                x = as_real(v)
+                if x is None:
+                    raise bad(f"{k!r} is {show_value(v)}, not a number")
+                out[k] = x
+            return out
+
+        rec = dict(rec)
+        if "report" in rec:
+            rep = rec["report"]
+            if not isinstance(rep, dict):
+                raise bad(f"'report' is {show_value(rep)}, not an object")
+            for key in ("step", "val_loss"):
+                if key not in rep:
+                    raise bad(f"missing {key!r}")
+            try:
+                step = check_step(rep["step"], self.reports[-1]["step"] if self.reports else None)
+            except ValueError as exc:
+                raise bad(str(exc)) from None
+            rec["report"] = {"step": step, **floats(rep, skip="step")}
+        if "final" in rec:
+            final = as_real(rec["final"])
+            if final is None:
+                raise bad(f"'final' is {show_value(rec['final'])}, not a number")
+            metrics = rec.get("metrics")
+            if metrics is not None and not isinstance(metrics, dict):
+                raise bad(f"'metrics' is {show_value(metrics)}, not an object")
+            rec["final"], rec["metrics"] = final, floats(metrics or {})
+        return rec
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float, trial_file: str | None = None) -> None:
+    """End every process of a command trial: its process group, and the descendants that left it (``setsid``)
+    found by the trial's ``PROXYTUNE_TRIAL`` marker. SIGTERM first, SIGKILL to what is left after ``grace``
+    seconds; returns at once when the command exited and left nothing behind.
+
+    Stops are held meanwhile (the runner's SIGTERM right after a terminal's Ctrl-C, or sent again): one that
+    cut this short would leave processes that nobody ends, the trial being given back rather than re-queued as
+    a dead worker's. It is raised once they are gone."""
+    marker = _marker(trial_file) if trial_file else None
+    held = _HeldStops()
+    with held:
+        if proc.poll() is None or _trial_pids(proc.pid, marker) or not _HAVE_PROC:
+            _signal_trial(proc, marker, signal.SIGTERM)
+            deadline = time.time() + grace
+            while time.time() < deadline and (proc.poll() is None or _trial_pids(proc.pid, marker)):
+                time.sleep(0.1)
+            for _ in range(20):  # a process that forks while it is killed leaves a child: look again
+                _signal_trial(proc, marker, signal.SIGKILL)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    break  # unkillable (stuck in the kernel): nothing more to do here
+                if not _trial_pids(proc.pid, marker):
+                    break
+                time.sleep(0.05)  # killed ones take a moment to exit
+    held.deliver()
+
+
+_HAVE_PROC = Path("/proc/self/stat").exists()
+
+
+def _marker(trial_file: str) -> bytes:
+    return f"{ENV_VAR}={trial_file}".encode() + b"\0"
+
+
+def _trial_pids(pgid: int | None, marker: bytes | None) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid`` or whose environment holds ``marker``; this
+    process excluded. Empty where there is no /proc."""
+    me = os.getpid()
+    out = []
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
+            pid = int(entry.name)
+            if pid == me:
+                continue
+            stat = (entry / "stat").read_bytes()
+            fields = stat[stat.rindex(b")") + 2:].split()  # state, ppid, pgrp, ... (the name may hold spaces)
+            if fields[0] in (b"Z", b"X"):
+                continue
+            if (pgid is not None and int(fields[2]) == pgid) or (
+                    marker is not None and marker in (entry / "environ").read_bytes()):
+                out.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+    return out
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes on this machine whose environment sets ``name=value`` (how a trial's leftovers, or a test's,
+    are found without cgroups); empty where there is no /proc."""
+    return _trial_pids(None, f"{name}={value}".encode() + b"\0")
+
+
+def _signal_trial(proc: subprocess.Popen[bytes], marker: bytes | None, sig: int) -> None:
+    if proc.returncode is None or not _HAVE_PROC:
+        # Not reaped yet, the group id is still this command's; without /proc, the group is all there is.
+        _killpg_quiet(proc.pid, sig)
+    for pid in _trial_pids(proc.pid, marker):
         try:
-            proc.wait(timeout=wait)
-            _killpg_quiet(proc.pid)  # children that outlived the leader
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
 
-def _killpg_quiet(pgid: int) -> None:
+def _killpg_quiet(pgid: int, sig: int = signal.SIGKILL) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -460,14 +688,12 @@ def _tail(path: Path, lines: int = 30) -> str:
 def kill_orphans(trial_file: str) -> int:
     """SIGKILL the processes on this machine that still run a trial whose worker died (found by their
     ``PROXYTUNE_TRIAL`` environment variable); returns how many."""
-    marker = f"{ENV_VAR}={trial_file}".encode() + b"\0"
     n = 0
-    for proc in Path("/proc").glob("[0-9]*"):
+    for pid in _trial_pids(None, _marker(trial_file)):
         try:
-            if marker in (proc / "environ").read_bytes() and int(proc.name) != os.getpid():
-                os.kill(int(proc.name), signal.SIGKILL)
-                n += 1
-        except (OSError, ValueError):
+            os.kill(pid, signal.SIGKILL)
+            n += 1
+        except OSError:
             continue
     return n
 

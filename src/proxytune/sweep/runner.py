@@ -6,6 +6,8 @@ import csv
 import math
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -16,12 +18,14 @@ import yaml
 
 from ..train.setup import load_data
 from .config import SweepConfig, SweepConfigError, base_config
-from .space import grid_points, group_key, is_batchable_axis, largest_first, telescoping_stage
+from .space import (grid_points, group_key, is_batchable_axis, largest_first, sampled_budget, space_size,
+                    telescoping_stage)
 from .program import check_program
 from .errors import RepeatedFailure, StorageError
+from .dataid import check_sweep_data
 from .store import SweepStore, check_writable, probe_folder
 from .tracking import Trackers
-from .worker import StopRequested, open_store, run_worker
+from .worker import SAMPLED, StopRequested, open_store, run_worker, visited_points
 
 CONFIG_FILE = "sweep.yaml"
 # on_poll(counts, store): called about once a second while a sweep runs
@@ -31,8 +35,10 @@ PollFn = Callable[[dict[str, int], SweepStore], None]
 class Sweep:
     """A sweep: ``Sweep.from_yaml("sweep.yaml").run()``; resumable by running it again."""
 
-    def __init__(self, cfg: SweepConfig) -> None:
+    def __init__(self, cfg: SweepConfig, *, accept_data_change: bool = False) -> None:
         self.cfg = cfg
+        #: go on when the data file's content changed since the sweep started (its trials then mix two corpora)
+        self.accept_data_change = accept_data_change
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Sweep:
@@ -58,7 +64,7 @@ class Sweep:
     def with_executor(self, **changes: Any) -> Sweep:
         """The same sweep with executor settings changed (workers, threads, batch...)."""
         ex = self.cfg.executor.model_copy(update={k: v for k, v in changes.items() if v is not None})
-        return Sweep(self.cfg.model_copy(update={"executor": ex}))
+        return Sweep(self.cfg.model_copy(update={"executor": ex}), accept_data_change=self.accept_data_change)
 
     # ------------------------------------------------------------------- setup
     def prepare(self) -> SweepStore:
@@ -69,11 +75,16 @@ class Sweep:
         cfg = self.cfg
         self.check()
         trackers = self.trackers()  # a tracker whose package is missing fails here
+        size = space_size(cfg) if cfg.strategy.kind in SAMPLED else None
+        if size is not None and size < (cfg.strategy.n_trials or 0):
+            warnings.warn(f"the search space has {size} distinct point(s), fewer than strategy.n_trials = "
+                          f"{cfg.strategy.n_trials}: each runs once ({size} trials)", stacklevel=2)
         if cfg.strategy.kind in ("halving", "hyperband"):
             warnings.warn(f"strategy {cfg.strategy.kind!r} stops trials early, which favours large learning rates "
                           "(they look good early); never use its optimum for the transfer verdict.", stacklevel=2)
         try:
             store = open_store(cfg, create=True)  # first: an unreachable database leaves no folder behind
+            check_sweep_data(store, cfg, self.accept_data_change)  # its data is the data it started with
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             saved = cfg.run_dir / CONFIG_FILE
             tmp = saved.with_suffix(f".{os.getpid()}.tmp")
@@ -171,15 +182,12 @@ class Sweep:
 
     def _nothing_to_run(self, store: SweepStore) -> bool:
         """No trial waiting or running, and (for a sampler) the trial budget spent (failed trials spend it too)."""
-        from .worker import SAMPLED
-
         store.requeue_stale()
         counts = store.counts()
         if counts["waiting"] or counts["running"]:
             return False
         if self.cfg.strategy.kind in SAMPLED:
-            spent = counts["complete"] + counts["diverged"] + counts["pruned"] + counts["failed"]
-            return spent >= (self.cfg.strategy.n_trials or 0)
+            return len(visited_points(store)) >= sampled_budget(self.cfg)
         return True
 
     def refinement_points(self, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -371,7 +379,9 @@ _RECORD_KEYS = {"trial", "status", "stage", "val_loss", "train_loss", "steps_don
 
 # ------------------------------------------------------------------ executors
 def _worker_entry(config: dict[str, Any], index: int, fatal: Any = None,
-                  failures: tuple[int, float] | None = None) -> None:
+                  failures: tuple[int, float] | None = None, parent: int | None = None) -> None:
+    if parent is not None:
+        _watch_parent(parent, _PARENT_GONE_GRACE + float((config.get("program") or {}).get("kill_grace") or 0))
     try:
         run_worker(config, index, stop_after_failures=failures)
     except StopRequested:
@@ -381,6 +391,27 @@ def _worker_entry(config: dict[str, Any], index: int, fatal: Any = None,
         if fatal is not None:
             fatal.put((type(exc).__name__, str(exc)))
         raise SystemExit(3) from None
+
+
+#: seconds a worker whose sweep process died has to give its trials back before it exits hard
+_PARENT_GONE_GRACE = 60.0
+
+
+def _watch_parent(parent: int, grace: float) -> None:
+    """Stop this worker once the sweep process that started it is gone (SIGKILL, a crash: nothing told the
+    worker): SIGTERM to itself takes the ordinary stop path, which gives the trials back. Polling the parent pid
+    works however the parent died and needs no help from it. A worker still here ``grace`` seconds later (stuck
+    in native code) exits hard; the next resume re-queues what it held."""
+    def watch() -> None:
+        while os.getppid() == parent:  # reparented (to init or a subreaper) once the parent is gone
+            time.sleep(0.5)
+        end = time.time() + grace
+        while time.time() < end:  # again every 2 s: a stop can be lost (see _run_local); handing back ignores it
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="proxytune-parent-watch", daemon=True).start()
 
 
 def _gpu_count() -> int:
@@ -408,7 +439,7 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
             env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
             if n_gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(spawned % n_gpus)
-            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal, failures),
+            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal, failures, os.getpid()),
                                name=f"proxytune-worker-{spawned}")
             proc.start()
             if n_gpus:
@@ -439,17 +470,28 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
                                        "(proxytune status)")
                 spawn(cfg.executor.workers - len(alive))
                 continue
-            # Stale running trials are ours to redo (they become waiting on the next poll).
-            if not alive and not counts["waiting"] and not store.stale():
+            # Running trials are waited for: stale ones become waiting on the next poll and are ours to redo;
+            # live ones (a worker another sweep process left, one on another machine) finish or are given back.
+            # Ending now would report them as running while they still run.
+            if not alive and not counts["waiting"] and not counts["running"]:
                 break
     except BaseException:
+        # SIGTERM: the worker gives its trials back to the queue. Sent again every 2 s while it runs: a stop that
+        # lands where Python drops an exception (an at-fork hook, a __del__) is lost, and the worker runs on.
+        deadline = time.time() + 30
+        while True:
+            alive = [p for p in procs if p.is_alive()]
+            if not alive or time.time() > deadline:
+                break
+            for p in alive:
+                p.terminate()
+            end = time.time() + 2
+            for p in alive:
+                p.join(timeout=max(0.0, end - time.time()))
         for p in procs:
-            if p.is_alive():
-                p.terminate()  # SIGTERM: the worker gives its trials back to the queue
-        for p in procs:
-            p.join(timeout=30)
             if p.is_alive():
                 p.kill()
+                p.join(timeout=10)  # reaped: the store sees its trials' holder gone and re-queues them below
         try:
             store.requeue_stale()
         except StorageError:
@@ -479,14 +521,20 @@ def _run_ray(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_s
     config = cfg.model_dump(mode="json")
     pending = [task.remote(config, i, failures) for i in range(cfg.executor.workers)]
     try:
-        while pending:
-            done, pending = ray.wait(pending, timeout=poll_seconds)
-            ray.get(done)
+        while True:
+            if pending:
+                done, pending = ray.wait(pending, timeout=poll_seconds)
+                ray.get(done)
+            else:
+                time.sleep(poll_seconds)
             store.requeue_stale()
+            counts = store.counts()
             if on_poll is not None:
-                on_poll(store.counts(), store)
-            if not pending and store.counts()["waiting"]:
+                on_poll(counts, store)
+            if not pending and counts["waiting"]:
                 pending = [task.remote(config, i, failures) for i in range(cfg.executor.workers)]
+            elif not pending and not counts["running"]:
+                break  # as in _run_local: trials still running elsewhere are waited for, not reported as running
     except BaseException:
         for ref in pending:
             ray.cancel(ref)

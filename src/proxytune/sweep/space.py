@@ -129,3 +129,37 @@ def suggest_point(trial: Any, cfg: SweepConfig) -> dict[str, Any]:
         else:
             point[axis] = trial.suggest_float(axis, spec.start, spec.stop, step=spec.step)
     return point
+
+
+def space_size(cfg: SweepConfig) -> int | None:
+    """How many distinct points a sampler can propose: None when an axis is continuous ({low, high})."""
+    n = 1
+    for spec in cfg.axes.values():
+        if isinstance(spec, Range) and spec.low is not None:
+            return None
+        n *= len({_value_key(v) for v in axis_values(spec)})
+    return n
+
+
+def sampled_budget(cfg: SweepConfig) -> int:
+    """The distinct points a sampled strategy runs: ``n_trials``, or the whole space when it is smaller."""
+    size = space_size(cfg)
+    n = cfg.strategy.n_trials or 0
+    return n if size is None else min(n, size)
+
+
+def _value_key(v: Any) -> Any:
+    # A sampler's float for a stepped axis may differ from the grid's in the last bits (0.30000000000000004).
+    return float(f"{v:.12g}") if isinstance(v, float) else v
+
+
+def point_key(point: dict[str, Any]) -> tuple:
+    """A point's identity with floats compared to 12 significant digits."""
+    return tuple(sorted((k, _value_key(v)) for k, v in point.items()))
+
+
+def unvisited_points(cfg: SweepConfig, visited: set[tuple]) -> list[dict[str, Any]]:
+    """The points of a finite sampled space not in ``visited`` (:func:`point_key`); empty when continuous."""
+    if space_size(cfg) is None:
+        return []
+    return [p for p in grid_points(cfg.axes) if point_key(p) not in visited]

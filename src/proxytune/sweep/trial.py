@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from pathlib import Path
@@ -140,8 +141,14 @@ class Trial:
     # --------------------------------------------------------------- results
     def report(self, step: int, value: float, **metrics: float) -> None:
         """Store ``value`` (the validation loss) at ``step``; raises :class:`TrialPruned` when the pruner
-        says stop. Extra metrics (``train_loss=...``) are stored with the point of the curve."""
-        entry = {"step": int(step), "val_loss": _num(value), **{k: _num(v) for k, v in metrics.items()}}
+        says stop. Extra metrics (``train_loss=...``) are stored with the point of the curve. Steps are whole
+        numbers from 0 up, each larger than the last (ValueError otherwise); values are real numbers."""
+        try:
+            step = check_step(step, self.reports[-1]["step"] if self.reports else None)
+        except ValueError as exc:
+            raise ValueError(f"trial.report: {exc}") from None
+        entry = {"step": step, "val_loss": _num(value, "trial.report: the value"),
+                 **{k: _num(v, f"trial.report: {k}") for k, v in metrics.items()}}
         self.reports.append(entry)
         if self._channel.report(entry, write=self.rank == 0):
             raise TrialPruned(f"pruned at step {step}")
@@ -156,12 +163,12 @@ class Trial:
         unknown = set(metrics) - set(KNOWN_METRICS)
         if unknown:
             raise ValueError(f"Trial.set: unknown metric(s) {sorted(unknown)}; known: {', '.join(KNOWN_METRICS)}")
-        self.metrics.update({k: _num(v) for k, v in metrics.items()})
+        self.metrics.update({k: _num(v, f"Trial.set: {k}") for k, v in metrics.items()})
 
     def finish(self, value: float, **metrics: float) -> None:
         """The trial's result (its final validation loss). A ``function`` program may return it instead."""
         self.set(**metrics)
-        self.final = _num(value)
+        self.final = _num(value, "trial.finish: the loss")
         self._channel.finish(self.final, self.metrics, write=self.rank == 0)
 
     # ------------------------------------------------------------ in a script
@@ -247,11 +254,55 @@ class FileChannel(Channel):
             self._append({"final": value, "metrics": metrics})
 
 
-def _num(v: Any) -> float:
-    try:
+def as_real(v: Any) -> float | None:
+    """``v`` as a float when it is a real number (an int, a float, a numpy or torch real scalar, or a one-element
+    array or tensor of a real dtype); None for anything else. Stricter than ``float()``: a bool, a string such as
+    ``"1.5"``, None or a complex number is a bug in the program, not a loss."""
+    if v is None or isinstance(v, (bool, str, bytes)):
+        return None
+    if isinstance(v, numbers.Real):  # int, float, numpy ints and floats (numpy bools are not Real)
         return float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {v!r}") from None
+    if hasattr(v, "dtype") and callable(getattr(v, "item", None)):  # numpy / torch / jax scalars and arrays
+        try:
+            if math.prod(tuple(getattr(v, "shape", ()))) != 1:
+                return None
+            x = v.item()  # a Python bool, int, float or complex: judged like one
+        except Exception:  # noqa: BLE001 - an array-like we cannot read is not a number
+            return None
+        return None if hasattr(x, "dtype") else as_real(x)
+    return None
+
+
+def check_step(step: Any, last: int | None) -> int:
+    """A reported step as an int: a whole number, not negative, after ``last`` (the previous report's step);
+    else ValueError. The curve, ``steps_done`` and the pruner all assume steps that only go up."""
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        s = int(step)  # exact, also past 2**53
+    else:
+        x = as_real(step)
+        if x is None or not math.isfinite(x) or not x.is_integer():
+            raise ValueError(f"step {show_value(step)} is not a whole number")
+        s = int(x)
+    if s < 0:
+        raise ValueError(f"step {s} is negative; steps count from 0")
+    if last is not None and s <= last:
+        raise ValueError(f"step {s} is not after the last reported step {last}; steps must increase")
+    return s
+
+
+def show_value(v: Any, limit: int = 200) -> str:
+    """``repr(v)`` with its type, cut short (a returned tensor or model can print for pages)."""
+    text = repr(v)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{text} ({type(v).__name__})"
+
+
+def _num(v: Any, what: str) -> float:
+    x = as_real(v)
+    if x is None:
+        raise ValueError(f"{what} is {show_value(v)}, not a number; give a float")
+    return x
 
 
 def _save_plan(plan: Plan, folder: Path, width: int | None, depth: int | None) -> None:

@@ -8,6 +8,7 @@ share one sweep.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import traceback
@@ -21,9 +22,10 @@ from ..train import RunResult, TrainConfig, group_batchable, train, train_batche
 from ..train.batched import BatchError
 from ..optim.batched import BATCHED_OPTIMIZERS
 from .config import SweepConfig, apply_point, base_fields
-from .space import group_key, suggest_point
+from .space import group_key, point_key, sampled_budget, suggest_point, unvisited_points
 from .program import ProgramError, StopRequested, run_program_trial, trial_info
 from .errors import RepeatedFailure, StorageError
+from .dataid import DataWatch
 from .store import HOST, Heartbeat, SweepStore
 
 SAMPLED = ("random", "tpe", "halving", "hyperband")
@@ -49,25 +51,72 @@ def open_store(cfg: SweepConfig, create: bool = False, wait: bool = False) -> Sw
     return SweepStore.open(cfg, create=create, sampler=sampler, pruner=pruner, wait=wait)
 
 
-def _next_trials(store: SweepStore, cfg: SweepConfig) -> list[tuple[int, dict[str, Any]]]:
+def _next_trials(store: SweepStore, cfg: SweepConfig, worker_index: int = 0) -> list[tuple[int, dict[str, Any]]]:
     """(trial_id, point) pairs to run next; empty when there is nothing left for this worker."""
     k = cfg.executor.batch
     claimed = store.claim(k, same_group=group_key, share=cfg.executor.workers)
     if claimed or cfg.strategy.kind not in SAMPLED:
         return [(t._trial_id, t.user_attrs["point"]) for t in claimed]
-    # A failed trial spends the budget too: were it not counted, a sweep whose trials keep failing would never end.
-    done = sum(1 for t in store.trials() if t.user_attrs.get("status") not in ("requeued", "duplicate"))
-    out = []
-    for _ in range(min(k, cfg.strategy.n_trials - done)):
+    _salt_sampler(store, cfg, worker_index)
+    out: list[tuple[int, dict[str, Any]]] = []
+    repeats = 0
+    while len(out) < k:
+        visited = visited_points(store)
+        if len(visited) >= sampled_budget(cfg):
+            break
         trial = store.study.ask()
         point = suggest_point(trial, cfg)
         if store.register(trial._trial_id, point):
             out.append((trial._trial_id, point))
+            repeats = 0
+            continue
+        # The sampler proposed a point that has run: ask again. A sampler that keeps coming back to the points
+        # it has seen (TPE on a small space) is given an unvisited point instead, so the sweep still reaches
+        # n_trials distinct points.
+        repeats += 1
+        if repeats >= MAX_SAMPLER_REPEATS:
+            fresh = unvisited_points(cfg, visited)
+            if not fresh:
+                break
+            rng = random.Random(f"{cfg.strategy.seed}:{len(visited)}:{worker_index}")
+            store.enqueue([rng.choice(fresh)])
+            out += [(t._trial_id, t.user_attrs["point"]) for t in store.claim(1)]
+            repeats = 0
     return out
+
+
+#: proposals of already-run points in a row before a worker picks an unvisited point itself
+MAX_SAMPLER_REPEATS = 8
+
+
+def visited_points(store: SweepStore) -> set[tuple]:
+    """The distinct points a sampled sweep has spent its budget on: waiting, running or finished in any way
+    (failed included: were failures free, a sweep whose trials keep failing would never end); the copies a
+    sampler proposed twice, and trials given back to be run again, are one point each."""
+    return {point_key(t.user_attrs["point"]) for t in store.trials()
+            if "point" in t.user_attrs and t.user_attrs.get("status") != "duplicate"}
+
+
+def _salt_sampler(store: SweepStore, cfg: SweepConfig, worker_index: int) -> None:
+    """Give this worker's sampler a stream of its own, once: workers (and a resumed sweep) built with the same
+    seed would otherwise propose the same points in the same order, each one a duplicate of the other's."""
+    if getattr(store, "_salted", False):
+        return
+    n = len(store.trials())
+    seed = cfg.strategy.seed + 7919 * worker_index + 104729 * n
+    store.study.sampler = (optuna.samplers.TPESampler(seed=seed) if cfg.strategy.kind == "tpe"
+                           else optuna.samplers.RandomSampler(seed=seed))
+    store._salted = True  # type: ignore[attr-defined]
 
 
 def _raise_stop(signum: int, frame: Any) -> None:
     raise StopRequested(signal.Signals(signum).name)
+
+
+def _hangup_as_term(signum: int, frame: Any) -> None:
+    # SIGHUP (a closed terminal) stops the worker as SIGTERM does, through SIGTERM's handler: the code that holds
+    # or watches stops (claims, a function trial) knows that one.
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _HoldStops:
@@ -123,16 +172,19 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
     if install_signals:
         signal.signal(signal.SIGTERM, _raise_stop)
         signal.signal(signal.SIGINT, _raise_stop)
+        signal.signal(signal.SIGHUP, _hangup_as_term)
     store = open_store(cfg, wait=True)  # a worker joining a sweep waits for a database that is restarting
     fields = base_fields(cfg)
+    watch = DataWatch(cfg, store)
     finished = 0
     while True:
         store.requeue_stale()
         pending: set[int] = set()
         failed = False
+        data_stamp = watch.verify()  # before any trial is taken: a changed data file stops the sweep here
         try:
             with _HoldStops():
-                batch = _next_trials(store, cfg)
+                batch = _next_trials(store, cfg, worker_index)
                 pending.update(tid for tid, _ in batch)
             if not batch:
                 return finished
@@ -153,7 +205,10 @@ def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: b
                         members = [(ids[i], configs[i]) for i in group]
                         for tid, result in _train_group(store, members):
                             if tid in pending:
-                                if result is None:  # failed and stored as failed by _train_group
+                                changed = watch.changed_since(data_stamp) if result is not None else None
+                                if changed is not None:
+                                    store.fail(tid, changed)
+                                if result is None or changed is not None:  # stored as failed
                                     pending.discard(tid)
                                     failed = True
                                     continue

@@ -31,6 +31,7 @@ from ..rules.recipes import RECIPES
 from ..sweep.config import (
     ExecutorConfig, FileConfig, Range, SweepConfigError, _unknown, check_base, check_train, field_name,
     check_program_leaves_model, program_absolute, program_identity, program_relative_to, structure_identity,
+    absolute_data, data_relative_to,
 )
 from ..modelspec import ModelStructure
 from ..sweep.program import ProgramConfig
@@ -197,12 +198,17 @@ class TuneConfig(FileConfig):
 
     @classmethod
     def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
-        return program_relative_to(data, folder)
+        return data_relative_to(program_relative_to(data, folder), folder)
 
     @field_validator("program")
     @classmethod
     def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
         return program_absolute(v)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        return absolute_data(v)
 
     # ------------------------------------------------------------------ derived
     @property
