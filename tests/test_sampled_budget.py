@@ -100,3 +100,26 @@ def test_space_size_and_unvisited_points():
     visited = {point_key({"lr": 0.1 + 0.2, "seed": 0})}
     left = unvisited_points(stepped, visited)
     assert {"lr": 0.3, "seed": 0} not in left and {"lr": 0.3, "seed": 1} in left
+
+
+def test_of_two_trials_that_pass_the_budget_check_at_once_only_the_later_steps_aside(tmp_path):
+    """Two workers each see one point left, ask and register: by trial number, the later one is surplus, and
+    an ask whose point is not recorded yet holds its place."""
+    from proxytune.sweep.worker import _beyond_budget, open_store, visited_points
+
+    axes = {"log2_lr": [-9, -8, -7, -6]}
+    sw = Sweep.from_dict(sampled(tmp_path, "race", axes, 2))
+    store = sw.prepare()
+    first, second = store.study.ask(), store.study.ask()
+    assert store.register(first._trial_id, {"log2_lr": -9})
+    assert not _beyond_budget(store, sw.cfg, first.number)
+    third, fourth = store.study.ask(), store.study.ask()  # two asks at once for the last point of the budget
+    assert store.register(fourth._trial_id, {"log2_lr": -7})
+    assert _beyond_budget(store, sw.cfg, fourth.number)  # `third` (and `second`) are in flight before it
+    store.step_aside(fourth._trial_id, "surplus")
+    assert store.register(third._trial_id, {"log2_lr": -8})
+    # `second` is still in flight before `third`: it holds the last place until it records a point or is old
+    assert _beyond_budget(store, sw.cfg, third.number)
+    store.step_aside(second._trial_id, "duplicate")
+    assert not _beyond_budget(store, sw.cfg, third.number)
+    assert len(visited_points(open_store(sw.cfg))) == 2

@@ -144,7 +144,7 @@ def _open_journal(url: str) -> optuna.storages.BaseStorage:
         if done:
             kept = sum(1 for study in storage.get_all_studies()
                        for t in storage.get_all_trials(study._study_id, deepcopy=False)
-                       if t.state.is_finished() and t.user_attrs.get("status") not in ("requeued", "duplicate"))
+                       if t.state.is_finished() and t.user_attrs.get("status") not in ("requeued", "duplicate", "surplus"))
             warnings.warn(f"journal {path}: dropped 1 incomplete record at byte {done['offset']} ({done['bytes']} "
                           f"bytes, a write cut short by a crash; {side_file_note(done)}); {kept} finished "
                           "trials kept", JournalRepairWarning, stacklevel=2)
@@ -508,7 +508,7 @@ class SweepStore:
     def _requeue_orphans(self) -> int:
         trials = self.trials()
         live = {t.user_attrs.get("point_id") for t in trials
-                if t.state != TrialState.FAIL or t.user_attrs.get("status") not in ("requeued", "duplicate")}
+                if t.state != TrialState.FAIL or t.user_attrs.get("status") not in ("requeued", "duplicate", "surplus")}
         orphans: dict[str, optuna.trial.FrozenTrial] = {}
         for t in trials:
             pid = t.user_attrs.get("point_id")
@@ -555,6 +555,11 @@ class SweepStore:
                                                      "stage": trial.user_attrs.get("stage", 0),
                                                      "status": "waiting", "requeued_from": trial.number})
 
+    def step_aside(self, trial_id: int, status: str = "duplicate") -> bool:
+        """End a trial that must not run (a point already taken, one past a sampled sweep's budget): failed with
+        ``status``, which is neither a result nor a failure of its point."""
+        return self._finish_state(trial_id, TrialState.FAIL, None, {"status": status})
+
     def _finish_state(self, trial_id: int, state: TrialState, values: list[float] | None,
                       attrs: dict[str, Any]) -> bool:
         _HELD.discard((self.url, trial_id))
@@ -572,7 +577,7 @@ class SweepStore:
         rows = []
         for t in self.trials():
             status = _status(t)
-            if status in ("requeued", "duplicate"):
+            if status in ("requeued", "duplicate", "surplus"):
                 continue
             res = t.user_attrs.get("result", {})
             row = {"trial": t.number, "status": status, "stage": t.user_attrs.get("stage", 0)}

@@ -66,7 +66,7 @@ MAX_CURVE_POINTS = 1000  # train_loss_step is subsampled to at most this many po
 FINAL_METRICS = ("final_val_loss", "final_train_loss", "tokens", "flops", "n_params", "wall_time", "steps_done")
 CONFIG_PARAMS = ("recipe", "optimizer", "width", "depth", "lr")  # logged as params beside the point's axes
 ERROR_TAIL = 2000
-_SKIPPED = ("requeued", "duplicate")  # bookkeeping trials: their point runs again in another trial
+_SKIPPED = ("requeued", "duplicate", "surplus")  # bookkeeping trials: their point runs again in another trial
 _MLFLOW_STATUS = {"complete": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
 

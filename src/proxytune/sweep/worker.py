@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,11 @@ def _next_trials(store: SweepStore, cfg: SweepConfig, worker_index: int = 0) -> 
         trial = store.study.ask()
         point = suggest_point(trial, cfg)
         if store.register(trial._trial_id, point):
+            if _beyond_budget(store, cfg, trial.number):
+                # Another worker took the last point of the budget at the same moment: this one steps aside.
+                store.step_aside(trial._trial_id, "surplus")
+                time.sleep(0.2)  # let the other worker record its point before counting again
+                continue
             out.append((trial._trial_id, point))
             repeats = 0
             continue
@@ -94,7 +100,29 @@ def visited_points(store: SweepStore) -> set[tuple]:
     (failed included: were failures free, a sweep whose trials keep failing would never end); the copies a
     sampler proposed twice, and trials given back to be run again, are one point each."""
     return {point_key(t.user_attrs["point"]) for t in store.trials()
-            if "point" in t.user_attrs and t.user_attrs.get("status") != "duplicate"}
+            if "point" in t.user_attrs and t.user_attrs.get("status") not in ("duplicate", "surplus")}
+
+
+#: an ask whose point is not recorded after this many seconds is taken as abandoned (its worker stopped)
+_IN_FLIGHT_S = 60.0
+
+
+def _beyond_budget(store: SweepStore, cfg: SweepConfig, number: int) -> bool:
+    """Whether trial ``number``, just registered, is one point too many: the distinct points of the trials
+    before it, plus the asks before it whose point is not recorded yet, already fill the budget. Workers decide
+    by trial number, so of two that pass the budget check at once only the later trial steps aside."""
+    seen: set[tuple] = set()
+    in_flight = 0
+    now = time.time()
+    for t in store.trials():
+        if t.number >= number or t.user_attrs.get("status") in ("duplicate", "surplus"):
+            continue
+        if "point" in t.user_attrs:
+            seen.add(point_key(t.user_attrs["point"]))
+        elif t.state == optuna.trial.TrialState.RUNNING and t.datetime_start is not None \
+                and now - t.datetime_start.timestamp() < _IN_FLIGHT_S:
+            in_flight += 1
+    return len(seen) + in_flight >= sampled_budget(cfg)
 
 
 def _salt_sampler(store: SweepStore, cfg: SweepConfig, worker_index: int) -> None:
