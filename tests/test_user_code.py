@@ -206,11 +206,16 @@ def test_a_keyboard_interrupt_in_a_function_off_the_main_thread_is_a_failed_tria
 # -------------------------------------------------------------- a real stop
 @pytest.mark.parametrize("name", ["signals_itself", "swallows_the_stop"])
 def test_a_real_ctrl_c_still_stops_and_gives_the_trial_back(tmp_path, name):
-    before = signal.getsignal(signal.SIGINT)
-    sw = sweep(tmp_path, fn(name))
-    with pytest.raises(KeyboardInterrupt):
-        sw.run()
-    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+    # Python's own Ctrl-C handler, as in a terminal. A process started in the background by a shell without job
+    # control inherits SIGINT ignored, and Python then leaves it ignored: the signal would do nothing at all.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sw = sweep(tmp_path, fn(name))
+        with pytest.raises(KeyboardInterrupt):
+            sw.run()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
     store = sw.store()
     assert not store.trials((TrialState.RUNNING,)) and not store.trials((TrialState.COMPLETE,))
     assert [t.user_attrs["status"] for t in store.trials((TrialState.FAIL,))] == ["requeued"]  # given back
