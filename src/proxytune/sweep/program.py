@@ -398,32 +398,41 @@ except (OSError, AttributeError):
     _PRCTL = None
 
 
-class _HeldStops:
-    """Holds SIGINT and SIGTERM while a command is started; :meth:`deliver` raises them afterwards.
+class HeldStops:
+    """Holds SIGINT and SIGTERM for the length of a block; :meth:`deliver` raises them afterwards.
 
-    ``Popen`` with a ``preexec_fn`` runs Python's at-fork hooks, and an exception that a signal handler raises
-    inside one is printed and dropped: the stop was lost and the worker ran on, taking trials. Only the main
-    thread can set handlers; elsewhere nothing is held."""
+    Used where a stop must not land: while a command is started (``Popen`` with a ``preexec_fn`` runs Python's
+    at-fork hooks, and an exception a signal handler raises inside one is printed and dropped: the stop was
+    lost and the worker ran on, taking trials), while its processes are ended, and while a worker takes trials
+    (:class:`proxytune.sweep.worker._HoldStops`). Only Python handlers are held (the default and ignore
+    dispositions raise nothing), and only in the main thread, the one place handlers can be set."""
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __enter__(self) -> _HeldStops:
+    def __enter__(self) -> HeldStops:
         self.caught: list[int] = []
         self.saved: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in self._SIGNALS:
-                handler = signal.getsignal(sig)
-                if callable(handler):  # a Python handler; the default and ignore dispositions raise nothing
-                    self.saved[sig] = handler
-                    signal.signal(sig, self._hold)
+            try:
+                for sig in self._SIGNALS:
+                    handler = signal.getsignal(sig)
+                    if callable(handler):
+                        self.saved[sig] = handler
+                        signal.signal(sig, self._hold)
+            except BaseException:  # a stop that came before the hold was in place: no handler is left changed
+                self._restore()
+                raise
         return self
 
     def _hold(self, signum: int, frame: Any) -> None:
         self.caught.append(signum)
 
-    def __exit__(self, *exc: Any) -> None:
+    def _restore(self) -> None:
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
 
     def deliver(self) -> None:
         caught, self.caught = self.caught, []
@@ -444,7 +453,7 @@ def _run_command(cfg: Any, info: dict[str, Any], should_prune: Callable[[int, fl
     env = {**os.environ, **prog.env, ENV_VAR: str(trial_file)}
     start = time.time()
     with (folder / "stdout.log").open("wb") as out, (folder / "stderr.log").open("wb") as err:
-        held = _HeldStops()
+        held = HeldStops()
         try:
             with held:
                 proc = subprocess.Popen(argv, cwd=prog.cwd, env=env, stdout=out, stderr=err,
@@ -605,7 +614,7 @@ def _stop_group(proc: subprocess.Popen[bytes], grace: float, trial_file: str | N
     cut this short would leave processes that nobody ends, the trial being given back rather than re-queued as
     a dead worker's. It is raised once they are gone."""
     marker = _marker(trial_file) if trial_file else None
-    held = _HeldStops()
+    held = HeldStops()
     with held:
         if proc.poll() is None or _trial_pids(proc.pid, marker) or not _HAVE_PROC:
             _signal_trial(proc, marker, signal.SIGTERM)

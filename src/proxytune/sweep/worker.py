@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from ..train.batched import BatchError
 from ..optim.batched import BATCHED_OPTIMIZERS
 from .config import SweepConfig, apply_point, base_fields
 from .space import group_key, point_key, sampled_budget, suggest_point, unvisited_points
-from .program import ProgramError, StopRequested, run_program_trial, trial_info
+from .program import HeldStops, ProgramError, StopRequested, run_program_trial, trial_info
 from .errors import RepeatedFailure, StorageError
 from .dataid import DataWatch
 from .store import HOST, Heartbeat, SweepStore
@@ -147,43 +146,17 @@ def _hangup_as_term(signum: int, frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-class _HoldStops:
+class _HoldStops(HeldStops):
     """Holds SIGINT and SIGTERM while a worker takes trials, and delivers them when the block ends.
 
     Between ``study.ask()`` (or a claim) and the moment the worker lists the trial as its own, a stop would leave
     a running trial that nobody gives back (with no lease yet, not even stale until a lease period has passed):
     it showed as running long after Ctrl-C. Held, the stop arrives once the trials are in the list that the
-    hand-back releases. Signal handlers can only be set in the main thread; elsewhere nothing is held."""
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self) -> _HoldStops:
-        self.caught: list[int] = []
-        self.saved: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            try:
-                for sig in self._SIGNALS:
-                    handler = signal.getsignal(sig)
-                    if handler is None or handler == signal.SIG_IGN:  # not set from Python, or ignored: leave it
-                        continue
-                    self.saved[sig] = handler
-                    signal.signal(sig, self._hold)
-            except BaseException:  # a stop that came before the hold was in place: no handler is left changed
-                self._restore()
-                raise
-        return self
-
-    def _hold(self, signum: int, frame: Any) -> None:
-        self.caught.append(signum)
-
-    def _restore(self) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
+    hand-back releases."""
 
     def __exit__(self, *exc: Any) -> None:
-        self._restore()
-        for sig in dict.fromkeys(self.caught):
-            signal.raise_signal(sig)  # to the handler that was in place: StopRequested, KeyboardInterrupt, ...
+        super().__exit__(*exc)
+        self.deliver()  # to the handler that was in place: StopRequested, KeyboardInterrupt, ...
 
 
 def run_worker(config: dict[str, Any], worker_index: int = 0, install_signals: bool = True, *,
