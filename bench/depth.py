@@ -49,24 +49,47 @@ ROWS = {"mup": ("mup", "adamw", "muP (no depth rule), AdamW"),
         "completep-muon": ("completep", "muon", "CompleteP, Muon on hidden matrices")}
 
 
-def preset_with(preset: str, steps: int | None = None, depths: list[int] | None = None) -> dict[str, Any]:
-    """The preset, with its step count or depths replaced (a horizon check runs the same rows longer)."""
-    p = {**PRESETS[preset], "train": dict(PRESETS[preset]["train"])}
+def preset_with(preset: str, steps: int | None = None, depths: list[int] | None = None,
+                lr: list[float] | None = None, batch_size: int | None = None, qk_norm: bool = False,
+                mode: str | None = None) -> dict[str, Any]:
+    """The preset, with its step count, depths, LR range or batch replaced (a horizon check runs the same rows
+    longer; the base depth is the smallest depth), QK-norm in the model, or the plan's mode."""
+    p = {**PRESETS[preset], "train": dict(PRESETS[preset]["train"]), "model_options": {}}
     if steps:
         p["train"].update(steps=steps, eval_every=steps)
     if depths:
         p["depths"] = sorted(depths)
+    if lr:
+        p["lr"] = {"start": lr[0], "stop": lr[1], "step": 1}
+    if batch_size:
+        p["train"]["batch_size"] = batch_size
+    if qk_norm:
+        p["model_options"]["qk_norm"] = True
+    if mode:
+        p["train"]["mode"] = mode
     return p
 
 
-def row_sweep(preset: str, row: str, runs_dir: str, steps: int | None = None,
-              depths: list[int] | None = None) -> dict[str, Any]:
+def variant_name(preset: str, steps: int | None = None, depths: list[int] | None = None,
+                 lr: list[float] | None = None, batch_size: int | None = None, qk_norm: bool = False,
+                 mode: str | None = None) -> str:
+    """The suffix that keeps each variant's stored sweeps apart (empty for the preset itself)."""
     p = preset_with(preset, steps, depths)
+    return ((f"-s{steps}" if steps else "") + ("-d" + "-".join(map(str, p["depths"])) if depths else "")
+            + (f"-lr{lr[0]:g}_{lr[1]:g}" if lr else "") + (f"-b{batch_size}" if batch_size else "")
+            + ("-qkn" if qk_norm else "") + (f"-{mode}" if mode else ""))
+
+
+def row_sweep(preset: str, row: str, runs_dir: str, steps: int | None = None,
+              depths: list[int] | None = None, lr: list[float] | None = None, batch_size: int | None = None,
+              qk_norm: bool = False, mode: str | None = None) -> dict[str, Any]:
+    p = preset_with(preset, steps, depths, lr, batch_size, qk_norm, mode)
     recipe, optimizer, _ = ROWS[row]
     gpu = p["train"].get("device") == "cuda"
-    variant = (f"-s{steps}" if steps else "") + ("-d" + "-".join(map(str, p["depths"])) if depths else "")
+    variant = variant_name(preset, steps, depths, lr, batch_size, qk_norm, mode)
     return {
         "name": f"b2-{preset}-{row}{variant}", "model": "gpt", "data": "stdlib", "recipe": recipe, "optimizer": optimizer,
+        "model_options": p["model_options"],
         "base": {"width": p["width"], "depth": p["depths"][0]},
         "axes": {"depth": p["depths"], "log2_lr": dict(p["lr"]), "seed": list(range(p["seeds"]))},
         "train": {"width": p["width"], "warmup": 0.1, "schedule": "cosine", "final_lr_frac": 0.1,
@@ -82,16 +105,23 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-depth"))
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--steps", type=int, help="train this many steps instead of the preset's (horizon check)")
-    ap.add_argument("--depths", type=int, nargs="*", help="these depths instead of the preset's")
+    ap.add_argument("--depths", type=int, nargs="*", help="these depths instead of the preset's (the smallest is "
+                    "the base)")
+    ap.add_argument("--lr", type=float, nargs=2, metavar=("START", "STOP"), help="log2 LR grid range (1 octave)")
+    ap.add_argument("--batch-size", type=int, help="sequences per step instead of the preset's")
+    ap.add_argument("--qk-norm", action="store_true", help="QK-norm in every attention")
+    ap.add_argument("--mode", choices=["folded", "explicit"], help="the plan's mode (default: folded)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    p = preset_with(args.preset, args.steps, args.depths)
+    var = dict(steps=args.steps, depths=args.depths, lr=args.lr, batch_size=args.batch_size, qk_norm=args.qk_norm,
+               mode=args.mode)
+    p = preset_with(args.preset, **var)
     shallow, deep = p["depths"][0], p["depths"][-1]
     t0 = time.perf_counter()
     records = {}
     for row in args.rows:
         t = time.perf_counter()
-        sweep = Sweep(SweepConfig.from_dict(row_sweep(args.preset, row, args.runs, args.steps, args.depths)))
+        sweep = Sweep(SweepConfig.from_dict(row_sweep(args.preset, row, args.runs, **var)))
         sweep.run()
         records[row] = sweep.records()
         print(f"{row}: {time.perf_counter() - t:.0f} s", flush=True)
@@ -101,10 +131,11 @@ def main() -> None:
     best_any = min(o.loss for ops in at.values() for d, o in ops.items() if d == deep and math.isfinite(o.loss))
     lines = [
         provenance("depth.py", "cuda" if args.preset == "gpu" else "cpu", p["threads"]),
-        f"Reference GPT width {p['width']} (head dim 16), depths {p['depths']} (base depth {shallow}), "
+        f"Reference GPT width {p['width']} (head dim 16{', QK-norm' if args.qk_norm else ''}), depths {p['depths']} (base depth {shallow}), "
         f"{p['train']['steps']} steps, batch {p['train']['batch_size']} x seq {p['train']['seq_len']}, warmup 10% + "
         f"cosine to 10%, betas (0.9, 0.95), no weight decay; log2 lr {p['lr']['start']} .. {p['lr']['stop']} "
-        f"(1 octave, refined by half octaves near each optimum), {p['seeds']} seeds per point. Everything took "
+        f"(1 octave, refined by half octaves near each optimum), {p['seeds']} seeds per point; plan mode "
+        f"{p['train'].get('mode', 'folded')}, gradient clipping at 1.0 in explicit units. Everything took "
         f"{(time.perf_counter() - t0) / 60:.0f} min (stored sweeps are reused when the script is run again).",
         "",
         f"| row | log2 lr* per depth (90% interval) | drift over {shallow}->{deep} (octaves) | drift per doubling "
@@ -121,15 +152,23 @@ def main() -> None:
     lines += ["", f"Best loss at depth {deep} of any row: {best_any:.4f}. `*`: optimum on the grid edge. "
               "Drift is the least-squares slope of the optimum over log2 depth, times the number of doublings. "
               "Seed-to-seed spread: the 90% intervals come from resampling the two seeds' curves."]
+    if "completep" in verdicts:
+        c = verdicts["completep"]
+        lines += ["", f"Goal (CompleteP, AdamW): drift at most 0.25 octave per doubling and deeper is better: "
+                  f"{c.drift_per_doubling:+.2f} per doubling, deeper is better: {c.wider_is_better} -> "
+                  f"{'met' if abs(c.drift_per_doubling) <= 0.25 and c.wider_is_better == 'yes' else 'not met'}."]
     if "completep" in verdicts and "mup" in verdicts:
         c, m = verdicts["completep"], verdicts["mup"]
         lines += ["", f"Goal (CompleteP): drift across depth at most 0.5 octave: {c.drift:+.2f} -> "
                   f"{'met' if abs(c.drift) <= 0.5 else 'not met'}; clearly larger for muP: {m.drift:+.2f} -> "
                   f"{'met' if abs(m.drift) > abs(c.drift) + 0.5 else 'not met'}."]
-    variant = f"_s{p['train']['steps']}" if args.steps or args.depths else ""
-    close_section(lines, optima, {r: ROWS[r][2] for r in ROWS}, "depth", "depth" + variant, "B2 loss vs log2 lr per depth",
-                  "B2. Depth transfer" + (f", {p['train']['steps']} steps" if args.steps or args.depths else ""),
-                  args.preset, not args.no_write)
+    variant = variant_name(args.preset, **var)
+    title = "B2. Depth transfer" + (f", {p['train']['steps']} steps" if args.steps or args.depths else "")
+    if args.depths or args.qk_norm or args.batch_size or args.mode:
+        title += (f", base depth {shallow}" + (", QK-norm" if args.qk_norm else "")
+                  + (f", batch {args.batch_size}" if args.batch_size else "") + (f", {args.mode}" if args.mode else ""))
+    close_section(lines, optima, {r: ROWS[r][2] for r in ROWS}, "depth", "depth" + variant.replace("-", "_"),
+                  "B2 loss vs log2 lr per depth", title, args.preset, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,29 @@ def test_attn_scale_is_used():
     assert not hasattr(gpt.build(**SMALL, scale_attr=False).blocks[0].attn, "attn_scale")
 
 
+
+def test_qk_norm_bounds_the_logits_and_takes_the_mup_factor_by_attribute():
+    """QK-norm normalizes each head's query and key (scaling q_proj changes nothing), and under muP with a
+    growing head dim the plan sets the logit factor through ``attn_scale``, never folding it into q_proj
+    (which the norm would undo); without a scale attribute the plan refuses."""
+    model = gpt.build(**SMALL, qk_norm=True)
+    x = _tokens()
+    before = model(x)
+    with torch.no_grad():
+        model.blocks[0].attn.q_proj.weight.mul_(50.0)
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+    assert {"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"} <= set(_names(model))
+    target = gpt.build(width=64, depth=1, n_heads=2, head_dim=None, qk_norm=True)
+    plan = pt.parameterize(target, gpt.build(width=32, depth=1, n_heads=2, head_dim=None, qk_norm=True,
+                                             device="meta"), recipe="mup")
+    assert target.blocks[0].attn.attn_scale == pytest.approx(0.25 * 16 / 32)  # 1/sqrt(16) at the base, x 1/m
+    assert plan.tensors["blocks.0.attn.q_norm.weight"].role == "vector"
+    assert plan.tensors["blocks.0.attn.q_proj.weight"].explicit.multiplier == 1.0
+    with pytest.raises(pt.PlanError, match="head dim 16 -> 32"):
+        pt.parameterize(gpt.build(width=64, depth=1, n_heads=2, head_dim=None, qk_norm=True, scale_attr=False),
+                        gpt.build(width=32, depth=1, n_heads=2, head_dim=None, qk_norm=True, scale_attr=False,
+                                  device="meta"), recipe="mup")
+
 # ---------------------------------------------------------------------- rope
 def test_rope_scores_depend_only_on_relative_position():
     g = torch.Generator().manual_seed(0)

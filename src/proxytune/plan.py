@@ -750,6 +750,51 @@ class Plan:
                                    merge=True)
         return build_optimizer(self.optimizer_name, groups, lr=lr, **kwargs)
 
+    # ------------------------------------------------------------- clipping
+    def clip_weights(self) -> dict[str, float]:
+        """Per planned tensor, the factor that turns its gradient in this plan's mode into the gradient of the
+        explicit form: the folded weight is ``W' = s W`` with ``s`` the forward multiplier it absorbed, so its
+        gradient is the explicit one over ``s``. 1 for every tensor of an explicit plan."""
+        if self.mode != "folded":
+            return {name: 1.0 for name in self.tensors}
+        return {name: (tp.explicit.multiplier / tp.folded.multiplier if tp.folded.multiplier else 1.0)
+                for name, tp in self.tensors.items()}
+
+    def clip_grad_norm_(self, model: nn.Module | None, max_norm: float, *, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False) -> torch.Tensor:
+        """Clip the model's gradients by their global norm measured in the explicit form's units.
+
+        The drop-in for ``torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)``. Folding a forward
+        multiplier ``s`` into a weight divides that weight's gradient by ``s``, so torch's clipping of a folded
+        model sees a different norm (CompleteP at 8x the base depth: branch gradients 8x larger) and clips in
+        other steps than the explicit form would. Here each tensor's gradient norm is weighted by
+        :meth:`clip_weights` before the global norm is taken, and every gradient is scaled by the same factor
+        ``min(1, max_norm / (norm + 1e-6))``: a folded model trains as its explicit form does, clipping
+        included. Returns the total norm before clipping (explicit units), as torch's does. ``model`` may be
+        None for a plan bound with :meth:`bind`.
+        """
+        from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+        _check_positive("max_norm", max_norm)
+        params = self._resolve(model)
+        weights = self.clip_weights()
+        by_weight: dict[float, list[torch.Tensor]] = {}
+        seen: set[int] = set()
+        grads_params = []
+        for name, w in weights.items():
+            p = params[name]
+            if id(p) in seen or p.grad is None:
+                continue
+            seen.add(id(p))
+            grads_params.append(p)
+            by_weight.setdefault(w, []).append(p.grad)
+        if not grads_params:
+            return torch.tensor(0.0)
+        parts = [get_total_norm(grads, norm_type) * w for w, grads in by_weight.items()]
+        total = get_total_norm(parts, norm_type, error_if_nonfinite)
+        clip_grads_with_norm_(grads_params, max_norm, total)
+        return total
+
     # -------------------------------------------------------------- explain
     def explain(self, lr: float | None = None, weight_decay: float | None = None,
                 eps: float | None = None, *, mode: str | None = None, max_rows: int | None = None) -> str:

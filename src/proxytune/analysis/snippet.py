@@ -258,7 +258,9 @@ def training_snippet(cfg: TrainConfig, *, width: int, depth: int, lr: float, par
         add("    loss = loss_fn(target(x), y)")
     add("    loss.backward()")
     if cfg.grad_clip is not None:
-        add(f"    torch.nn.utils.clip_grad_norm_(target.parameters(), {cfg.grad_clip!r})  # the proxies' max grad norm")
+        add(f"    plan.clip_grad_norm_(target, {cfg.grad_clip!r})  # the proxies' max grad norm, in explicit units")
+        add("    # (not torch.nn.utils.clip_grad_norm_: folded weights carry their multipliers, so their raw norm")
+        add("    #  differs from the explicit form's and clipping would fire in other steps than on the proxies)")
     add("    opt.step()")
     add("    opt.zero_grad(set_to_none=True)")
     add("    sched.step()")

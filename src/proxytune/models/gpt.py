@@ -6,7 +6,9 @@ fixed head count (``n_heads``). The attention keeps its logit scale in
 function, so proxytune can set it.
 
 Options: GELU or SwiGLU MLP, LayerNorm or RMSNorm (with or without gains),
-learned or rotary (RoPE) positions, biases, tied embedding/readout. The
+learned or rotary (RoPE) positions, biases, tied embedding/readout, QK-norm
+(an RMSNorm with gains over each head's query and key, as in OLMo 2: it bounds
+the attention logits). The
 forward pass has static shapes and no in-place ops on its inputs, so it runs
 on ``meta`` and under ``torch.func.vmap`` + ``functional_call`` (batched
 trials over stacked parameters).
@@ -65,11 +67,12 @@ class Attention(nn.Module):
 
     ``attention_impl`` (a plain attribute, ``"sdpa"`` or ``"math"``) picks
     :func:`causal_attention` or :func:`causal_attention_math`; see
-    :func:`set_attention_impl`. ``rope_base`` is None for no rotary embedding.
+    :func:`set_attention_impl`. ``rope_base`` is None for no rotary embedding. ``qk_norm`` normalizes each
+    head's query and key (RMSNorm over the head dim, with gains) before the logits.
     """
 
     def __init__(self, width: int, n_heads: int, bias: bool, scale_attr: bool = True,
-                 rope_base: float | None = None) -> None:
+                 rope_base: float | None = None, qk_norm: bool = False) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = width // n_heads
@@ -79,6 +82,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(width, width, bias=bias)
         self.v_proj = nn.Linear(width, width, bias=bias)
         self.proj = nn.Linear(width, width, bias=bias)
+        if qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim)
+            self.k_norm = nn.RMSNorm(self.head_dim)
         if scale_attr:
             self.attn_scale: float | None = None
 
@@ -86,6 +92,8 @@ class Attention(nn.Module):
         b, t, c = x.shape
         q, k, v = (p(x).reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_base is not None:
             cos, sin = rope_tables(t, self.head_dim, self.rope_base, x.device, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -158,7 +166,7 @@ class GPT(nn.Module):
     def __init__(self, width: int, depth: int, n_heads: int, vocab: int, seq_len: int,
                  mlp_factory: Callable[[], nn.Module], *, norm: str = "layernorm", norm_affine: bool = True,
                  positions: str = "learned", bias: bool = False, tied: bool = False,
-                 scale_attr: bool = True, rope_base: float = 10000.0) -> None:
+                 scale_attr: bool = True, rope_base: float = 10000.0, qk_norm: bool = False) -> None:
         super().__init__()
         self.seq_len = seq_len
         self.positions = positions
@@ -167,7 +175,7 @@ class GPT(nn.Module):
             self.wpe = nn.Embedding(seq_len, width)
         rope = rope_base if positions == "rope" else None
         self.blocks = nn.ModuleList(
-            Block(width, Attention(width, n_heads, bias, scale_attr, rope), mlp_factory(), norm, norm_affine, bias)
+            Block(width, Attention(width, n_heads, bias, scale_attr, rope, qk_norm), mlp_factory(), norm, norm_affine, bias)
             for _ in range(depth))
         self.ln_f = make_norm(norm, width, norm_affine, bias)
         self.lm_head = nn.Linear(width, vocab, bias=False)
@@ -241,7 +249,7 @@ def build(width: int = 64, depth: int = 2, *, head_dim: int | None = 16, n_heads
           vocab: int = 256, seq_len: int = 64, mlp_ratio: float = 4, mlp: str = "gelu",
           norm: str = "layernorm", norm_affine: bool = True, positions: str = "learned",
           bias: bool = False, tied: bool = False, scale_attr: bool = True, rope_base: float = 10000.0,
-          device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> GPT:
+          qk_norm: bool = False, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> GPT:
     """Build the decoder.
 
     Give ``head_dim`` (heads grow with width, default) or ``n_heads`` (head dim
@@ -252,7 +260,8 @@ def build(width: int = 64, depth: int = 2, *, head_dim: int | None = 16, n_heads
     ``mlp_ratio * width`` is an integer at every width; otherwise rounding
     shifts them slightly (the rules read the actual fans, so plans stay
     consistent). ``positions="rope"`` drops ``wpe`` and rotates q and k
-    (needs an even head dim). ``device="meta"`` builds for free.
+    (needs an even head dim). ``qk_norm=True`` normalizes queries and keys per head. ``device="meta"`` builds
+    for free.
     """
     n_heads = check_options(width, depth, head_dim=head_dim, n_heads=n_heads, mlp=mlp, norm=norm,
                             positions=positions, seq_len=seq_len)
@@ -260,5 +269,5 @@ def build(width: int = 64, depth: int = 2, *, head_dim: int | None = 16, n_heads
     with torch.device(device or "cpu"):
         model = GPT(width, depth, n_heads, vocab, seq_len, lambda: MLP(width, hidden, bias, mlp), norm=norm,
                     norm_affine=norm_affine, positions=positions, bias=bias, tied=tied, scale_attr=scale_attr,
-                    rope_base=rope_base)
+                    rope_base=rope_base, qk_norm=qk_norm)
     return model.to(dtype) if dtype is not None else model

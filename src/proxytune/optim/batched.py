@@ -53,6 +53,7 @@ class StackedParam:
     use_muon: bool = False
     muon_scale: float = 1.0
     state: dict[str, Tensor] = field(default_factory=dict)
+    clip_weight: Tensor | None = None  # (K,) the plan's clip weight (Plan.clip_weights); None: 1
 
 
 class BatchedOptimizer:
@@ -107,6 +108,8 @@ class BatchedOptimizer:
             sp.weight_decay = sp.weight_decay.index_select(0, index)
             if sp.eps is not None:
                 sp.eps = sp.eps.index_select(0, index)
+            if sp.clip_weight is not None:
+                sp.clip_weight = sp.clip_weight.index_select(0, index)
             sp.state = {k: v.index_select(0, index) for k, v in sp.state.items()}
 
     # ----------------------------------------------------------------- updates
@@ -173,10 +176,21 @@ class BatchedOptimizer:
         p.sub_(ortho * _per_member(lr * sp.muon_scale, p))
 
 
-def clip_grad_norm_batched(params: list[Tensor], max_norm: float) -> Tensor:
-    """Per-member global gradient-norm clipping (``clip_grad_norm_`` on each member); returns the norms."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norms = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads], dim=1)  # (K, n_tensors)
+def clip_grad_norm_batched(params: list[Tensor] | list[StackedParam], max_norm: float) -> Tensor:
+    """Per-member global gradient-norm clipping; returns the norms (K,).
+
+    Given :class:`StackedParam` with ``clip_weight``, each tensor's norm is weighted by it first: the norm of
+    the explicit form's gradients, as ``Plan.clip_grad_norm_`` measures it for one model."""
+    stacked = [sp if isinstance(sp, StackedParam) else None for sp in params]
+    tensors = [sp.param if isinstance(sp, StackedParam) else sp for sp in params]
+    grads, weights = [], []
+    for sp, p in zip(stacked, tensors):
+        if p.grad is None:
+            continue
+        grads.append(p.grad)
+        weights.append(sp.clip_weight if sp is not None else None)
+    norms = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) * (1.0 if w is None else w.to(g.dtype))
+                         for g, w in zip(grads, weights)], dim=1)  # (K, n_tensors)
     total = norms.norm(dim=1)
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:

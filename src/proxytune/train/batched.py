@@ -121,6 +121,7 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
     names = [n for n, _ in preps[0].model.named_parameters()]
     member_params = [dict(p.model.named_parameters()) for p in preps]
     settings = [param_settings(p) for p in preps]
+    clip_weights = [_clip_weights(p) for p in preps]
     dtype = member_params[0][names[0]].dtype
     stacked = []
     for n in names:
@@ -132,6 +133,7 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
             weight_decay=_stack_hp(settings, n, "weight_decay", device, dtype),
             eps=_stack_hp(settings, n, "eps", device, dtype) if not isinstance(s0.get("eps"), tuple) else None,
             use_muon=bool(s0.get("use_muon", False)), muon_scale=float(s0.get("scale", 1.0)),
+            clip_weight=torch.tensor([cw[n] for cw in clip_weights], device=device, dtype=dtype),
         ))
     opt_kwargs = optimizer_kwargs(c0)
     opt = BatchedOptimizer(c0.optimizer, stacked, **opt_kwargs)
@@ -186,7 +188,7 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
         member_losses = losses_of(params, x, y, shared)
         member_losses.sum().backward()
         if c0.grad_clip is not None:
-            clip_grad_norm_batched([sp.param for sp in stacked], c0.grad_clip)
+            clip_grad_norm_batched(stacked, c0.grad_clip)  # explicit units, as train() clips
         opt.step(factor)
         opt.zero_grad()
 
@@ -244,6 +246,14 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
             diverged_step=diverged_step, reason=reason,
         ))
     return results
+
+
+def _clip_weights(prep: Prepared) -> dict[str, float]:
+    """Per parameter name, the plan's clip weight (:meth:`Plan.clip_weights`)."""
+    weights = prep.plan.clip_weights()
+    params = prep.plan.parameters(prep.model)
+    by_id = {id(params[n]): w for n, w in weights.items()}
+    return {n: by_id.get(id(p), 1.0) for n, p in prep.model.named_parameters()}
 
 
 def _meta_template(model: nn.Module) -> nn.Module:

@@ -65,7 +65,7 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
     """Train one model as ``config`` says and return what happened.
 
     Uses the plan from the rules core for init and per-tensor param groups,
-    the config's schedule, gradient clipping and evaluation, and stops early
+    the config's schedule, gradient clipping (``plan.clip_grad_norm_``) and evaluation, and stops early
     (``status="diverged"``) when the loss goes non-finite or above
     ``diverge_factor`` x the first loss. Same seed and config give the same
     result on CPU.
@@ -97,8 +97,8 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
         with _autocast(prep):
             loss = prep.loss(model, x, y)
         loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if cfg.grad_clip is not None:  # in the explicit form's units: folded trains as explicit does
+            prep.plan.clip_grad_norm_(model, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         value = float(loss.detach())
