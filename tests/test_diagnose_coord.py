@@ -95,3 +95,79 @@ def test_mlp_and_module_filter():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         coord_check("gpt", **kwargs)
+
+
+# ------------------------------------------------- depth rules, measured: alpha from what training does
+def _depth_exponents(recipe: str, optimizer: str = "adamw", lr: float = 3e-3, alpha: float | None = None,
+                     depths: tuple[int, ...] = (2, 4, 8, 16, 32), steps: int = 5) -> tuple[float, float]:
+    """Two exponents over depth, measured on the reference GPT (width 32, base depth 2) trained ``steps`` steps
+    on one batch: the slope of log(rms of the branch outputs at init) and of log(relative update
+    ``|W_t - W_0| / |W_0|`` of the in-block hidden matrices), against log(depth). ``alpha`` replaces the recipe's
+    branch exponent (a mutation, to show the measurement notices it)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import proxytune as pt
+    import proxytune.rules.recipes as rules
+    from proxytune.models import gpt
+
+    original = rules.RECIPES[recipe]
+    if alpha is not None:
+        rules.RECIPES[recipe] = dataclasses.replace(original, depth_alpha=alpha)
+    branch, update = [], []
+    try:
+        for depth in depths:
+            torch.manual_seed(0)
+            opts = dict(width=32, head_dim=8, vocab=256, seq_len=16)
+            model = gpt.build(depth=depth, **opts)
+            plan = pt.parameterize(model, gpt.build(depth=depths[0], **opts), recipe=recipe, optimizer=optimizer)
+            idx = torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(1))
+            seen: list[float] = []
+            hooks = [b.mlp.proj.register_forward_hook(lambda m, i, o: seen.append(float(o.detach().pow(2).mean().sqrt())))
+                     for b in model.blocks]
+            model(idx[:, :-1])
+            for h in hooks:
+                h.remove()
+            hidden = {n: p.detach().clone() for n, p in model.named_parameters()
+                      if n.startswith("blocks.") and n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                                 "fc.weight"))}
+            opt = plan.optimizer(lr=lr)
+            for _ in range(steps):
+                logits = model(idx[:, :-1])
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            params = dict(model.named_parameters())
+            branch.append(float(np.mean(seen)))
+            update.append(float(np.mean([float((params[n].detach() - w0).norm() / w0.norm())
+                                         for n, w0 in hidden.items()])))
+    finally:
+        rules.RECIPES[recipe] = original
+    x = np.log(depths)
+    return float(np.polyfit(x, np.log(branch), 1)[0]), float(np.polyfit(x, np.log(update), 1)[0])
+
+
+@pytest.mark.parametrize("recipe, optimizer, lr, alpha", [
+    ("completep", "adamw", 3e-3, 1.0), ("depth-mup", "adamw", 3e-3, 0.5), ("completep", "sgd", 0.05, 1.0)])
+def test_depth_alpha_is_measured(recipe, optimizer, lr, alpha):
+    """Over depths 2..32 the branch outputs at init scale as ``L^-alpha`` and the in-block matrices move by
+    ``L^(alpha-1)`` relative to their init (CompleteP: depth-independent, "complete" feature learning; depth-muP:
+    lazier with depth), for Adam's sign-like steps and for SGD (whose in-block LR rule is ``L^(2 alpha - 1)``).
+    Measured within 0.1 of the exponents; the mutation test below shows a wrong alpha lands far outside."""
+    branch, update = _depth_exponents(recipe, optimizer, lr)
+    assert branch == pytest.approx(-alpha, abs=0.1)
+    assert update == pytest.approx(alpha - 1, abs=0.1)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.75])
+def test_a_wrong_completep_alpha_fails_the_measurement(alpha):
+    """CompleteP with its branch exponent mutated (1 -> 0.5, 1 -> 0.75): both measured exponents leave the 0.1
+    band around CompleteP's (-1 and 0), where the stream-update coordinate check cannot tell
+    (each block's share of the stream's update is 1/L for every alpha)."""
+    branch, update = _depth_exponents("completep", alpha=alpha)
+    assert abs(branch + 1.0) >= 0.2 and abs(update) >= 0.2  # 0.1 outside CompleteP's band, at the least
+    assert branch == pytest.approx(-alpha, abs=0.1) and update == pytest.approx(alpha - 1, abs=0.1)
