@@ -93,7 +93,7 @@ def main() -> None:
             lines.append(f"| {clip or 'none'} | {row} | {mean:.4f} ({', '.join(f'{x:.4f}' for x in losses)}) | "
                          + (f"{sum(first) / len(first):.2f}" if first else "-") + " | "
                          + (f"{clipped / total:.0%}" if total else "-") + " | "
-                         + ("-" if row == "explicit" else f"{mean - ref:+.4f}") + " |")
+                         + ("-" if row == "explicit" else f"{mean - ref:+.1e}") + " |")
             print(lines[-1], flush=True)
     lines += ["", f"Took {(time.perf_counter() - t0) / 60:.1f} min."]
     emit(lines, "B2c. Folded and explicit training under gradient clipping (CPU)", not args.no_write)

@@ -100,3 +100,15 @@ def test_quick_check_trains_one_by_one_when_members_cannot_batch_and_keeps_the_c
         assert line in out, out
     assert "no verdict: the mini LR sweep failed (RuntimeError: the mini sweep broke)" in out
     assert "coordinate check: PASS" in out and "mini LR sweep: failed (RuntimeError: the mini sweep broke)" in out
+
+
+def test_check_of_a_depth_recipe_at_a_shallow_depth_warns():
+    """CompleteP checked across width at depth 1: the verdict is about width; the report warns that the base is
+    below the measured safe minimum for carrying its LR across depth. muP (no depth rule) gets no warning."""
+    from proxytune.thresholds import THRESHOLDS
+
+    res = quick_check("gpt", recipe="completep", **{**TINY_CHECK, "log2_lrs": (-8, -5), "seeds": 1})
+    (w,) = res.warnings
+    assert f"base depth 1 is below {THRESHOLDS.min_base_depth}" in w and "across width at depth 1" in w
+    assert "warning: this check is across width at depth 1" in res.report()
+    assert quick_check("gpt", recipe="mup", **{**TINY_CHECK, "log2_lrs": (-8, -5), "seeds": 1}).warnings == []

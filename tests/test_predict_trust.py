@@ -30,3 +30,22 @@ def test_extrapolation_in_depth_width_tokens_and_batch_is_flagged():
     assert "depth 32 was never swept" in text and "32x the largest proxy" in text
     assert "1e+09 tokens" in text and "outside the swept" in text
     assert not any("x the largest proxy" in w for w in trust_warnings(result(width=128 * 16)))
+
+
+def test_a_depth_recipe_carried_from_a_too_shallow_base_is_flagged():
+    """CompleteP / depth-muP from a base shallower than THRESHOLDS.min_base_depth to a deeper target: flagged
+    with the measurement behind it; not for muP (no depth rule), a deep enough base or an unchanged depth."""
+    def with_recipe(recipe: str, base_depth: int, depth: int) -> dict:
+        r = result(depth=depth)
+        r["recipe"] = {"recipe": recipe}
+        r["proxies"].update(depths=[base_depth, 2 * base_depth, 32], base_depth=base_depth)
+        return r
+
+    shallow = THRESHOLDS.min_base_depth - 1
+    for recipe in ("completep", "depth-mup"):
+        (w,) = trust_warnings(with_recipe(recipe, shallow, 24))
+        assert f"base depth {shallow} is below {THRESHOLDS.min_base_depth}" in w and "B2" in w and recipe in w
+    assert trust_warnings(with_recipe("mup", shallow, 24)) == []
+    assert trust_warnings(with_recipe("completep", THRESHOLDS.min_base_depth, 24)) == []
+    assert trust_warnings(with_recipe("completep", shallow, shallow)) == []
+

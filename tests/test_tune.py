@@ -456,3 +456,32 @@ def test_a_stage_whose_trials_keep_failing_stops_and_exits_2(tmp_path, monkeypat
     assert f"{MAX_SAME_FAILURES} trials in a row failed with the same error" in errors[0]
     assert "no attention module found" in errors[0] and "stage 1 · TPE" in errors[0]
     assert len(asked) <= 8 + MAX_SAME_FAILURES  # one batch of 8 may be under way when the streak is seen
+
+
+def test_tune_warns_before_spending_when_a_depth_recipe_has_a_shallow_base(tmp_path, monkeypatch):
+    """CompleteP from base depth 1 to a deeper target: one warning line before stage 1 starts (stage 1 is
+    stopped here: nothing after the warning matters to this test); a deep enough base or muP alone: none."""
+    from proxytune.thresholds import THRESHOLDS
+
+    class Stop(Exception):
+        pass
+
+    def stop(self):
+        raise Stop
+
+    monkeypatch.setattr(Tuner, "stage1", stop)
+    monkeypatch.setattr(Tuner, "check_multipliers", lambda self: [])
+
+    def lines_for(**over) -> list[str]:
+        lines: list[str] = []
+        with pytest.raises(Stop):
+            name = f"tiny{len(list(tmp_path.glob('runs/*')))}"  # each config its own run
+            Tuner(TuneConfig.from_dict(tiny(tmp_path, name=name, **over)), log=lines.append).run()
+        return [line for line in lines if line.startswith("warning:")]
+
+    (w,) = lines_for(recipes=["mup", "completep"], target={"width": 128, "depth": 8})
+    assert f"base depth 1 is below {THRESHOLDS.min_base_depth}" in w and "completep" in w
+    deep = dict(TINY["base"], depth=THRESHOLDS.min_base_depth)
+    assert lines_for(recipes=["completep"], base=deep, target={"width": 128, "depth": 16}) == []
+    assert lines_for(recipes=["mup"], target={"width": 128, "depth": 8}) == []
+    assert lines_for(recipes=["completep"], target={"width": 128, "depth": 1}) == []

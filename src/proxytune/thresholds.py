@@ -42,9 +42,30 @@ class Thresholds:
     """A predicted HP whose interval spans more than this (a factor 4 for log2 HPs) is flagged."""
     max_width_extrapolation: float = 16.0
     """Extrapolating more than this factor beyond the largest swept width is flagged."""
+    min_base_depth: int = 4
+    """Shallowest base (blocks) from which a depth recipe's LR is carried to a deeper target without a warning.
+    Measured in BENCHMARKS.md B2 (reference GPT width 64, 600 steps, CompleteP with AdamW, 2 seeds): from base
+    depth 2 the optimum rises by +1.07 octaves by depth 4 (90% +0.45..+1.60: FAIL); from base depth 4 it drifts
+    +0.19 octave per doubling up to depth 32 (90% -0.11..+0.45: PASS), flat from 8 to 32."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 THRESHOLDS = Thresholds()
+
+
+def shallow_base_warning(recipe: str, base_depth: int | None, target_depth: int | None) -> str | None:
+    """A warning when a depth recipe carries an LR from a base shallower than ``min_base_depth`` to a deeper
+    target (None otherwise: no depth rule, no depth change, or a base deep enough)."""
+    from .rules.recipes import RECIPES
+
+    rec = RECIPES.get(recipe)
+    if rec is None or rec.depth_alpha is None or not base_depth or base_depth >= THRESHOLDS.min_base_depth:
+        return None
+    if target_depth is not None and target_depth <= base_depth:
+        return None
+    return (f"base depth {base_depth} is below {THRESHOLDS.min_base_depth}, the shallowest base from which "
+            f"{recipe}'s learning rate was measured to carry across depth (BENCHMARKS.md, B2): a {base_depth}-block "
+            f"proxy trains unlike deep models, and its optimal LR sits about an octave below theirs; use a base "
+            f"of {THRESHOLDS.min_base_depth} or more blocks, or sweep a depth axis to see the drift on your model")

@@ -14,7 +14,7 @@ from typing import Any
 from ..builders import build_model, load_builder
 from ..sweep import Sweep
 from ..sweep.config import base_config
-from ..thresholds import THRESHOLDS
+from ..thresholds import THRESHOLDS, shallow_base_warning
 from .laws import fit_log_linear, fit_saturating_power_law
 from .optimum import optima_by_group
 from .rules_of_thumb import apply_rule
@@ -142,6 +142,7 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
         first = first.model_copy(update={"depth": cfg.base.get("depth") or first.depth})
     out["proxies"] = {"widths": sorted({int(g) for g in _swept(optima, first, "width")}),
                       "depths": sorted({int(g) for g in _swept(optima, first, "depth")}),
+                      "base_depth": int(first.base_depth or first.depth) if first.depth else None,
                       "tokens": tokens_proxy if tokens_known else None,
                       "batch_tokens": sorted(set(nvars["B"])) if not program else [],
                       "seeds": min(o.n_seeds for o in optima)}
@@ -262,6 +263,9 @@ def trust_warnings(result: dict[str, Any], hp: str = "log2_lr") -> list[str]:
     if t["tokens"] is not None and px["tokens"] is not None and t["tokens"] > px["tokens"] * (1 + 1e-9):
         out.append(f"the target trains on {t['tokens']:.3g} tokens, the proxies on at most {px['tokens']:.3g}: "
                    "beyond the swept token budgets (see the notes for how the LR was moved)")
+    shallow = shallow_base_warning(result.get("recipe", {}).get("recipe", ""), px.get("base_depth"), t["depth"])
+    if shallow:
+        out.append(shallow)
     b = px["batch_tokens"]
     if b and t["batch_tokens"] is not None and not b[0] * (1 - 1e-9) <= t["batch_tokens"] <= b[-1] * (1 + 1e-9):
         out.append(f"a batch of {t['batch_tokens']:.3g} tokens per step is outside the swept ones "

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..analysis.optimum import optima_by_group
 from ..analysis.verdict import Verdict, transfer_verdict
-from ..thresholds import THRESHOLDS
+from ..thresholds import THRESHOLDS, shallow_base_warning
 from ..train import BatchError, RunResult, TrainConfig, train, train_batched
 from .alignment import AlignmentCheck, alignment_check
 from ..modelspec import ModelSpec
@@ -44,6 +44,8 @@ class QuickCheck:
     alignment_error: str = ""
     #: why the mini LR sweep did not finish ("" when it did); the other evidence is kept
     sweep_error: str = ""
+    #: what limits the verdict beyond its evidence (a base too shallow for the recipe's depth rule)
+    warnings: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         parts = [self.line, "", "coordinate check: " + self.coord.line]
@@ -55,6 +57,7 @@ class QuickCheck:
             parts.append("mini LR sweep: " + self.sweep.line)
         elif self.sweep_error:
             parts.append("mini LR sweep: failed (" + self.sweep_error + ")")
+        parts += ["warning: " + w for w in self.warnings]
         return "\n".join(parts)
 
 
@@ -115,13 +118,15 @@ def quick_check(model: str | ModelSpec = "gpt", *, widths: tuple[int, ...] = (32
     optima = optima_by_group(records, "log2_lr", size_axes=["width"])
     sweep = transfer_verdict(optima, "width") if len(optima) >= 2 else None
     reasons = _reasons(coord, align, sweep, recipe)
+    shallow = shallow_base_warning(recipe, depth, None)
+    warnings = [f"this check is across width at depth {depth}; " + shallow] if shallow else []
     ok = coord.passed and sweep is not None and not sweep.failed
     if ok:
         line = "transfers" + ("" if sweep.passed else " (the coordinate check passes; the mini LR sweep is too short "
                               "to resolve the drift: " + "; ".join(sweep.advice) + ")")
     else:
         line = "does not transfer, because " + "; ".join(reasons)
-    return QuickCheck(ok, line, reasons, coord, align, sweep, records, align_error)
+    return QuickCheck(ok, line, reasons, coord, align, sweep, records, align_error, warnings=warnings)
 
 
 def _train_all(configs: list[TrainConfig]) -> list[RunResult]:

@@ -41,7 +41,7 @@ from ..analysis.optimum import Optimum, optima_by_group
 from ..analysis.verdict import loss_gap, transfer_verdict
 from ..sweep import Sweep, SweepConfig
 from ..sweep.errors import RepeatedFailure
-from ..thresholds import THRESHOLDS
+from ..thresholds import THRESHOLDS, shallow_base_warning
 from .config import TuneConfig, TuneConfigError
 from .search import (
     LR_AXIS, default_setting, finalist_settings, lr_scan_points, mean_losses, next_center, oat_points, with_seed,
@@ -363,6 +363,11 @@ class Tuner:
         cfg = self.cfg
         _check_stored(cfg)
         self.check_multipliers()
+        deepest = max([cfg.target.depth if cfg.target is not None and cfg.target.depth else 0, *cfg.proxy_depths])
+        for recipe in cfg.candidates:  # before any compute is spent: a base too shallow for the depth rule
+            shallow = shallow_base_warning(recipe, cfg.base_depth, deepest or None)
+            if shallow and deepest > cfg.base_depth:
+                self.log(f"warning: {shallow}")
         s1 = self.stage1()
         winner = s1["winner"]["setting"]
         self.log(f"stage 1 done: best setting {_describe(winner)} (loss {s1['winner']['mean']:.4f} on fresh seeds, "
