@@ -51,9 +51,10 @@ ROWS = {"mup": ("mup", "adamw", "muP (no depth rule), AdamW"),
 
 def preset_with(preset: str, steps: int | None = None, depths: list[int] | None = None,
                 lr: list[float] | None = None, batch_size: int | None = None, qk_norm: bool = False,
-                mode: str | None = None) -> dict[str, Any]:
+                mode: str | None = None, residual: float | None = None) -> dict[str, Any]:
     """The preset, with its step count, depths, LR range or batch replaced (a horizon check runs the same rows
-    longer; the base depth is the smallest depth), QK-norm in the model, or the plan's mode."""
+    longer; the base depth is the smallest depth), QK-norm in the model, the plan's mode, or the named
+    residual multiplier (every branch's forward multiplier at the base)."""
     p = {**PRESETS[preset], "train": dict(PRESETS[preset]["train"]), "model_options": {}}
     if steps:
         p["train"].update(steps=steps, eval_every=steps)
@@ -67,26 +68,28 @@ def preset_with(preset: str, steps: int | None = None, depths: list[int] | None 
         p["model_options"]["qk_norm"] = True
     if mode:
         p["train"]["mode"] = mode
+    if residual:
+        p["train"]["residual_mult"] = residual
     return p
 
 
 def variant_name(preset: str, steps: int | None = None, depths: list[int] | None = None,
                  lr: list[float] | None = None, batch_size: int | None = None, qk_norm: bool = False,
-                 mode: str | None = None) -> str:
+                 mode: str | None = None, residual: float | None = None) -> str:
     """The suffix that keeps each variant's stored sweeps apart (empty for the preset itself)."""
     p = preset_with(preset, steps, depths)
     return ((f"-s{steps}" if steps else "") + ("-d" + "-".join(map(str, p["depths"])) if depths else "")
             + (f"-lr{lr[0]:g}_{lr[1]:g}" if lr else "") + (f"-b{batch_size}" if batch_size else "")
-            + ("-qkn" if qk_norm else "") + (f"-{mode}" if mode else ""))
+            + ("-qkn" if qk_norm else "") + (f"-{mode}" if mode else "") + (f"-r{residual:g}" if residual else ""))
 
 
 def row_sweep(preset: str, row: str, runs_dir: str, steps: int | None = None,
               depths: list[int] | None = None, lr: list[float] | None = None, batch_size: int | None = None,
-              qk_norm: bool = False, mode: str | None = None) -> dict[str, Any]:
-    p = preset_with(preset, steps, depths, lr, batch_size, qk_norm, mode)
+              qk_norm: bool = False, mode: str | None = None, residual: float | None = None) -> dict[str, Any]:
+    p = preset_with(preset, steps, depths, lr, batch_size, qk_norm, mode, residual)
     recipe, optimizer, _ = ROWS[row]
     gpu = p["train"].get("device") == "cuda"
-    variant = variant_name(preset, steps, depths, lr, batch_size, qk_norm, mode)
+    variant = variant_name(preset, steps, depths, lr, batch_size, qk_norm, mode, residual)
     return {
         "name": f"b2-{preset}-{row}{variant}", "model": "gpt", "data": "stdlib", "recipe": recipe, "optimizer": optimizer,
         "model_options": p["model_options"],
@@ -111,10 +114,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, help="sequences per step instead of the preset's")
     ap.add_argument("--qk-norm", action="store_true", help="QK-norm in every attention")
     ap.add_argument("--mode", choices=["folded", "explicit"], help="the plan's mode (default: folded)")
+    ap.add_argument("--residual", type=float, help="named residual multiplier (branch outputs x this at the base)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     var = dict(steps=args.steps, depths=args.depths, lr=args.lr, batch_size=args.batch_size, qk_norm=args.qk_norm,
-               mode=args.mode)
+               mode=args.mode, residual=args.residual)
     p = preset_with(args.preset, **var)
     shallow, deep = p["depths"][0], p["depths"][-1]
     t0 = time.perf_counter()
@@ -133,7 +137,8 @@ def main() -> None:
         provenance("depth.py", "cuda" if args.preset == "gpu" else "cpu", p["threads"]),
         f"Reference GPT width {p['width']} (head dim 16{', QK-norm' if args.qk_norm else ''}), depths {p['depths']} (base depth {shallow}), "
         f"{p['train']['steps']} steps, batch {p['train']['batch_size']} x seq {p['train']['seq_len']}, warmup 10% + "
-        f"cosine to 10%, betas (0.9, 0.95), no weight decay; log2 lr {p['lr']['start']} .. {p['lr']['stop']} "
+        f"cosine to 10%, betas (0.9, 0.95), no weight decay"
+        f"{'; residual multiplier ' + format(args.residual, 'g') + ' at the base' if args.residual else ''}; log2 lr {p['lr']['start']} .. {p['lr']['stop']} "
         f"(1 octave, refined by half octaves near each optimum), {p['seeds']} seeds per point; plan mode "
         f"{p['train'].get('mode', 'folded')}, gradient clipping at 1.0 in explicit units. Everything took "
         f"{(time.perf_counter() - t0) / 60:.0f} min (stored sweeps are reused when the script is run again).",
@@ -164,9 +169,10 @@ def main() -> None:
                   f"{'met' if abs(m.drift) > abs(c.drift) + 0.5 else 'not met'}."]
     variant = variant_name(args.preset, **var)
     title = "B2. Depth transfer" + (f", {p['train']['steps']} steps" if args.steps or args.depths else "")
-    if args.depths or args.qk_norm or args.batch_size or args.mode:
+    if args.depths or args.qk_norm or args.batch_size or args.mode or args.residual:
         title += (f", base depth {shallow}" + (", QK-norm" if args.qk_norm else "")
-                  + (f", batch {args.batch_size}" if args.batch_size else "") + (f", {args.mode}" if args.mode else ""))
+                  + (f", batch {args.batch_size}" if args.batch_size else "")
+                  + (f", residual {args.residual:g}" if args.residual else "") + (f", {args.mode}" if args.mode else ""))
     close_section(lines, optima, {r: ROWS[r][2] for r in ROWS}, "depth", "depth" + variant.replace("-", "_"),
                   "B2 loss vs log2 lr per depth", title, args.preset, not args.no_write)
 
