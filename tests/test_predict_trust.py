@@ -48,4 +48,10 @@ def test_a_depth_recipe_carried_from_a_too_shallow_base_is_flagged():
     assert trust_warnings(with_recipe("mup", shallow, 24)) == []
     assert trust_warnings(with_recipe("completep", THRESHOLDS.min_base_depth, 24)) == []
     assert trust_warnings(with_recipe("completep", shallow, shallow)) == []
+    # scaled-down branches at the base (measured to transfer from depth 2): no warning; full-size: warned
+    scaled = with_recipe("completep", shallow, 24)
+    scaled["proxies"]["base_residual"] = THRESHOLDS.max_shallow_base_residual
+    assert trust_warnings(scaled) == []
+    scaled["proxies"]["base_residual"] = 1.0
+    assert "residual multiplier at 1" in trust_warnings(scaled)[0]
 

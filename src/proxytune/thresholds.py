@@ -43,10 +43,15 @@ class Thresholds:
     max_width_extrapolation: float = 16.0
     """Extrapolating more than this factor beyond the largest swept width is flagged."""
     min_base_depth: int = 4
-    """Shallowest base (blocks) from which a depth recipe's LR is carried to a deeper target without a warning.
-    Measured in BENCHMARKS.md B2 (reference GPT width 64, 600 steps, CompleteP with AdamW, 2 seeds): from base
-    depth 2 the optimum rises by +1.07 octaves by depth 4 (90% +0.45..+1.60: FAIL); from base depth 4 it drifts
-    +0.19 octave per doubling up to depth 32 (90% -0.11..+0.45: PASS), flat from 8 to 32."""
+    """Shallowest base (blocks) from which a depth recipe's LR is carried to a deeper target without a warning,
+    unless the base's residual multiplier is at most ``max_shallow_base_residual``. Measured in BENCHMARKS.md B2
+    (reference GPT width 64, 600 steps, CompleteP with AdamW, 2 seeds): from base depth 2 with full-size
+    branches the optimum rises by +1.07 octaves by depth 4 (90% +0.45..+1.60: FAIL); from base depth 4 it
+    drifts +0.19 octave per doubling up to depth 32 (90% -0.11..+0.45: PASS); from base depth 2 with the
+    residual multiplier at 0.5, +0.12 per doubling up to depth 8 (90% -0.18..+0.43: PASS)."""
+    max_shallow_base_residual: float = 0.5
+    """Largest residual multiplier (every branch's forward multiplier at the base) with which a base shallower
+    than ``min_base_depth`` was measured to carry its LR across depth (B2)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,17 +60,21 @@ class Thresholds:
 THRESHOLDS = Thresholds()
 
 
-def shallow_base_warning(recipe: str, base_depth: int | None, target_depth: int | None) -> str | None:
-    """A warning when a depth recipe carries an LR from a base shallower than ``min_base_depth`` to a deeper
-    target (None otherwise: no depth rule, no depth change, or a base deep enough)."""
+def shallow_base_warning(recipe: str, base_depth: int | None, target_depth: int | None,
+                         residual: float = 1.0) -> str | None:
+    """A warning when a depth recipe carries an LR to a deeper target from a base shallower than
+    ``min_base_depth`` whose branches are at full size (``residual`` above ``max_shallow_base_residual``);
+    None otherwise (no depth rule, no depth change, a deep enough base, or scaled-down branches)."""
     from .rules.recipes import RECIPES
 
+    th = THRESHOLDS
     rec = RECIPES.get(recipe)
-    if rec is None or rec.depth_alpha is None or not base_depth or base_depth >= THRESHOLDS.min_base_depth:
+    if rec is None or rec.depth_alpha is None or not base_depth or base_depth >= th.min_base_depth:
         return None
-    if target_depth is not None and target_depth <= base_depth:
+    if (target_depth is not None and target_depth <= base_depth) or residual <= th.max_shallow_base_residual:
         return None
-    return (f"base depth {base_depth} is below {THRESHOLDS.min_base_depth}, the shallowest base from which "
-            f"{recipe}'s learning rate was measured to carry across depth (BENCHMARKS.md, B2): a {base_depth}-block "
-            f"proxy trains unlike deep models, and its optimal LR sits about an octave below theirs; use a base "
-            f"of {THRESHOLDS.min_base_depth} or more blocks, or sweep a depth axis to see the drift on your model")
+    return (f"base depth {base_depth} is below {th.min_base_depth} with the residual multiplier at {residual:g}: "
+            f"from such a base {recipe}'s optimal LR was measured about an octave below deeper models' "
+            f"(BENCHMARKS.md, B2). Use a base of {th.min_base_depth} or more blocks, or residual_mult "
+            f"{th.max_shallow_base_residual:g} at the base (measured to transfer from depth 2), or sweep a depth "
+            f"axis to see the drift on your model")

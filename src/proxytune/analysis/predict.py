@@ -143,6 +143,7 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     out["proxies"] = {"widths": sorted({int(g) for g in _swept(optima, first, "width")}),
                       "depths": sorted({int(g) for g in _swept(optima, first, "depth")}),
                       "base_depth": int(first.base_depth or first.depth) if first.depth else None,
+                      "base_residual": first.residual_mult,
                       "tokens": tokens_proxy if tokens_known else None,
                       "batch_tokens": sorted(set(nvars["B"])) if not program else [],
                       "seeds": min(o.n_seeds for o in optima)}
@@ -263,7 +264,8 @@ def trust_warnings(result: dict[str, Any], hp: str = "log2_lr") -> list[str]:
     if t["tokens"] is not None and px["tokens"] is not None and t["tokens"] > px["tokens"] * (1 + 1e-9):
         out.append(f"the target trains on {t['tokens']:.3g} tokens, the proxies on at most {px['tokens']:.3g}: "
                    "beyond the swept token budgets (see the notes for how the LR was moved)")
-    shallow = shallow_base_warning(result.get("recipe", {}).get("recipe", ""), px.get("base_depth"), t["depth"])
+    shallow = shallow_base_warning(result.get("recipe", {}).get("recipe", ""), px.get("base_depth"), t["depth"],
+                                   px.get("base_residual", 1.0))
     if shallow:
         out.append(shallow)
     b = px["batch_tokens"]

@@ -365,7 +365,7 @@ class Tuner:
         self.check_multipliers()
         deepest = max([cfg.target.depth if cfg.target is not None and cfg.target.depth else 0, *cfg.proxy_depths])
         for recipe in cfg.candidates:  # before any compute is spent: a base too shallow for the depth rule
-            shallow = shallow_base_warning(recipe, cfg.base_depth, deepest or None)
+            shallow = shallow_base_warning(recipe, cfg.base_depth, deepest or None)  # residual 1 until stage 1
             if shallow and deepest > cfg.base_depth:
                 self.log(f"warning: {shallow}")
         s1 = self.stage1()
