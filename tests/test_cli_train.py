@@ -52,3 +52,17 @@ def test_train_reports_divergence_as_a_result():
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["status"] == "diverged" and data["final_val_loss"] == "inf"
+
+
+def test_train_help_names_every_precision_the_config_takes():
+    """The --precision help lists exactly TrainConfig's choices (it once named three of five)."""
+    import re
+    import typing
+
+    from proxytune.train import TrainConfig
+
+    choices = typing.get_args(TrainConfig.model_fields["precision"].annotation)
+    res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    text = " ".join(re.sub(r"[│\s]+", " ", res.output).split())
+    start = text.index("--precision")
+    assert all(c in text[start:start + 200] for c in choices), text[start:start + 200]

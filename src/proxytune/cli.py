@@ -191,7 +191,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="seed of init and batch order [0]"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto [cpu]"),
-    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp64 [fp32]"),
+    precision: Optional[str] = typer.Option(None, help="fp32, bf16, bf16-pure, fp8-sim or fp64 [fp32]"),
     eval_every: Optional[int] = typer.Option(None, help="evaluate every k steps [50]"),
     grad_clip: Optional[float] = typer.Option(None, help="max gradient norm; 0 turns clipping off [1.0]"),
     config: Optional[str] = typer.Option(None, help="YAML/JSON file of TrainConfig fields (flags override it)"),
