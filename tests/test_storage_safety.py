@@ -362,3 +362,23 @@ def test_two_sweeps_started_at_once_from_the_command_line(tmp_path):
 @pytest.mark.slow
 def test_two_sweeps_started_at_once_from_the_command_line_many_times(tmp_path):
     race_cli(tmp_path, 40)  # 20 on each store
+
+
+def test_importing_and_creating_a_sweep_leave_optunas_verbosity_alone(tmp_path):
+    """Importing proxytune sets no global state of Optuna's; creating a study silences its INFO line only for
+    that call, then restores the user's verbosity (checked in a fresh interpreter, where nothing ran before)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import optuna, logging\n"
+        "optuna.logging.set_verbosity(logging.DEBUG)\n"
+        "import proxytune, proxytune.sweep, proxytune.cli, proxytune.tune\n"
+        "assert optuna.logging.get_verbosity() == logging.DEBUG, 'import changed it'\n"
+        "from proxytune.sweep.store import _optuna_quiet\n"
+        "with _optuna_quiet():\n"
+        "    assert optuna.logging.get_verbosity() == logging.WARNING\n"
+        "assert optuna.logging.get_verbosity() == logging.DEBUG, 'not restored'\n"
+        "print('unchanged')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "unchanged" in out.stdout, out.stderr

@@ -46,8 +46,19 @@ from ..train.result import RunResult
 from .config import SweepConfig, SweepConfigError
 from .reconnect import MAX_WAIT_S
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger("proxytune.sweep")
+
+
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna's INFO lines off for the duration (its "A new study created" would interleave with proxytune's own
+    output), and its verbosity as the user had it afterwards: importing proxytune changes no global state."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 IDENTITY_ATTR = "proxytune_identity"
 HOST = socket.gethostname()
@@ -247,7 +258,8 @@ def _open_study(cfg: SweepConfig, storage: optuna.storages.BaseStorage, url: str
         if not create:
             raise SweepConfigError(f"no sweep named {cfg.name!r} in {_redact(url)}")
         try:
-            storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], cfg.name)
+            with _optuna_quiet():
+                storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], cfg.name)
         except optuna.exceptions.DuplicatedStudyError:
             pass  # a database: another process created it a moment ago; the identity decides whose it is
     study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner)
