@@ -1,12 +1,12 @@
 """Coordinate check and gradient scales: the exponents, measured."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import proxytune as pt
 from proxytune.models import mlp
+from scale_helpers import assert_slope, exponent_at, rms, slopes_by_key
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -35,13 +35,11 @@ def _delta_rms(recipe: str, width: int, lr: float = 1e-2, seed: int = 0) -> dict
         model(x)
     for h in hooks:
         h.remove()
-    return {n: (outs[n] - before[n]).pow(2).mean().sqrt().item() for n in names}
+    return {n: rms(outs[n] - before[n]) for n in names}
 
 
 def _slopes(recipe: str) -> dict[str, float]:
-    per_width = [_delta_rms(recipe, w) for w in WIDTHS]
-    lx = np.log(WIDTHS)
-    return {n: float(np.polyfit(lx, np.log([d[n] for d in per_width]), 1)[0]) for n in per_width[0]}
+    return slopes_by_key(WIDTHS, [_delta_rms(recipe, w) for w in WIDTHS])
 
 
 def test_coordinate_check_mup_flat_sp_grows():
@@ -59,7 +57,7 @@ def _grad_rms(recipe: str, width: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(256, 16, generator=g), torch.randint(0, 4, (256,), generator=g)
     F.cross_entropy(model(x), y).backward()
-    return {n: p.grad.pow(2).mean().sqrt().item() for n, p in model.named_parameters()}
+    return {n: rms(p.grad) for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("recipe", ["mup", "sp-perlayer"])
@@ -68,8 +66,7 @@ def test_adam_eps_tracks_measured_gradient_scale(recipe):
     grads = [_grad_rms(recipe, w) for w in WIDTHS]
     plan = pt.parameterize(mlp.build(width=512, depth=2, device="meta"), mlp.build(width=64, depth=2),
                            recipe=recipe, optimizer="adam")
-    lx = np.log(WIDTHS)
     for name, tp in plan.tensors.items():
-        measured = float(np.polyfit(lx, np.log([g[name] for g in grads]), 1)[0])
-        planned = np.log(tp.folded.eps) / np.log(512 / 64)
-        assert measured == pytest.approx(planned, abs=0.2), (name, tp.role, measured, planned)
+        planned = exponent_at(tp.folded.eps, 512 / 64)
+        assert_slope(WIDTHS, [g[name] for g in grads], planned, 0.2,
+                     what=f"{name} ({tp.role}) gradient RMS vs width, against the planned eps exponent")

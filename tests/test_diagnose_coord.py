@@ -5,6 +5,7 @@ import math
 import pytest
 
 from proxytune.diagnose import CoordCheck, coord_check
+from scale_helpers import assert_exponent, assert_exponent_outside, loglog_slope, rms
 
 WIDTHS = [32, 64, 128, 256]
 DEPTHS = [2, 4, 8, 16]
@@ -30,7 +31,8 @@ def test_width_mup_passes(width_mup):
     assert width_mup.line.startswith("PASS")
     assert not width_mup.blowups and not width_mup.vanishing
     # measured within 0.26 at lr 1e-3 (2 seeds); the shared tolerance is 0.4
-    assert all(abs(v) <= 0.3 for v in _slopes(width_mup).values()), width_mup.table()
+    for module, slope in _slopes(width_mup).items():
+        assert_exponent(slope, 0.0, 0.3, what=f"{module} update RMS vs width under muP\n{width_mup.table()}")
 
 
 def test_width_sp_blows_up_readout_and_hidden(width_sp):
@@ -53,7 +55,8 @@ def test_depth_completep_passes_mup_fails():
     assert not mup.passed and "blow up with depth" in mup.line, mup.table()
     s_cp, s_mup = _slopes(cp), _slopes(mup)
     # the residual stream after the last block: flat under CompleteP, ~linear in depth under muP
-    assert abs(s_cp["blocks.-1"]) <= 0.25 and s_mup["blocks.-1"] > 0.7
+    assert_exponent(s_cp["blocks.-1"], 0.0, 0.25, what="stream update vs depth under CompleteP")
+    assert s_mup["blocks.-1"] > 0.7
     assert "blocks.-1" in mup.blowups and "blocks.*" in mup.blowups
     # branch outputs inside the blocks shrink as 1/depth under CompleteP: listed, not judged
     inner = cp.last_step_slopes()["blocks.*.mlp.proj"]
@@ -126,8 +129,7 @@ def _depth_exponents(recipe: str, optimizer: str = "adamw", lr: float = 3e-3, al
             plan = pt.parameterize(model, gpt.build(depth=depths[0], **opts), recipe=recipe, optimizer=optimizer)
             idx = torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(1))
             seen: list[float] = []
-            hooks = [b.mlp.proj.register_forward_hook(lambda m, i, o: seen.append(float(o.detach().pow(2).mean().sqrt())))
-                     for b in model.blocks]
+            hooks = [b.mlp.proj.register_forward_hook(lambda m, i, o: seen.append(rms(o))) for b in model.blocks]
             model(idx[:, :-1])
             for h in hooks:
                 h.remove()
@@ -147,8 +149,7 @@ def _depth_exponents(recipe: str, optimizer: str = "adamw", lr: float = 3e-3, al
                                          for n, w0 in hidden.items()])))
     finally:
         rules.RECIPES[recipe] = original
-    x = np.log(depths)
-    return float(np.polyfit(x, np.log(branch), 1)[0]), float(np.polyfit(x, np.log(update), 1)[0])
+    return loglog_slope(depths, branch), loglog_slope(depths, update)
 
 
 @pytest.mark.parametrize("recipe, optimizer, lr, alpha", [
@@ -159,8 +160,8 @@ def test_depth_alpha_is_measured(recipe, optimizer, lr, alpha):
     lazier with depth), for Adam's sign-like steps and for SGD (whose in-block LR rule is ``L^(2 alpha - 1)``).
     Measured within 0.1 of the exponents; the mutation test below shows a wrong alpha lands far outside."""
     branch, update = _depth_exponents(recipe, optimizer, lr)
-    assert branch == pytest.approx(-alpha, abs=0.1)
-    assert update == pytest.approx(alpha - 1, abs=0.1)
+    assert_exponent(branch, -alpha, 0.1, what=f"{recipe}/{optimizer} branch output at init vs depth")
+    assert_exponent(update, alpha - 1, 0.1, what=f"{recipe}/{optimizer} relative in-block update vs depth")
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.75])
@@ -169,5 +170,8 @@ def test_a_wrong_completep_alpha_fails_the_measurement(alpha):
     band around CompleteP's (-1 and 0), where the stream-update coordinate check cannot tell
     (each block's share of the stream's update is 1/L for every alpha)."""
     branch, update = _depth_exponents("completep", alpha=alpha)
-    assert abs(branch + 1.0) >= 0.2 and abs(update) >= 0.2  # 0.1 outside CompleteP's band, at the least
-    assert branch == pytest.approx(-alpha, abs=0.1) and update == pytest.approx(alpha - 1, abs=0.1)
+    # 0.1 outside CompleteP's band, at the least
+    assert_exponent_outside(branch, -1.0, 0.2, what=f"branch output vs depth, alpha mutated to {alpha}")
+    assert_exponent_outside(update, 0.0, 0.2, what=f"relative in-block update vs depth, alpha mutated to {alpha}")
+    assert_exponent(branch, -alpha, 0.1, what=f"branch output vs depth, alpha mutated to {alpha}")
+    assert_exponent(update, alpha - 1, 0.1, what=f"relative in-block update vs depth, alpha mutated to {alpha}")

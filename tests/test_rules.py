@@ -8,6 +8,7 @@ from proxytune.rules.everett import LAYERS, LR_EXPONENTS, is_stable, stability_m
 from proxytune.rules.recipes import (
     OPTIMIZERS, RECIPES, Scale, TensorContext, fold, tensor_scales, unfold,
 )
+from scale_helpers import assert_power
 
 HALF = Fraction(1, 2)
 
@@ -78,10 +79,11 @@ def test_depth_rules_completep_and_depth_mup():
         out = TensorContext(role="hidden", width=1.0, depth=4.0, in_block=True, branch_output=True)
         e_in, f_in = tensor_scales(rec, adam, inner)
         e_out, f_out = tensor_scales(rec, adam, out)
-        assert f_in.lr == pytest.approx(4.0 ** (alpha - 1))
-        assert f_in.eps == pytest.approx(4.0 ** -alpha)
-        assert e_out.multiplier == pytest.approx(4.0 ** -alpha)
-        assert f_out.init == pytest.approx(4.0 ** -alpha)  # branch multiplier folded into the init
-        assert f_out.lr == pytest.approx(4.0 ** (alpha - 1) * 4.0 ** -alpha)
+        # depth ratio L = 4: each setting is L to the rule's exponent
+        assert_power(f_in.lr, 4.0, alpha - 1, what=f"{name} in-block lr")
+        assert_power(f_in.eps, 4.0, -alpha, what=f"{name} in-block eps")
+        assert_power(e_out.multiplier, 4.0, -alpha, what=f"{name} branch multiplier")
+        assert_power(f_out.init, 4.0, -alpha, what=f"{name} branch init")  # branch multiplier folded into the init
+        assert_power(f_out.lr, 4.0, (alpha - 1) - alpha, what=f"{name} branch lr (in-block lr x branch multiplier)")
         sgd = tensor_scales(rec, OPTIMIZERS["sgd"], inner)[1]
-        assert sgd.lr == pytest.approx(4.0 ** (2 * alpha - 1))
+        assert_power(sgd.lr, 4.0, 2 * alpha - 1, what=f"{name} in-block SGD lr")

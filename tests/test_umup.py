@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,12 +16,9 @@ from proxytune.rules.umup import (
     residual_taus,
 )
 from proxytune.shapes import PlanError
+from scale_helpers import assert_all_in, assert_power, assert_rms_in, assert_slope, assert_unit_rms, rms
 
 VOCAB = 256
-
-
-def _rms(t: torch.Tensor) -> float:
-    return float(t.detach().double().pow(2).mean().sqrt())
 
 
 def _umup(width: int, depth: int, **kw):
@@ -41,14 +37,14 @@ def _forward_stats(model, depth):
         if name.endswith(("attn.proj", "mlp.proj")) or name in ("lm_head",) or (
                 name.startswith("blocks.") and name.count(".") == 1):
             hooks.append(mod.register_forward_hook(
-                lambda m, i, o, name=name: outs.__setitem__(name, _rms(o))))
+                lambda m, i, o, name=name: outs.__setitem__(name, rms(o))))
     torch.manual_seed(1)
     x = torch.randint(0, VOCAB, (8, 64))
     logits = model(x)
     F.cross_entropy(logits.flatten(0, 1), x.flatten()).backward()
     for h in hooks:
         h.remove()
-    grads = {n.replace("parametrizations.", "").replace(".original", ""): _rms(p.grad)
+    grads = {n.replace("parametrizations.", "").replace(".original", ""): rms(p.grad)
              for n, p in model.named_parameters() if p.grad is not None}
     return outs, grads
 
@@ -69,19 +65,19 @@ def test_unit_scale_at_init_forward_and_backward(width, depth):
     outs, grads = _forward_stats(model, depth)
     taus = residual_taus(depth)
     for i in range(depth):
-        assert 0.5 <= outs[f"blocks.{i}"] <= 2, (i, outs[f"blocks.{i}"])
+        assert_rms_in(outs[f"blocks.{i}"], 0.5, 2, what=f"stream after block {i}")
         for j, br in enumerate(("attn", "mlp")):
             f = outs[f"blocks.{i}.{br}.proj"] / taus[2 * i + j]
             high = 4 if br == "attn" and i >= 3 else 2
-            assert 0.5 <= f <= high, (i, br, f)
-    assert outs["lm_head"] == pytest.approx(width ** -0.5, rel=0.25)
+            assert_rms_in(f, 0.5, high, what=f"block {i} {br} branch output (before tau)")
+    assert_power(outs["lm_head"], width, -0.5, rel=0.25, what="logits RMS vs width")
     for name, g in grads.items():
         if name.endswith("weight") and plan.tensors[name].shape.__len__() >= 2:
             low = 1 / 8 if name.split(".")[-2] in ("q_proj", "k_proj") else 0.5
             high = 4 if name == "wpe.weight" else 2
-            assert low <= g <= high, (name, g)
+            assert_rms_in(g, low, high, what=f"{name} gradient")
         else:  # gains: a sum of correlated terms over tokens, looser
-            assert 0.25 <= g <= 4, (name, g)
+            assert_rms_in(g, 0.25, 4, what=f"{name} gradient")
 
 
 def test_without_backward_scales_the_gradients_are_far_from_unit():
@@ -107,8 +103,8 @@ def test_on_real_text_gradients_are_order_one_not_unit():
                                    seq_len=64, batch_size=16))
         x, y = prep.data.sample("train", 16, 64, torch.Generator().manual_seed(0))
         prep.loss_fn(prep.model(x), y).backward()
-        g = [_rms(p.grad) for p in prep.model.parameters()]
-        assert 1 / 8 <= min(g) and max(g) <= 32, (min(g), max(g))
+        g = {n: rms(p.grad) for n, p in prep.model.named_parameters()}
+        assert_all_in(g, 1 / 8, 32, what=f"gradient RMS on real text, width {width}, depth {depth}")
 
 
 def test_absolute_lr_table_and_its_exponents():
@@ -120,23 +116,14 @@ def test_absolute_lr_table_and_its_exponents():
 
     widths = [64, 128, 256, 512]
     table = [lrs(w, 2) for w in widths]
-    lw = np.log2(widths)
-
-    def slope(name, rows, xs):
-        return float(np.polyfit(xs, np.log2([r[name] for r in rows]), 1)[0])
-
-    assert slope("blocks.0.attn.q_proj.weight", table, lw) == pytest.approx(-0.5, abs=1e-9)
-    assert slope("blocks.0.mlp.proj.weight", table, lw) == pytest.approx(-0.5, abs=1e-9)
-    assert slope("wte.weight", table, lw) == pytest.approx(-0.5, abs=1e-9)
-    assert slope("lm_head.weight", table, lw) == pytest.approx(0.0, abs=1e-9)
-    assert slope("ln_f.weight", table, lw) == pytest.approx(0.0, abs=1e-9)
+    for name, e in [("blocks.0.attn.q_proj.weight", -0.5), ("blocks.0.mlp.proj.weight", -0.5),
+                    ("wte.weight", -0.5), ("lm_head.weight", 0.0), ("ln_f.weight", 0.0)]:
+        assert_slope(widths, [r[name] for r in table], e, 1e-9, what=f"{name} LR vs width")
     depths = [2, 4, 8, 16]
     dtable = [lrs(64, d) for d in depths]
-    ld = np.log2(depths)
-    assert slope("blocks.0.attn.q_proj.weight", dtable, ld) == pytest.approx(-0.5, abs=1e-9)
-    assert slope("blocks.0.ln1.weight", dtable, ld) == pytest.approx(-0.5, abs=1e-9)
-    assert slope("wte.weight", dtable, ld) == pytest.approx(0.0, abs=1e-9)
-    assert slope("lm_head.weight", dtable, ld) == pytest.approx(0.0, abs=1e-9)
+    for name, e in [("blocks.0.attn.q_proj.weight", -0.5), ("blocks.0.ln1.weight", -0.5), ("wte.weight", 0.0),
+                    ("lm_head.weight", 0.0)]:
+        assert_slope(depths, [r[name] for r in dtable], e, 1e-9, what=f"{name} LR vs depth")
     # absolute values at one shape (u-muP's base is the unit-scaled model itself)
     t = lrs(64, 4)
     assert t["blocks.1.mlp.fc.weight"] == pytest.approx(64 ** -0.5 * 4 ** -0.5)
@@ -190,12 +177,12 @@ def test_unit_corrections():
     # uniform causal attention over 64 unit values: output RMS sqrt(H_64 / 64)
     v = torch.randn(20000, 64, 1, dtype=torch.float64)
     out = torch.cumsum(v, 1) / torch.arange(1, 65, dtype=torch.float64).view(1, -1, 1)
-    assert _rms(out) * causal_attention_output_scale(64) == pytest.approx(1.0, rel=0.02)
+    assert_unit_rms(rms(out) * causal_attention_output_scale(64), 0.02, what="corrected causal attention output")
     g = torch.randn(400000, dtype=torch.float64)
-    assert _rms(F.gelu(g)) * activation_scale("gelu") == pytest.approx(1.0, rel=0.01)
+    assert_unit_rms(rms(F.gelu(g)) * activation_scale("gelu"), 0.01, what="corrected gelu output")
     gg = g.clone().requires_grad_(True)
     (d,) = torch.autograd.grad(F.gelu(2.0 * gg).sum(), gg)
-    assert _rms(d) * activation_grad_scale("gelu", 2.0) == pytest.approx(1.0, rel=0.01)
+    assert_unit_rms(rms(d) * activation_grad_scale("gelu", 2.0), 0.01, what="corrected gelu gradient")
     assert activation_scale("unknown-act") == 1.0
 
 
@@ -327,7 +314,7 @@ def test_hugging_face_models_take_u_mup(family):
     assert any(f"{kind} outputs x" in n for n in plan.notes) and any("sqrt(s / H_s), s = 64" in n for n in plan.notes)
     x = torch.randint(0, VOCAB, (4, 64))
     logits = model(x).logits
-    assert _rms(logits) == pytest.approx(128 ** -0.5, rel=0.3)
+    assert_power(rms(logits), 128, -0.5, rel=0.3, what="logits RMS at width 128")
     F.cross_entropy(logits.flatten(0, 1), x.flatten()).backward()
-    g = [_rms(p.grad) for p in model.parameters() if p.grad is not None]
-    assert 1 / 8 <= min(g) and max(g) <= 4, (min(g), max(g))
+    g = {n: rms(p.grad) for n, p in model.named_parameters() if p.grad is not None}
+    assert_all_in(g, 1 / 8, 4, what=f"{family} gradient RMS")
