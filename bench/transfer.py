@@ -85,7 +85,7 @@ def main() -> None:
     tune_minutes = (time.perf_counter() - t_tune) / 60
     print(f"tune: {result.recipe}, log2 lr {result.log2_lr:.2f}, constants {result.constants}", flush=True)
     constants = result.constants
-    stage1_flops = sum(v for k, v in result.cost["per_stage"].items() if k.startswith("s1-"))
+    stage1_flops = sum(v for k, v in result.cost.per_stage.items() if k.startswith("s1-"))
     for recipe in ("mup", "sp-perlayer"):
         records[f"{recipe}-tuned"] = run_sweep(row_sweep(args.preset, f"{recipe}-tuned", recipe, args.runs,
                                                          constants=constants))
@@ -112,7 +112,7 @@ def main() -> None:
     cost = {"sp": flops_of(records["sp"], large), "mup": flops_of(records["mup"], small),
             "mup-tuned": stage1_flops + flops_of(records["mup-tuned"], small),
             "sp-perlayer-tuned": stage1_flops + flops_of(records["sp-perlayer-tuned"], small),
-            "tune": result.cost["flops"]}
+            "tune": result.cost.flops}
     if "mup-package" in records:
         cost["mup-package"] = flops_of(records["mup-package"], small)
     lr_sweep_large = cost["sp"]
@@ -203,12 +203,12 @@ def b5_b6(preset: str, ops: list[Optimum], records: list[dict[str, Any]], result
                    f"{'met' if abs(err) <= 0.01 else 'not met'}).")
     else:
         out.append("not enough widths below the largest to fit the 3-parameter law.")
-    flops = result.cost["flops"]
+    flops = result.cost.flops
     one_large = run_flops(tcfg, large, p["depth"], None)
     one_target = run_flops(tcfg, TARGET_WIDTH, p["depth"], None)
     n_target = count_params("gpt", TARGET_WIDTH, p["depth"], {"seq_len": p["train"]["seq_len"]})
     optimal = run_flops(tcfg, TARGET_WIDTH, p["depth"], 20.0 * n_target)
-    out += ["", f"**B6 for `tune`**: {result.cost['trials']} trials, {flops:.3g} FLOPs = {flops / one_large:.2f} "
+    out += ["", f"**B6 for `tune`**: {result.cost.trials} trials, {flops:.3g} FLOPs = {flops / one_large:.2f} "
             f"training runs of the width-{large} model ({one_large:.3g} FLOPs each, same tokens); "
             f"{flops / one_target:.2%} of one run of a {TARGET_WIDTH}-wide target at the same depth and tokens "
             f"({one_target:.3g} FLOPs; goal at most 5%: {'met' if flops / one_target <= 0.05 else 'not met'}); "

@@ -43,8 +43,9 @@ def main() -> None:
             s1 = tuner.stage1()
             flops = sum(float(r.get("flops") or 0) for sw in tuner.sweeps.values() for r in sw.records()
                         if r.get("status") in ("complete", "diverged"))
-            rows.append({"strategy": strategy, "seed": seed, "trials": s1["trials"], "flops": flops,
-                         "winner": s1["winner"], "control": s1["control"], "minutes": (time.perf_counter() - t) / 60})
+            rows.append({"strategy": strategy, "seed": seed, "trials": s1.trials, "flops": flops,
+                         "winner": s1.winner.to_dict(), "control": s1.control.to_dict(),
+                         "minutes": (time.perf_counter() - t) / 60})
             print(rows[-1], flush=True)
     lines = [
         provenance("tune_search.py", "cpu", 1),

@@ -56,7 +56,7 @@ def stage1_constants(runs: str) -> tuple[dict[str, Any], dict[str, Any]]:
     t = time.perf_counter()
     s1 = Tuner(cfg).stage1()
     print(f"u-mup stage 1: {time.perf_counter() - t:.0f} s", flush=True)
-    return constants_of(s1["winner"]["setting"]), s1
+    return constants_of(s1.winner.setting), s1
 
 
 def part_b1(runs: str, write: bool) -> None:
@@ -73,9 +73,9 @@ def part_b1(runs: str, write: bool) -> None:
              f"so its grid is log2 lr {UMUP_LR['start']} .. {UMUP_LR['stop']}, refined by half octaves. "
              f"Took {(time.perf_counter() - t0) / 60:.0f} min.",
              "",
-             f"Tuned named HPs (stage 1 of `tune` at width {small}, TPE, {s1['trials']} trials): "
+             f"Tuned named HPs (stage 1 of `tune` at width {small}, TPE, {s1.trials} trials): "
              + (", ".join(f"`{k}: {v:.3g}`" for k, v in constants.items()) or "none differ from 1")
-             + f"; fresh-seed loss at {small}: {s1['winner']['mean']:.4f} vs defaults {s1['control']['mean']:.4f}.",
+             + f"; fresh-seed loss at {small}: {s1.winner.mean:.4f} vs defaults {s1.control.mean:.4f}.",
              "",
              f"| row | log2 lr* per width (90% interval) | drift per doubling (90%) | loss at {large}, transferred | "
              f"regret vs best of B1 at {large} ({B1_BEST_AT_256}) | wider is better | verdict |",

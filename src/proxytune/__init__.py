@@ -14,7 +14,7 @@ from .sweep import Sweep, SweepConfig, Trial, TrialPruned
 from .train import RunResult, TrainConfig, train, train_batched
 from .tune import TuneConfig, TuneResult, tune
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["Plan", "TensorPlan", "parameterize", "Multipliers", "PlanError", "RECIPES", "OPTIMIZERS", "WD_POLICIES",
            "TrainConfig", "RunResult", "train", "train_batched", "Sweep", "SweepConfig", "Trial", "TrialPruned", "tune", "TuneConfig", "TuneResult", "__version__"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import sys
 import threading
 import warnings
 import time
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,36 +170,37 @@ def _load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-@app.command()
-def train(
-    model: Optional[str] = typer.Option(None, help="built-in name (gpt, mlp, moe) or pkg.module:build_fn [gpt]"),
-    width: Optional[int] = typer.Option(None, help="width [64]"),
-    depth: Optional[int] = typer.Option(None, help="depth (blocks) [2]"),
-    base_width: Optional[int] = typer.Option(None, help="base width the HPs refer to [= width]"),
-    base_depth: Optional[int] = typer.Option(None, help="base depth the HPs refer to [= depth]"),
-    recipe: Optional[str] = typer.Option(None, help=f"one of: {', '.join(RECIPES)} [mup]"),
-    optimizer: Optional[str] = typer.Option(None, help=f"one of: {', '.join(OPTIMIZERS)} [adamw]"),
-    lr: Optional[float] = typer.Option(None, help="base learning rate [3e-3]"),
-    wd: Optional[float] = typer.Option(None, help="base weight decay [0]"),
-    eps: Optional[float] = typer.Option(None, help="base Adam eps [optimizer default]"),
-    steps: Optional[int] = typer.Option(None, help="training steps [200]"),
-    batch_size: Optional[int] = typer.Option(None, help="sequences per step [16]"),
-    seq_len: Optional[int] = typer.Option(None, help="tokens per sequence [64]"),
-    schedule: Optional[str] = typer.Option(None, help="constant, cosine, wsd or linear [cosine]"),
-    warmup: Optional[float] = typer.Option(None, help="warmup steps (>= 1) or fraction of steps (< 1) [0.1]"),
-    data: Optional[str] = typer.Option(None, help="stdlib, teacher, a text file or a .bin token file [stdlib]"),
-    data_option: list[str] = typer.Option([], help="data loader option key=value, e.g. vocab_size=50304"),
-    option: list[str] = typer.Option([], help="model builder option key=value (repeatable)"),
-    seed: Optional[int] = typer.Option(None, help="seed of init and batch order [0]"),
-    threads: Optional[int] = typer.Option(None, help="torch threads"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or auto [cpu]"),
-    precision: Optional[str] = typer.Option(None, help="fp32, bf16, bf16-pure, fp8-sim or fp64 [fp32]"),
-    eval_every: Optional[int] = typer.Option(None, help="evaluate every k steps [50]"),
-    grad_clip: Optional[float] = typer.Option(None, help="max gradient norm; 0 turns clipping off [1.0]"),
-    config: Optional[str] = typer.Option(None, help="YAML/JSON file of TrainConfig fields (flags override it)"),
-    save: Optional[str] = typer.Option(None, help="write the full RunResult as JSON to this path"),
-    as_json: bool = typer.Option(False, "--json", help="print the RunResult as JSON instead of a table"),
-) -> None:
+# The flags of `proxytune train` that set a TrainConfig field, each (field, flag's parameter name, what the command
+# line adds to the field's description). Type, choices, default and the description itself come from TrainConfig,
+# so a field that changes there changes here.
+_TRAIN_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("model", "model", ""), ("width", "width", ""), ("depth", "depth", ""),
+    ("base_width", "base_width", "the width when not given"), ("base_depth", "base_depth", "the depth when not given"),
+    ("recipe", "recipe", ""), ("optimizer", "optimizer", ""), ("lr", "lr", ""), ("weight_decay", "wd", ""),
+    ("eps", "eps", ""), ("steps", "steps", ""), ("batch_size", "batch_size", ""), ("seq_len", "seq_len", ""),
+    ("schedule", "schedule", ""), ("warmup", "warmup", ""), ("data", "data", ""),
+    ("seed", "seed", ""), ("threads", "threads", ""), ("device", "device", ""), ("precision", "precision", ""),
+    ("eval_every", "eval_every", ""), ("grad_clip", "grad_clip", "0 turns clipping off"),
+)
+
+
+def _train_flag(field: str, name: str, extra: str) -> inspect.Parameter:
+    """The typer option of TrainConfig field ``field``: its description, choices and default as help."""
+    from .train.config import TrainConfig, field_choices
+
+    info = TrainConfig.model_fields[field]
+    types = [t for t in (typing.get_args(info.annotation) or (info.annotation,)) if t is not type(None)]
+    kind = float if float in types else int if types == [int] else str  # int | float (warmup) reads as float
+    choices = field_choices(field)
+    text = "; ".join(p for p in (f"one of: {', '.join(choices)}" if choices else "",
+                                 info.description or field.replace("_", " "), extra) if p)
+    if info.default is not None:
+        text += f" \\[default: {info.default}]"  # escaped: rich would read [x] as markup
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                             default=typer.Option(None, help=text))
+
+
+def train(**flags: Any) -> None:
     """Train one model (progress bar, then a result table)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -205,21 +208,20 @@ def train(
     from .train import make_config
     from .train import train as run_training
 
-    flags = dict(model=model, width=width, depth=depth, base_width=base_width, base_depth=base_depth,
-                 recipe=recipe, optimizer=optimizer, lr=lr, weight_decay=wd, eps=eps, steps=steps,
-                 batch_size=batch_size, seq_len=seq_len, schedule=schedule, data=data, seed=seed,
-                 threads=threads, device=device, precision=precision, eval_every=eval_every)
-    if warmup is not None:
-        flags["warmup"] = int(warmup) if warmup >= 1 else warmup
-    if grad_clip is not None:
-        flags["grad_clip"] = grad_clip if grad_clip > 0 else None
+    as_json, save = flags["as_json"], flags["save"]
+    given = {field: flags[name] for field, name, _ in _TRAIN_FLAGS}
+    if given["warmup"] is not None:
+        given["warmup"] = int(given["warmup"]) if given["warmup"] >= 1 else given["warmup"]
+    clip_off = given["grad_clip"] is not None and given["grad_clip"] <= 0  # 0 turns clipping off
     try:
-        fields = _load_config_file(config) if config else {}
-        fields.update({k: v for k, v in flags.items() if v is not None})
-        if option:
-            fields["model_options"] = {**fields.get("model_options", {}), **_parse_options(option)}
-        if data_option:
-            fields["data_options"] = {**fields.get("data_options", {}), **_parse_options(data_option)}
+        fields = _load_config_file(flags["config"]) if flags["config"] else {}
+        fields.update({k: v for k, v in given.items() if v is not None})
+        if clip_off:
+            fields["grad_clip"] = None
+        if flags["option"]:
+            fields["model_options"] = {**fields.get("model_options", {}), **_parse_options(flags["option"])}
+        if flags["data_option"]:
+            fields["data_options"] = {**fields.get("data_options", {}), **_parse_options(flags["data_option"])}
         cfg = make_config(**fields)
     except Exception as exc:  # noqa: BLE001 - every config problem is a user error here
         typer.echo(f"error: {_config_error(exc)}", err=True)
@@ -243,6 +245,22 @@ def train(
         typer.echo(result.to_json())
         return
     _print_result(Console(), result)
+
+
+def _option(name: str, annotation: Any, option: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
+
+
+train.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *(_train_flag(field, name, extra) for field, name, extra in _TRAIN_FLAGS),
+    _option("data_option", list[str], typer.Option([], help="data loader option key=value, e.g. vocab_size=50304")),
+    _option("option", list[str], typer.Option([], help="model builder option key=value (repeatable)")),
+    _option("config", Optional[str], typer.Option(None, help="YAML/JSON file of TrainConfig fields (flags override "
+                                                             "it)")),
+    _option("save", Optional[str], typer.Option(None, help="write the full RunResult as JSON to this path")),
+    _option("as_json", bool, typer.Option(False, "--json", help="print the RunResult as JSON instead of a table")),
+])
+app.command()(train)
 
 
 def _print_result(console: Any, result: Any) -> None:
@@ -579,25 +597,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="print as JSON"),
 ) -> None:
     """Target HPs + expected loss + interval from a sweep's laws (or a rule of thumb), and the target's plan."""
-    from rich.console import Console
-
     if rule is not None:
-        from .analysis.rules_of_thumb import apply_rule
-
-        inputs = _parse_options(input_)
-        if params is not None:
-            inputs["params"] = params
-        if tokens is not None:
-            inputs["tokens"] = tokens
-        result = _sweep_errors(lambda: apply_rule(rule, **inputs))
-        if as_json:
-            typer.echo(json.dumps(result, default=str))
-            return
-        for key, value in result.items():
-            if key != "notes":
-                typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-        for note in result.get("notes", []):
-            typer.echo(f"note: {note}")
+        _predict_rule(rule, input_, params, tokens, as_json)
         return
     if run_dir is None or width is None:
         typer.echo("error: give a sweep directory and --width (or --rule NAME with its inputs)", err=True)
@@ -609,43 +610,68 @@ def predict(
     path = plan_out or str(Path(run_dir) / f"plan-width{width}.json")
     result = _sweep_errors(lambda: predict_from_sweep(sw, width, depth, tokens, hp, plan_path=path, params=params))
     if as_json:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+        return
+    _print_prediction(result, path)
+
+
+def _predict_rule(rule: str, input_: list[str], params: float | None, tokens: float | None, as_json: bool) -> None:
+    """``predict --rule``: a rule of thumb's answer, printed."""
+    from .analysis.rules_of_thumb import apply_rule
+
+    inputs = _parse_options(input_)
+    if params is not None:
+        inputs["params"] = params
+    if tokens is not None:
+        inputs["tokens"] = tokens
+    result = _sweep_errors(lambda: apply_rule(rule, **inputs))
+    if as_json:
         typer.echo(json.dumps(result, default=str))
         return
+    for key, value in result.items():
+        if key != "notes":
+            typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    for note in result.get("notes", []):
+        typer.echo(f"note: {note}")
+
+
+def _print_prediction(result: Any, path: str) -> None:
+    """A :class:`~proxytune.analysis.prediction.Prediction` in words; writes the training code next to ``path``."""
+    from rich.console import Console
+
+    from .analysis.predict import BASE_LR_MEANING
+
     console = Console()
     console.soft_wrap = not console.is_terminal  # a file or a pipe keeps whole lines
-    t = result["target"]
-    h = result["hp"]
-    r, px = result["recipe"], result["proxies"]
-    tokens_text = f"{t['tokens']:.3g} tokens" if t["tokens"] is not None else "tokens not reported"
-    console.print(f"[bold]target[/bold] width {t['width']} depth {t['depth']} ({t['params'] / 1e6:.2f} M params), "
-                  f"{tokens_text}; recipe {r['recipe']} + {r['optimizer']}, from sweep {r['sweep']} "
-                  f"(widths {', '.join(map(str, px['widths']))}, {px['seeds']} seed{'s' if px['seeds'] > 1 else ''})")
-    pct = f"{100 * h['confidence']:.0f}%"
-    if "lr" in h:
-        from .analysis.predict import BASE_LR_MEANING
-
-        console.print(f"base LR predicted for the target: {h['lr']:.4g} ({pct} {h['lr_interval'][0]:.3g} .. "
-                      f"{h['lr_interval'][1]:.3g}), {h['name']} {h['value']:.2f} ({h['interval'][0]:.2f} .. "
-                      f"{h['interval'][1]:.2f})")
+    t, h, r, px = result.target, result.hp, result.recipe, result.proxies
+    tokens_text = f"{t.tokens:.3g} tokens" if t.tokens is not None else "tokens not reported"
+    console.print(f"[bold]target[/bold] width {t.width} depth {t.depth} ({t.params / 1e6:.2f} M params), "
+                  f"{tokens_text}; recipe {r.recipe} + {r.optimizer}, from sweep {r.sweep} "
+                  f"(widths {', '.join(map(str, px.widths))}, {px.seeds} seed{'s' if px.seeds > 1 else ''})")
+    pct = f"{100 * h.confidence:.0f}%"
+    if h.lr is not None:
+        console.print(f"base LR predicted for the target: {h.lr:.4g} ({pct} {h.lr_interval[0]:.3g} .. "
+                      f"{h.lr_interval[1]:.3g}), {h.name} {h.value:.2f} ({h.interval[0]:.2f} .. "
+                      f"{h.interval[1]:.2f})")
         console.print(f"  (a base LR is {BASE_LR_MEANING}; this one is the sweep's optimum carried to the "
                       "target's size, see the notes)")
     else:
-        console.print(f"{h['name']}: {h['value']:.2f} ({pct} {h['interval'][0]:.2f} .. {h['interval'][1]:.2f})")
-    if result["loss"]:
-        loss = result["loss"]
-        at = f"after {loss['at_tokens']:.3g} tokens" if loss["at_tokens"] is not None else "at the proxies' budget"
-        console.print(f"expected loss {at}: {loss['value']:.4f} ({pct} "
-                      f"{loss['interval'][0]:.4f} .. {loss['interval'][1]:.4f}); {loss['law']}")
-    for warning in result["warnings"]:
+        console.print(f"{h.name}: {h.value:.2f} ({pct} {h.interval[0]:.2f} .. {h.interval[1]:.2f})")
+    loss = result.loss
+    if loss:
+        at = f"after {loss.at_tokens:.3g} tokens" if loss.at_tokens is not None else "at the proxies' budget"
+        console.print(f"expected loss {at}: {loss.value:.4f} ({pct} "
+                      f"{loss.interval[0]:.4f} .. {loss.interval[1]:.4f}); {loss.law}")
+    for warning in result.warnings:
         console.print(f"[bold yellow]trust:[/bold yellow] {warning}")
-    for note in result["notes"]:
+    for note in result.notes:
         console.print(f"note: {note}")
-    if result["plan"] is None:  # a program sweep: the notes say where the plans are
+    if result.snippet is None:  # a program sweep: the notes say where the plans are
         return
-    code = Path(path).with_name(f"train-width{width}-depth{t['depth']}.py")
-    code.write_text(result["plan"]["snippet"])
+    code = Path(path).with_name(f"train-width{t.width}-depth{t.depth}.py")
+    code.write_text(result.snippet)
     console.print(f"per-tensor plan: {path}")
-    lr_text = f", at the predicted base LR {h['lr']:.4g}" if "lr" in h else ""
+    lr_text = f", at the predicted base LR {h.lr:.4g}" if h.lr is not None else ""
     console.print(f"training code (the tuned optimizer, groups, schedule and warmup{lr_text}; add your data): {code}")
 
 
@@ -750,43 +776,42 @@ def tune(
 
 
 def _print_tune(console: Any, result: Any) -> None:
+    """A :class:`~proxytune.tune.results.TuneResult` in words."""
     from .analysis.predict import BASE_LR_MEANING
+    from .tune.report import base_gain_line
 
     console.print(f"\n[bold]Recommended[/bold]: recipe [bold]{result.recipe}[/bold], base LR {result.lr:.4g} "
                   f"(log2 {result.log2_lr:.2f}, the optimum measured at the base width), multipliers "
                   + (", ".join(f"{k}={v}" for k, v in result.constants.items()) or "all 1"))
     console.print(f"  (a base LR is {BASE_LR_MEANING})")
-    for note in getattr(result, "notes", []):
+    for note in result.notes:
         console.print(f"  note: {note}", markup=False)
     for line in result.recommendation[1:]:
         console.print(f"  {line}")
-    from .tune.report import base_gain_line
-
     console.print(f"  {base_gain_line(result.stage1)}")
     for cand in result.candidates:
-        v = cand.get("verdict")
-        if v:
-            console.print(f"  [bold]{cand['recipe']}[/bold]: {v['line']}")
+        if cand.verdict:
+            console.print(f"  [bold]{cand.recipe}[/bold]: {cand.verdict.line}")
     p = result.prediction
     if p:
-        tokens = f"{p['tokens']:.3g} tokens" if p.get("tokens") is not None else "tokens not reported"
-        console.print(f"\n[bold]Target[/bold] width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M params, "
-                      f"{tokens}): base LR predicted for the target {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
-                      f"{p['lr_interval'][1]:.3g}; the proxies' optima carried to this size)"
-                      + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
-                         f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ""))
-        for warning in p["warnings"]:
+        tokens = f"{p.tokens:.3g} tokens" if p.tokens is not None else "tokens not reported"
+        console.print(f"\n[bold]Target[/bold] width {p.width} x depth {p.depth} ({p.params / 1e6:.1f} M params, "
+                      f"{tokens}): base LR predicted for the target {p.lr:.4g} (90% {p.lr_interval[0]:.3g} .. "
+                      f"{p.lr_interval[1]:.3g}; the proxies' optima carried to this size)"
+                      + (f", expected loss {p.loss.value:.4f} (90% {p.loss.interval[0]:.4f} .. "
+                         f"{p.loss.interval[1]:.4f})" if p.loss else ""))
+        for warning in p.warnings:
             console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
-        if p.get("plan"):
-            console.print(f"  plan: {p['plan']}  training code: {p['snippet']} (it trains with the base LR "
-                          f"predicted for the target, {p['lr']:.4g})")
+        if p.plan:
+            console.print(f"  plan: {p.plan}  training code: {p.snippet} (it trains with the base LR "
+                          f"predicted for the target, {p.lr:.4g})")
     c = result.cost
-    line = f"\n[bold]Cost[/bold]: {c['trials']} proxy trials, " + (
-        f"{c['flops']:.3g} FLOPs" if c["flops"] else "FLOPs not reported (a program can: trial.set(flops=...))")
-    if "vs_lr_sweep_at_largest" in c:
-        line += f"; {c['vs_lr_sweep_at_largest']:.2f}x an LR sweep at width {c['largest_width']}"
-    if "vs_target_run" in c:
-        line += f"; {c['vs_target_run']:.2%} of one target run"
+    line = f"\n[bold]Cost[/bold]: {c.trials} proxy trials, " + (
+        f"{c.flops:.3g} FLOPs" if c.flops else "FLOPs not reported (a program can: trial.set(flops=...))")
+    if c.vs_lr_sweep_at_largest is not None:
+        line += f"; {c.vs_lr_sweep_at_largest:.2f}x an LR sweep at width {c.largest_width}"
+    if c.vs_target_run is not None:
+        line += f"; {c.vs_target_run:.2%} of one target run"
     console.print(line)
     console.print(f"report: {result.report}")
 

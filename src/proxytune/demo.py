@@ -28,6 +28,9 @@ from .sweep import Sweep, SweepConfig
 from .sweep.config import Range
 from .tune import TuneConfig, Tuner, TuneResult
 
+PLAN_FILE = "target-plan.json"
+SNIPPET_FILE = "target_snippet.py"
+
 # Each verdict-issuing preset runs 2 seeds per point: one seed cannot tell the optimum's noise from its drift.
 # The CPU grids reach low learning rates because SP's optimum falls with width (about -1 octave per doubling).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -119,17 +122,17 @@ def tuned_gain(result: TuneResult, panels: dict[str, list[Optimum]]) -> dict[str
     """The recommended setting's best loss at the largest proxy against muP with every multiplier 1 and SP,
     each at its own best LR there, with the standard error of each gap."""
     largest = max(o.group["width"] for ops in panels.values() for o in ops)
-    tuned = next(c for c in result.candidates if c["recipe"] == result.recipe)
-    opt = next((o for o in tuned["optima"] if o["size"].get("width") == largest), None)
-    out: dict[str, Any] = {"width": largest, "recipe": result.recipe, "loss": opt["loss"] if opt else math.nan,
-                           "loss_se": opt["loss_se"] if opt else math.nan}
+    tuned = next(c for c in result.candidates if c.recipe == result.recipe)
+    opt = next((o for o in tuned.optima if o.group.get("width") == largest), None)
+    opt_se = loss_se(opt) if opt else math.nan
+    out: dict[str, Any] = {"width": largest, "recipe": result.recipe, "loss": opt.loss if opt else math.nan,
+                           "loss_se": opt_se}
     for key, ops in panels.items():
         o = next((o for o in ops if o.group["width"] == largest), None)
         if o is None or opt is None:
             continue
-        se = math.hypot(loss_se(o), opt["loss_se"]) if math.isfinite(opt["loss_se"]) else math.nan
-        out[key] = {"loss": o.loss, "gain": o.loss - opt["loss"], "relative": (o.loss - opt["loss"]) / o.loss,
-                    "se": se}
+        se = math.hypot(loss_se(o), opt_se) if math.isfinite(opt_se) else math.nan
+        out[key] = {"loss": o.loss, "gain": o.loss - opt.loss, "relative": (o.loss - opt.loss) / o.loss, "se": se}
     return out
 
 
@@ -193,15 +196,18 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
     tuned = Tuner(tcfg, log=lambda m: log(f"  {m}"),
                   on_poll=(lambda stage, counts: on_poll(f"tune:{stage}", counts)) if on_poll else None).run()
     gain = tuned_gain(tuned, panels)
-    pred = tuned.prediction or {}
-    shutil.copyfile(pred["plan"], out / "target-plan.json")
-    shutil.copyfile(pred["snippet"], out / "target_snippet.py")
-    prediction = {"recipe": f"{tuned.recipe} + tuned constants", "sweep": str(tcfg.run_dir),
-                  "target_width": pred["width"], "target_depth": pred["depth"], "target_params": pred["params"],
-                  "tokens": pred["tokens"], "lr": pred["lr"], "lr_interval": pred["lr_interval"],
-                  "log2_lr": pred["log2_lr"], "log2_lr_interval": pred["log2_lr_interval"], "loss": pred["loss"],
-                  "loss_law": pred.get("loss_law"), "warnings": pred["warnings"], "notes": pred["notes"],
-                  "plan": str(out / "target-plan.json"), "snippet": str(out / "target_snippet.py")}
+    pred = tuned.prediction
+    if pred is None or pred.plan is None or pred.snippet is None:
+        raise RuntimeError("the demo's tuning run has a target: it must predict for it")  # its config sets one
+    shutil.copyfile(pred.plan, out / PLAN_FILE)
+    shutil.copyfile(pred.snippet, out / SNIPPET_FILE)
+    loss = pred.to_dict()["loss"]
+    prediction = {"recipe": _tuned_label(tuned), "sweep": tuned.run_dir,
+                  "target_width": pred.width, "target_depth": pred.depth, "target_params": pred.params,
+                  "tokens": pred.tokens, "lr": pred.lr, "lr_interval": list(pred.lr_interval),
+                  "log2_lr": pred.log2_lr, "log2_lr_interval": list(pred.log2_lr_interval), "loss": loss,
+                  "warnings": list(pred.warnings), "notes": list(pred.notes),
+                  "plan": str(out / PLAN_FILE), "snippet": str(out / SNIPPET_FILE)}
     summary = {
         "preset": preset,
         "seeds": p["seeds"],
@@ -217,16 +223,20 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
         "story": story(verdicts, preset) + tune_story(tuned, gain),
         "optima": {r: [o.to_dict() for o in ops] for r, ops in panels.items()},
         "tune": {"recipe": tuned.recipe, "log2_lr": tuned.log2_lr, "lr": tuned.lr, "constants": tuned.constants,
-                 "recommendation": tuned.recommendation, "gain": gain, "cost": tuned.cost, "report": tuned.report,
+                 "recommendation": list(tuned.recommendation), "gain": gain, "cost": tuned.cost.to_dict(),
+                 "report": tuned.report,
                  "config": str(tcfg.run_dir / "tune.yaml")},
         "prediction": prediction,
         "next": next_steps(out, configs, tcfg),
     }
-    (out / "summary.json").write_text(json.dumps(
-        {**summary, "prediction": {k: v for k, v in prediction.items() if k != "loss_law"}}, indent=1, default=str))
-    write_report(out, panels, verdicts, records, prediction, depth=p["depth"], seq_len=p["train"]["seq_len"],
-                 summary=summary, tuned=tuned)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_report(out, panels, verdicts, records, tuned, depth=p["depth"], seq_len=p["train"]["seq_len"],
+                 summary=summary)
     return summary
+
+
+def _tuned_label(tuned: TuneResult) -> str:
+    return f"{tuned.recipe} + tuned constants"
 
 
 def tune_story(tuned: TuneResult, gain: dict[str, Any]) -> list[str]:
@@ -258,8 +268,41 @@ def next_steps(out: Path, configs: dict[str, SweepConfig], tune: TuneConfig) -> 
 
 
 def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str, Verdict],
-                 records: dict[str, list[dict[str, Any]]], prediction: dict[str, Any], depth: int = 2,
-                 seq_len: int = 64, summary: dict[str, Any] | None = None, tuned: TuneResult | None = None) -> Path:
+                 records: dict[str, list[dict[str, Any]]], tuned: TuneResult, depth: int = 2,
+                 seq_len: int = 64, summary: dict[str, Any] | None = None) -> Path:
+    """The demo's ``report.md`` and figures: the sweeps' verdicts, what tuning bought, the target's prediction.
+
+    ``tuned`` is the demo's tuning run, whose prediction (it always has a target) the report states."""
+    names = {RECIPES[r]: ops for r, ops in panels.items()}
+    figs = _demo_figures(out, panels, verdicts, tuned, depth, seq_len)
+    summary = summary or {}
+    budget = (f"Each trial trains on {summary['tokens_per_trial']:,} tokens, {summary['seeds']} seeds per point; "
+              "losses are validation losses in nats/byte." if summary else "")
+    lines = [
+        "# proxytune demo report", "",
+        "Reference GPT on the built-in stdlib byte corpus; grid sweeps over width and log2 learning rate, then "
+        "`proxytune tune` on the same proxies.",
+        budget, "",
+        "## What it shows", "", *[f"- {line}" for line in summary.get("story", [])], "",
+        "## Transfer verdict", "",
+        *[f"- **{RECIPES[r]}**: {v.line}" + "".join(f"\n  - {a}" for a in v.advice) for r, v in verdicts.items()],
+        "", *[f"- {EXPLAIN[k]}" for k in ("octave", "drift", "regret", "wider", "interval")], "",
+        "## Optimum per width", "", optima_table(names), "",
+        *_tune_lines(out, tuned, summary),
+        *_prediction_lines(tuned),
+        "", "## Next", "", *[f"    {c}" for c in summary.get("next", [])], "",
+        "## Figures", "",
+        *[f"![{f.stem}]({f.name})" for f in figs], "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _demo_figures(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str, Verdict], tuned: TuneResult,
+                  depth: int, seq_len: int) -> list[Path]:
+    """LR curves and optimum per width of the sweeps; loss against parameters with the tuned recipe's points
+    and the loss law carried to the target."""
     names = {RECIPES[r]: ops for r, ops in panels.items()}
     named_verdicts = {RECIPES[r]: v for r, v in verdicts.items()}
     figs = [lr_curves_figure(names, out / "lr_curves.png"),
@@ -273,62 +316,47 @@ def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str
         # the seed-mean loss at the best grid point of each width
         rows = sorted((o for o in ops if math.isfinite(o.best_grid_loss)), key=lambda o: o.group["width"])
         points[RECIPES[r]] = ([n_of(o.group["width"]) for o in rows], [o.best_grid_loss for o in rows])
-    if tuned is not None:
-        cand = next(c for c in tuned.candidates if c["recipe"] == tuned.recipe)
-        rows = sorted((o for o in cand["optima"] if math.isfinite(o["loss"])), key=lambda o: o["size"]["width"])
-        points[f"{tuned.recipe} + tuned constants"] = ([n_of(o["size"]["width"]) for o in rows],
-                                                       [o["loss"] for o in rows])
-    loss = prediction.get("loss") or {}
-    extrapolation = ({"recipe": prediction["recipe"], "law": prediction["loss_law"],
-                      "target": prediction["target_params"], "interval": loss["interval"]}
-                     if loss and prediction.get("loss_law") is not None else None)
+    cand = next(c for c in tuned.candidates if c.recipe == tuned.recipe)
+    rows = sorted((o for o in cand.optima if math.isfinite(o.loss)), key=lambda o: o.group["width"])
+    points[_tuned_label(tuned)] = ([n_of(o.group["width"]) for o in rows], [o.loss for o in rows])
+    pred = tuned.prediction
+    extrapolation = ({"recipe": _tuned_label(tuned), "law": pred.loss_law, "target": pred.params,
+                      "interval": pred.loss.interval}
+                     if pred is not None and pred.loss and pred.loss_law is not None else None)
     figs.append(loss_figure(points, out / "loss_vs_params.png", extrapolation))
-    summary = summary or {}
-    budget = (f"Each trial trains on {summary['tokens_per_trial']:,} tokens, {summary['seeds']} seeds per point; "
-              "losses are validation losses in nats/byte." if summary else "")
-    tune_lines: list[str] = []
-    if tuned is not None:
-        t = summary.get("tune", {})
-        cost = tuned.cost
-        tune_lines = [
-            "## What tuned constants buy", "",
-            f"`proxytune tune` searched the named multipliers and the LR at the smallest width, verified them at "
-            f"the wider ones for {', '.join(c['recipe'] for c in tuned.candidates)}, and recommends:", "",
-            f"- recipe `{tuned.recipe}`, base lr {tuned.lr:.4g}, constants "
-            + (", ".join(f"`{k}: {v}`" for k, v in tuned.constants.items()) or "all 1"),
-            *[f"- {line}" for line in tuned.recommendation],
-            f"- cost: {cost['trials']} trials, {cost['flops']:.3g} FLOPs"
-            + (f" ({cost['vs_lr_sweep_at_largest']:.2f}x an LR sweep at the largest proxy)"
-               if "vs_lr_sweep_at_largest" in cost else ""),
-            f"- its report: `{os.path.relpath(tuned.report, out)}`; its config, to adapt to your model: "
-            f"`{t.get('config', '')}`", ""]
-    lines = [
-        "# proxytune demo report", "",
-        "Reference GPT on the built-in stdlib byte corpus; grid sweeps over width and log2 learning rate, then "
-        "`proxytune tune` on the same proxies.",
-        budget, "",
-        "## What it shows", "", *[f"- {line}" for line in summary.get("story", [])], "",
-        "## Transfer verdict", "",
-        *[f"- **{RECIPES[r]}**: {v.line}" + "".join(f"\n  - {a}" for a in v.advice) for r, v in verdicts.items()],
-        "", *[f"- {EXPLAIN[k]}" for k in ("octave", "drift", "regret", "wider", "interval")], "",
-        "## Optimum per width", "", optima_table(names), "",
-        *tune_lines,
+    return figs
+
+
+def _tune_lines(out: Path, tuned: TuneResult, summary: dict[str, Any]) -> list[str]:
+    t = summary.get("tune", {})
+    cost = tuned.cost
+    return [
+        "## What tuned constants buy", "",
+        f"`proxytune tune` searched the named multipliers and the LR at the smallest width, verified them at "
+        f"the wider ones for {', '.join(c.recipe for c in tuned.candidates)}, and recommends:", "",
+        f"- recipe `{tuned.recipe}`, base lr {tuned.lr:.4g}, constants "
+        + (", ".join(f"`{k}: {v}`" for k, v in tuned.constants.items()) or "all 1"),
+        *[f"- {line}" for line in tuned.recommendation],
+        f"- cost: {cost.trials} trials, {cost.flops:.3g} FLOPs"
+        + (f" ({cost.vs_lr_sweep_at_largest:.2f}x an LR sweep at the largest proxy)"
+           if cost.vs_lr_sweep_at_largest is not None else ""),
+        f"- its report: `{os.path.relpath(tuned.report, out)}`; its config, to adapt to your model: "
+        f"`{t.get('config', '')}`", ""]
+
+
+def _prediction_lines(tuned: TuneResult) -> list[str]:
+    p = tuned.prediction
+    if p is None:
+        return []
+    loss = p.loss
+    return [
         "## Prediction for the target", "",
-        f"- with {prediction.get('recipe', 'muP')}, from `{prediction.get('sweep', '')}`",
-        f"- target: width {prediction['target_width']} ({prediction['target_params'] / 1e6:.2f} M parameters), "
-        f"{prediction.get('tokens', 0):,.0f} tokens",
-        f"- learning rate: {prediction['lr']:.4g} (90% interval {prediction['lr_interval'][0]:.3g} .. "
-        f"{prediction['lr_interval'][1]:.3g})",
-        (f"- expected loss after {loss['at_tokens']:,.0f} tokens: {loss['value']:.3f} nats/byte (90% interval "
-         f"{loss['interval'][0]:.3f} .. {loss['interval'][1]:.3f}); law {loss['law']}" if loss
+        f"- with {_tuned_label(tuned)}, from `{tuned.run_dir}`",
+        f"- target: width {p.width} ({p.params / 1e6:.2f} M parameters), {p.tokens or 0:,.0f} tokens",
+        f"- learning rate: {p.lr:.4g} (90% interval {p.lr_interval[0]:.3g} .. {p.lr_interval[1]:.3g})",
+        (f"- expected loss after {loss.at_tokens:,.0f} tokens: {loss.value:.3f} nats/byte (90% interval "
+         f"{loss.interval[0]:.3f} .. {loss.interval[1]:.3f}); law {loss.law}" if loss
          else "- expected loss: not predicted"),
-        *[f"- **trust**: {w}" for w in prediction.get("warnings", [])],
-        *[f"- note: {n}" for n in prediction["notes"]],
-        f"- per-tensor plan: `{Path(prediction['plan']).name}`; training code: `{Path(prediction['snippet']).name}`",
-        "", "## Next", "", *[f"    {c}" for c in summary.get("next", [])], "",
-        "## Figures", "",
-        *[f"![{f.stem}]({f.name})" for f in figs], "",
-    ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+        *[f"- **trust**: {w}" for w in p.warnings],
+        *[f"- note: {n}" for n in p.notes],
+        f"- per-tensor plan: `{PLAN_FILE}`; training code: `{SNIPPET_FILE}`"]

@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import PlanError
 from .forward import ForwardSpec
+from .builders import import_module
+from .nn.attention import AttentionAdapter, QueryProjection, ScaleAttribute, ScalingAttribute
 
 ROLE_NAMES = ("embedding", "hidden", "readout", "vector", "scalar")
 _STRUCTURE_KEYS = ("roles", "layouts", "block_pattern", "branch_outputs", "tied", "attention", "targets_arg",
@@ -194,7 +196,6 @@ _BUILTIN_ADAPTERS = ("scale-attribute", "hf-scaling", "query-projection")
 
 def attention_adapters(specs: list[str]) -> list[Any]:
     """Adapter objects for named adapter specs (see the module docstring)."""
-    from .nn.attention import AttentionAdapter, QueryProjection, ScaleAttribute, ScalingAttribute
 
     out: list[Any] = []
     for spec in specs:
@@ -206,7 +207,6 @@ def attention_adapters(specs: list[str]) -> list[Any]:
         elif kind == "query-projection":
             out.append(QueryProjection(tuple(n for n in arg.split(",") if n)) if arg else QueryProjection())
         else:
-            from .builders import import_module
 
             mod = import_module(kind, what=f"attention adapter {spec!r}")
             cls = getattr(mod, arg, None)

@@ -14,7 +14,7 @@ import json
 import math
 import numbers
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -35,6 +35,14 @@ from .rules.recipes import (
 from .forward import ForwardSpec
 from .trace import AttentionCall
 from .shapes import FactorRatio, PlanError, TensorShape, analyze_model, canonical_modules, canonical_name
+from .nn.unit import InputGradScale, LogitGradScale
+from .nn.unit import install_unit_weight
+from .optim import build_optimizer
+from .optim.registry import group_extras
+from .rules.everett import AB
+from .rules.umup import ACTIVATIONS, activation_grad_scale, activation_scale, branch_weights, causal_attention_output_scale
+from .rules.umup import residual_taus
+from .rules.umup import unit_forward, unit_lr
 
 PLAN_VERSION = 1
 # set on a model by Plan.apply: the digest of the plan applied to it
@@ -542,22 +550,40 @@ class Plan:
         adapters = self._attention_adapters(attention)
         self._check_targets(model, params, adapters)
         if reinit:
-            with torch.no_grad():
-                for name, tp in self.tensors.items():
-                    p = params[name]
-                    if p.is_meta:
-                        continue
-                    own = _std(p)
-                    sc = tp.scale(self.mode)
-                    factor = (tp.base_std * sc.init / own) if own > 0 and tp.base_std > 0 else sc.init
-                    if factor != 1.0:
-                        p.mul_(factor)
+            self._reinit(params)
+        self._install_multipliers(model)
+        self._install_module_state(model, adapters)
+        if self.forward_state():
+            # A state_dict of this model then says which plan it needs: loading it into a model without the
+            # plan fails on the unexpected key, into a model with another plan on the check below.
+            model.register_buffer(MARKER_BUFFER, _digest_tensor(key), persistent=True)
+            model._register_load_state_dict_pre_hook(_check_marker, with_module=True)
+        setattr(model, APPLIED_ATTR, key)
+        self._model = model
+        return model
+
+    def _reinit(self, params: dict[str, nn.Parameter]) -> None:
+        """Phase of :meth:`apply`: rescale every materialized tensor from the model's own init std to the
+        planned one (the base's std times the plan's init multiplier)."""
+        with torch.no_grad():
+            for name, tp in self.tensors.items():
+                p = params[name]
+                if p.is_meta:
+                    continue
+                own = _std(p)
+                sc = tp.scale(self.mode)
+                factor = (tp.base_std * sc.init / own) if own > 0 and tp.base_std > 0 else sc.init
+                if factor != 1.0:
+                    p.mul_(factor)
+
+    def _install_multipliers(self, model: nn.Module) -> None:
+        """Phase of :meth:`apply`: the forward multipliers of the tensors (u-muP's unit weights), of the
+        lookups that divide a tied table's multiplier back out, and of tied readout uses."""
         unit = get_recipe(self.recipe).unit
         for name, tp in self.tensors.items():
             sc = tp.scale(self.mode)
             if unit and tp.readout_use is None:
                 # u-muP: every tensor gets its forward scale and its own backward scale
-                from .nn.unit import install_unit_weight
 
                 mod, attr = _owner(model, name)
                 install_unit_weight(mod, attr, sc.multiplier, tp.grad_scale,
@@ -574,12 +600,15 @@ class Plan:
                     add_input_multiplier(mod, tp.readout_multiplier * sc.multiplier)
                 else:
                     add_multiplier(mod, attr, tp.readout_multiplier * sc.multiplier)
+
+    def _install_module_state(self, model: nn.Module, adapters: list[AttentionAdapter]) -> None:
+        """Phase of :meth:`apply`: what the plan sets on modules: the attention adapters' logit factors, the
+        residual scales and the backward scales (u-muP)."""
         for adapter, site in zip(adapters, self.attention):  # a query projection's install is a no-op: folded above
             adapter.install(_submodule(model, site["module"]), AttentionSite(**site["site"]), site["factor"])
         for r in self.residual:
             setattr(_submodule(model, r["module"]), RESIDUAL_ATTR, tuple(r["scales"]))
         if self.backward:
-            from .nn.unit import InputGradScale, LogitGradScale
 
             for r in self.backward:
                 mod = _submodule(model, r["module"])
@@ -587,14 +616,6 @@ class Plan:
                     mod.register_forward_hook(LogitGradScale(r["vocab"]))
                 else:
                     mod.register_forward_pre_hook(InputGradScale(r["factor"]))
-        if self.forward_state():
-            # A state_dict of this model then says which plan it needs: loading it into a model without the
-            # plan fails on the unexpected key, into a model with another plan on the check below.
-            model.register_buffer(MARKER_BUFFER, _digest_tensor(key), persistent=True)
-            model._register_load_state_dict_pre_hook(_check_marker, with_module=True)
-        setattr(model, APPLIED_ATTR, key)
-        self._model = model
-        return model
 
     def _attention_adapters(self, passed: Sequence[AttentionAdapter] | None) -> list[AttentionAdapter]:
         """The adapter of every attention record: one of ``passed`` where it fits, else the one the plan holds;
@@ -703,7 +724,8 @@ class Plan:
             if role not in ("embedding", "hidden", "readout", "vector", "scalar"):
                 raise PlanError(f"gamma has unknown role {role!r}; valid: embedding, hidden, readout, vector, scalar")
             _check_positive(f"gamma[{role!r}]", g)
-        spec = get_optimizer(self.optimizer_name)
+
+        extras = group_extras(self.optimizer_name)  # the optimizer's own group keys (eps, Muon's use_muon...)
         unit = get_recipe(self.recipe).unit
         params = self._resolve(model)
         groups = []
@@ -718,18 +740,7 @@ class Plan:
             if unit and g["weight_decay"] and g["lr"] > 0:
                 # u-muP's independent decay: wd per step at the schedule's peak, whatever the tensor's LR
                 g["weight_decay"] = weight_decay / g["lr"]
-            if self.optimizer_name == "adafactor":
-                e1, e2 = eps if isinstance(eps, tuple) else (None, 1e-3 if eps is None else eps)
-                g["eps"] = (None if e1 is None else e1 * sc.eps, e2 * sc.init)
-            elif self.optimizer_name == "muon":
-                g["use_muon"] = tp.muon
-                if tp.muon:
-                    g["scale"] = tp.muon_scale
-                    g["eps"] = 1e-7 * sc.eps
-                else:
-                    g["eps"] = (1e-8 if eps is None else eps) * sc.eps
-            elif spec.has_eps:
-                g["eps"] = (1e-8 if eps is None else eps) * sc.eps
+            g.update(extras(tp, sc, eps))
             groups.append(g)
         if merge:
             return _merge_groups(groups)
@@ -744,7 +755,6 @@ class Plan:
 
         Extra keyword arguments go to the optimizer (``betas``, ``momentum``...).
         """
-        from .optim import build_optimizer
 
         groups = self.param_groups(lr, weight_decay, eps=eps, gamma=gamma, model=model, muon_lr=muon_lr,
                                    merge=True)
@@ -996,28 +1006,155 @@ def _traced_site(name: str, mod: nn.Module, bname: str, call: AttentionCall | No
                                       rows_dim=out_dim)
 
 
+@dataclass(frozen=True)
+class _PlanRequest:
+    """The choices of one :func:`parameterize` call (see its docstring). Once checked
+    (:func:`_checked_request`), ``multipliers`` is a :class:`Multipliers` and ``mode`` is the one the plan
+    uses."""
+
+    recipe: str
+    optimizer: str
+    mode: str
+    alignment: str
+    weight_decay: str
+    muon_scale: str
+    roles: dict[str, str] | None
+    layouts: dict[str, str] | None
+    block_pattern: str | None
+    branch_outputs: Iterable[str] | None
+    tied: str
+    attention: Sequence[AttentionAdapter] | None
+    decay_vectors: bool
+    multipliers: Multipliers | dict[str, Any] | None
+    seq_len: int | None
+    forward: ForwardSpec | None
+    readout: str
+
+    @property
+    def rec(self) -> Any:
+        return get_recipe(self.recipe)
+
+    @property
+    def named(self) -> Multipliers:
+        """The named multipliers (a :class:`Multipliers` once the request is checked)."""
+        return self.multipliers  # type: ignore[return-value]
+
+
+def _checked_request(req: _PlanRequest, target: Any, base: Any) -> tuple[_PlanRequest, list[str]]:
+    """Phase: check every choice (ValueError, or PlanError), resolve the multipliers and the mode (a
+    unit-scaled recipe keeps its scales in the forward pass). Returns the checked request and the first notes."""
+    rec = get_recipe(req.recipe)
+    spec = get_optimizer(req.optimizer)
+    try:
+        named = (req.multipliers if isinstance(req.multipliers, Multipliers)
+                 else Multipliers.from_dict(req.multipliers))
+    except (TypeError, ValueError) as exc:
+        raise PlanError(f"multipliers: {exc}") from None
+    check_choice("mode", req.mode, MODES)
+    check_choice("alignment", req.alignment, ALIGNMENT_CHOICES)
+    check_choice("weight-decay policy", req.weight_decay, WD_POLICIES)
+    check_choice("muon scale", req.muon_scale, MUON_SCALES)
+    if not isinstance(target, nn.Module) or not isinstance(base, nn.Module):
+        raise PlanError("target and base must both be torch.nn.Module instances")
+    notes: list[str] = []
+    if rec.unit and spec.family != "adam":
+        raise PlanError(f"{req.recipe}'s LR table is for Adam-family optimizers (adam, adamw, adam-atan2); "
+                        f"{req.optimizer} would need other rules")
+    mode = req.mode
+    if rec.unit and mode == "folded":
+        mode = "explicit"
+        notes.append(f"{req.recipe} keeps its scales in the forward pass (that is what keeps low-precision tensors "
+                     "in range): mode is explicit")
+    return replace(req, multipliers=named, mode=mode), notes
+
+
+def _analysis(target: nn.Module, base: nn.Module, req: _PlanRequest, notes: list[str]) -> Any:
+    """Phase: compare the target with the base, tensor by tensor (:func:`proxytune.shapes.analyze_model`)."""
+    branch_outputs = req.branch_outputs
+    analysis = analyze_model(target, base, roles=req.roles, layouts=req.layouts, block_pattern=req.block_pattern,
+                             branch_outputs=list(branch_outputs) if branch_outputs is not None else None,
+                             tied=req.tied, forward=req.forward, readout=req.readout, seq_len=req.seq_len)
+    shapes = analysis.tensors
+    notes += analysis.notes
+    if req.rec.unit and any(s.functional_readout is not None for s in shapes):
+        raise PlanError(f"{req.recipe} needs the readout's backward scale on a module: tensor "
+                        f"{next(s.name for s in shapes if s.functional_readout is not None)!r} is also used as a functional "
+                        "readout; give the model an nn.Linear head (tied to the table if you like)")
+    return analysis
+
+
+@dataclass(frozen=True)
+class _PlanContext:
+    """What the plan of every tensor reads: the checked request, its recipe and optimizer, the parameters of the
+    target and the base, the target's modules, and what the earlier phases found: the attention-logit factor of
+    each query tensor (``q_factor``) and the query tensors carrying the named attention multiplier
+    (``named_query``), the model's own forward factors (``own``, see :func:`_own_factors`), the attention
+    modules, the MLP activation inputs and the u-muP context (None for other recipes)."""
+
+    req: _PlanRequest
+    rec: Any
+    spec: Any
+    target: nn.Module
+    t_params: dict[str, nn.Parameter]
+    base_params: dict[str, nn.Parameter]
+    t_modules: dict[str, nn.Module]
+    q_factor: dict[str, float]
+    named_query: set[str]
+    own: dict[str, tuple[float, float]]
+    attn_modules: list[str]
+    act_inputs: set[str]
+    unit: dict[str, Any] | None
+
+
+def _plan_context(target: nn.Module, base: nn.Module, req: _PlanRequest, analysis: Any,
+                  attention: tuple[dict[str, float], set[str]], attn_records: list[dict[str, Any]],
+                  notes: list[str]) -> _PlanContext:
+    """Phase: what every tensor's plan needs besides its shape (``attention``: the query factors and the
+    query tensors carrying the named attention multiplier, from :func:`_attention_plan`)."""
+    shapes = analysis.tensors
+    rec, named = req.rec, req.named
+    # Constant factors of the model's own forward that change with its shape (Gemma's sqrt(hidden) on the
+    # embeddings, T5's d_model^-1/2 before the readout) already apply part of a rule: the plan divides them out.
+    own = _own_factors(analysis.factors, shapes, notes)
+    base_params = _named_params(base)
+    t_params = _named_params(target)
+    t_modules = canonical_modules(target)
+    attn_modules = [r["module"] for r in attn_records]
+    act_inputs, act_kind = _activation_inputs(shapes, t_modules, target)
+    if named.activation != 1.0 and not act_inputs:
+        raise PlanError(f"activation multiplier {named.activation:g}: no MLP input projection found (looked for "
+                        f"{', '.join(GATE_NAMES + UP_NAMES)} modules inside blocks)")
+    unit = (_unit_context(rec, shapes, target, t_modules, attn_modules, act_kind, named, notes, req.seq_len)
+            if rec.unit else None)
+    if unit is not None:
+        unit["head_dim"] = {r["module"]: r["site"]["head_dim"] for r in attn_records}
+    q_factor, named_query = attention
+    return _PlanContext(req=req, rec=rec, spec=get_optimizer(req.optimizer), target=target, t_params=t_params,
+                        base_params=base_params, t_modules=t_modules, q_factor=q_factor, named_query=named_query,
+                        own=own, attn_modules=attn_modules, act_inputs=act_inputs, unit=unit)
+
+
+def _new_plan(ctx: _PlanContext, tensors: dict[str, TensorPlan], attn_records: list[dict[str, Any]],
+              notes: list[str]) -> Plan:
+    """Phase: the plan of the tensors and attentions, with u-muP's residual and backward scales."""
+    req = ctx.req
+    plan = Plan(recipe=req.recipe, optimizer_name=req.optimizer, mode=req.mode, alignment=req.alignment,
+                weight_decay_policy=req.weight_decay, muon_scale_mode=req.muon_scale, tensors=tensors,
+                attention=attn_records, notes=notes, multipliers=req.named)
+    if ctx.unit is not None:
+        plan.residual = ctx.unit["residual"]
+        plan.backward = _unit_backward(tensors, ctx.target, ctx.t_modules, notes, ctx.unit)
+    return plan
+
+
 def parameterize(
-    target: nn.Module,
-    base: nn.Module,
-    recipe: str = "mup",
-    optimizer: str = "adamw",
-    *,
-    mode: str = "folded",
-    alignment: str = "full",
-    weight_decay: str = "independent",
-    muon_scale: str = "spectral",
-    roles: dict[str, str] | None = None,
-    layouts: dict[str, str] | None = None,
-    block_pattern: str | None = None,
-    branch_outputs: Iterable[str] | None = None,
-    tied: str = "embedding",
-    attention: Sequence[AttentionAdapter] | None = None,
-    decay_vectors: bool = False,
-    multipliers: Multipliers | dict[str, Any] | None = None,
-    seq_len: int | None = None,
-    forward: ForwardSpec | None = None,
-    readout: str = "auto",
-    apply: bool = True,
+    target: nn.Module, base: nn.Module, recipe: str = "mup", optimizer: str = "adamw", *, mode: str = "folded",
+    alignment: str = "full", weight_decay: str = "independent", muon_scale: str = "spectral",
+    roles: dict[str, str] | None = None, layouts: dict[str, str] | None = None, block_pattern: str | None = None,
+    branch_outputs: Iterable[str] | None = None, tied: str = "embedding",
+    attention: Sequence[AttentionAdapter] | None = None, decay_vectors: bool = False,
+    multipliers: Multipliers | dict[str, Any] | None = None, seq_len: int | None = None,
+    forward: ForwardSpec | None = None, readout: str = "auto", apply: bool = True,
 ) -> Plan:
     """Plan (and by default apply) a parameterization of ``target`` relative to ``base``.
 
@@ -1062,75 +1199,25 @@ def parameterize(
         readout: ``auto`` (a model without a readout tensor is refused) or ``none`` (its output is not
             produced by a weight matrix).
         apply: re-initialize ``target`` and install multipliers now.
+
+    Many parameters because: each is an independent, documented choice of the public call (a sweep file's
+    and the command line's options map onto them); internally they travel as one ``_PlanRequest``.
     """
-    rec = get_recipe(recipe)
-    spec = get_optimizer(optimizer)
-    try:
-        named = multipliers if isinstance(multipliers, Multipliers) else Multipliers.from_dict(multipliers)
-    except (TypeError, ValueError) as exc:
-        raise PlanError(f"multipliers: {exc}") from None
-    check_choice("mode", mode, MODES)
-    check_choice("alignment", alignment, ALIGNMENT_CHOICES)
-    check_choice("weight-decay policy", weight_decay, WD_POLICIES)
-    check_choice("muon scale", muon_scale, MUON_SCALES)
-    if not isinstance(target, nn.Module) or not isinstance(base, nn.Module):
-        raise PlanError("target and base must both be torch.nn.Module instances")
-    notes: list[str] = []
-    if rec.unit and spec.family != "adam":
-        raise PlanError(f"{recipe}'s LR table is for Adam-family optimizers (adam, adamw, adam-atan2); "
-                        f"{optimizer} would need other rules")
-    if rec.unit and mode == "folded":
-        mode = "explicit"
-        notes.append(f"{recipe} keeps its scales in the forward pass (that is what keeps low-precision tensors "
-                     "in range): mode is explicit")
-    analysis = analyze_model(target, base, roles=roles, layouts=layouts, block_pattern=block_pattern,
-                             branch_outputs=list(branch_outputs) if branch_outputs is not None else None,
-                             tied=tied, forward=forward, readout=readout, seq_len=seq_len)
-    shapes = analysis.tensors
-    notes += analysis.notes
+    req, notes = _checked_request(_PlanRequest(
+        recipe=recipe, optimizer=optimizer, mode=mode, alignment=alignment, weight_decay=weight_decay,
+        muon_scale=muon_scale, roles=roles, layouts=layouts, block_pattern=block_pattern,
+        branch_outputs=branch_outputs, tied=tied, attention=attention, decay_vectors=decay_vectors,
+        multipliers=multipliers, seq_len=seq_len, forward=forward, readout=readout), target, base)
+    analysis = _analysis(target, base, req, notes)
     pattern = re.compile(analysis.block_pattern)
-    if rec.unit and any(s.functional_readout is not None for s in shapes):
-        raise PlanError(f"{recipe} needs the readout's backward scale on a module: tensor "
-                        f"{next(s.name for s in shapes if s.functional_readout is not None)!r} is also used as a functional "
-                        "readout; give the model an nn.Linear head (tied to the table if you like)")
-
-    sites, attn_records, q_factor, named_query = _attention_plan(target, base, analysis, pattern, rec, recipe,
-                                                                  named, list(attention or ()), notes)
-    _check_branches(analysis, rec, recipe, notes)
-
-    # Constant factors of the model's own forward that change with its shape (Gemma's sqrt(hidden) on the
-    # embeddings, T5's d_model^-1/2 before the readout) already apply part of a rule: the plan divides them out.
-    own = _own_factors(analysis.factors, shapes, notes)
-    base_params = _named_params(base)
-    t_params = _named_params(target)
-    t_modules = canonical_modules(target)
-    attn_modules = [r["module"] for r in attn_records]
-    act_inputs, act_kind = _activation_inputs(shapes, t_modules, target)
-    if named.activation != 1.0 and not act_inputs:
-        raise PlanError(f"activation multiplier {named.activation:g}: no MLP input projection found (looked for "
-                        f"{', '.join(GATE_NAMES + UP_NAMES)} modules inside blocks)")
-    unit = (_unit_context(rec, shapes, target, t_modules, attn_modules, act_kind, named, notes, seq_len)
-            if rec.unit else None)
-    if unit is not None:
-        unit["head_dim"] = {r["module"]: r["site"]["head_dim"] for r in attn_records}
-    tensors: dict[str, TensorPlan] = {}
-    transfer_down = False
-    for s in shapes:
-        branch = _branch_kind(s.name, attn_modules)
-        tp = _plan_tensor(s, rec, spec, target, t_params, base_params, t_modules, alignment=alignment,
-                          muon_scale=muon_scale, wd_policy=weight_decay, q_factor=q_factor.get(s.name, 1.0),
-                          decay_vectors=decay_vectors, optimizer=optimizer, named=named,
-                          named_query=s.name in named_query, own=own.get(s.name, (1.0, 1.0)), branch=branch,
-                          act_input=s.name in act_inputs, unit=unit)
-        transfer_down |= s.m_in < 1 or s.m_out < 1 or s.depth < 1
-        tensors[s.name] = tp
-    notes += _closing_notes(tensors, attn_records, mode, transfer_down)
-    plan = Plan(recipe=recipe, optimizer_name=optimizer, mode=mode, alignment=alignment,
-                weight_decay_policy=weight_decay, muon_scale_mode=muon_scale, tensors=tensors,
-                attention=attn_records, notes=notes, multipliers=named)
-    if unit is not None:
-        plan.residual = unit["residual"]
-        plan.backward = _unit_backward(tensors, target, t_modules, notes, unit)
+    sites, attn_records, q_factor, named_query = _attention_plan(
+        target, base, analysis, pattern, req.rec, req.recipe, req.named, list(req.attention or ()), notes)
+    _check_branches(analysis, req.rec, req.recipe, notes)
+    ctx = _plan_context(target, base, req, analysis, (q_factor, named_query), attn_records, notes)
+    tensors = {s.name: _plan_tensor(s, ctx) for s in analysis.tensors}
+    transfer_down = any(s.m_in < 1 or s.m_out < 1 or s.depth < 1 for s in analysis.tensors)
+    notes += _closing_notes(tensors, attn_records, req.mode, transfer_down)
+    plan = _new_plan(ctx, tensors, attn_records, notes)
     plan._adapters = [ad for ad, _ in sites]
     if apply and not any(p.is_meta for p in target.parameters()):
         plan.apply(target)
@@ -1253,18 +1340,17 @@ def _closing_notes(tensors: dict[str, TensorPlan], attn_records: list[dict[str, 
     return notes
 
 
-def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str, nn.Parameter],
-                 base_params: dict[str, nn.Parameter],
-                 t_modules: dict[str, nn.Module], *, alignment: str, muon_scale: str, wd_policy: str,
-                 q_factor: float, decay_vectors: bool, optimizer: str, named: Multipliers,
-                 named_query: bool, own: tuple[float, float] = (1.0, 1.0), branch: str | None = None,
-                 act_input: bool = False, unit: dict[str, Any] | None = None) -> TensorPlan:
-    """One tensor's plan. ``own`` holds the model's own forward factors relative to the base, on the tensor's
-    use for its role and on its readout use (a tied table)."""
-    muon_matrix = optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
-    own_role, own_readout = own
-    named_forward = named.forward_for(s.role, query=named_query, branch=branch if s.branch_output else None,
-                                      act_input=act_input) / own_role
+def _plan_tensor(s: TensorShape, ctx: _PlanContext) -> TensorPlan:
+    """One tensor's plan. ``ctx.own`` holds the model's own forward factors relative to the base, on the
+    tensor's use for its role and on its readout use (a tied table)."""
+    req, rec, named = ctx.req, ctx.rec, ctx.req.named
+    q_factor = ctx.q_factor.get(s.name, 1.0)
+    branch = _branch_kind(s.name, ctx.attn_modules)
+    muon_matrix = req.optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
+    own_role, own_readout = ctx.own.get(s.name, (1.0, 1.0))
+    named_forward = named.forward_for(s.role, query=s.name in ctx.named_query,
+                                      branch=branch if s.branch_output else None,
+                                      act_input=s.name in ctx.act_inputs) / own_role
     notes = list(s.notes)
     # a functional tie: the readout use cannot take a multiplier of its own, so the table carries it and the
     # lookup divides it back out
@@ -1277,47 +1363,20 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
             notes.append(f"its readout use is a product in the forward of {s.functional_readout or 'the model'!r}: "
                          f"the tensor carries the readout multiplier x{r:.4g} and the lookup in {s.lookup_module!r} "
                          f"is multiplied by x{lookup_multiplier:.4g}")
-    if unit is not None:
-        return _plan_unit_tensor(s, rec, spec, tparams, named_forward * q_factor, named, branch, unit,
-                                 decay_vectors, notes)
-    ctx = TensorContext(role=s.role, width=s.width, depth=s.depth, in_block=s.block is not None,
-                        branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix,
-                        named_forward=named_forward,
-                        named_init=named.init_for(s.role), named_lr=named.lr_for(s.role))
-    explicit, folded = tensor_scales(rec, spec, ctx, alignment=alignment, muon_scale=muon_scale,
-                                     wd_policy=wd_policy)
-    # Base init std: measured on the base when it is materialized, else inferred.
-    tp_ = tparams[s.name]
-    bp = base_params[s.base_name]
-    mod_name, _, attr = s.name.rpartition(".")
-    module = t_modules.get(mod_name, target) if mod_name else target
-    if not bp.is_meta:
-        # even when the shapes agree: the target's own init may depend on its size in ways the rules replace
-        # (e.g. GPT-2 scales its residual projections by its own depth; a readout bias by its fan-in)
-        base_std, source = _std(bp), "base"
-    elif tuple(s.shape) == tuple(s.base_shape) and not tp_.is_meta:
-        base_std, source = _std(tp_), "target (same shape as base)"
-    elif tp_.is_meta:
-        raise PlanError(f"both target and base are on 'meta': tensor {s.name!r} has no init statistics; "
-                        "materialize the base (it is small) or the target")
-    else:
-        own = _std(tp_)
-        fan_t = _torch_fan_in(module, attr, s.shape)
-        fan_b = None
-        if fan_t:
-            # a bias shares its weight's fan-in: read the base weight's shape
-            wname = s.base_name[: -len(attr)] + "weight" if attr == "bias" else s.base_name
-            wb = base_params.get(wname)
-            fan_b = _torch_fan_in(module, "weight", tuple(wb.shape)) if wb is not None else None
-        ref = _torch_default_std(fan_t)
-        if ref and own > 0 and abs(own / ref - 1) < 0.05 and fan_b:
-            base_std, source = 1.0 / math.sqrt(3.0 * fan_b), "target (torch default fan-in init)"
-        else:
-            base_std, source = own, "target (assumed width-independent)"
+    if ctx.unit is not None:
+        return _plan_unit_tensor(s, rec, ctx.spec, ctx.t_params, named_forward * q_factor, named, branch, ctx.unit,
+                                 req.decay_vectors, notes)
+    tctx = TensorContext(role=s.role, width=s.width, depth=s.depth, in_block=s.block is not None,
+                         branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix,
+                         named_forward=named_forward,
+                         named_init=named.init_for(s.role), named_lr=named.lr_for(s.role))
+    explicit, folded = tensor_scales(rec, ctx.spec, tctx, alignment=req.alignment, muon_scale=req.muon_scale,
+                                     wd_policy=req.weight_decay)
+    base_std, source = _base_std(s, ctx)
     muon_scale_value = 1.0
     if muon_matrix:
         fi, fo = s.fan_in, s.fan_out
-        muon_scale_value = (math.sqrt(max(1.0, fo / fi)) if muon_scale == "spectral"
+        muon_scale_value = (math.sqrt(max(1.0, fo / fi)) if req.muon_scale == "spectral"
                             else 0.2 * math.sqrt(max(fi, fo)))
     readout_multiplier = 1.0
     if s.tied_readout is not None:
@@ -1328,9 +1387,39 @@ def _plan_tensor(s: TensorShape, rec, spec, target: nn.Module, tparams: dict[str
         block=s.block, branch_output=s.branch_output, base_std=base_std, init_source=source,
         explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
         readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
-        muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not decay_vectors), notes=notes,
+        muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not req.decay_vectors), notes=notes,
         role_source=s.role_source, branch_source=s.branch_source,
         lookup_module=s.lookup_module, lookup_multiplier=lookup_multiplier)
+
+
+def _base_std(s: TensorShape, ctx: _PlanContext) -> tuple[float, str]:
+    """The base init std of a tensor and where it comes from: measured on the base when it is materialized,
+    else inferred from the target's own init."""
+    tp_ = ctx.t_params[s.name]
+    bp = ctx.base_params[s.base_name]
+    mod_name, _, attr = s.name.rpartition(".")
+    module = ctx.t_modules.get(mod_name, ctx.target) if mod_name else ctx.target
+    if not bp.is_meta:
+        # even when the shapes agree: the target's own init may depend on its size in ways the rules replace
+        # (e.g. GPT-2 scales its residual projections by its own depth; a readout bias by its fan-in)
+        return _std(bp), "base"
+    if tuple(s.shape) == tuple(s.base_shape) and not tp_.is_meta:
+        return _std(tp_), "target (same shape as base)"
+    if tp_.is_meta:
+        raise PlanError(f"both target and base are on 'meta': tensor {s.name!r} has no init statistics; "
+                        "materialize the base (it is small) or the target")
+    own = _std(tp_)
+    fan_t = _torch_fan_in(module, attr, s.shape)
+    fan_b = None
+    if fan_t:
+        # a bias shares its weight's fan-in: read the base weight's shape
+        wname = s.base_name[: -len(attr)] + "weight" if attr == "bias" else s.base_name
+        wb = ctx.base_params.get(wname)
+        fan_b = _torch_fan_in(module, "weight", tuple(wb.shape)) if wb is not None else None
+    ref = _torch_default_std(fan_t)
+    if ref and own > 0 and abs(own / ref - 1) < 0.05 and fan_b:
+        return 1.0 / math.sqrt(3.0 * fan_b), "target (torch default fan-in init)"
+    return own, "target (assumed width-independent)"
 
 
 def _tied_readout_multiplier(s: TensorShape, rec, named: Multipliers, table_forward: float,
@@ -1339,7 +1428,6 @@ def _tied_readout_multiplier(s: TensorShape, rec, named: Multipliers, table_forw
     (``table_forward``: the named embedding multiplier and the compensation of the model's own factors)."""
     r = 1.0
     if rec.tied_readout_multiplier:
-        from .rules.everett import AB
         a_e, b_e = AB[rec.abc]["embedding"]
         a_r, b_r = AB[rec.abc]["readout"]
         # folded readout init exponent minus the embedding's: mup -> 1/m_in
@@ -1445,9 +1533,6 @@ def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, modules
                   seq_len: int | None = None) -> dict[str, Any]:
     """What u-muP's per-tensor rules need from the whole model: the number of blocks, the attention output
     scale and the activation's unit scale (with a note for what could not be known)."""
-    from .rules.umup import (
-        ACTIVATIONS, activation_grad_scale, activation_scale, branch_weights, causal_attention_output_scale,
-    )
 
     n_blocks = len({s.block for s in shapes if s.block is not None}) or 1
     attn_out = 1.0
@@ -1475,7 +1560,6 @@ def _unit_context(rec, shapes: Sequence[TensorShape], target: nn.Module, modules
                            "branch": {}, "residual": [], "attn_modules": list(attn_modules)}
     w_attn, w_mlp = branch_weights(n_blocks, named.residual, named.residual_attn_ratio)
     if tau_form:
-        from .rules.umup import residual_taus
 
         taus = residual_taus(n_blocks, named.residual, named.residual_attn_ratio)
         for i, b in enumerate(blocks):
@@ -1503,7 +1587,6 @@ def _plan_unit_tensor(s: TensorShape, rec, spec, tparams: dict[str, nn.Parameter
                       named: Multipliers, branch: str | None, unit: dict[str, Any], decay_vectors: bool,
                       notes: list[str]) -> TensorPlan:
     """One tensor under u-muP: absolute init, forward multiplier and LR (:mod:`proxytune.rules.umup`)."""
-    from .rules.umup import unit_forward, unit_lr
 
     n = unit["n_blocks"]
     in_block = s.block is not None

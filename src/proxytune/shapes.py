@@ -22,6 +22,7 @@ from torch import nn
 from .errors import PlanError
 from .forward import DEFAULT_FORWARD, ForwardSpec
 from .trace import ForwardTrace, factor_value, trace_forward
+from .rules.recipes import ROLES
 
 #: Default pattern for repeated blocks: a dotted name segment ``layers``,
 #: ``blocks``, ``h`` or ``layer`` followed by the block index.
@@ -358,8 +359,12 @@ def analyze_model(
     ``readout``: ``auto`` (a model with no readout tensor is refused), or ``none`` (the model's output is not
     produced by a weight matrix, e.g. an encoder returning features). Raises :class:`PlanError` with the tensor
     name(s) and shapes when the pair cannot be matched.
+
+    Many parameters because: each is an independent, documented option of the public call (``parameterize``
+    and a model description pass them by name), and each goes straight to the one phase that reads it (the
+    layouts to the layout phase, the roles and the tie policy to the role phase, the forward and sequence
+    length to the trace), so no phase takes them all.
     """
-    from .rules.recipes import ROLES
 
     if roles:
         for pat, role in roles.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+from .rules.recipes import RECIPES
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,6 @@ def shallow_base_warning(recipe: str, base_depth: int | None, target_depth: int 
     """A warning when a depth recipe carries an LR to a deeper target from a base shallower than
     ``min_base_depth`` whose branches are at full size (``residual`` above ``max_shallow_base_residual``);
     None otherwise (no depth rule, no depth change, a deep enough base, or scaled-down branches)."""
-    from .rules.recipes import RECIPES
 
     th = THRESHOLDS
     rec = RECIPES.get(recipe)

@@ -225,6 +225,19 @@ def _einsum_dims(eq: str, operands: Sequence[torch.Tensor], k: int) -> tuple[tup
     return ins, outs
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One torch function call as the recorder sees it: the op's name, its arguments and output, the innermost
+    module running it and the origin of its first argument."""
+
+    name: str
+    args: tuple
+    kwargs: dict
+    out: Any
+    module: str
+    first: _Origin | None
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self, params: dict[int, str], buffers: dict[int, tuple[str, nn.Module, str]],
                  norms: set[str] | None = None) -> None:
@@ -299,153 +312,224 @@ class _Recorder(TorchFunctionMode):
         return out
 
     def _record(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        """Record one torch function call: the origin of its output, the parameters it reads and how, the
+        attention it computes. The handlers are tried in order (:attr:`_HANDLERS`); the first that records the
+        call ends it, and a call none of them records is an unrecognized op."""
         module = self.stack[-1] if self.stack else ""
         if name in _CONSTS and args and isinstance(args[0], (int, float)) and not isinstance(args[0], bool):
             self._set(out, _Origin("const", scale=float(args[0]), source=f"{args[0]:g}"))
             return
-        first = self.origin(args[0]) if args else None
-        if name in _VIEWS and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-            if name == "__getitem__" and first is not None and first.kind == "param" and _int_index(args[1]):
-                self._lookup(first, 0, args[1] if not isinstance(args[1], tuple) else args[1][0], out, name, module)
+        call = _Call(name, args, kwargs, out, module, self.origin(args[0]) if args else None)
+        for handler in self._HANDLERS:
+            if handler(self, call):
                 return
-            if first is None:
-                return
-            if first.kind == "param":
-                self._set(out, _Origin("param", param=first.param,
-                                       dims=_view_dims(name, first.dims, args[0], args, kwargs, out)))
-            elif first.kind == "const":
-                self._set(out, first)
-            else:
-                span = _slice_span(args[0], args[1]) if name == "__getitem__" and len(args) > 1 else None
-                self._set(out, _Origin("through", (first,), module=module, rows=span))
-            return
-        if name in _MULTI and isinstance(out, (tuple, list)) and self._activation(first):
-            spans = _last_dim_spans(args[0], out, args, kwargs)
-            for t, span in zip(out, spans or [None] * len(out)):
-                self._set(t, _Origin("through", (first,), module=module, rows=span))
-            return
+        self._on_other(call)
+
+    def _on_view(self, c: _Call) -> bool:
+        """A shape-only op: a parameter's view maps its dims, indexing a parameter by integers is a lookup."""
+        name, args, first, out = c.name, c.args, c.first, c.out
+        if not (name in _VIEWS and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor)):
+            return False
+        if name == "__getitem__" and first is not None and first.kind == "param" and _int_index(args[1]):
+            self._lookup(first, 0, args[1] if not isinstance(args[1], tuple) else args[1][0], out, name, c.module)
+            return True
+        if first is None:
+            return True
+        if first.kind == "param":
+            self._set(out, _Origin("param", param=first.param,
+                                   dims=_view_dims(name, first.dims, args[0], args, c.kwargs, out)))
+        elif first.kind == "const":
+            self._set(out, first)
+        else:
+            span = _slice_span(args[0], args[1]) if name == "__getitem__" and len(args) > 1 else None
+            self._set(out, _Origin("through", (first,), module=c.module, rows=span))
+        return True
+
+    def _on_split(self, c: _Call) -> bool:
+        """An activation split into parts (a fused qkv projection's output): each part keeps its rows."""
+        if not (c.name in _MULTI and isinstance(c.out, (tuple, list)) and self._activation(c.first)):
+            return False
+        spans = _last_dim_spans(c.args[0], c.out, c.args, c.kwargs)
+        for t, span in zip(c.out, spans or [None] * len(c.out)):
+            self._set(t, _Origin("through", (c.first,), module=c.module, rows=span))
+        return True
+
+    def _on_attention(self, c: _Call) -> bool:
+        """An attention (an SDPA call, or a softmax of a ``q k^T`` product) is recorded; the call itself goes on
+        to the other handlers (False)."""
+        name, args = c.name, c.args
         if name == "scaled_dot_product_attention" and len(args) >= 2:
             q, k = args[0], args[1]
-            scale = kwargs.get("scale") if len(args) < 7 else args[6]
+            scale = c.kwargs.get("scale") if len(args) < 7 else args[6]
             qo, ko = self.origin(q), self.origin(k)
             scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-            self._attention(module, qo, ko, int(q.shape[-1]), scale)
-        if name in ("softmax", "_softmax") and first is not None:
-            qk = _qk_product(first)
+            self._attention(c.module, qo, ko, int(q.shape[-1]), scale)
+        if name in ("softmax", "_softmax") and c.first is not None:
+            qk = _qk_product(c.first)
             if qk is not None:
-                self._attention(module, *qk)
-        if name in _THROUGH and self._activation(first):
-            self._set(out, _Origin("through", (first,), module=module))
-            return
-        if name == "linear":
-            w = self.origin(args[1] if len(args) > 1 else kwargs.get("weight"))
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            self._other_uses([bias], name)
-            if w is not None and w.kind == "param" and w.dims is not None and len(w.dims) == 2:
-                self._use(w.param, "matmul", (w.dims[1],), (w.dims[0],), name)  # type: ignore[arg-type]
-                self._set(out, _Origin("matmul", (first,) if first else (), param=w.param, module=module))
-            else:
-                self._set(out, self._op(args, module))
-            return
-        if name in _MATMULS or name in _ADDMMS:
-            if name in _MATMULS:
-                a, b = args[0], args[1]
-            else:  # addmm(input, mat1, mat2) / baddbmm(input, batch1, batch2), positional or by keyword
-                a = kwargs.get("mat1", kwargs.get("batch1", args[1] if len(args) > 1 else None))
-                b = kwargs.get("mat2", kwargs.get("batch2", args[2] if len(args) > 2 else None))
-                self._other_uses([args[0]], name)
-            oa, ob = self.origin(a), self.origin(b)
-            if ob is not None and ob.kind == "param" and b.ndim >= 2 and ob.dims is not None:
-                self._use(ob.param, "matmul", (ob.dims[-2],), (ob.dims[-1],), name)  # type: ignore[arg-type]
-                self._set(out, _Origin("matmul", (oa,) if oa else (), param=ob.param, module=module))
-            elif oa is not None and oa.kind == "param" and a.ndim >= 2 and oa.dims is not None:
-                self._use(oa.param, "matmul", (oa.dims[-1],), (oa.dims[-2],), name)  # type: ignore[arg-type]
-                self._set(out, _Origin("matmul", (ob,) if ob else (), param=oa.param, module=module))
-            else:
-                origin = self._op((a, b), module)
-                if self._activation(oa) and self._activation(ob) and a.ndim >= 2:
-                    origin.source = f"qk:{a.shape[-1]}"  # a product of two activations: attention logits, maybe
-                    if name in _ADDMMS:  # BLOOM's alibi.baddbmm(q, k, alpha=1/sqrt(d)): the product's scale
-                        alpha = kwargs.get("alpha", 1.0)
-                        origin.scale = float(alpha) if isinstance(alpha, (int, float)) else None
-                self._set(out, origin)
-            return
-        if name == "einsum":
-            eq = args[0]
-            ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
-            found = None
-            acts = []
-            for k, t in enumerate(ops):
-                o = self.origin(t)
-                if o is not None and o.kind == "param" and found is None:
-                    dims = _einsum_dims(eq, ops, k)
-                    if dims is not None and o.dims is not None:
-                        self._use(o.param, "matmul", tuple(o.dims[i] for i in dims[0]),  # type: ignore[arg-type]
-                                  tuple(o.dims[i] for i in dims[1]), name)
-                        found = o.param
-                    else:
-                        self._use(o.param, "other", (), (), name)  # type: ignore[arg-type]
-                elif o is not None:
-                    acts.append(o)
-            self._set(out, _Origin("matmul", tuple(acts), param=found, module=module) if found
-                      else self._op(ops, module))
-            return
+                self._attention(c.module, *qk)
+        return False
+
+    def _on_through(self, c: _Call) -> bool:
+        """A shape-preserving op on an activation without a factor of its own (dropout, tanh)."""
+        if not (c.name in _THROUGH and self._activation(c.first)):
+            return False
+        self._set(c.out, _Origin("through", (c.first,), module=c.module))
+        return True
+
+    def _on_linear(self, c: _Call) -> bool:
+        """``F.linear``: a matmul use of its weight (dims: out, in), another use of its bias."""
+        if c.name != "linear":
+            return False
+        args, kwargs = c.args, c.kwargs
+        w = self.origin(args[1] if len(args) > 1 else kwargs.get("weight"))
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        self._other_uses([bias], c.name)
+        if w is not None and w.kind == "param" and w.dims is not None and len(w.dims) == 2:
+            self._use(w.param, "matmul", (w.dims[1],), (w.dims[0],), c.name)  # type: ignore[arg-type]
+            self._set(c.out, _Origin("matmul", (c.first,) if c.first else (), param=w.param, module=c.module))
+        else:
+            self._set(c.out, self._op(args, c.module))
+        return True
+
+    def _on_matmul(self, c: _Call) -> bool:
+        """A matrix product (``@``, ``mm``, ``addmm``...): a matmul use of the parameter on either side, else a
+        product of two activations (attention logits, maybe)."""
+        name, args, kwargs = c.name, c.args, c.kwargs
+        if not (name in _MATMULS or name in _ADDMMS):
+            return False
+        if name in _MATMULS:
+            a, b = args[0], args[1]
+        else:  # addmm(input, mat1, mat2) / baddbmm(input, batch1, batch2), positional or by keyword
+            a = kwargs.get("mat1", kwargs.get("batch1", args[1] if len(args) > 1 else None))
+            b = kwargs.get("mat2", kwargs.get("batch2", args[2] if len(args) > 2 else None))
+            self._other_uses([args[0]], name)
+        oa, ob = self.origin(a), self.origin(b)
+        if ob is not None and ob.kind == "param" and b.ndim >= 2 and ob.dims is not None:
+            self._use(ob.param, "matmul", (ob.dims[-2],), (ob.dims[-1],), name)  # type: ignore[arg-type]
+            self._set(c.out, _Origin("matmul", (oa,) if oa else (), param=ob.param, module=c.module))
+        elif oa is not None and oa.kind == "param" and a.ndim >= 2 and oa.dims is not None:
+            self._use(oa.param, "matmul", (oa.dims[-1],), (oa.dims[-2],), name)  # type: ignore[arg-type]
+            self._set(c.out, _Origin("matmul", (ob,) if ob else (), param=oa.param, module=c.module))
+        else:
+            origin = self._op((a, b), c.module)
+            if self._activation(oa) and self._activation(ob) and a.ndim >= 2:
+                origin.source = f"qk:{a.shape[-1]}"  # a product of two activations: attention logits, maybe
+                if name in _ADDMMS:  # BLOOM's alibi.baddbmm(q, k, alpha=1/sqrt(d)): the product's scale
+                    alpha = kwargs.get("alpha", 1.0)
+                    origin.scale = float(alpha) if isinstance(alpha, (int, float)) else None
+            self._set(c.out, origin)
+        return True
+
+    def _on_einsum(self, c: _Call) -> bool:
+        """``einsum``: a matmul use of the first parameter operand (dims from the equation)."""
+        if c.name != "einsum":
+            return False
+        args, name = c.args, c.name
+        eq = args[0]
+        ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+        found = None
+        acts = []
+        for k, t in enumerate(ops):
+            o = self.origin(t)
+            if o is not None and o.kind == "param" and found is None:
+                dims = _einsum_dims(eq, ops, k)
+                if dims is not None and o.dims is not None:
+                    self._use(o.param, "matmul", tuple(o.dims[i] for i in dims[0]),  # type: ignore[arg-type]
+                              tuple(o.dims[i] for i in dims[1]), name)
+                    found = o.param
+                else:
+                    self._use(o.param, "other", (), (), name)  # type: ignore[arg-type]
+            elif o is not None:
+                acts.append(o)
+        self._set(c.out, _Origin("matmul", tuple(acts), param=found, module=c.module) if found
+                  else self._op(ops, c.module))
+        return True
+
+    def _on_lookup(self, c: _Call) -> bool:
+        """``F.embedding`` / ``embedding_bag`` of a parameter table, ``index_select`` of a parameter."""
+        name, args, first = c.name, c.args, c.first
         if name in ("embedding", "embedding_bag"):
-            w = self.origin(args[1] if len(args) > 1 else kwargs.get("weight"))
+            w = self.origin(args[1] if len(args) > 1 else c.kwargs.get("weight"))
             if w is not None and w.kind == "param":
-                self._lookup(w, 0, args[0], out, name, module)
-                return
+                self._lookup(w, 0, args[0], c.out, name, c.module)
+                return True
         if name == "index_select" and first is not None and first.kind == "param" and len(args) >= 3:
-            self._lookup(first, args[1], args[2], out, name, module)
-            return
-        if name.startswith("conv") and len(args) > 1:
-            w = self.origin(args[1])
-            if w is not None and w.kind == "param" and w.dims is not None and w.dims[0] is not None:
-                ins, outs = ((w.dims[0],), (w.dims[1],)) if "transpose" in name else ((w.dims[1],), (w.dims[0],))
-                self._use(w.param, "matmul", ins, outs, name)  # type: ignore[arg-type]
-                self._other_uses(args[2:3], name)
-                self._set(out, _Origin("matmul", (first,) if first else (), param=w.param, module=module))
-                return
-        if name in _MULS or name in _DIVS:
-            b = self.origin(args[1]) if len(args) > 1 else None
-            for x, c in ((first, b), (b, first)):
-                if self._activation(x) and c is not None and c.kind == "const":
-                    value = c.scale if name in _MULS or c.scale is None else (1.0 / c.scale if c.scale else None)
-                    if x is b and name in _DIVS:  # const / activation: not a factor
-                        break
-                    self._set(out, _Origin("through", (x,), scale=value, source=c.source, module=module))
-                    return
-            for x, c in ((first, b), (b, first)):
-                if self._activation(x) and c is not None and c.kind == "param" and c.dims is not None \
-                        and len(c.dims) <= 1:
-                    # a gain vector (a norm's weight, a layer scale): shape-preserving, not a constant factor
-                    self._use(c.param, "other", (), (), name)  # type: ignore[arg-type]
-                    self._set(out, _Origin("through", (x,), module=module, gain=True))
-                    return
-            self._other_uses(args[:2], name)
-            self._set(out, self._op(args[:2], module))
-            return
-        if name in _ADDS:
-            b = self.origin(args[1]) if len(args) > 1 else None
-            if self._activation(first) and self._activation(b):
-                self._residual(first, b)  # type: ignore[arg-type]
-                self._residual(b, first)  # type: ignore[arg-type]
-                self._set(out, _Origin("add", (first, b), module=module))  # type: ignore[arg-type]
-                return
-            for x, c in ((first, b), (b, first)):
-                if self._activation(x) and c is not None and c.kind in ("param", "const"):
-                    if c.kind == "param":
-                        self._use(c.param, "other", (), (), name)  # type: ignore[arg-type]
-                    self._set(out, _Origin("through", (x,), module=module))
-                    return
-        tensors = [*args, *kwargs.values()]
-        self._other_uses(tensors, name)
-        if isinstance(out, torch.Tensor):
-            self._set(out, self._op(tensors, module))
-        elif isinstance(out, (tuple, list)):
-            origin = self._op(tensors, module)
-            for t in out:
+            self._lookup(first, args[1], args[2], c.out, name, c.module)
+            return True
+        return False
+
+    def _on_conv(self, c: _Call) -> bool:
+        """A convolution with a parameter kernel: a matmul use (in/out channels), another use of its bias."""
+        name, args = c.name, c.args
+        if not (name.startswith("conv") and len(args) > 1):
+            return False
+        w = self.origin(args[1])
+        if w is not None and w.kind == "param" and w.dims is not None and w.dims[0] is not None:
+            ins, outs = ((w.dims[0],), (w.dims[1],)) if "transpose" in name else ((w.dims[1],), (w.dims[0],))
+            self._use(w.param, "matmul", ins, outs, name)  # type: ignore[arg-type]
+            self._other_uses(args[2:3], name)
+            self._set(c.out, _Origin("matmul", (c.first,) if c.first else (), param=w.param, module=c.module))
+            return True
+        return False
+
+    def _on_scaling(self, c: _Call) -> bool:
+        """A product or quotient: an activation times a constant (a factor), times a gain vector, or else an op."""
+        name, args, first = c.name, c.args, c.first
+        if not (name in _MULS or name in _DIVS):
+            return False
+        b = self.origin(args[1]) if len(args) > 1 else None
+        for x, k in ((first, b), (b, first)):
+            if self._activation(x) and k is not None and k.kind == "const":
+                value = k.scale if name in _MULS or k.scale is None else (1.0 / k.scale if k.scale else None)
+                if x is b and name in _DIVS:  # const / activation: not a factor
+                    break
+                self._set(c.out, _Origin("through", (x,), scale=value, source=k.source, module=c.module))
+                return True
+        for x, k in ((first, b), (b, first)):
+            if self._activation(x) and k is not None and k.kind == "param" and k.dims is not None \
+                    and len(k.dims) <= 1:
+                # a gain vector (a norm's weight, a layer scale): shape-preserving, not a constant factor
+                self._use(k.param, "other", (), (), name)  # type: ignore[arg-type]
+                self._set(c.out, _Origin("through", (x,), module=c.module, gain=True))
+                return True
+        self._other_uses(args[:2], name)
+        self._set(c.out, self._op(args[:2], c.module))
+        return True
+
+    def _on_add(self, c: _Call) -> bool:
+        """A sum of two activations (a residual add, maybe ending a branch), or of an activation and a bias."""
+        name, args, first = c.name, c.args, c.first
+        if name not in _ADDS:
+            return False
+        b = self.origin(args[1]) if len(args) > 1 else None
+        if self._activation(first) and self._activation(b):
+            self._residual(first, b)  # type: ignore[arg-type]
+            self._residual(b, first)  # type: ignore[arg-type]
+            self._set(c.out, _Origin("add", (first, b), module=c.module))  # type: ignore[arg-type]
+            return True
+        for x, k in ((first, b), (b, first)):
+            if self._activation(x) and k is not None and k.kind in ("param", "const"):
+                if k.kind == "param":
+                    self._use(k.param, "other", (), (), name)  # type: ignore[arg-type]
+                self._set(c.out, _Origin("through", (x,), module=c.module))
+                return True
+        return False
+
+    def _on_other(self, c: _Call) -> None:
+        """Any other op: another use of each parameter it reads; its output is an op of its activations."""
+        tensors = [*c.args, *c.kwargs.values()]
+        self._other_uses(tensors, c.name)
+        if isinstance(c.out, torch.Tensor):
+            self._set(c.out, self._op(tensors, c.module))
+        elif isinstance(c.out, (tuple, list)):
+            origin = self._op(tensors, c.module)
+            for t in c.out:
                 self._set(t, origin)
+
+    #: the handlers :meth:`_record` tries, in order
+    _HANDLERS = (_on_view, _on_split, _on_attention, _on_through, _on_linear, _on_matmul, _on_einsum, _on_lookup,
+                 _on_conv, _on_scaling, _on_add)
 
     def _attention(self, module: str, qo: _Origin | None, ko: _Origin | None, head_dim: int,
                    scale: float | None) -> None:

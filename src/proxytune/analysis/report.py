@@ -10,6 +10,9 @@ from typing import Any
 
 from .optimum import Optimum
 from .verdict import Verdict, lsq_slope
+from ..train.config import TrainConfig
+from .optimum import optima_by_group
+from .verdict import verdict_with_gaps
 
 # Fraction of the data range left empty above and below the data in every figure.
 MARGIN = 0.05
@@ -239,7 +242,6 @@ _BUDGET_FIELDS = ("steps", "batch_size", "seq_len")
 def token_budget(cfg: Any, records: list[dict[str, Any]]) -> str:
     """One sentence: tokens per trial = steps x batch_size x seq_len, from ``cfg.train`` over the TrainConfig
     defaults, with the values of any of the three that the sweep varies read from the trials themselves."""
-    from ..train.config import TrainConfig
 
     train = cfg.train.model_dump() if hasattr(cfg.train, "model_dump") else dict(cfg.train or {})
     fixed = {f: train.get(f, TrainConfig.model_fields[f].default) for f in _BUDGET_FIELDS}
@@ -270,8 +272,6 @@ def _seed_count(optima: list[Optimum]) -> str:
 
 def write_sweep_report(sweep: Any, out: Path, hp: str = "log2_lr", size_axis: str = "width") -> Path:
     """``report.md`` + PNG figures for one sweep: budget, optima, verdict, loss vs HP / size."""
-    from .optimum import optima_by_group
-    from .verdict import verdict_with_gaps
 
     out.mkdir(parents=True, exist_ok=True)
     records = sweep.records()

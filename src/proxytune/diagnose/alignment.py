@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .spectral import format_table, probe_batch, rms, train_proxy
+from .spectral import _ProxyRun, _train_proxy, format_table, probe_batch, rms
 
 __all__ = ["AlignmentCheck", "alignment_check", "log_alignment"]
 
@@ -82,11 +82,16 @@ def alignment_check(
     ``z`` are the inputs of each layer on a fixed probe batch (forward hooks,
     after training), ``dW = W - W0``. ``assumed`` is the alignment column the
     user's plan uses (``parameterize(alignment=...)``, default ``"full"``).
+
+    Many parameters because: each is an independent, documented knob of the
+    public call; internally the proxy's travel as one ``_ProxyRun``.
     """
     if assumed not in ("full", "none"):
         raise ValueError(f"assumed must be 'full' or 'none', got {assumed!r}")
-    net, plan, init, _ = train_proxy(model, width, depth, base_width, None, recipe, optimizer, lr, steps, seed,
-                                     batch_size, seq_len, model_options=model_options, structure=structure)
+    net, plan, init, _ = _train_proxy(_ProxyRun(
+        model=model, width=width, depth=depth, base_width=base_width, recipe=recipe, optimizer=optimizer, lr=lr,
+        steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len, model_options=model_options,
+        structure=structure))
     params = plan.parameters(net)
     # one name per tensor, the plan's: a tied weight is listed under each module that uses it
     by_id = {id(p): name for name, p in params.items() if name in plan.tensors}

@@ -73,42 +73,25 @@ def quick_check(model: str | ModelSpec = "gpt", *, widths: tuple[int, ...] = (32
     optimum's interval include the seed-to-seed noise. Its members train batched, one by one when they
     cannot (a :class:`BatchError`). When the mini sweep fails, the coordinate check and the alignment are
     still returned, with the error in ``sweep_error`` and no verdict. ``log(line)`` gets one line as each
-    phase starts (the command line prints them)."""
+    phase starts (the command line prints them).
+
+    Many parameters because: each is an independent, documented knob of the public call (the ``check``
+    command's options map onto them); internally they travel as one ``_QuickArgs``."""
     widths = tuple(sorted(widths))
     if len(widths) < 3:
         raise ValueError("quick_check needs 3 or more widths")
     spec = ModelSpec.from_value(model)
     if model_options:
         spec = spec.model_copy(update={"options": {**spec.options, **model_options}})
-    model, model_options, structure = spec.builder, dict(spec.options), spec.structure()
-    say = log or (lambda line: None)
-    say(f"coordinate check: widths {', '.join(map(str, widths))}, {THRESHOLDS.coord_seeds} seeds, 3 steps")
-    coord = coord_check(spec, widths=list(widths), depth=depth, recipe=recipe, optimizer=optimizer, data=data,
-                        seeds=THRESHOLDS.coord_seeds, steps=3, batch_size=batch_size, seq_len=seq_len,
-                        lr=THRESHOLDS.coord_lr)
-    align, align_error = None, ""
-    if model == "gpt" or ":" in model:
-        say(f"alignment: width {widths[-1]} against base width {widths[0]}")
-        try:
-            align = alignment_check(widths[-1], model=model, depth=depth, base_width=widths[0], recipe=recipe,
-                                    optimizer="adam" if optimizer in ("adam", "adamw") else optimizer,
-                                    batch_size=batch_size, seq_len=seq_len, assumed=alignment,
-                                    model_options=model_options, structure=structure)
-        except Exception as exc:  # noqa: BLE001 - alignment is supporting evidence, never fatal
-            align_error = str(exc)
+    q = _QuickArgs(spec=spec, model=spec.builder, model_options=dict(spec.options), structure=spec.structure(),
+                   widths=widths, depth=depth, recipe=recipe, optimizer=optimizer, data=data,
+                   data_options=data_options, log2_lrs=log2_lrs, steps=steps, batch_size=batch_size,
+                   seq_len=seq_len, seeds=seeds, alignment=alignment, say=log or (lambda line: None))
+    coord = _coordinate_check(q)
+    align, align_error = _alignment(q)
     records: list[dict[str, Any]] = []
     try:
-        for w in widths:
-            configs = [TrainConfig(model=model, width=w, depth=depth, base_width=widths[0], base_depth=depth,
-                                   recipe=recipe, optimizer=optimizer, data=data, data_options=data_options or {},
-                                   model_options=model_options, model_structure=structure, lr=2.0 ** x, steps=steps,
-                                   batch_size=batch_size, seq_len=seq_len, eval_every=steps, eval_batches=4, seed=s,
-                                   tags={"log2_lr": x}) for x in log2_lrs for s in range(seeds)]
-            say(f"mini LR sweep at width {w}: {len(configs)} trials ({len(log2_lrs)} learning rates x {seeds} "
-                f"seeds, {steps} steps)")
-            for cfg, res in zip(configs, _train_all(configs)):
-                records.append({"width": w, "log2_lr": cfg.tags["log2_lr"], "seed": cfg.seed, "status": res.status,
-                                "val_loss": res.final_val_loss})
+        _mini_sweep(q, records)
     except Exception as exc:  # noqa: BLE001 - the coordinate check and alignment stand on their own
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         line = ("no verdict: the mini LR sweep failed (" + error + "); the coordinate check "
@@ -127,6 +110,74 @@ def quick_check(model: str | ModelSpec = "gpt", *, widths: tuple[int, ...] = (32
     else:
         line = "does not transfer, because " + "; ".join(reasons)
     return QuickCheck(ok, line, reasons, coord, align, sweep, records, align_error, warnings=warnings)
+
+
+@dataclass(frozen=True)
+class _QuickArgs:
+    """The arguments of :func:`quick_check`, the model resolved: ``spec`` (with the options given), its
+    builder name, a copy of its options and its structure; ``widths`` sorted; ``say`` the log function."""
+
+    spec: ModelSpec
+    model: str
+    model_options: dict[str, Any]
+    structure: Any
+    widths: tuple[int, ...]
+    depth: int
+    recipe: str
+    optimizer: str
+    data: str
+    data_options: dict[str, Any] | None
+    log2_lrs: tuple[float, ...]
+    steps: int
+    batch_size: int
+    seq_len: int
+    seeds: int
+    alignment: str
+    say: Callable[[str], None]
+
+
+def _coordinate_check(q: _QuickArgs) -> CoordCheck:
+    """Evidence 1: the coordinate check across the widths (the shared seeds, steps and lr)."""
+    widths = q.widths
+    q.say(f"coordinate check: widths {', '.join(map(str, widths))}, {THRESHOLDS.coord_seeds} seeds, 3 steps")
+    return coord_check(q.spec, widths=list(widths), depth=q.depth, recipe=q.recipe, optimizer=q.optimizer,
+                       data=q.data, seeds=THRESHOLDS.coord_seeds, steps=3, batch_size=q.batch_size,
+                       seq_len=q.seq_len, lr=THRESHOLDS.coord_lr)
+
+
+def _alignment(q: _QuickArgs) -> tuple[AlignmentCheck | None, str]:
+    """Evidence 2 (supporting, never fatal): the alignment at the largest width against the smallest, for the
+    reference GPT or a model given as ``file:builder``; (None, why) when it cannot be measured."""
+    align, align_error = None, ""
+    if q.model == "gpt" or ":" in q.model:
+        q.say(f"alignment: width {q.widths[-1]} against base width {q.widths[0]}")
+        try:
+            align = alignment_check(q.widths[-1], model=q.model, depth=q.depth, base_width=q.widths[0],
+                                    recipe=q.recipe,
+                                    optimizer="adam" if q.optimizer in ("adam", "adamw") else q.optimizer,
+                                    batch_size=q.batch_size, seq_len=q.seq_len, assumed=q.alignment,
+                                    model_options=q.model_options, structure=q.structure)
+        except Exception as exc:  # noqa: BLE001 - alignment is supporting evidence, never fatal
+            align_error = str(exc)
+    return align, align_error
+
+
+def _mini_sweep(q: _QuickArgs, records: list[dict[str, Any]]) -> None:
+    """Evidence 3: every (width, log2 LR, seed) trained for ``steps`` steps; one record each is appended to
+    ``records`` as its width finishes (those of the widths done stay when a later one fails)."""
+    widths = q.widths
+    for w in widths:
+        configs = [TrainConfig(model=q.model, width=w, depth=q.depth, base_width=widths[0], base_depth=q.depth,
+                               recipe=q.recipe, optimizer=q.optimizer, data=q.data,
+                               data_options=q.data_options or {}, model_options=q.model_options,
+                               model_structure=q.structure, lr=2.0 ** x, steps=q.steps, batch_size=q.batch_size,
+                               seq_len=q.seq_len, eval_every=q.steps, eval_batches=4, seed=s,
+                               tags={"log2_lr": x}) for x in q.log2_lrs for s in range(q.seeds)]
+        q.say(f"mini LR sweep at width {w}: {len(configs)} trials ({len(q.log2_lrs)} learning rates x {q.seeds} "
+              f"seeds, {q.steps} steps)")
+        for cfg, res in zip(configs, _train_all(configs)):
+            records.append({"width": w, "log2_lr": cfg.tags["log2_lr"], "seed": cfg.seed, "status": res.status,
+                            "val_loss": res.final_val_loss})
 
 
 def _train_all(configs: list[TrainConfig]) -> list[RunResult]:

@@ -46,6 +46,10 @@ from ..plan import Plan, parameterize
 from ..rules.recipes import get_optimizer, get_recipe
 from ..thresholds import THRESHOLDS
 from .spectral import loglog_slope, rms
+from ..data import load
+from ..plan import _named_params
+from ..rules.everett import AB
+from ..shapes import canonical_name
 
 __all__ = ["CoordCheck", "coord_check"]
 
@@ -146,7 +150,6 @@ def _mean_over_seeds(records: Sequence[dict[str, Any]], key: str) -> dict[tuple[
 
 def _watched_modules(model: nn.Module, globs: Sequence[str] | None, blocks: set[str]) -> dict[str, nn.Module]:
     """Leaf modules owning parameters, modules owning parameters none of whose children do, and the blocks."""
-    from ..shapes import canonical_name
 
     out: dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
@@ -226,7 +229,6 @@ def _masked_rms(t: torch.Tensor, ref: torch.Tensor | None = None) -> float:
 
 @functools.lru_cache(maxsize=4)
 def _corpus(name: str):
-    from ..data import load
 
     return load(name)
 
@@ -277,7 +279,6 @@ def _plan_intent(plan: Plan) -> tuple[dict[str, str], tuple[dict[int, str], dict
     tables: dict[int, str] = {}
     model = plan._model
     if model is not None:
-        from ..plan import _named_params
 
         params = _named_params(model)
         for name, tp in plan.tensors.items():
@@ -298,83 +299,211 @@ def _plan_intent(plan: Plan) -> tuple[dict[str, str], tuple[dict[int, str], dict
     return intended, (weights, tables), readout, outputs
 
 
-def _run_one(fn: Callable[..., nn.Module], *, width: int, depth: int, base_width: int, base_depth: int,
-             options: dict[str, Any], task: _Task, seed: int, recipe: str, optimizer: str, lr: float,
-             steps: int, globs: Sequence[str] | None, structure: ModelStructure,
-             seq_len: int | None) -> tuple[dict[str, list[tuple[float, float]]], dict[str, Any]]:
-    """``{module: [(rms_out, rms_delta) per step 0..steps]}`` for one size and seed, and what the plan meant."""
-    from ..shapes import canonical_name
+@dataclass(frozen=True)
+class _CoordArgs:
+    """The arguments of :func:`coord_check`, as given (see its docstring)."""
 
+    model: str | Callable[..., nn.Module] | ModelSpec
+    widths: list[int] | None
+    depths: list[int] | None
+    width: int
+    depth: int
+    base_width: int | None
+    base_depth: int | None
+    recipe: str
+    optimizer: str
+    lr: float
+    steps: int
+    seeds: int
+    batch_size: int
+    seq_len: int
+    data: str
+    model_options: dict[str, Any] | None
+    tolerance: float
+    modules: list[str] | None
+    structure: ModelStructure | None
+
+    def check(self) -> None:
+        """Raise ValueError for a bad argument: both or neither of widths/depths, an unknown recipe or
+        optimizer, a non-positive lr, count or tolerance."""
+        if (self.widths is None) == (self.depths is None):
+            raise ValueError("coord_check needs exactly one of widths=[...] (width sweep) or depths=[...] "
+                             "(depth sweep); got " + ("both" if self.widths is not None else "neither"))
+        get_recipe(self.recipe)  # ValueError with suggestions
+        get_optimizer(self.optimizer)
+        lr = self.lr
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        for label, v in (("steps", self.steps), ("seeds", self.seeds), ("batch_size", self.batch_size),
+                         ("seq_len", self.seq_len)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{label} must be an integer >= 1, got {v!r}")
+        if not self.tolerance > 0:
+            raise ValueError(f"tolerance must be > 0, got {self.tolerance!r}")
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """One coordinate check, resolved from its checked arguments: the swept axis and sizes, the base shape,
+    and the model (builder, task kind, structure, builder options)."""
+
+    args: _CoordArgs
+    axis: str
+    sizes: list[int]
+    base_width: int
+    base_depth: int
+    fn: Callable[..., nn.Module]
+    kind: str
+    structure: ModelStructure
+    options: dict[str, Any]
+
+    @property
+    def depth_axis(self) -> bool:
+        return self.axis == "depth"
+
+    def shape(self, size: int) -> tuple[int, int]:
+        """(width, depth) of the model at one swept size."""
+        return (size, self.args.depth) if self.axis == "width" else (self.args.width, size)
+
+    def task(self, seed: int) -> _Task:
+        """The fixed batch and loss of one seed."""
+        a = self.args
+        d_in, d_out = int(self.options.get("d_in", 16)), int(self.options.get("d_out", 4))
+        return _Task(self.kind, seed=seed, batch_size=a.batch_size, seq_len=a.seq_len, data=a.data, d_in=d_in,
+                     d_out=d_out)
+
+
+def _resolve_sweep(args: _CoordArgs) -> _Sweep:
+    """Check the arguments and resolve the sweep: its sizes, the model, the base shape (the smallest swept size
+    unless given), and the builder options an LM needs from the corpus (vocab, seq_len)."""
+    args.check()
+    axis = "width" if args.widths is not None else "depth"
+    sizes = _check_sizes(f"{axis}s", args.widths if args.widths is not None else args.depths)
+    fn, kind, structure, options = _resolve_model(args.model, args.structure, args.model_options)
+    if kind == "lm":
+        corpus = _corpus(args.data)
+        if accepts(fn, "vocab") and "vocab" not in options:
+            options["vocab"] = corpus.vocab_size
+        if accepts(fn, "seq_len") and "seq_len" not in options:
+            options["seq_len"] = args.seq_len
+    if axis == "width":
+        bw, bd = (args.base_width or sizes[0]), (args.base_depth or args.depth)
+    else:
+        bw, bd = (args.base_width or args.width), (args.base_depth or sizes[0])
+    return _Sweep(args=args, axis=axis, sizes=sizes, base_width=bw, base_depth=bd, fn=fn, kind=kind,
+                  structure=structure, options=options)
+
+
+def _planned_model(sweep: _Sweep, size: int, seed: int) -> tuple[nn.Module, Plan]:
+    """The target at one swept size, built on the CPU from ``seed``, and its plan against the base."""
+    width, depth = sweep.shape(size)
     torch.manual_seed(seed)
-    target = build_model(fn, width, depth, "cpu", options)
+    target = build_model(sweep.fn, width, depth, "cpu", sweep.options)
     with torch.random.fork_rng(devices=[]):
         # the base is the smallest size: built on the CPU, its init statistics are exact (a model's own init may
         # depend on its size in ways the rules replace, as T5's does)
-        base = build_model(fn, base_width, base_depth, "cpu", options)
-    plan = parameterize(target, base, recipe=recipe, optimizer=optimizer, seq_len=seq_len,
-                        **structure.plan_kwargs())
-    del base
-    forward: ForwardSpec = structure.forward()
-    opt = plan.optimizer(lr=lr, model=target)
-    blocks = {tp.block for tp in plan.tensors.values() if tp.block is not None}
-    intended, (weights, tables), has_readout, outputs = _plan_intent(plan)
-    watched = _watched_modules(target, globs, blocks)
-    names = {id(m): canonical_name(n) for n, m in target.named_modules()}
-    captured: dict[str, torch.Tensor] = {}
-    stack: list[str] = []
-    hooks = []
-    for mod in target.modules():
-        name = names[id(mod)]
+        base = build_model(sweep.fn, sweep.base_width, sweep.base_depth, "cpu", sweep.options)
+    plan = parameterize(target, base, recipe=sweep.args.recipe, optimizer=sweep.args.optimizer,
+                        seq_len=sweep.args.seq_len if sweep.kind == "lm" else None,
+                        **sweep.structure.plan_kwargs())
+    return target, plan
 
-        def pre(_m, _a, name=name):
-            stack.append(name)
 
-        def post(_m, _i, out, name=name):
-            if stack and stack[-1] == name:
-                stack.pop()
-            if name in watched:
-                t = _first_tensor(out)
-                if t is not None:
-                    captured[name] = t.detach().float().clone()
+class _Measurer:
+    """Measures one forward pass of ``model`` on the task's batch: the output of every watched module (forward
+    hooks on every module, which also keep the stack of running modules), what the :class:`_Probe` finds
+    (attention logits, functional branch outputs, raw table lookups: ``probed`` = its weights and tables) and
+    the logits."""
 
-        hooks.append(mod.register_forward_pre_hook(pre))
-        hooks.append(mod.register_forward_hook(post, always_call=True))
+    def __init__(self, model: nn.Module, forward: ForwardSpec, task: _Task, watched: dict[str, nn.Module],
+                 probed: tuple[dict[int, str], dict[int, str]]) -> None:
 
-    def measure() -> dict[str, torch.Tensor]:
-        captured.clear()
-        probe = _Probe(stack, weights, tables)
+        self.model, self.forward, self.task, self.probed = model, forward, task, probed
+        names = {id(m): canonical_name(n) for n, m in model.named_modules()}
+        captured: dict[str, torch.Tensor] = {}
+        stack: list[str] = []
+        self.captured, self.stack, self.hooks = captured, stack, []
+        for mod in model.modules():
+            name = names[id(mod)]
+
+            def pre(_m, _a, name=name):
+                stack.append(name)
+
+            def post(_m, _i, out, name=name):
+                if stack and stack[-1] == name:
+                    stack.pop()
+                if name in watched:
+                    t = _first_tensor(out)
+                    if t is not None:
+                        captured[name] = t.detach().float().clone()
+
+            self.hooks.append(mod.register_forward_pre_hook(pre))
+            self.hooks.append(mod.register_forward_hook(post, always_call=True))
+
+    def logits(self) -> torch.Tensor:
+        """The model's logits on the task's batch."""
+        task, forward = self.task, self.forward
+        return forward.logits(forward.call(self.model, task.x, task.y if forward.targets_arg else None))
+
+    def measure(self) -> dict[str, torch.Tensor]:
+        """Every measured output of one forward pass (no grad), by module or pseudo-module name."""
+        self.captured.clear()
+        probe = _Probe(self.stack, *self.probed)
         with torch.no_grad(), probe:
-            logits = forward.logits(forward.call(target, task.x, task.y if forward.targets_arg else None))
-        found = dict(captured)
+            logits = self.logits()
+        found = dict(self.captured)
         found.update(probe.found)
         found[LOGITS] = logits.detach().float()
         return found
 
-    result: dict[str, list[tuple[float, float]]] = {}
-    try:
-        target.train()
-        with torch.no_grad():
-            first = forward.logits(forward.call(target, task.x, task.y if forward.targets_arg else None))
-            if task.y is None:  # the image task learns its class count from the logits
-                task.loss(first)
-            check_logits(first, task.y, classes=task.kind != "vector")
-        ref = measure()
-        for n, t in ref.items():
-            result[n] = [(_masked_rms(t) if n.startswith(ATTN_LOGITS) else rms(t), float("nan"))]
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            task.loss(forward.logits(forward.call(target, task.x, task.y if forward.targets_arg else None))).backward()
-            opt.step()
-            now = measure()
-            for n, t in now.items():
-                if n in ref and t.shape == ref[n].shape:
-                    if n.startswith(ATTN_LOGITS):
-                        result[n].append((_masked_rms(t), _masked_rms(t, ref[n])))
-                    else:
-                        result[n].append((rms(t), rms(t - ref[n])))
-    finally:
-        for h in hooks:
+    def remove(self) -> None:
+        for h in self.hooks:
             h.remove()
+
+
+def _measured_training(m: _Measurer, opt: torch.optim.Optimizer, steps: int) -> dict[str, list[tuple[float, float]]]:
+    """``{name: [(rms_out, rms_delta) per step 0..steps]}``: the outputs at init, then after each of ``steps``
+    optimizer steps on the task's batch (``rms_delta`` against the output at init; NaN at step 0)."""
+    task = m.task
+    result: dict[str, list[tuple[float, float]]] = {}
+    m.model.train()
+    with torch.no_grad():
+        first = m.logits()
+        if task.y is None:  # the image task learns its class count from the logits
+            task.loss(first)
+        check_logits(first, task.y, classes=task.kind != "vector")
+    ref = m.measure()
+    for n, t in ref.items():
+        result[n] = [(_masked_rms(t) if n.startswith(ATTN_LOGITS) else rms(t), float("nan"))]
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        task.loss(m.logits()).backward()
+        opt.step()
+        now = m.measure()
+        for n, t in now.items():
+            if n in ref and t.shape == ref[n].shape:
+                if n.startswith(ATTN_LOGITS):
+                    result[n].append((_masked_rms(t), _masked_rms(t, ref[n])))
+                else:
+                    result[n].append((rms(t), rms(t - ref[n])))
+    return result
+
+
+def _run_one(sweep: _Sweep, size: int, seed: int,
+             task: _Task) -> tuple[dict[str, list[tuple[float, float]]], dict[str, Any]]:
+    """``{module: [(rms_out, rms_delta) per step 0..steps]}`` for one size and seed, and what the plan meant."""
+    target, plan = _planned_model(sweep, size, seed)
+    forward: ForwardSpec = sweep.structure.forward()
+    opt = plan.optimizer(lr=sweep.args.lr, model=target)
+    blocks = {tp.block for tp in plan.tensors.values() if tp.block is not None}
+    intended, (weights, tables), has_readout, outputs = _plan_intent(plan)
+    globs = sweep.args.modules
+    watched = _watched_modules(target, globs, blocks)
+    measurer = _Measurer(target, forward, task, watched, (weights, tables))
+    try:
+        result = _measured_training(measurer, opt, sweep.args.steps)
+    finally:
+        measurer.remove()
     if globs is not None:
         result = {n: v for n, v in result.items() if n in watched}
     info = {"blocks": blocks, "intended": intended, "readout": has_readout, "outputs": outputs | {LOGITS},
@@ -418,6 +547,99 @@ def _resolve_model(model: str | Callable[..., nn.Module] | ModelSpec, structure:
     else:
         kind = "lm"
     return fn, kind, structure, options
+
+
+def _measure_sweep(sweep: _Sweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and measure every size and seed: the tidy records, and what each plan meant (one per run)."""
+    records: list[dict[str, Any]] = []
+    infos = []
+    for size in sweep.sizes:
+        for seed in range(sweep.args.seeds):
+            res, info = _run_one(sweep, size, seed, sweep.task(seed))
+            infos.append(info)
+            for name, per_step in res.items():
+                for t, (ro, rd) in enumerate(per_step):
+                    records.append({"axis": sweep.axis, "size": size, "seed": seed, "step": t, "module": name,
+                                    "rms_out": ro, "rms_delta": rd})
+    return records, infos
+
+
+def _attn_expected(sweep: _Sweep, infos: list[dict[str, Any]], rec: Any) -> dict[str, float]:
+    """Per attention-logits pseudo-module, the slope its logits' scale at init should have across a width
+    sweep: the recipe's attention exponent times how fast the head dim grows with the swept size (0 when width
+    grows by adding heads). q and k coordinates stay O(1) at init under these parameterizations, so the logits
+    at init scale as the attention scale's own exponent relative to SP (0 for SP, -1/2 for muP's 1/d_head)."""
+    attn_expected: dict[str, float] = {}
+    if sweep.depth_axis or not (rec.abc in ("sp", "mup", "ntk") or rec.unit):
+        return attn_expected
+    sizes = sweep.sizes
+    hds: dict[str, dict[int, int]] = {}
+    for size, info in zip([s for s in sizes for _ in range(sweep.args.seeds)], infos):
+        for module, hd in info["head_dims"].items():
+            hds.setdefault(module, {})[size] = hd
+    for module, by_size in hds.items():
+        if len(by_size) == len(sizes):
+            attn_expected[module] = rec.attn_exponent * loglog_slope(sizes, [by_size[s] for s in sizes])
+    return attn_expected
+
+
+def _sweep_slopes(sweep: _Sweep, records: list[dict[str, Any]], infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The slope rows of the sweep, judged against what the plans meant (see :func:`_fit_slopes`)."""
+
+    blocks = set().union(*(i["blocks"] for i in infos))
+    intended = {k: v for i in infos for k, v in i["intended"].items()}
+    branches = set().union(*(i["branches"] for i in infos))
+    groups = _Groups(blocks, sweep.depth_axis)
+    rec = get_recipe(sweep.args.recipe)
+    attn_expected = _attn_expected(sweep, infos, rec)
+    # a readout's output at init: m random terms times the readout's scale, m^(1/2 - a - b) (abc exponents)
+    a_r, b_r = AB[rec.abc]["readout"]
+    readout_expected = None if sweep.depth_axis else 0.5 - float(a_r + b_r)
+    outputs = set().union(*(i["outputs"] for i in infos))
+    return _fit_slopes(records, sweep.sizes, groups, sweep.args.tolerance, intended, branches, attn_expected,
+                       outputs, readout_expected)
+
+
+def _failure_line(axis: str, has_readout: bool, blowups: list[str], vanishing: list[str],
+                  by_mod: dict[str, dict[str, Any]]) -> str:
+    """The FAIL line of a check whose judged modules blow up or vanish, or whose plan has no readout."""
+    parts = [] if has_readout else ["the plan has no readout (see explain; pass roles={'<name>': 'readout'})"]
+    for label, names in (("blow up", blowups), ("vanish", vanishing)):
+        if names:
+            names = sorted(names, key=lambda n: (n != LOGITS, -abs(by_mod[n]["slope_delta"])))
+            shown = ", ".join(f"{n} slope {by_mod[n]['slope_delta']:+.2f}" for n in names[:4])
+            more = f", +{len(names) - 4} more" if len(names) > 4 else ""
+            parts.append(f"{len(names)} module{'s' if len(names) > 1 else ''} {label} with {axis} "
+                         f"({shown}{more})")
+    return "FAIL: " + "; ".join(parts)
+
+
+def _coord_result(sweep: _Sweep, records: list[dict[str, Any]], slopes: list[dict[str, Any]],
+                  infos: list[dict[str, Any]]) -> CoordCheck:
+    """The verdict at the last step: judged modules that blow up or vanish, a missing readout, the line."""
+    axis, tolerance = sweep.axis, sweep.args.tolerance
+    judged_last = [s for s in slopes if s["step"] == sweep.args.steps and s["judged"]]
+    blowups = [s["module"] for s in judged_last if s["verdict"] == "blowup"]
+    vanishing = [s["module"] for s in judged_last if s["verdict"] == "vanish"]
+    notes = []
+    has_readout = all(i["readout"] for i in infos)
+    if not has_readout:
+        notes.append("the plan has no readout tensor (role readout, or a tied table's readout use): the output "
+                     "layer gets no width rule")
+    passed = not blowups and not vanishing and bool(judged_last) and has_readout
+    if passed:
+        line = f"PASS: every module's update is {axis}-independent (|slope| <= {tolerance:g})"
+        if sweep.depth_axis:
+            line += " (judged: the logits, modules outside the blocks and the block outputs)"
+        else:
+            line += ", the logits' and the attention logits' included"
+    elif not judged_last:
+        line = "FAIL: no module could be judged (no hooked module has a finite slope)"
+    else:
+        line = _failure_line(axis, has_readout, blowups, vanishing, {s["module"]: s for s in judged_last})
+    return CoordCheck(axis=axis, sizes=sweep.sizes, recipe=sweep.args.recipe, tolerance=tolerance,
+                      records=records, slopes=slopes, passed=passed, blowups=blowups, vanishing=vanishing,
+                      line=line, notes=notes)
 
 
 # --------------------------------------------------------------------- API
@@ -470,107 +692,19 @@ def coord_check(
 
     Raises ValueError for bad arguments (both or neither of widths/depths,
     unknown recipe or optimizer, fewer than two sizes, non-positive lr/steps).
+
+    Many parameters because: each is an independent, documented knob of the
+    public call (the ``coord-check`` command's options map onto them one to
+    one); internally they travel as one ``_CoordArgs`` object, resolved into
+    a ``_Sweep``.
     """
-    if (widths is None) == (depths is None):
-        raise ValueError("coord_check needs exactly one of widths=[...] (width sweep) or depths=[...] "
-                         "(depth sweep); got " + ("both" if widths is not None else "neither"))
-    get_recipe(recipe)  # ValueError with suggestions
-    get_optimizer(optimizer)
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    for label, v in (("steps", steps), ("seeds", seeds), ("batch_size", batch_size), ("seq_len", seq_len)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{label} must be an integer >= 1, got {v!r}")
-    if not tolerance > 0:
-        raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
-    axis = "width" if widths is not None else "depth"
-    sizes = _check_sizes(f"{axis}s", widths if widths is not None else depths)
-    fn, kind, structure, options = _resolve_model(model, structure, model_options)
-    d_in, d_out = int(options.get("d_in", 16)), int(options.get("d_out", 4))
-    if kind == "lm":
-        corpus = _corpus(data)
-        if accepts(fn, "vocab") and "vocab" not in options:
-            options["vocab"] = corpus.vocab_size
-        if accepts(fn, "seq_len") and "seq_len" not in options:
-            options["seq_len"] = seq_len
-    if axis == "width":
-        bw, bd = (base_width or sizes[0]), (base_depth or depth)
-    else:
-        bw, bd = (base_width or width), (base_depth or sizes[0])
-
-    records: list[dict[str, Any]] = []
-    depth_axis = axis == "depth"
-    infos = []
-    for size in sizes:
-        w, d = (size, depth) if axis == "width" else (width, size)
-        for seed in range(seeds):
-            task = _Task(kind, seed=seed, batch_size=batch_size, seq_len=seq_len, data=data, d_in=d_in, d_out=d_out)
-            res, info = _run_one(fn, width=w, depth=d, base_width=bw, base_depth=bd, options=options, task=task,
-                                 seed=seed, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, globs=modules,
-                                 structure=structure, seq_len=seq_len if kind == "lm" else None)
-            infos.append(info)
-            for name, per_step in res.items():
-                for t, (ro, rd) in enumerate(per_step):
-                    records.append({"axis": axis, "size": size, "seed": seed, "step": t, "module": name,
-                                    "rms_out": ro, "rms_delta": rd})
-
-    blocks = set().union(*(i["blocks"] for i in infos))
-    intended = {k: v for i in infos for k, v in i["intended"].items()}
-    branches = set().union(*(i["branches"] for i in infos))
-    groups = _Groups(blocks, depth_axis)
-    rec = get_recipe(recipe)
-    # q and k coordinates stay O(1) at init under these parameterizations, so the logits at init scale as the
-    # attention scale's own exponent relative to SP (0 for SP, -1/2 for muP's 1/d_head)
-    # the attention scale follows the head dim: the expected slope is the recipe's exponent times how fast
-    # the head dim grows with the swept size (0 when width grows by adding heads)
-    attn_expected: dict[str, float] = {}
-    if not depth_axis and (rec.abc in ("sp", "mup", "ntk") or rec.unit):
-        hds: dict[str, dict[int, int]] = {}
-        for size, info in zip([s for s in sizes for _ in range(seeds)], infos):
-            for module, hd in info["head_dims"].items():
-                hds.setdefault(module, {})[size] = hd
-        for module, by_size in hds.items():
-            if len(by_size) == len(sizes):
-                attn_expected[module] = rec.attn_exponent * loglog_slope(sizes, [by_size[s] for s in sizes])
-    # a readout's output at init: m random terms times the readout's scale, m^(1/2 - a - b) (abc exponents)
-    from ..rules.everett import AB
-
-    a_r, b_r = AB[rec.abc]["readout"]
-    readout_expected = None if depth_axis else 0.5 - float(a_r + b_r)
-    outputs = set().union(*(i["outputs"] for i in infos))
-    slopes = _fit_slopes(records, sizes, groups, tolerance, intended, branches, attn_expected, outputs,
-                         readout_expected)
-    last = steps
-    judged_last = [s for s in slopes if s["step"] == last and s["judged"]]
-    blowups = [s["module"] for s in judged_last if s["verdict"] == "blowup"]
-    vanishing = [s["module"] for s in judged_last if s["verdict"] == "vanish"]
-    notes = []
-    has_readout = all(i["readout"] for i in infos)
-    if not has_readout:
-        notes.append("the plan has no readout tensor (role readout, or a tied table's readout use): the output "
-                     "layer gets no width rule")
-    passed = not blowups and not vanishing and bool(judged_last) and has_readout
-    by_mod = {s["module"]: s for s in judged_last}
-    if passed:
-        line = f"PASS: every module's update is {axis}-independent (|slope| <= {tolerance:g})"
-        if depth_axis:
-            line += " (judged: the logits, modules outside the blocks and the block outputs)"
-        else:
-            line += ", the logits' and the attention logits' included"
-    elif not judged_last:
-        line = "FAIL: no module could be judged (no hooked module has a finite slope)"
-    else:
-        parts = [] if has_readout else ["the plan has no readout (see explain; pass roles={'<name>': 'readout'})"]
-        for label, names in (("blow up", blowups), ("vanish", vanishing)):
-            if names:
-                names = sorted(names, key=lambda n: (n != LOGITS, -abs(by_mod[n]["slope_delta"])))
-                shown = ", ".join(f"{n} slope {by_mod[n]['slope_delta']:+.2f}" for n in names[:4])
-                more = f", +{len(names) - 4} more" if len(names) > 4 else ""
-                parts.append(f"{len(names)} module{'s' if len(names) > 1 else ''} {label} with {axis} "
-                             f"({shown}{more})")
-        line = "FAIL: " + "; ".join(parts)
-    return CoordCheck(axis=axis, sizes=sizes, recipe=recipe, tolerance=tolerance, records=records,
-                      slopes=slopes, passed=passed, blowups=blowups, vanishing=vanishing, line=line, notes=notes)
+    sweep = _resolve_sweep(_CoordArgs(
+        model=model, widths=widths, depths=depths, width=width, depth=depth, base_width=base_width,
+        base_depth=base_depth, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, seeds=seeds,
+        batch_size=batch_size, seq_len=seq_len, data=data, model_options=model_options, tolerance=tolerance,
+        modules=modules, structure=structure))
+    records, infos = _measure_sweep(sweep)
+    return _coord_result(sweep, records, _sweep_slopes(sweep, records, infos), infos)
 
 
 class _Groups:
@@ -614,9 +748,10 @@ class _Groups:
         return group in self.blocks
 
 
-def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups, tolerance: float,
-                intended: dict[str, str], branches: set[str], attn_expected: dict[str, float] | None = None,
-                outputs: set[str] | None = None, readout_expected: float | None = None) -> list[dict[str, Any]]:
+def _pooled_rms(records: list[dict[str, Any]],
+                groups: _Groups) -> dict[tuple[str, int, int], list[tuple[float, float]]]:
+    """Per (group, step, size), one ``(rms_out, rms_delta)`` per seed, RMS-pooled over the modules of the group
+    (the blocks, for a depth sweep, where the last block also counts as ``<stack>-1``)."""
     depth_axis = groups.depth_axis
     # pool per (group, size, seed, step): RMS over the modules of the group (blocks, for depth sweeps)
     pooled: dict[tuple[str, int, int, int], list[tuple[float, float]]] = {}
@@ -636,11 +771,64 @@ def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups
             for (size, seed, key), (_, module) in last_block.items():
                 if r["size"] == size and r["seed"] == seed and r["module"] == module:
                     pooled.setdefault((f"{key}-1", size, seed, r["step"]), []).append((r["rms_out"], r["rms_delta"]))
-    # RMS-pool within a group, then mean over seeds
+    # RMS-pool within a group (the mean over seeds comes later)
     acc: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
     for (g, size, _seed, step), vals in pooled.items():
         arr = np.asarray(vals, dtype=float)
         acc.setdefault((g, step, size), []).append(tuple(np.sqrt(np.mean(arr ** 2, axis=0))))
+    return acc
+
+
+@dataclass(frozen=True)
+class _Judging:
+    """How one group's slopes are judged. ``product``: attention logits or a readout's output (a product of two
+    width-sized vectors), whose scale at init (``init_slope``) must match the one the recipe means
+    (``expected``); ``kind`` names it in notes."""
+
+    judged: bool
+    note: str
+    product: bool
+    expected: float | None
+    init_slope: float
+    kind: str
+
+
+def _verdict(j: _Judging, sd: float, tolerance: float) -> tuple[str, float, str]:
+    """(verdict, slope shown, note) of one step whose delta slope is ``sd``."""
+    row_note = j.note
+    low = -tolerance
+    expected, init_slope = j.expected, j.init_slope
+    if j.product:
+        # the update of q.k (or w.h) starts as a random part that shrinks as d^-1/2 (a few steps, small
+        # widths, weights of order 1 such as a tied table), so only a faster fall is vanishing; the scale
+        # the plan meant shows at init
+        low = -(0.5 + tolerance)
+        row_note = ((j.note + "; " if j.note else "") + f"update judged in [{low:+.2f}, {tolerance:+.2f}]" + (
+            f"; at init {init_slope:+.2f}, the recipe means {expected:+.2f}"
+            if expected is not None and math.isfinite(init_slope) else ""))
+    if not j.judged:
+        verdict = "not judged"
+    elif not math.isfinite(sd):
+        verdict = "n/a"
+    elif j.product and expected is not None and math.isfinite(init_slope) and abs(init_slope - expected) > tolerance:
+        verdict = "blowup" if init_slope > expected else "vanish"
+        sd = init_slope - expected
+        row_note = (f"the {j.kind}' scale at init has slope {init_slope:+.2f}, the recipe means {expected:+.2f}: "
+                    "not the recipe's scale (slope shown: the difference)")
+    elif sd > tolerance:
+        verdict = "blowup"
+    elif sd < low:
+        verdict = "vanish"
+    else:
+        verdict = "ok"
+    return verdict, sd, row_note
+
+
+def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups, tolerance: float,
+                intended: dict[str, str], branches: set[str], attn_expected: dict[str, float] | None = None,
+                outputs: set[str] | None = None, readout_expected: float | None = None) -> list[dict[str, Any]]:
+    depth_axis = groups.depth_axis
+    acc = _pooled_rms(records, groups)
     order = sorted({g for (g, _t, _s) in acc}, key=lambda g: (g != LOGITS, groups.inside(g), g))
     steps = sorted({t for (_g, t, _s) in acc if t >= 1})
     intended_groups = {groups.group(k): v for k, v in intended.items()}
@@ -656,13 +844,15 @@ def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups
         # attention logits and readout outputs: products of two width-sized vectors (q . k, w . h) whose update
         # starts as a random part, and whose scale at init says which scale the plan gave them
         attn = (g.startswith(ATTN_LOGITS) or (not depth_axis and g in (outputs or set()))) and judged
-        expected = (attn_expected or {}).get(g) if g.startswith(ATTN_LOGITS) else readout_expected
-        kind = "attention logits" if g.startswith(ATTN_LOGITS) else "readout's output"
         init_slope = math.nan
         if attn:
             init = [acc.get((g, 0, s)) for s in sizes]
             if all(v is not None for v in init):
                 init_slope = loglog_slope(sizes, [float(np.mean([v[0] for v in vv])) for vv in init])
+        judging = _Judging(
+            judged=judged, note=note, product=attn, init_slope=init_slope,
+            expected=(attn_expected or {}).get(g) if g.startswith(ATTN_LOGITS) else readout_expected,
+            kind="attention logits" if g.startswith(ATTN_LOGITS) else "readout's output")
         for t in steps:
             vals = [acc.get((g, t, s)) for s in sizes]
             if any(v is None for v in vals):
@@ -670,31 +860,7 @@ def _fit_slopes(records: list[dict[str, Any]], sizes: list[int], groups: _Groups
             ro = [float(np.mean([v[0] for v in vv])) for vv in vals]
             rd = [float(np.mean([v[1] for v in vv])) for vv in vals]
             sd, so = loglog_slope(sizes, rd), loglog_slope(sizes, ro)
-            row_note = note
-            low = -tolerance
-            if attn:
-                # the update of q.k (or w.h) starts as a random part that shrinks as d^-1/2 (a few steps, small
-                # widths, weights of order 1 such as a tied table), so only a faster fall is vanishing; the scale
-                # the plan meant shows at init
-                low = -(0.5 + tolerance)
-                row_note = ((note + "; " if note else "") + f"update judged in [{low:+.2f}, {tolerance:+.2f}]" + (
-                    f"; at init {init_slope:+.2f}, the recipe means {expected:+.2f}"
-                    if expected is not None and math.isfinite(init_slope) else ""))
-            if not judged:
-                verdict = "not judged"
-            elif not math.isfinite(sd):
-                verdict = "n/a"
-            elif attn and expected is not None and math.isfinite(init_slope) and abs(init_slope - expected) > tolerance:
-                verdict = "blowup" if init_slope > expected else "vanish"
-                sd = init_slope - expected
-                row_note = (f"the {kind}' scale at init has slope {init_slope:+.2f}, the recipe means {expected:+.2f}: "
-                            "not the recipe's scale (slope shown: the difference)")
-            elif sd > tolerance:
-                verdict = "blowup"
-            elif sd < low:
-                verdict = "vanish"
-            else:
-                verdict = "ok"
+            verdict, sd, row_note = _verdict(judging, sd, tolerance)
             out.append({"module": g, "step": t, "slope_delta": sd, "slope_out": so, "judged": judged,
                         "verdict": verdict, "note": row_note, "rms_delta": dict(zip(sizes, rd)),
                         "rms_out": dict(zip(sizes, ro))})

@@ -14,13 +14,14 @@ Optimizers without eps (Adam-atan2, SGD) report "not applicable" and pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from .spectral import format_table, train_proxy
+from ..optim.registry import has_eps
+from .spectral import _ProxyRun, _train_proxy, format_table
 
 __all__ = ["EpsCheck", "eps_check", "eps_fractions"]
 
@@ -96,15 +97,19 @@ def eps_check(
     ``eps`` is the base eps the plan scales per tensor (``eps_mode="plan"``)
     or, with ``eps_mode="constant"``, one value used for every tensor at every
     width (what a plain ``torch.optim.Adam(eps=...)`` does).
+
+    Many parameters because: each is an independent, documented knob of the
+    public call; internally the proxy's travel as one ``_ProxyRun``.
     """
     widths = sorted(int(w) for w in widths)
-    base_width = widths[0] if base_width is None else base_width
+    run = _ProxyRun(model=model, depth=depth, base_width=widths[0] if base_width is None else base_width,
+                    recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, seed=seed, batch_size=batch_size,
+                    seq_len=seq_len, eps=eps, model_options=model_options,
+                    eps_mode=eps_mode if has_eps(optimizer) else "plan")
     records: list[dict[str, Any]] = []
     applicable = True
     for w in widths:
-        net, plan, _, opt = train_proxy(model, w, depth, base_width, None, recipe, optimizer, lr, steps, seed,
-                                        batch_size, seq_len, eps=eps, model_options=model_options,
-                                        eps_mode=eps_mode if optimizer not in ("adam-atan2", "sgd") else "plan")
+        net, plan, _, opt = _train_proxy(replace(run, width=w))
         params = plan.parameters(net)
         names = {id(p): n for n, p in params.items()}
         fr = eps_fractions(opt, names, ratio)

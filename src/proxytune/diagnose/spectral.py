@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,39 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..plan import parameterize
+from ..builders import build_model, load_builder
+from ..data import load
+from ..modelspec import ModelStructure
 
 __all__ = ["SpectralCheck", "format_table", "loglog_slope", "spectral_check", "train_proxy"]
 
 
 @lru_cache(maxsize=1)
 def _corpus():
-    from ..data import load
     return load("stdlib")
+
+
+@dataclass(frozen=True)
+class _ProxyRun:
+    """One proxy run of :func:`train_proxy` (see its docstring for each field)."""
+
+    model: str = "gpt"
+    width: int = 64
+    depth: int = 1
+    base_width: int = 32
+    base_depth: int | None = None
+    recipe: str = "mup"
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    steps: int = 5
+    seed: int = 0
+    batch_size: int = 8
+    seq_len: int = 32
+    eps: float | None = None
+    model_options: dict[str, Any] | None = None
+    eps_mode: str = "plan"
+    structure: Any = None
 
 
 def train_proxy(
@@ -58,39 +83,49 @@ def train_proxy(
 
     Returns ``(model, plan, init_state, optimizer)``; ``init_state`` maps each
     planned tensor name to a copy of its weights right after parameterization.
-    """
-    from ..modelspec import ModelStructure
-    from .. import parameterize
-    from ..builders import build_model, load_builder
 
-    if eps_mode not in ("plan", "constant"):
-        raise ValueError(f"eps_mode must be 'plan' or 'constant', got {eps_mode!r}")
-    if eps_mode == "constant" and eps is None:
+    Many parameters because: each is an independent knob of a public call
+    that callers pass by position; internally they travel as one
+    ``_ProxyRun``.
+    """
+    return _train_proxy(_ProxyRun(model=model, width=width, depth=depth, base_width=base_width,
+                                  base_depth=base_depth, recipe=recipe, optimizer=optimizer, lr=lr, steps=steps,
+                                  seed=seed, batch_size=batch_size, seq_len=seq_len, eps=eps,
+                                  model_options=model_options, eps_mode=eps_mode, structure=structure))
+
+
+def _train_proxy(run: _ProxyRun) -> tuple[nn.Module, Any, dict[str, torch.Tensor], torch.optim.Optimizer]:
+    """:func:`train_proxy` of one run."""
+
+    if run.eps_mode not in ("plan", "constant"):
+        raise ValueError(f"eps_mode must be 'plan' or 'constant', got {run.eps_mode!r}")
+    if run.eps_mode == "constant" and run.eps is None:
         raise ValueError("eps_mode='constant' needs eps=<value>")
     corpus = _corpus()
-    options = dict(model_options or {})
-    fn = load_builder(model)
-    if model == "gpt":
-        options.setdefault("seq_len", max(seq_len, 64))
+    options = dict(run.model_options or {})
+    fn = load_builder(run.model)
+    if run.model == "gpt":
+        options.setdefault("seq_len", max(run.seq_len, 64))
         options.setdefault("vocab", corpus.vocab_size)
-    torch.manual_seed(seed)
-    base = build_model(fn, base_width, depth if base_depth is None else base_depth, "cpu", options)
-    torch.manual_seed(seed)
-    target = build_model(fn, width, depth, "cpu", options)
-    structure = structure or ModelStructure()
+    torch.manual_seed(run.seed)
+    base = build_model(fn, run.base_width, run.depth if run.base_depth is None else run.base_depth, "cpu", options)
+    torch.manual_seed(run.seed)
+    target = build_model(fn, run.width, run.depth, "cpu", options)
+    structure = run.structure or ModelStructure()
     forward = structure.forward()
-    plan = parameterize(target, base, recipe=recipe, optimizer=optimizer, seq_len=seq_len, **structure.plan_kwargs())
+    plan = parameterize(target, base, recipe=run.recipe, optimizer=run.optimizer, seq_len=run.seq_len,
+                        **structure.plan_kwargs())
     params = plan.parameters(target)
     init_state = {name: params[name].detach().clone() for name in plan.tensors}
-    opt = plan.optimizer(lr=lr, eps=eps if eps_mode == "plan" else None)
-    if eps_mode == "constant":
+    opt = plan.optimizer(lr=run.lr, eps=run.eps if run.eps_mode == "plan" else None)
+    if run.eps_mode == "constant":
         for g in opt.param_groups:
             if "eps" in g:
-                g["eps"] = float(eps)
-    gen = torch.Generator().manual_seed(seed + 1)
+                g["eps"] = float(run.eps)
+    gen = torch.Generator().manual_seed(run.seed + 1)
     target.train()
-    for _ in range(steps):
-        x, y = corpus.sample("train", batch_size, seq_len, gen)
+    for _ in range(run.steps):
+        x, y = corpus.sample("train", run.batch_size, run.seq_len, gen)
         logits = forward.logits(forward.call(target, x, y))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -196,37 +231,18 @@ def spectral_check(
     each divided by ``sqrt(fan_out / fan_in)`` with the plan's fans. A tensor
     passes when the log-log slope of its normalized ``||dW||`` across widths
     lies within ``+-tolerance``.
+
+    Many parameters because: each is an independent, documented knob of the
+    public call; internally the proxy's travel as one ``_ProxyRun``.
     """
     widths = sorted(int(w) for w in widths)
     if len(widths) < 2:
         raise ValueError("spectral_check needs at least two widths")
-    base_width = widths[0] if base_width is None else base_width
-    records: list[dict[str, Any]] = []
-    for w in widths:
-        net, plan, init, _ = train_proxy(model, w, depth, base_width, None, recipe, optimizer, lr, steps, seed,
-                                         batch_size, seq_len, model_options=model_options)
-        params = plan.parameters(net)
-        for name, tp in plan.tensors.items():
-            p = params[name].detach()
-            if p.dim() != 2:
-                continue
-            target = math.sqrt(tp.fan_out / tp.fan_in)
-            with torch.no_grad():
-                wn = float(torch.linalg.matrix_norm(p.double(), ord=2))
-                dwn = float(torch.linalg.matrix_norm((p - init[name]).double(), ord=2))
-            records.append({"width": w, "tensor": name, "role": tp.role, "fan_in": tp.fan_in,
-                            "fan_out": tp.fan_out, "target": target, "W_norm_raw": wn, "dW_norm_raw": dwn,
-                            "W_norm": wn / target, "dW_norm": dwn / target})
-    slopes: list[dict[str, Any]] = []
-    for name in dict.fromkeys(r["tensor"] for r in records):
-        rs = [r for r in records if r["tensor"] == name]
-        ws = [r["width"] for r in rs]
-        s_w = loglog_slope(ws, [r["W_norm"] for r in rs])
-        s_dw = loglog_slope(ws, [r["dW_norm"] for r in rs])
-        ok = bool(np.isfinite(s_dw) and abs(s_dw) <= tolerance)
-        slopes.append({"tensor": name, "role": rs[-1]["role"], "fan_in": rs[-1]["fan_in"],
-                       "fan_out": rs[-1]["fan_out"], "slope_W": s_w, "slope_dW": s_dw,
-                       "dW_norm_at_max": rs[-1]["dW_norm"], "ok": ok})
+    run = _ProxyRun(model=model, depth=depth, base_width=widths[0] if base_width is None else base_width,
+                    recipe=recipe, optimizer=optimizer, lr=lr, steps=steps, seed=seed, batch_size=batch_size,
+                    seq_len=seq_len, model_options=model_options)
+    records = _spectral_records(run, widths)
+    slopes = _spectral_slopes(records, tolerance)
     failing = [s["tensor"] for s in slopes if not s["ok"]]
     passed = not failing
     span = f"widths {widths[0]}..{widths[-1]}"
@@ -244,3 +260,40 @@ def spectral_check(
         line = f"spectral check FAILED ({recipe}/{optimizer}, {span}): {desc}{more}; {fix}"
     return SpectralCheck(recipe=recipe, optimizer=optimizer, widths=widths, tolerance=tolerance,
                          records=records, slopes=slopes, passed=passed, line=line, failing=failing)
+
+
+def _spectral_records(run: _ProxyRun, widths: list[int]) -> list[dict[str, Any]]:
+    """One record per (width, matrix): ``||W||_2`` and ``||W - W0||_2`` after the run at that width, raw and
+    divided by ``sqrt(fan_out / fan_in)``."""
+    records: list[dict[str, Any]] = []
+    for w in widths:
+        net, plan, init, _ = _train_proxy(replace(run, width=w))
+        params = plan.parameters(net)
+        for name, tp in plan.tensors.items():
+            p = params[name].detach()
+            if p.dim() != 2:
+                continue
+            target = math.sqrt(tp.fan_out / tp.fan_in)
+            with torch.no_grad():
+                wn = float(torch.linalg.matrix_norm(p.double(), ord=2))
+                dwn = float(torch.linalg.matrix_norm((p - init[name]).double(), ord=2))
+            records.append({"width": w, "tensor": name, "role": tp.role, "fan_in": tp.fan_in,
+                            "fan_out": tp.fan_out, "target": target, "W_norm_raw": wn, "dW_norm_raw": dwn,
+                            "W_norm": wn / target, "dW_norm": dwn / target})
+    return records
+
+
+def _spectral_slopes(records: list[dict[str, Any]], tolerance: float) -> list[dict[str, Any]]:
+    """One row per matrix: the log-log slopes of its normalized norms across widths, ``ok`` when the update's
+    is within ``+-tolerance``."""
+    slopes: list[dict[str, Any]] = []
+    for name in dict.fromkeys(r["tensor"] for r in records):
+        rs = [r for r in records if r["tensor"] == name]
+        ws = [r["width"] for r in rs]
+        s_w = loglog_slope(ws, [r["W_norm"] for r in rs])
+        s_dw = loglog_slope(ws, [r["dW_norm"] for r in rs])
+        ok = bool(np.isfinite(s_dw) and abs(s_dw) <= tolerance)
+        slopes.append({"tensor": name, "role": rs[-1]["role"], "fan_in": rs[-1]["fan_in"],
+                       "fan_out": rs[-1]["fan_out"], "slope_W": s_w, "slope_dW": s_dw,
+                       "dW_norm_at_max": rs[-1]["dW_norm"], "ok": ok})
+    return slopes

@@ -17,6 +17,7 @@ trials over stacked parameters).
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -157,6 +158,29 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """The decoder's architecture choices besides its sizes (see :func:`build`), as :class:`GPT` takes them."""
+
+    norm: str = "layernorm"
+    norm_affine: bool = True
+    positions: str = "learned"
+    bias: bool = False
+    tied: bool = False
+    scale_attr: bool = True
+    rope_base: float = 10000.0
+    qk_norm: bool = False
+
+    def block(self, width: int, n_heads: int, mlp_factory: Callable[[], nn.Module]) -> Block:
+        """One block: its attention, then the MLP ``mlp_factory()`` builds (in that order: the init's RNG draws)."""
+        rope = self.rope_base if self.positions == "rope" else None
+        attn = Attention(width, n_heads, self.bias, self.scale_attr, rope, self.qk_norm)
+        return Block(width, attn, mlp_factory(), self.norm, self.norm_affine, self.bias)
+
+    def final_norm(self, width: int) -> nn.Module:
+        return make_norm(self.norm, width, self.norm_affine, self.bias)
+
+
 class GPT(nn.Module):
     """Token embedding (+ learned positions), ``depth`` blocks, final norm, readout.
 
@@ -167,17 +191,19 @@ class GPT(nn.Module):
                  mlp_factory: Callable[[], nn.Module], *, norm: str = "layernorm", norm_affine: bool = True,
                  positions: str = "learned", bias: bool = False, tied: bool = False,
                  scale_attr: bool = True, rope_base: float = 10000.0, qk_norm: bool = False) -> None:
+        """Many parameters because: the sizes and each keyword are independent architecture choices of a public
+        class that :func:`build` and the MoE builder pass through by name; internally the keywords travel as one
+        ``_Layout``."""
         super().__init__()
+        layout = _Layout(norm=norm, norm_affine=norm_affine, positions=positions, bias=bias, tied=tied,
+                         scale_attr=scale_attr, rope_base=rope_base, qk_norm=qk_norm)
         self.seq_len = seq_len
         self.positions = positions
         self.wte = nn.Embedding(vocab, width)
         if positions == "learned":
             self.wpe = nn.Embedding(seq_len, width)
-        rope = rope_base if positions == "rope" else None
-        self.blocks = nn.ModuleList(
-            Block(width, Attention(width, n_heads, bias, scale_attr, rope, qk_norm), mlp_factory(), norm, norm_affine, bias)
-            for _ in range(depth))
-        self.ln_f = make_norm(norm, width, norm_affine, bias)
+        self.blocks = nn.ModuleList(layout.block(width, n_heads, mlp_factory) for _ in range(depth))
+        self.ln_f = layout.final_norm(width)
         self.lm_head = nn.Linear(width, vocab, bias=False)
         if tied:
             self.lm_head.weight = self.wte.weight
@@ -262,12 +288,25 @@ def build(width: int = 64, depth: int = 2, *, head_dim: int | None = 16, n_heads
     consistent). ``positions="rope"`` drops ``wpe`` and rotates q and k
     (needs an even head dim). ``qk_norm=True`` normalizes queries and keys per head. ``device="meta"`` builds
     for free.
+
+    Many parameters because: each is an independent, documented option of
+    the reference model (sweep files and the command line set them by name,
+    and proxytune reads the signature to pass ``vocab`` and ``seq_len``);
+    internally the architecture choices travel as one ``_Layout``.
     """
     n_heads = check_options(width, depth, head_dim=head_dim, n_heads=n_heads, mlp=mlp, norm=norm,
                             positions=positions, seq_len=seq_len)
     hidden = hidden_size(mlp_ratio, width)
+    layout = _Layout(norm=norm, norm_affine=norm_affine, positions=positions, bias=bias, tied=tied,
+                     scale_attr=scale_attr, rope_base=rope_base, qk_norm=qk_norm)
+    return _decoder((width, depth, n_heads, vocab, seq_len), lambda: MLP(width, hidden, bias, mlp), layout,
+                    device, dtype)
+
+
+def _decoder(sizes: tuple[int, int, int, int, int], mlp_factory: Callable[[], nn.Module], layout: _Layout,
+             device: str | torch.device | None, dtype: torch.dtype | None) -> GPT:
+    """A :class:`GPT` of ``sizes`` (width, depth, n_heads, vocab, seq_len) built on ``device`` (default: the
+    CPU), cast to ``dtype`` when given."""
     with torch.device(device or "cpu"):
-        model = GPT(width, depth, n_heads, vocab, seq_len, lambda: MLP(width, hidden, bias, mlp), norm=norm,
-                    norm_affine=norm_affine, positions=positions, bias=bias, tied=tied, scale_attr=scale_attr,
-                    rope_base=rope_base, qk_norm=qk_norm)
+        model = GPT(*sizes, mlp_factory, **asdict(layout))
     return model.to(dtype) if dtype is not None else model

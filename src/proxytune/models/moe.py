@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .gpt import GPT, MLP, check_options, hidden_size
+from .gpt import GPT, MLP, _decoder, _Layout, check_options, hidden_size
 
 
 class MoE(nn.Module):
@@ -74,7 +74,12 @@ def build(width: int = 64, depth: int = 2, *, n_experts: int = 4, top_k: int = 2
     """Build the MoE decoder: the GPT of :mod:`proxytune.models.gpt` with a :class:`MoE`
     MLP per block. Each expert has hidden size ``round(expert_ratio * width)``;
     ``mlp`` is the expert kind (``gelu`` or ``swiglu``). Other options as in
-    :func:`proxytune.models.gpt.build`."""
+    :func:`proxytune.models.gpt.build`.
+
+    Many parameters because: each is an independent, documented option of
+    the reference model (sweep files and the command line set them by name,
+    and proxytune reads the signature to pass ``vocab`` and ``seq_len``);
+    internally the architecture choices travel as one ``_Layout``."""
     n_heads = check_options(width, depth, head_dim=head_dim, n_heads=n_heads, mlp=mlp, norm=norm,
                             positions=positions, seq_len=seq_len)
     if n_experts < 1:
@@ -82,8 +87,7 @@ def build(width: int = 64, depth: int = 2, *, n_experts: int = 4, top_k: int = 2
     if not 1 <= top_k <= n_experts:
         raise ValueError(f"top_k must be between 1 and n_experts={n_experts}, got {top_k}")
     hidden = hidden_size(expert_ratio, width, "expert_ratio")
-    with torch.device(device or "cpu"):
-        model = GPT(width, depth, n_heads, vocab, seq_len, lambda: MoE(width, n_experts, top_k, hidden, bias, mlp),
-                    norm=norm, norm_affine=norm_affine, positions=positions, bias=bias, tied=tied,
-                    scale_attr=scale_attr, rope_base=rope_base)
-    return model.to(dtype) if dtype is not None else model
+    layout = _Layout(norm=norm, norm_affine=norm_affine, positions=positions, bias=bias, tied=tied,
+                     scale_attr=scale_attr, rope_base=rope_base)
+    return _decoder((width, depth, n_heads, vocab, seq_len), lambda: MoE(width, n_experts, top_k, hidden, bias, mlp),
+                    layout, device, dtype)

@@ -1,4 +1,4 @@
-"""Optimizers: torch's where they exist, Adam-atan2 and Muon here."""
+"""Optimizers: torch's where they exist, Adam-atan2 and Muon here; :mod:`.registry` says how each is used."""
 
 from __future__ import annotations
 
@@ -8,25 +8,16 @@ import torch
 
 from .adam_atan2 import AdamAtan2
 from .muon import Muon, newton_schulz
+from .registry import REGISTRY, OptimizerSpec, get_spec, register, unregister
 
-__all__ = ["AdamAtan2", "Muon", "newton_schulz", "build_optimizer"]
+__all__ = ["AdamAtan2", "Muon", "newton_schulz", "build_optimizer", "OptimizerSpec", "REGISTRY", "register",
+           "unregister", "get_spec"]
 
 
 def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
-    """Instantiate optimizer ``name`` over prepared param groups.
+    """Instantiate optimizer ``name`` (a name in :data:`proxytune.optim.registry.REGISTRY`) over prepared param
+    groups.
 
     Group keys (lr, weight_decay, eps, ...) win over the keyword defaults.
     """
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, **kwargs)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, **kwargs)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **kwargs)
-    if name == "adam-atan2":
-        return AdamAtan2(groups, lr=lr, **kwargs)
-    if name == "adafactor":
-        return torch.optim.Adafactor(groups, lr=lr, **kwargs)
-    if name == "muon":
-        return Muon(groups, lr=lr, **kwargs)
-    raise ValueError(f"unknown optimizer {name!r}; valid: sgd, adam, adamw, adam-atan2, adafactor, muon")
+    return get_spec(name).factory(groups, lr=lr, **kwargs)

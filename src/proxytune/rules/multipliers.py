@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from .umup import branch_alphas
 
 ROLES: tuple[str, ...] = ("embedding", "hidden", "readout", "vector", "scalar")
 FORWARD: tuple[str, ...] = ("output", "embedding", "attention", "residual", "residual_attn_ratio", "activation")
@@ -109,7 +110,6 @@ class Multipliers:
         """``(alpha_attn, alpha_mlp)`` of the residual multipliers (both 1 by default)."""
         if self.residual == 1.0 and self.residual_attn_ratio == 1.0:
             return 1.0, 1.0
-        from .umup import branch_alphas
 
         return branch_alphas(self.residual, self.residual_attn_ratio)
 

@@ -1,12 +1,13 @@
 """Sweeps that survive anything: config, strategies, store, executors."""
 
-from .config import ExecutorConfig, Range, StrategyConfig, SweepConfig, SweepConfigError
-from .program import ProgramConfig
+from .errors import SweepConfigError, TrialPruned
 from .runner import Sweep, best_per_group
+from .schema import ExecutorConfig, ProgramConfig, Range, StrategyConfig, SweepConfig, TrackingConfig
 from .store import SweepStore, point_id
-from .tracking import TrackingConfig
-from .trial import Trial, TrialPruned
+from .strategy import STRATEGIES, Strategy, register
+from .trial import Trial
 from .worker import run_worker
 
 __all__ = ["Sweep", "SweepConfig", "SweepConfigError", "StrategyConfig", "ExecutorConfig", "Range", "SweepStore",
-           "point_id", "run_worker", "best_per_group", "ProgramConfig", "TrackingConfig", "Trial", "TrialPruned"]
+           "point_id", "run_worker", "best_per_group", "ProgramConfig", "TrackingConfig", "Trial", "TrialPruned",
+           "Strategy", "STRATEGIES", "register"]

@@ -16,8 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_NAMES, SweepConfig, base_config
+from ..train.setup import _load_data_cached, load_data
 from .errors import DataChanged
+from .fields import DATA_NAMES, base_config
+from .schema import SweepConfig
 
 #: the study attribute that holds the data's identity
 DATA_ATTR = "proxytune_data"
@@ -51,8 +53,6 @@ def stamp(files: list[Path]) -> Stamp:
 def fingerprint(cfg: SweepConfig, fresh: bool = False) -> dict[str, Any]:
     """``{"data": source, "val_path": ..., "sha256": ...}`` of the sweep's data as it is now. ``fresh``: read the
     files again rather than use this process's cached corpus."""
-    from ..train.setup import _load_data_cached, load_data
-
     if fresh:
         _load_data_cached.cache_clear()
     data = load_data(base_config(cfg))

@@ -42,7 +42,8 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
 
-from .errors import StorageFull
+# JournalCorrupt, JournalRepairWarning, NotAJournal: re-exported for one release; import from proxytune.sweep.errors
+from .errors import JournalCorrupt, JournalRepairWarning, NotAJournal, StorageFull
 
 LOCK_SUFFIX = ".flock"
 JOURNAL_NAME = "trials.journal"  # the sweep's own journal in its run folder
@@ -51,18 +52,6 @@ _RECORD_START = b'{"op_code"'  # how Optuna's records begin (json.dumps of a dic
 _FIRST_LINE_MAX = 1 << 20  # a first record (creating a study) is short; a longer "line" is not a journal's
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _URL_FORMS = "sqlite:///path/to/file.db, postgresql://user@host/db"
-
-
-class JournalRepairWarning(UserWarning):
-    """A torn record was cut off a journal (what and where is in the message)."""
-
-
-class JournalCorrupt(ValueError):
-    """A journal record before the last one is not valid: the message names the byte offset."""
-
-
-class NotAJournal(ValueError):
-    """The file is not a journal proxytune may write to or repair (the one-line message says why and what to do)."""
 
 
 class FlockLock:

@@ -33,79 +33,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..train.result import RunResult
+# StopRequested, ProgramError, ProgramTimeout: re-exported for one release; import from proxytune.sweep.errors
+from .errors import ProgramError, ProgramTimeout, StopRequested, SweepConfigError
+from .fields import apply_point
+# COMMAND_FIELDS, ProgramConfig: re-exported for one release; import from proxytune.sweep.schema
+from .schema import _PLACEHOLDER, COMMAND_FIELDS, ProgramConfig  # noqa: F401
 from .trial import ENV_VAR, DirectChannel, Trial, as_real, check_step, show_value
-
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
-#: placeholders every command may use beside the axes and params
-COMMAND_FIELDS = ("trial", "trial_dir", "width", "depth", "base_width", "base_depth", "recipe", "optimizer", "sweep",
-                  "python")
-
-
-class ProgramConfig(BaseModel):
-    """``program:`` in a sweep file: the user's training code that runs each trial."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    function: str | None = Field(None, description="'module:function' or 'path/to/file.py:function'; "
-                                                   "called as function(trial) -> final validation loss")
-    command: list[str] | None = Field(None, description="argv of a program run once per trial; '{lr}', "
-                                                        "'{width}'... are filled from the point")
-    params: dict[str, Any] = Field(default_factory=dict, description="fixed values handed to the program in "
-                                                                     "trial.params; axes may sweep these names")
-    timeout: float | None = Field(None, gt=0, description="seconds a trial may run; then it is stopped and "
-                                                          "stored as failed")
-    cwd: str | None = Field(None, description="where the command runs and the function's module is found "
-                                              "(default: the folder of the sweep file)")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables of a command")
-    kill_grace: float = Field(10.0, ge=0, description="seconds between SIGTERM and SIGKILL when a command is "
-                                                      "stopped")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ProgramConfig:
-        if (self.function is None) == (self.command is None):
-            raise ValueError("give exactly one of program.function ('module:function') or program.command "
-                             "(a list of arguments)")
-        if self.function is not None and ":" not in self.function:
-            raise ValueError(f"program.function {self.function!r}: expected 'module:function' or "
-                             "'path/to/file.py:function'")
-        if self.command is not None and (not self.command or not all(isinstance(a, str) and a
-                                                                     for a in self.command)):
-            raise ValueError("program.command must be a non-empty list of non-empty strings")
-        for name in self.params:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"program.params key {name!r} is not a valid name (letters, digits, '_')")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return "function" if self.function is not None else "command"
-
-    def placeholders(self) -> list[str]:
-        return [m for arg in self.command or [] for m in _PLACEHOLDER.findall(arg)]
-
-
-class StopRequested(BaseException):
-    """SIGTERM/SIGINT reached a worker: give the claimed trials back and exit (a BaseException, like
-    KeyboardInterrupt, so a user's ``except Exception`` does not turn a stop into a failed trial)."""
-
-
-class ProgramError(Exception):
-    """A program trial that failed; the message is what the store keeps."""
-
-
-class ProgramTimeout(BaseException):
-    """A function trial ran past ``program.timeout`` (a BaseException so ``except Exception`` in user code
-    does not swallow it)."""
 
 
 # ----------------------------------------------------------------- the trial
 def trial_info(cfg: Any, trial_id: int, number: int, point: dict[str, Any], pruning: bool) -> dict[str, Any]:
     """What a program is told about its trial (also written to ``trial.json`` for a command)."""
-    from .config import apply_point
-
     params = apply_point({**cfg.program.params, **cfg.train}, point)
     run_dir = cfg.run_dir.resolve()
     folder = run_dir / "trials" / f"{number:05d}"
@@ -710,8 +650,6 @@ def kill_orphans(trial_file: str) -> int:
 def check_program(cfg: Any) -> None:
     """Checks that need the machine (run before anything is written): the function imports, the command
     exists."""
-    from .config import SweepConfigError
-
     prog = cfg.program
     if prog.cwd is not None and not Path(prog.cwd).is_dir():
         raise SweepConfigError(f"program.cwd {prog.cwd!r} is not a directory")

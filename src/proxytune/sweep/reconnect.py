@@ -46,7 +46,7 @@ MAX_WAIT_S = 10.0
 def is_connection_error(exc: BaseException) -> bool:
     """True for a lost, refused or timed-out database connection anywhere in ``exc``'s chain."""
     try:
-        from sqlalchemy import exc as sa_exc
+        from sqlalchemy import exc as sa_exc  # cost: SQLAlchemy is loaded only for database storages
     except ImportError:  # no SQLAlchemy: no database storage either
         return False
     seen: set[int] = set()

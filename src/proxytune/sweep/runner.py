@@ -14,18 +14,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from ..train.setup import load_data
-from .config import SweepConfig, SweepConfigError, base_config
-from .space import (grid_points, group_key, is_batchable_axis, largest_first, sampled_budget, space_size,
-                    telescoping_stage)
-from .program import check_program
-from .errors import RepeatedFailure, StorageError
+from ..builders import build_model, load_builder
+from ..errors import PlanError
+from ..shapes import analyze_model
+from ..train.config import TrainConfig
+from ..train.setup import _builder_options, load_data
 from .dataid import check_sweep_data
-from .store import SweepStore, check_writable, probe_folder
+from .errors import RepeatedFailure, StopRequested, StorageError, SweepConfigError
+from .fields import apply_point, base_config, base_fields
+from .program import check_program
+from .schema import SweepConfig
+from .space import grid_points, group_key, is_batchable_axis
+from .storage import check_writable, probe_folder
+from .store import SweepStore
+from .strategy import strategy_of
 from .tracking import Trackers
-from .worker import SAMPLED, StopRequested, open_store, run_worker, visited_points
+from .worker import open_store, run_worker, visited_points
 
 CONFIG_FILE = "sweep.yaml"
 # on_poll(counts, store): called about once a second while a sweep runs
@@ -75,13 +82,9 @@ class Sweep:
         cfg = self.cfg
         self.check()
         trackers = self.trackers()  # a tracker whose package is missing fails here
-        size = space_size(cfg) if cfg.strategy.kind in SAMPLED else None
-        if size is not None and size < (cfg.strategy.n_trials or 0):
-            warnings.warn(f"the search space has {size} distinct point(s), fewer than strategy.n_trials = "
-                          f"{cfg.strategy.n_trials}: each runs once ({size} trials)", stacklevel=2)
-        if cfg.strategy.kind in ("halving", "hyperband"):
-            warnings.warn(f"strategy {cfg.strategy.kind!r} stops trials early, which favours large learning rates "
-                          "(they look good early); never use its optimum for the transfer verdict.", stacklevel=2)
+        strategy = strategy_of(cfg)
+        for message in strategy.warnings(cfg):
+            warnings.warn(message, stacklevel=2)
         try:
             store = open_store(cfg, create=True)  # first: an unreachable database leaves no folder behind
             check_sweep_data(store, cfg, self.accept_data_change)  # its data is the data it started with
@@ -94,12 +97,9 @@ class Sweep:
             raise SweepConfigError(f"cannot write the sweep's files in {str(cfg.run_dir)!r}: "
                                    f"{exc.strerror or exc}") from None
         self._trackers = trackers
-        if cfg.strategy.kind == "grid":
-            store.enqueue(largest_first(grid_points(cfg.axes), cfg.train))
-        elif cfg.strategy.kind == "list":
-            store.enqueue(largest_first([dict(p) for p in cfg.points or []], cfg.train))
-        elif cfg.strategy.kind == "telescoping" and not store.trials():
-            store.enqueue(telescoping_stage(cfg, 0, None), stage=0)
+        points = strategy.initial_points(cfg, store)
+        if points:
+            store.enqueue(points, stage=0)
         return store
 
     # --------------------------------------------------------------------- run
@@ -112,7 +112,7 @@ class Sweep:
         _check_run_dir(cfg.run_dir)
         if cfg.executor.kind == "ray":
             try:
-                import ray  # noqa: F401
+                import ray  # noqa: F401 - optional dependency (proxytune[ray])
             except ImportError:
                 raise SweepConfigError("executor 'ray' needs Ray: pip install 'proxytune[ray]'") from None
         if cfg.program is not None:
@@ -173,12 +173,15 @@ class Sweep:
                            on_batch=(lambda: on_poll(store.counts(), store)) if on_poll is not None else None)
             else:
                 _run_local(self.cfg, store, on_poll, poll_seconds, failures)
-            if self.cfg.strategy.kind == "grid":
-                if not self._refine(store):
-                    break
-            elif self.cfg.strategy.kind != "telescoping" or not self._advance_stage(store):
-                break  # list and sampled strategies: one pass
+            if not self._next_stage(store):
+                break  # one pass (list, sampled), or every stage has run
         return store.counts()
+
+    def _next_stage(self, store: SweepStore) -> bool:
+        """Enqueue the strategy's next stage once nothing is left to run (grid: its refinement pass, telescoping:
+        the next scale); True when it added trials."""
+        stage = strategy_of(self.cfg).next_points(self.cfg, store)
+        return stage is not None and bool(stage[0]) and store.enqueue(stage[0], stage=stage[1]) > 0
 
     def _nothing_to_run(self, store: SweepStore) -> bool:
         """No trial waiting or running, and (for a sampler) the trial budget spent (failed trials spend it too)."""
@@ -186,54 +189,18 @@ class Sweep:
         counts = store.counts()
         if counts["waiting"] or counts["running"]:
             return False
-        if self.cfg.strategy.kind in SAMPLED:
-            return len(visited_points(store)) >= sampled_budget(self.cfg)
+        budget = strategy_of(self.cfg).budget(self.cfg)
+        if budget is not None:  # a sampler's budget
+            return len(visited_points(store)) >= budget
         return True
 
     def refinement_points(self, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The second-pass points of a grid sweep: the half-step values of the refined axis that each size's
         optimum asks for (:attr:`Optimum.refine`), with every seed that ran at that size."""
-        from ..analysis.optimum import optima_by_group
-
-        st = self.cfg.strategy
-        hp = st.refine_axis
-        if st.kind != "grid" or not st.refine or hp not in self.cfg.axes:
+        strategy = strategy_of(self.cfg)
+        if not strategy.refines(self.cfg):
             return []
-        records = self.records() if records is None else records
-        done = [r for r in records if r.get("status") in ("complete", "diverged")]
-        if not done:
-            return []
-        size_axes = [a for a in self.cfg.axes if a != hp and a not in ("seed", "data_seed")]
-        points = []
-        for o in optima_by_group(done, hp, size_axes=size_axes):
-            if not o.refine:
-                continue
-            same = [r for r in done if all(r.get(a) == o.group.get(a) for a in size_axes)
-                    and r[hp] == o.best_grid_value]
-            for r in same:
-                for x in o.refine:
-                    points.append({**{a: r[a] for a in self.cfg.axes}, hp: x})
-        return largest_first(points, self.cfg.train)
-
-    def _refine(self, store: SweepStore) -> bool:
-        """Enqueue the refinement pass once (stage 1), after the grid; True when it added trials."""
-        trials = store.trials()
-        if any(t.user_attrs.get("stage", 0) >= 1 for t in trials):
-            return False
-        records = store.records()
-        if any(r["status"] in ("waiting", "running") for r in records):
-            return False
-        points = self.refinement_points(records)
-        return bool(points) and store.enqueue(points, stage=1) > 0
-
-    def _advance_stage(self, store: SweepStore) -> bool:
-        stages = [t.user_attrs.get("stage", 0) for t in store.trials()]
-        stage = max(stages) if stages else 0
-        done = [r for r in store.records() if r["stage"] == stage]
-        if not done or any(r["status"] in ("waiting", "running") for r in done):
-            return False
-        points = telescoping_stage(self.cfg, stage + 1, done)
-        return bool(points) and store.enqueue(points, stage=stage + 1) > 0
+        return strategy.refinement_points(self.cfg, self.records() if records is None else records)
 
     # ---------------------------------------------------------------- reading
     def store(self) -> SweepStore:
@@ -259,7 +226,8 @@ class Sweep:
                 writer.writerows(rows)
         elif fmt == "parquet":
             try:
-                import pandas as pd
+                import pandas as pd  # optional dependency, for parquet only
+
                 pd.DataFrame(rows, columns=_columns(rows)).to_parquet(path)
             except ImportError as exc:
                 raise SweepConfigError(f"parquet export needs pandas and pyarrow ({exc}); "
@@ -283,8 +251,6 @@ def _check_run_dir(run_dir: Path) -> None:
 
 def _check_device(device: str) -> None:
     """A device this machine has (cuda:N within the visible GPUs)."""
-    import torch
-
     if device.startswith("cuda"):
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.split(":", 1)[1]) if ":" in device else 0
@@ -298,11 +264,6 @@ def _check_device(device: str) -> None:
 def _check_shapes(cfg: SweepConfig, data: Any = None) -> None:
     """Build the base and every distinct model shape of a grid on ``meta`` (free) so a bad width fails before any
     trial; a model whose context or vocabulary is smaller than the data's is refused too."""
-    from ..builders import build_model, load_builder
-    from ..train.config import TrainConfig
-    from ..train.setup import _builder_options
-    from .config import apply_point, base_fields
-
     axes = {a: v for a, v in cfg.axes.items() if not is_batchable_axis(a)}
     if any(not isinstance(v, list) and v.start is None for v in axes.values()):
         axes = {}
@@ -332,11 +293,6 @@ def _check_shapes(cfg: SweepConfig, data: Any = None) -> None:
 def _check_plan(tc: Any, builder: Any, data: Any) -> None:
     """Read the largest shape against the base as a trial's plan would (both on ``meta``: free), so a model
     proxytune cannot read (no readout, blocks it cannot match) fails now rather than in every trial."""
-    from ..builders import build_model
-    from ..errors import PlanError
-    from ..shapes import analyze_model
-    from ..train.setup import _builder_options
-
     options = _builder_options(tc, data, builder) if data is not None else dict(tc.model_options)
     try:
         base = build_model(builder, tc.base_width or tc.width, tc.base_depth or tc.depth, "meta", options)
@@ -416,8 +372,6 @@ def _watch_parent(parent: int, grace: float) -> None:
 
 def _gpu_count() -> int:
     try:
-        import torch
-
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # noqa: BLE001
         return 0
@@ -509,7 +463,7 @@ def _run_ray(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_s
              failures: tuple[int, float] | None = None) -> None:
     """Workers as Ray tasks (``ray.init()`` locally, or ``executor.address`` for a cluster)."""
     try:
-        import ray
+        import ray  # optional dependency (proxytune[ray])
     except ImportError:
         raise SweepConfigError("executor 'ray' needs Ray: pip install 'proxytune[ray]'") from None
     if "://" not in cfg.storage_url() and cfg.executor.address:

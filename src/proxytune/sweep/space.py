@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from ..train.config import BATCHABLE_FIELDS
-from .config import Range, SweepConfig, field_name
+from .fields import field_name
+from .schema import Range, SweepConfig
 
 SEED_AXES = ("seed", "data_seed")
 

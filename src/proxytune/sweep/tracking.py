@@ -51,7 +51,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optuna.trial import TrialState
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import SweepConfigError
+# re-exported for one release; import from proxytune.sweep.errors / proxytune.sweep.schema
+from .errors import TrackingWarning  # noqa: F401
+from .schema import TrackingConfig  # noqa: F401
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -68,57 +72,6 @@ CONFIG_PARAMS = ("recipe", "optimizer", "width", "depth", "lr")  # logged as par
 ERROR_TAIL = 2000
 _SKIPPED = ("requeued", "duplicate", "surplus")  # bookkeeping trials: their point runs again in another trial
 _MLFLOW_STATUS = {"complete": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
-_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
-
-
-class TrackingWarning(UserWarning):
-    """A tracker could not log (the sweep goes on; the trials are tried again later)."""
-
-
-# ---------------------------------------------------------------------------- config
-class TrackingConfig(BaseModel):
-    """``tracking:`` in a sweep file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tensorboard: bool | str = Field(
-        False, description="true: event files under <run_dir>/tensorboard; a directory: under <dir>/<sweep name>")
-    mlflow: bool | str = Field(
-        False, description="true: an SQLite database <run_dir>/mlflow.db; a tracking URI (http://, sqlite:///, "
-                           "databricks...) used as is; a directory: MLflow's file store there")
-    experiment: str | None = Field(None, description="MLflow experiment name (default: the sweep's name)")
-
-    @field_validator("tensorboard", mode="before")
-    @classmethod
-    def _tensorboard(cls, v: Any) -> Any:
-        return _switch_or_place(v, "a directory")
-
-    @field_validator("mlflow", mode="before")
-    @classmethod
-    def _mlflow(cls, v: Any) -> Any:
-        return _switch_or_place(v, "a tracking URI (http://..., sqlite:///...) or a directory")
-
-    @field_validator("experiment", mode="before")
-    @classmethod
-    def _experiment(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        if not isinstance(v, str) or not v.strip():
-            raise ValueError(f"give an MLflow experiment name, or leave it out for the sweep's name; got {v!r}")
-        return v.strip()
-
-
-def _switch_or_place(v: Any, place: str) -> Any:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str):
-        text = v.strip()
-        if not text:
-            raise ValueError(f"give true, false or {place}, not an empty string")
-        if text.lower() in _BOOL_WORDS:
-            raise ValueError(f"{v!r} is text here: write true or false without quotes, or give {place}")
-        return text
-    raise ValueError(f"give true, false or {place}, not {v!r}")
 
 
 # ---------------------------------------------------------------------------- trackers
@@ -263,8 +216,6 @@ class Trackers:
 
 def _require(module: str, name: str) -> None:
     if importlib.util.find_spec(module) is None:
-        from .config import SweepConfigError  # here: config.py imports this module
-
         raise SweepConfigError(f"tracking.{name} needs the {module} package: pip install 'proxytune[tracking]'")
 
 
@@ -442,6 +393,7 @@ class _TensorBoard(_Target):
 
     def setup(self) -> None:
         if self._writer is None:
+            # optional dependency (proxytune[tracking]), imported once a trial is logged
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
 
@@ -524,6 +476,7 @@ class _MLflow(_Target):
             if self.file_store:
                 # MLflow 3 refuses its file store unless this is set; a user's explicit false is respected.
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            # optional dependency (proxytune[tracking]), imported once a trial is logged
             import mlflow.entities as entities
             from mlflow.tracking import MlflowClient
 
@@ -664,7 +617,7 @@ def _write_ledger(path: Path, sweep: str, logged: dict[str, dict[str, str]]) -> 
 def _locked(path: Path, wait: float) -> Iterator[bool]:
     """An exclusive lock on ``path`` (True), or False when another process holds it past ``wait`` seconds."""
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:  # no flock (Windows): one syncing process per sweep is the user's to keep
         yield True
         return

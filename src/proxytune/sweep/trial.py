@@ -26,20 +26,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import optuna
+from ..plan import Plan, parameterize
+from ..train.config import MULTIPLIER_FIELDS, TrainConfig
+from .errors import TrialPruned  # (proxytune.sweep.trial.TrialPruned: the name users import it by)
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from ..plan import Plan
-
 ENV_VAR = "PROXYTUNE_TRIAL"
 #: metrics a program may set beside its losses; the analysis reads them (laws over params and tokens, cost)
 KNOWN_METRICS = ("tokens", "flops", "n_params", "train_loss", "steps")
-
-
-class TrialPruned(optuna.TrialPruned):
-    """Raised by :meth:`Trial.report` when the sweep's pruner stops this trial; let it propagate."""
 
 
 class Trial:
@@ -116,8 +112,6 @@ class Trial:
     def multipliers(self) -> Any:
         """The point's named multipliers (``role_lr.*``, ``output_mult``, ``attn_mult``...) as a
         :class:`proxytune.Multipliers`; all 1 when the sweep sets none."""
-        from ..train.config import MULTIPLIER_FIELDS, TrainConfig
-
         fields = {k: v for k, v in self.info["params"].items() if k in MULTIPLIER_FIELDS}
         return TrainConfig(**fields).multipliers()
 
@@ -125,8 +119,6 @@ class Trial:
         """``proxytune.parameterize(model, base, recipe=<sweep's>, optimizer=<sweep's>)`` with this point's
         multipliers; ``options`` are passed on (and may override those). The plan of each shape is saved in
         the sweep's ``plans/`` folder, and the model's parameter count is stored with the trial."""
-        from ..plan import parameterize
-
         kwargs: dict[str, Any] = {"recipe": self.recipe, "optimizer": self.optimizer_name,
                                   "multipliers": self.multipliers()}
         if "seq_len" in self.info["params"]:

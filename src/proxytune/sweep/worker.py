@@ -21,29 +21,24 @@ import torch
 from ..train import RunResult, TrainConfig, group_batchable, train, train_batched
 from ..train.batched import BatchError
 from ..optim.batched import BATCHED_OPTIMIZERS
-from .config import SweepConfig, apply_point, base_fields
-from .space import group_key, point_key, sampled_budget, suggest_point, unvisited_points
-from .program import HeldStops, ProgramError, StopRequested, run_program_trial, trial_info
-from .errors import RepeatedFailure, StorageError
 from .dataid import DataWatch
-from .store import HOST, Heartbeat, SweepStore
+from .errors import ProgramError, RepeatedFailure, StopRequested, StorageError
+from .fields import apply_point, base_fields
+from .leases import HOST, Heartbeat
+from .program import HeldStops, run_program_trial, trial_info
+from .schema import SweepConfig
+from .space import group_key, point_key, suggest_point, unvisited_points
+from .store import SweepStore
+from .strategy import STRATEGIES, strategy_of
 
-SAMPLED = ("random", "tpe", "halving", "hyperband")
+# re-exported for one release; ask strategy_of(cfg).samples (this tuple lists the strategies known at import)
+SAMPLED = tuple(name for name, strategy in STRATEGIES.items() if strategy.samples)
 
 
 def sampler_and_pruner(cfg: SweepConfig) -> tuple[Any, Any]:
-    kind, s = cfg.strategy.kind, cfg.strategy
-    sampler = optuna.samplers.TPESampler(seed=s.seed) if kind == "tpe" else optuna.samplers.RandomSampler(seed=s.seed)
-    pruner: Any = optuna.pruners.NopPruner()
-    if kind == "halving":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=s.min_resource or "auto",
-                                                        reduction_factor=s.reduction_factor)
-    elif kind == "hyperband":
-        fixed = {**(cfg.program.params if cfg.program else {}), **cfg.train}
-        steps = int(fixed.get("steps", TrainConfig.model_fields["steps"].default))
-        pruner = optuna.pruners.HyperbandPruner(min_resource=s.min_resource or 1, max_resource=steps,
-                                                reduction_factor=s.reduction_factor)
-    return sampler, pruner
+    """The study's sampler (seeded with ``strategy.seed``) and pruner, as the sweep's strategy has them."""
+    strategy = strategy_of(cfg)
+    return strategy.sampler(cfg, cfg.strategy.seed), strategy.pruner(cfg)
 
 
 def open_store(cfg: SweepConfig, create: bool = False, wait: bool = False) -> SweepStore:
@@ -55,14 +50,16 @@ def _next_trials(store: SweepStore, cfg: SweepConfig, worker_index: int = 0) -> 
     """(trial_id, point) pairs to run next; empty when there is nothing left for this worker."""
     k = cfg.executor.batch
     claimed = store.claim(k, same_group=group_key, share=cfg.executor.workers)
-    if claimed or cfg.strategy.kind not in SAMPLED:
+    strategy = strategy_of(cfg)
+    if claimed or not strategy.samples:
         return [(t._trial_id, t.user_attrs["point"]) for t in claimed]
     _salt_sampler(store, cfg, worker_index)
+    budget = strategy.budget(cfg) or 0
     out: list[tuple[int, dict[str, Any]]] = []
     repeats = 0
     while len(out) < k:
         visited = visited_points(store)
-        if len(visited) >= sampled_budget(cfg):
+        if len(visited) >= budget:
             break
         trial = store.study.ask()
         point = suggest_point(trial, cfg)
@@ -121,7 +118,7 @@ def _beyond_budget(store: SweepStore, cfg: SweepConfig, number: int) -> bool:
         elif t.state == optuna.trial.TrialState.RUNNING and t.datetime_start is not None \
                 and now - t.datetime_start.timestamp() < _IN_FLIGHT_S:
             in_flight += 1
-    return len(seen) + in_flight >= sampled_budget(cfg)
+    return len(seen) + in_flight >= (strategy_of(cfg).budget(cfg) or 0)
 
 
 def _salt_sampler(store: SweepStore, cfg: SweepConfig, worker_index: int) -> None:
@@ -131,8 +128,7 @@ def _salt_sampler(store: SweepStore, cfg: SweepConfig, worker_index: int) -> Non
         return
     n = len(store.trials())
     seed = cfg.strategy.seed + 7919 * worker_index + 104729 * n
-    store.study.sampler = (optuna.samplers.TPESampler(seed=seed) if cfg.strategy.kind == "tpe"
-                           else optuna.samplers.RandomSampler(seed=seed))
+    store.study.sampler = strategy_of(cfg).sampler(cfg, seed)
     store._salted = True  # type: ignore[attr-defined]
 
 

@@ -39,6 +39,7 @@ from .setup import (
     stacked_losses,
     to_device,
 )
+from ..plan import MARKER_BUFFER
 
 
 class BatchError(ValueError):
@@ -112,12 +113,20 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
     cfgs = [as_config(c) for c in configs]
     check_batchable(cfgs)
     start = time.perf_counter()
-    c0 = cfgs[0]
     preps = [prepare(c) for c in cfgs]
     _check_same_modules(preps)
-    device = preps[0].device
-    k_total = len(cfgs)
+    stacked = _stack_members(preps)
+    opt = BatchedOptimizer(cfgs[0].optimizer, stacked, **optimizer_kwargs(cfgs[0]))
+    losses_of = _stacked_losses_fn(preps, attention)
+    members = _Members(cfgs, start)
+    flops_step = _train_group(members, preps[0], stacked, opt, losses_of, progress, on_eval)
+    return members.results(preps[0], flops_step)
 
+
+def _stack_members(preps: list[Prepared]) -> list[StackedParam]:
+    """Every parameter of the members stacked into one ``(K, ...)`` tensor, with each member's hyperparameters
+    (lr, weight decay, eps, the plan's clip weight) stacked alongside."""
+    device = preps[0].device
     names = [n for n, _ in preps[0].model.named_parameters()]
     member_params = [dict(p.model.named_parameters()) for p in preps]
     settings = [param_settings(p) for p in preps]
@@ -135,18 +144,24 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
             use_muon=bool(s0.get("use_muon", False)), muon_scale=float(s0.get("scale", 1.0)),
             clip_weight=torch.tensor([cw[n] for cw in clip_weights], device=device, dtype=dtype),
         ))
-    opt_kwargs = optimizer_kwargs(c0)
-    opt = BatchedOptimizer(c0.optimizer, stacked, **opt_kwargs)
+    return stacked
 
+
+#: losses_of(stacked params, x, y, shared) -> (K,) member losses; ``shared``: one batch for all members
+LossesFn = Callable[[dict[str, Tensor], Tensor, Tensor, bool], Tensor]
+
+
+def _stacked_losses_fn(preps: list[Prepared], attention: str) -> LossesFn:
+    """The members' losses in one call: ``vmap`` over ``functional_call`` of a parameter-free template of
+    member 0's model (its attention implementation set by ``attention``), with the shared buffers."""
+    device = preps[0].device
     template = _meta_template(preps[0].model)
     if attention == "auto":
         attention = "math" if device.type == "cpu" else "sdpa"
     set_attention_impl(template, attention)
     buffers = _shared_buffers(preps)
-    loss_fn = preps[0].loss_fn
     task = getattr(preps[0].data, "task", "lm")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c0.precision == "bf16")
-
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=preps[0].config.precision == "bf16")
     forward = preps[0].forward
 
     def member_forward(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -159,93 +174,127 @@ def train_batched(configs: Sequence[TrainConfig | dict[str, Any]], *, progress: 
             out = vmap(member_forward, in_dims=(0, dims, dims))(params, x, y)
         return stacked_losses(task, out, y, shared)
 
-    # Members with the same data seed see the same batches: sample once, share them.
-    seeds = [c.batch_seed for c in cfgs]
-    gens = {s: torch.Generator().manual_seed(s) for s in dict.fromkeys(seeds)}
-    vbatches = [to_device(b, preps[0]) for b in preps[0].data.val_batches(c0.eval_batches, c0.batch_size, c0.seq_len)]
-    data = preps[0].data
+    return losses_of
 
-    active = list(range(k_total))  # config index of each stack row
-    losses: list[list[float]] = [[] for _ in cfgs]
-    evals: list[list[dict[str, float]]] = [[] for _ in cfgs]
-    outcome: dict[int, tuple[str, str, int | None]] = {}
+
+class _Members:
+    """The members of a batched group as training goes: per config its train losses, evaluations and outcome
+    (diverged, pruned; complete when absent), and ``active``: the config index of each row of the stack."""
+
+    def __init__(self, cfgs: list[TrainConfig], start: float) -> None:
+        self.cfgs, self.start = cfgs, start
+        self.active = list(range(len(cfgs)))
+        self.losses: list[list[float]] = [[] for _ in cfgs]
+        self.evals: list[list[dict[str, float]]] = [[] for _ in cfgs]
+        self.outcome: dict[int, tuple[str, str, int | None]] = {}
+
+    def record_losses(self, values: list[float], step: int) -> list[int]:
+        """Append each active member's train loss; the rows of those that diverged."""
+        leaving = []
+        for row, (i, value) in enumerate(zip(self.active, values)):
+            self.losses[i].append(value)
+            reason = divergence_reason(value, self.losses[i][0], self.cfgs[i].diverge_factor)
+            if reason:
+                self.outcome[i] = ("diverged", reason, step)
+                leaving.append(row)
+        return leaving
+
+    def record_evals(self, vals: list[float], rows: list[int], step: int, factor: float,
+                     on_eval: MemberEvalFn | None) -> list[int]:
+        """Append the validation loss of each of ``rows``; the rows of those whose loss is not finite or that
+        ``on_eval`` stops."""
+        leaving = []
+        steps = self.cfgs[0].steps
+        for row in rows:
+            i = self.active[row]
+            val = vals[row]
+            self.evals[i].append({"step": step + 1, "val_loss": val, "train_loss": final_train_loss(self.losses[i]),
+                                  "lr_factor": factor, "time": time.perf_counter() - self.start})
+            if not math.isfinite(val):
+                self.outcome[i] = ("diverged", f"validation loss became {val}", step)
+                leaving.append(row)
+            elif on_eval is not None and step + 1 < steps and on_eval(i, step + 1, val):
+                self.outcome[i] = ("pruned", f"stopped by on_eval at step {step + 1}", None)
+                leaving.append(row)
+        return leaving
+
+    def results(self, prep: Prepared, flops_step: int) -> list[RunResult]:
+        """One RunResult per config, in order; the group's wall time is shared equally."""
+        wall = time.perf_counter() - self.start
+        env = environment(prep.data, prep.device)
+        k_total = len(self.cfgs)
+        results = []
+        for i, cfg in enumerate(self.cfgs):
+            status, reason, diverged_step = self.outcome.get(i, ("complete", "", None))
+            ok = status != "diverged"
+            losses, done = self.losses[i], len(self.losses[i])
+            results.append(RunResult(
+                status=status,
+                final_train_loss=final_train_loss(losses) if ok else math.inf,
+                final_val_loss=self.evals[i][-1]["val_loss"] if ok else math.inf,
+                train_losses=losses, evals=self.evals[i], steps_done=done,
+                tokens=done * cfg.tokens_per_step(),
+                wall_time=wall / k_total,
+                flops=float(flops_step) * done,
+                n_params=prep.n_params,
+                config=cfg.model_dump(mode="json"),
+                env=dict(env, batch_group={"size": k_total, "index": i, "group_wall_time": wall}),
+                diverged_step=diverged_step, reason=reason,
+            ))
+        return results
+
+
+def _train_group(members: _Members, prep: Prepared, stacked: list[StackedParam], opt: BatchedOptimizer,
+                 losses_of: LossesFn, progress: ProgressFn | None, on_eval: MemberEvalFn | None) -> int:
+    """The training loop of the group (member 0's config gives the steps, schedule and batches; ``prep`` is
+    member 0's): members that diverge or are pruned leave the stack. Returns the FLOPs of one step."""
+    c0 = members.cfgs[0]
+    # Members with the same data seed see the same batches: sample once, share them.
+    seeds = [c.batch_seed for c in members.cfgs]
+    gens = {s: torch.Generator().manual_seed(s) for s in dict.fromkeys(seeds)}
+    vbatches = [to_device(b, prep) for b in prep.data.val_batches(c0.eval_batches, c0.batch_size, c0.seq_len)]
     flops_step = 0
-    warmup = c0.warmup_steps
     for step in range(c0.steps):
-        factor = lr_factor(step, c0.steps, c0.schedule, warmup, c0.final_lr_frac, c0.cooldown)
-        batch = {s: to_device(data.sample("train", c0.batch_size, c0.seq_len, g), preps[0]) for s, g in gens.items()}
+        factor = lr_factor(step, c0.steps, c0.schedule, c0.warmup_steps, c0.final_lr_frac, c0.cooldown)
+        batch = {s: to_device(prep.data.sample("train", c0.batch_size, c0.seq_len, g), prep) for s, g in gens.items()}
         if step == 0:
-            check_output(preps[0], *batch[seeds[0]])
-            flops_step = flops_per_step(preps[0].model, loss_fn, *batch[seeds[0]], preps[0].forward)
+            check_output(prep, *batch[seeds[0]])
+            flops_step = flops_per_step(prep.model, prep.loss_fn, *batch[seeds[0]], prep.forward)
         params = {sp.name: sp.param for sp in stacked}
-        active_seeds = [seeds[i] for i in active]
-        shared = len(set(active_seeds)) == 1
-        if shared:
-            x, y = batch[active_seeds[0]]
-        else:
-            x = torch.stack([batch[s][0] for s in active_seeds])
-            y = torch.stack([batch[s][1] for s in active_seeds])
+        x, y, shared = _member_batches(batch, [seeds[i] for i in members.active])
         member_losses = losses_of(params, x, y, shared)
         member_losses.sum().backward()
         if c0.grad_clip is not None:
             clip_grad_norm_batched(stacked, c0.grad_clip)  # explicit units, as train() clips
         opt.step(factor)
         opt.zero_grad()
-
         values = member_losses.detach().double().tolist()
-        leaving = []
-        for row, (i, value) in enumerate(zip(active, values)):
-            losses[i].append(value)
-            reason = divergence_reason(value, losses[i][0], cfgs[i].diverge_factor)
-            if reason:
-                outcome[i] = ("diverged", reason, step)
-                leaving.append(row)
+        leaving = members.record_losses(values, step)
         if (step + 1) % c0.eval_every == 0 or step + 1 == c0.steps:
-            keep_rows = [r for r in range(len(active)) if r not in leaving]
+            keep_rows = [r for r in range(len(members.active)) if r not in leaving]
             if keep_rows:
-                vals = _evaluate(losses_of, stacked, vbatches)
-                for row in keep_rows:
-                    i = active[row]
-                    val = vals[row]
-                    evals[i].append({"step": step + 1, "val_loss": val, "train_loss": final_train_loss(losses[i]),
-                                     "lr_factor": factor, "time": time.perf_counter() - start})
-                    if not math.isfinite(val):
-                        outcome[i] = ("diverged", f"validation loss became {val}", step)
-                        leaving.append(row)
-                    elif on_eval is not None and step + 1 < c0.steps and on_eval(i, step + 1, val):
-                        outcome[i] = ("pruned", f"stopped by on_eval at step {step + 1}", None)
-                        leaving.append(row)
+                leaving += members.record_evals(_evaluate(losses_of, stacked, vbatches), keep_rows, step, factor,
+                                                on_eval)
         if leaving:
-            keep = [r for r in range(len(active)) if r not in leaving]
-            active = [active[r] for r in keep]
-            if not active:
+            keep = [r for r in range(len(members.active)) if r not in leaving]
+            members.active = [members.active[r] for r in keep]
+            if not members.active:
                 break
-            opt.keep(torch.tensor(keep, device=device))
+            opt.keep(torch.tensor(keep, device=prep.device))
         if progress is not None:
             progress(step + 1, c0.steps, sum(values) / len(values))
+    return flops_step
 
-    wall = time.perf_counter() - start
-    env = environment(data, device)
-    n_params = preps[0].n_params
-    results = []
-    for i, cfg in enumerate(cfgs):
-        status, reason, diverged_step = outcome.get(i, ("complete", "", None))
-        ok = status != "diverged"
-        done = len(losses[i])
-        results.append(RunResult(
-            status=status,
-            final_train_loss=final_train_loss(losses[i]) if ok else math.inf,
-            final_val_loss=evals[i][-1]["val_loss"] if ok else math.inf,
-            train_losses=losses[i], evals=evals[i], steps_done=done,
-            tokens=done * cfg.tokens_per_step(),
-            wall_time=wall / k_total,
-            flops=float(flops_step) * done,
-            n_params=n_params,
-            config=cfg.model_dump(mode="json"),
-            env=dict(env, batch_group={"size": k_total, "index": i, "group_wall_time": wall}),
-            diverged_step=diverged_step, reason=reason,
-        ))
-    return results
+
+def _member_batches(batch: dict[int, tuple[Tensor, Tensor]], active_seeds: list[int]) -> tuple[Tensor, Tensor, bool]:
+    """(x, y, shared) of the active members: their one shared batch, or their batches stacked."""
+    shared = len(set(active_seeds)) == 1
+    if shared:
+        x, y = batch[active_seeds[0]]
+    else:
+        x = torch.stack([batch[s][0] for s in active_seeds])
+        y = torch.stack([batch[s][1] for s in active_seeds])
+    return x, y, shared
 
 
 def _clip_weights(prep: Prepared) -> dict[str, float]:
@@ -291,7 +340,6 @@ def _shared_buffers(preps: list[Prepared]) -> dict[str, Tensor]:
     The plan's marker buffer (``MARKER_BUFFER``: the digest of the plan applied, for checkpoints) is not
     compared: the forward pass never reads it, and the members' plans differ in it by their seed's init
     statistics. What the plan does put in the forward pass is compared by :func:`_check_same_modules`."""
-    from ..plan import MARKER_BUFFER
 
     bufs = [dict(p.model.named_buffers()) for p in preps]
     for name, b in bufs[0].items():

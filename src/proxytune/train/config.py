@@ -9,18 +9,20 @@ plain dict (``config.model_dump()``), so it can be rerun exactly.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..modelspec import ModelSpec, ModelStructure, split_model_section
 from ..rules.multipliers import Multipliers
-from ..rules.recipes import MODES, OPTIMIZERS, RECIPES, WD_POLICIES
+from ..optim.registry import REGISTRY as OPTIMIZER_REGISTRY
+from ..rules.recipes import MODES, RECIPES, WD_POLICIES
 
 SCHEDULES = ("constant", "cosine", "wsd", "linear")
 ROLES = ("embedding", "hidden", "readout", "vector", "scalar")
 
-_CHOICES = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "mode": MODES, "weight_decay_policy": WD_POLICIES,
+# optimizers: the registered ones (proxytune.optim.registry), looked up live so a registered one is valid
+_CHOICES = {"recipe": RECIPES, "optimizer": OPTIMIZER_REGISTRY, "mode": MODES, "weight_decay_policy": WD_POLICIES,
             "schedule": SCHEDULES}
 
 #: bounds no real model reaches: a typo beyond them would hang the build instead of failing
@@ -51,8 +53,8 @@ class TrainConfig(BaseModel):
 
     # model
     model: str = Field("gpt", description="built-in name (gpt, mlp, moe) or 'pkg.module:function'")
-    width: int = Field(64, gt=0, le=MAX_WIDTH)
-    depth: int = Field(2, gt=0, le=MAX_DEPTH)
+    width: int = Field(64, gt=0, le=MAX_WIDTH, description="width of the model trained")
+    depth: int = Field(2, gt=0, le=MAX_DEPTH, description="depth (blocks) of the model trained")
     base_width: int | None = Field(None, gt=0, le=MAX_WIDTH, description="width of the proxy the HPs are tuned at")
     base_depth: int | None = Field(None, gt=0, le=MAX_DEPTH, description="depth of the proxy the HPs are tuned at")
     model_options: dict[str, Any] = Field(default_factory=dict, description="extra builder keyword arguments")
@@ -62,16 +64,16 @@ class TrainConfig(BaseModel):
         "whole mapping, with builder and options")
 
     # parameterization
-    recipe: str = "mup"
-    optimizer: str = "adamw"
+    recipe: str = Field("mup", description="the parameterization (proxytune.rules.recipes)")
+    optimizer: str = Field("adamw", description="the optimizer (proxytune.optim.registry)")
     mode: str = "folded"
     alignment: Literal["full", "none"] = "full"
     weight_decay_policy: str = "independent"
     roles: dict[str, str] = Field(default_factory=dict, description="glob -> role overrides")
 
     # optimizer hyperparameters (base values)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(3e-3, gt=0, description="base learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="base weight decay")
     eps: float | None = Field(None, gt=0, description="Adam eps at the base (None: optimizer default)")
     betas: tuple[float, float] = (0.9, 0.95)
     momentum: float | None = Field(None, ge=0, lt=1, description="SGD / Muon momentum (None: 0.9 / 0.95)")
@@ -94,22 +96,22 @@ class TrainConfig(BaseModel):
     data: str = Field("stdlib", description="'stdlib', 'teacher', a text file, or a .bin token file")
     data_options: dict[str, Any] = Field(default_factory=dict,
                                          description="loader options, e.g. {vocab_size: 50304, dtype: uint16}")
-    batch_size: int = Field(16, gt=0)
-    seq_len: int = Field(64, gt=0)
+    batch_size: int = Field(16, gt=0, description="sequences per step")
+    seq_len: int = Field(64, gt=0, description="tokens per sequence")
 
     # schedule and stopping
-    steps: int = Field(200, gt=0)
-    schedule: str = "cosine"
+    steps: int = Field(200, gt=0, description="training steps")
+    schedule: str = Field("cosine", description="the LR schedule after warmup")
     warmup: int | float = Field(0.1, ge=0, description="warmup steps (int) or fraction of steps (float < 1)")
     final_lr_frac: float = Field(0.1, ge=0, le=1, description="LR at the end, as a fraction of the peak")
     cooldown: float = Field(0.2, gt=0, le=1, description="WSD: fraction of steps spent decaying")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (None: no clipping)")
-    eval_every: int = Field(50, gt=0)
+    eval_every: int = Field(50, gt=0, description="evaluate every k steps")
     eval_batches: int = Field(4, gt=0)
     diverge_factor: float = Field(3.0, gt=1, description="stop when loss exceeds this multiple of the first loss")
 
     # execution
-    seed: int = 0
+    seed: int = Field(0, description="seed of init and batch order")
     data_seed: int | None = Field(None, description="seed of the batch order (None: same as seed)")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     precision: Literal["fp32", "bf16", "bf16-pure", "fp8-sim", "fp64"] = Field(
@@ -249,3 +251,14 @@ def make_config(**kwargs: Any) -> TrainConfig:
     if bad:
         raise ValueError("; ".join(bad))
     return TrainConfig(**kwargs)
+
+
+def field_choices(name: str) -> tuple[str, ...] | None:
+    """The values :class:`TrainConfig` field ``name`` accepts when it is a choice among names (its ``Literal``
+    or the table it is checked against), else None. The command line builds its help from this."""
+    if name in _CHOICES:
+        return tuple(_CHOICES[name])
+    annotation = TrainConfig.model_fields[name].annotation
+    if get_origin(annotation) is Literal:
+        return tuple(get_args(annotation))
+    return None

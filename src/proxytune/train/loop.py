@@ -13,6 +13,7 @@ from .config import TrainConfig
 from .result import RunResult, final_train_loss
 from .schedule import lr_factor
 from .setup import Prepared, check_output, environment, flops_per_step, optimizer_kwargs, prepare, to_device
+from .config import make_config
 
 # progress(step_done, total_steps, last_train_loss)
 ProgressFn = Callable[[int, int, float], None]
@@ -23,7 +24,6 @@ EvalFn = Callable[[int, float], bool]
 def as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
     if isinstance(config, TrainConfig):
         return config
-    from .config import make_config
 
     return make_config(**config)
 

@@ -19,8 +19,12 @@ from torch import nn
 
 from ..builders import BUILTIN_MODELS, accepts, build_model, load_builder
 from ..forward import DEFAULT_FORWARD, ForwardSpec, check_logits
+from ..optim.registry import REGISTRY
 from ..plan import Plan, parameterize
 from .config import TrainConfig
+from ..version import __version__
+from .. import data as data_mod
+from ..nn.lowp import simulate_fp8
 
 LM_MODELS = ("gpt", "moe")
 # The base model is built under its own seed so building it never shifts the
@@ -61,7 +65,6 @@ def resolve_device(name: str) -> torch.device:
 
 @functools.lru_cache(maxsize=8)
 def _load_data_cached(source: str, options_key: tuple) -> Any:
-    from .. import data as data_mod
 
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options_key}
     if source == "teacher":
@@ -176,7 +179,6 @@ def prepare(config: TrainConfig) -> Prepared:
     if config.precision == "bf16-pure":
         target = target.to(torch.bfloat16)  # after the plan's init, which is computed in fp32
     elif config.precision == "fp8-sim":
-        from ..nn.lowp import simulate_fp8
 
         simulate_fp8(target)
     n_params = sum(p.numel() for p in target.parameters())
@@ -197,16 +199,10 @@ def param_settings(prep: Prepared) -> dict[str, dict[str, Any]]:
 
 
 def optimizer_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """Keyword arguments for the torch optimizer besides the param groups."""
-    if config.optimizer == "sgd":
-        momentum = 0.9 if config.momentum is None else config.momentum
-        return {"momentum": momentum, "nesterov": bool(config.nesterov) and momentum > 0}
-    if config.optimizer in ("adam", "adamw", "adam-atan2"):
-        return {"betas": config.betas}
-    if config.optimizer == "muon":
-        return {"betas": config.betas, "momentum": 0.95 if config.momentum is None else config.momentum,
-                "nesterov": True if config.nesterov is None else config.nesterov}
-    return {}
+    """Keyword arguments for the torch optimizer besides the param groups (the registry entry's
+    ``default_kwargs``: :mod:`proxytune.optim.registry`)."""
+    spec = REGISTRY.get(config.optimizer)
+    return {} if spec is None else spec.default_kwargs(config)
 
 
 def flops_per_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
@@ -239,7 +235,6 @@ def _version(package: str) -> str:
 
 def environment(data: Any, device: torch.device) -> dict[str, Any]:
     """Versions and data identity stored with every run."""
-    from .. import __version__
 
     env = {
         "python": platform.python_version(),

@@ -5,55 +5,72 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from ..analysis.optimum import Optimum
-from ..analysis.predict import BASE_LR_MEANING
+from ..analysis.predict import BASE_LR_MEANING, count_params
 from ..analysis.report import (
     _legend_outside, _plt, _save, data_loss_unit, loss_figure, lr_curves_figure, optima_table, optimum_figure,
 )
-from ..analysis.verdict import loss_gap, loss_se
+from ..analysis.verdict import Verdict, loss_gap, loss_se
+from ..sweep import Sweep
 from ..thresholds import THRESHOLDS
+from .config import TuneConfig
+from .results import Candidate, Stage1Result, TuneResult
 from .search import LR_AXIS
 
-if TYPE_CHECKING:
-    from .config import TuneConfig
-    from .run import TuneResult
+C = TypeVar("C", Candidate, dict)
 
 
-def _largest(entry: dict[str, Any]) -> Optimum | None:
-    rows = [o for o in entry["optima"] if math.isfinite(o.value)]
+def _largest(entry: Candidate) -> Optimum | None:
+    rows = [o for o in entry.optima if math.isfinite(o.value)]
     return max(rows, key=lambda o: o.group.get("width", 0), default=None)
 
 
-def pick_recommendation(candidates: list[dict[str, Any]], cfg: TuneConfig) -> tuple[dict[str, Any], list[str]]:
+def _as_candidate(c: Candidate | dict[str, Any]) -> Candidate:
+    """A candidate from its dict form (the 0.1.0 form, accepted until 0.3.0)."""
+    if isinstance(c, Candidate):
+        return c
+    return Candidate(recipe=c["recipe"], sweep=c.get("sweep", ""), optima=tuple(c["optima"]), lrs=c.get("lrs", {}),
+                     dropped=c.get("dropped"), probe_only=c.get("probe_only"), verdict=c.get("verdict"),
+                     depth_optima=c.get("depth_optima"), depth_verdict=c.get("depth_verdict"))
+
+
+def pick_recommendation(candidates: list[C], cfg: TuneConfig) -> tuple[C, list[str]]:
     """The candidate with the lowest loss at the largest proxy, and why, in words.
 
     Recipes dropped by the race, and (when depths were verified) recipes whose depth verdict FAILs while
     another's does not, are not eligible. Recipes whose gap to the lowest loss is within the seed noise tie,
     and the tie goes to the better width verdict (PASS over UNRESOLVED over FAIL), then to the lower loss.
+    Returns the chosen one of ``candidates`` itself.
     """
+    typed = [_as_candidate(c) for c in candidates]
+    best, why = _pick(typed, max(cfg.proxy_widths))
+    return candidates[typed.index(best)], why
+
+
+def _state(c: Candidate) -> str:
+    return c.verdict.state if c.verdict else "UNRESOLVED"
+
+
+def _loss(c: Candidate) -> float:
+    o = _largest(c)
+    return o.loss if o is not None else math.inf
+
+
+def _pick(candidates: list[Candidate], big: int) -> tuple[Candidate, list[str]]:
     z = NormalDist().inv_cdf(0.5 + THRESHOLDS.confidence / 2)
-    big = max(cfg.proxy_widths)
-    eligible = [c for c in candidates if c["dropped"] is None and (o := _largest(c)) is not None
+    eligible = [c for c in candidates if c.dropped is None and (o := _largest(c)) is not None
                 and o.group.get("width") == big]
-    if any(c.get("depth_verdict") is not None and not c["depth_verdict"].failed for c in eligible):
-        eligible = [c for c in eligible if c.get("depth_verdict") is None or not c["depth_verdict"].failed]
+    if any(c.depth_verdict is not None and not c.depth_verdict.failed for c in eligible):
+        eligible = [c for c in eligible if c.depth_verdict is None or not c.depth_verdict.failed]
     if not eligible:  # nothing reached the largest width: whatever has a finite optimum
         eligible = [c for c in candidates if _largest(c) is not None] or candidates[:1]
     rank = {"PASS": 0, "UNRESOLVED": 1, "FAIL": 2}
-
-    def state(c: dict[str, Any]) -> str:
-        return c["verdict"].state if c.get("verdict") else "UNRESOLVED"
-
-    def loss(c: dict[str, Any]) -> float:
-        o = _largest(c)
-        return o.loss if o is not None else math.inf
-
-    lowest = min(eligible, key=loss)
+    lowest = min(eligible, key=_loss)
     ol = _largest(lowest)
 
-    def tied(c: dict[str, Any]) -> tuple[bool, float, float]:
+    def tied(c: Candidate) -> tuple[bool, float, float]:
         oc = _largest(c)
         if c is lowest or oc is None or ol is None or oc.group.get("width") != ol.group.get("width"):
             return c is lowest, 0.0, math.nan
@@ -61,36 +78,39 @@ def pick_recommendation(candidates: list[dict[str, Any]], cfg: TuneConfig) -> tu
         return bool(math.isfinite(se) and gap <= z * se), gap, se
 
     ties = [c for c in eligible if tied(c)[0]]
-    best = min(ties, key=lambda c: (rank[state(c)], loss(c)))
+    best = min(ties, key=lambda c: (rank[_state(c)], _loss(c)))
     ob = _largest(best)
     width = ob.group.get("width") if ob else None
-    head = (f"recommended: {best['recipe']} (lowest best loss at the largest proxy, width {width})" if best is lowest
-            else f"recommended: {best['recipe']} (its loss at width {width} ties with {lowest['recipe']}'s within "
-                 f"the seed noise, and its transfer verdict is better: {state(best)} vs {state(lowest)})")
+    head = (f"recommended: {best.recipe} (lowest best loss at the largest proxy, width {width})" if best is lowest
+            else f"recommended: {best.recipe} (its loss at width {width} ties with {lowest.recipe}'s within "
+                 f"the seed noise, and its transfer verdict is better: {_state(best)} vs {_state(lowest)})")
     why = [head, *movement(best)]
     for c in candidates:
-        if c is best:
-            continue
-        oc = _largest(c)
-        if c["dropped"]:
-            why.append(f"{c['recipe']} dropped out of the race: {c['dropped']}")
-        elif oc is None or ob is None or oc.group.get("width") != width:
-            why.append(f"{c['recipe']}: no optimum at width {width} to compare")
-        else:
-            gap, se = loss_gap(oc, ob)
-            within = math.isfinite(se) and abs(gap) <= z * se
-            what = (f"loss {oc.loss:.4f} at width {width} at its transferred LR (2^{oc.value:g}; the race scanned "
-                    f"the LR there for the leader only)" if c.get("probe_only") == width
-                    else f"best loss {oc.loss:.4f} at width {width}")
-            why.append(f"{c['recipe']}: {what} vs {ob.loss:.4f} ({gap:+.4f}, "
-                       f"standard error {se:.4f}: {'within' if within else 'beyond'} the seed noise); transfer "
-                       f"verdict {state(c)}")
+        if c is not best:
+            why.append(_compared(c, ob, width, z))
     return best, why
 
 
-def movement(entry: dict[str, Any]) -> list[str]:
+def _compared(c: Candidate, ob: Optimum | None, width: Any, z: float) -> str:
+    """One line on how a candidate that was not chosen compares with the chosen one's optimum ``ob``."""
+    oc = _largest(c)
+    if c.dropped:
+        return f"{c.recipe} dropped out of the race: {c.dropped}"
+    if oc is None or ob is None or oc.group.get("width") != width:
+        return f"{c.recipe}: no optimum at width {width} to compare"
+    gap, se = loss_gap(oc, ob)
+    within = math.isfinite(se) and abs(gap) <= z * se
+    what = (f"loss {oc.loss:.4f} at width {width} at its transferred LR (2^{oc.value:g}; the race scanned "
+            f"the LR there for the leader only)" if c.probe_only == width
+            else f"best loss {oc.loss:.4f} at width {width}")
+    return (f"{c.recipe}: {what} vs {ob.loss:.4f} ({gap:+.4f}, standard error {se:.4f}: "
+            f"{'within' if within else 'beyond'} the seed noise); transfer verdict {_state(c)}")
+
+
+def movement(entry: Candidate | dict[str, Any]) -> list[str]:
     """Did the optimal LR of a candidate move across the proxies, and by how much (in words)?"""
-    v = entry.get("verdict")
+    entry = _as_candidate(entry)
+    v = entry.verdict
     if v is None:
         return []
     lo, hi = v.sizes[0], v.sizes[-1]
@@ -98,34 +118,23 @@ def movement(entry: dict[str, Any]) -> list[str]:
     state = {"PASS": "it stays put", "FAIL": "it moves: train with the base LR predicted for the target, not the "
                                             "one measured at the base",
              "UNRESOLVED": "too noisy to tell whether it moves"}[v.state]
-    return [f"{entry['recipe']}: the optimal log2 lr goes from {v.optima[0]:.2f} at width {lo:g} to "
+    return [f"{entry.recipe}: the optimal log2 lr goes from {v.optima[0]:.2f} at width {lo:g} to "
             f"{v.optima[-1]:.2f} at width {hi:g}; fitted drift {v.drift_per_doubling:+.2f} octaves per doubling "
             f"(90% {v.drift_interval[0]:+.2f} .. {v.drift_interval[1]:+.2f}, limit +-{th:g}): {state}"]
 
 
-def summarize(entry: dict[str, Any]) -> dict[str, Any]:
-    """A candidate's evidence as plain data (optima per width, verdicts, race outcome)."""
-    def optima(ops: list[Optimum]) -> list[dict[str, Any]]:
-        return [{"size": o.group, "log2_lr": o.value, "interval": list(o.interval), "loss": o.loss,
-                 "loss_se": loss_se(o), "seeds": o.n_seeds, "edge": o.edge, "notes": o.notes} for o in ops]
-
-    out = {"recipe": entry["recipe"], "sweep": entry["sweep"], "dropped": entry["dropped"], "lrs": entry["lrs"],
-           "probe_only": entry.get("probe_only"),
-           "optima": optima(entry["optima"]),
-           "verdict": entry["verdict"].to_dict() if entry.get("verdict") else None}
-    if "depth_optima" in entry:
-        out["depth_optima"] = optima(entry["depth_optima"])
-        out["depth_verdict"] = entry["depth_verdict"].to_dict() if entry.get("depth_verdict") else None
-    return out
+def summarize(entry: Candidate | dict[str, Any]) -> dict[str, Any]:
+    """A candidate's evidence as plain data (optima per width, verdicts, race outcome): its dict form."""
+    return _as_candidate(entry).to_dict()
 
 
 # ------------------------------------------------------------------ figures
-def stage1_figure(s1: dict[str, Any], path: Path, loss_unit: str) -> Path | None:
+def stage1_figure(s1: Stage1Result, path: Path, loss_unit: str) -> Path | None:
     """One panel per scanned axis: loss vs log2 value in each round's scan, the center and the pick marked."""
-    rounds = [r for r in s1["rounds"] if isinstance(r["round"], int)]
+    rounds = [r for r in s1.rounds if isinstance(r.round, int)]
     if not rounds:
         return None
-    axes = [d["axis"] for d in rounds[0]["decisions"]]
+    axes = [d["axis"] for d in rounds[0].decisions]
     plt = _plt()
     cols = min(4, len(axes))
     rows_n = math.ceil(len(axes) / cols)
@@ -133,13 +142,13 @@ def stage1_figure(s1: dict[str, Any], path: Path, loss_unit: str) -> Path | None
     for k, axis in enumerate(axes):
         ax = grid[k // cols][k % cols]
         for r in rounds:
-            d = next(x for x in r["decisions"] if x["axis"] == axis)
+            d = next(x for x in r.decisions if x["axis"] == axis)
             pts = sorted(d.get("scan", []))
             if not pts:
                 continue
             xs = [x for x, _ in pts]
             ys = [y for _, y in pts]
-            line = ax.plot(xs, ys, "o-", ms=3, label=f"round {r['round']}")[0]
+            line = ax.plot(xs, ys, "o-", ms=3, label=f"round {r.round}")[0]
             if d.get("zero") is not None and math.isfinite(d["zero"]):  # a zero init, drawn left of the scan
                 ax.plot([min(xs) - 1], [d["zero"]], "x", color=line.get_color(), ms=7)
                 ax.annotate("0", (min(xs) - 1, d["zero"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -165,29 +174,48 @@ def _fmt_setting(setting: dict[str, float]) -> str:
     return ", ".join(parts) if len(parts) > 1 else parts[0] + ", every multiplier 1"
 
 
-def base_gain_line(s1: dict[str, Any]) -> str:
+def base_gain_line(s1: Stage1Result) -> str:
     """What the tuned constants buy at the base, against the defaults, on the finalists' fresh seeds."""
-    w, ctrl = s1["winner"], s1["control"]
-    if w["setting"] == ctrl["setting"]:
+    w, ctrl = s1.winner, s1.control
+    if w.setting == ctrl.setting:
         return ("No tuned setting beat the defaults on the fresh seeds: every multiplier stays 1 "
-                f"(loss {ctrl['mean']:.4f}).")
-    gain = ctrl["mean"] - w["mean"]
-    se = math.hypot(ctrl["se"], w["se"]) if math.isfinite(ctrl["se"]) and math.isfinite(w["se"]) else math.nan
-    rel = gain / ctrl["mean"] if ctrl["mean"] and math.isfinite(ctrl["mean"]) else math.nan
-    return (f"Tuned constants vs the defaults at the base: {w['mean']:.4f} vs {ctrl['mean']:.4f}, {gain:.4f} lower "
+                f"(loss {ctrl.mean:.4f}).")
+    gain = ctrl.mean - w.mean
+    se = math.hypot(ctrl.se, w.se) if math.isfinite(ctrl.se) and math.isfinite(w.se) else math.nan
+    rel = gain / ctrl.mean if ctrl.mean and math.isfinite(ctrl.mean) else math.nan
+    return (f"Tuned constants vs the defaults at the base: {w.mean:.4f} vs {ctrl.mean:.4f}, {gain:.4f} lower "
             f"({rel:.1%}; std error of the difference {se:.4f}).")
 
 
-def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[str, Any], cfg: TuneConfig) -> Path:
+def write_report(result: TuneResult, cfg: TuneConfig) -> Path:
     """``report.md`` + figures in the tuning run's directory."""
-    from ..analysis.verdict import Verdict
-
-    out = cfg.run_dir
     unit = data_loss_unit(cfg.data) if cfg.program is None else "the program's units"
-    panels = {c["recipe"]: c["optima"] for c in candidates if c["optima"]}
-    verdicts: dict[str, Verdict] = {c["recipe"]: c["verdict"] for c in candidates if c.get("verdict")}
+    figs = _figures(result, cfg, unit)
+    lines = [
+        f"# Tuning report: {cfg.name}", "",
+        (f"Program `{cfg.program.function or ' '.join(cfg.program.command)}`" if cfg.program is not None
+         else f"Model `{cfg.model}`, data `{cfg.data}`") + f", optimizer `{cfg.optimizer}`; base (smallest proxy) width "
+        f"{cfg.base_width} x depth {cfg.base_depth}; wider proxies {', '.join(map(str, cfg.proxy_widths))}; "
+        f"candidate recipes {', '.join(cfg.candidates)}. Losses are validation losses in {unit}.", "",
+        *_recommendation_lines(result), "",
+        *_stage1_lines(result.stage1, cfg), "",
+        *_stage2_lines(result.candidates), "",
+        *_cost_lines(result, cfg), "",
+        "## Figures", "", *[f"![{f.stem}]({f.name})" for f in figs], ""]
+    path = cfg.run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _figures(result: TuneResult, cfg: TuneConfig, unit: str) -> list[Path]:
+    """The report's figures: stage 1's scans, then (with candidates) the LR curves, the optimum and the loss
+    against width, the loss law carried to the target when there is one."""
+    out = cfg.run_dir
+    candidates = result.candidates
+    panels = {c.recipe: list(c.optima) for c in candidates if c.optima}
+    verdicts: dict[str, Verdict] = {c.recipe: c.verdict for c in candidates if c.verdict}
     figs = []
-    f = stage1_figure(s1, out / "stage1_scans.png", unit)
+    f = stage1_figure(result.stage1, out / "stage1_scans.png", unit)
     if f:
         figs.append(f)
     if panels:
@@ -195,22 +223,19 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
         figs.append(optimum_figure(panels, out / "optimum_vs_width.png", verdicts=verdicts))
         points = {}
         for c in candidates:
-            rows = sorted((o for o in c["optima"] if math.isfinite(o.loss)), key=lambda o: o.group["width"])
-            points[c["recipe"]] = ([_params(cfg, int(o.group["width"]), c) for o in rows], [o.loss for o in rows])
+            rows = sorted((o for o in c.optima if math.isfinite(o.loss)), key=lambda o: o.group["width"])
+            points[c.recipe] = ([_params(cfg, int(o.group["width"]), c) for o in rows], [o.loss for o in rows])
         pred = result.prediction
         extrap = None
-        if pred and pred.get("loss") and pred.get("loss_law") is not None:
-            extrap = {"recipe": result.recipe, "law": pred["loss_law"], "target": pred["params"],
-                      "interval": pred["loss"]["interval"]}
+        if pred and pred.loss and pred.loss_law is not None:
+            extrap = {"recipe": result.recipe, "law": pred.loss_law, "target": pred.params,
+                      "interval": pred.loss.interval}
         figs.append(loss_figure(points, out / "loss_vs_params.png", extrap, loss_unit=unit))
-    w = s1["winner"]
-    c = result.cost
+    return figs
+
+
+def _recommendation_lines(result: TuneResult) -> list[str]:
     lines = [
-        f"# Tuning report: {cfg.name}", "",
-        (f"Program `{cfg.program.function or ' '.join(cfg.program.command)}`" if cfg.program is not None
-         else f"Model `{cfg.model}`, data `{cfg.data}`") + f", optimizer `{cfg.optimizer}`; base (smallest proxy) width "
-        f"{cfg.base_width} x depth {cfg.base_depth}; wider proxies {', '.join(map(str, cfg.proxy_widths))}; "
-        f"candidate recipes {', '.join(cfg.candidates)}. Losses are validation losses in {unit}.", "",
         "## Recommendation", "",
         f"- **recipe**: `{result.recipe}`",
         f"- **base LR**: {result.lr:.4g} (log2 {result.log2_lr:.2f}), the recommended recipe's optimum measured at "
@@ -220,71 +245,78 @@ def write_report(result: TuneResult, candidates: list[dict[str, Any]], s1: dict[
         *[f"- note: {n}" for n in result.notes],
         *[f"- {line}" for line in result.recommendation],
     ]
-    if result.prediction:
-        p = result.prediction
-        tokens = f"{p['tokens']:.3g} tokens" if p.get("tokens") is not None else "tokens not reported"
-        lines += [f"- **target** width {p['width']} x depth {p['depth']} ({p['params'] / 1e6:.1f} M parameters, "
-                  f"{tokens}): base LR predicted for the target {p['lr']:.4g} (90% {p['lr_interval'][0]:.3g} .. "
-                  f"{p['lr_interval'][1]:.3g}; the proxies' optima carried to this size, see the notes; the training "
+    p = result.prediction
+    if p:
+        tokens = f"{p.tokens:.3g} tokens" if p.tokens is not None else "tokens not reported"
+        lines += [f"- **target** width {p.width} x depth {p.depth} ({p.params / 1e6:.1f} M parameters, "
+                  f"{tokens}): base LR predicted for the target {p.lr:.4g} (90% {p.lr_interval[0]:.3g} .. "
+                  f"{p.lr_interval[1]:.3g}; the proxies' optima carried to this size, see the notes; the training "
                   "code uses this one)"
-                  + (f", expected loss {p['loss']['value']:.4f} (90% {p['loss']['interval'][0]:.4f} .. "
-                     f"{p['loss']['interval'][1]:.4f})" if p.get("loss") else ", no loss prediction"),
-                  *[f"- **trust**: {x}" for x in p["warnings"]], *[f"- note: {x}" for x in p["notes"]],
-                  (f"- per-tensor plan `{Path(p['plan']).name}`, training code `{Path(p['snippet']).name}`"
-                   if p.get("plan") else "- per-tensor plans of the proxies: the sweeps' `plans/` folders")]
-    lines += ["", "## Stage 1: constants at the base", "",
-              f"Search: {s1['strategy']}, {s1['trials']} trials at width {cfg.base_width}. Finalists re-run on "
-              f"fresh seeds (the search chose on seed 0):", "",
-              "| setting | mean loss | std error | seeds |", "|---|---|---|---|"]
-    for k, st in enumerate(s1["finalists"]):
-        tag = (" (the defaults)" if k == 0 else "") + (" **chosen**" if st["setting"] == w["setting"] else "")
-        lines.append(f"| {_fmt_setting(st['setting'])}{tag} | {st['mean']:.4f} | {st['se']:.4f} | {st['seeds']} |")
+                  + (f", expected loss {p.loss.value:.4f} (90% {p.loss.interval[0]:.4f} .. "
+                     f"{p.loss.interval[1]:.4f})" if p.loss else ", no loss prediction"),
+                  *[f"- **trust**: {x}" for x in p.warnings], *[f"- note: {x}" for x in p.notes],
+                  (f"- per-tensor plan `{Path(p.plan).name}`, training code `{Path(p.snippet).name}`"
+                   if p.plan and p.snippet else "- per-tensor plans of the proxies: the sweeps' `plans/` folders")]
+    return lines
+
+
+def _stage1_lines(s1: Stage1Result, cfg: TuneConfig) -> list[str]:
+    lines = ["## Stage 1: constants at the base", "",
+             f"Search: {s1.strategy}, {s1.trials} trials at width {cfg.base_width}. Finalists re-run on "
+             f"fresh seeds (the search chose on seed 0):", "",
+             "| setting | mean loss | std error | seeds |", "|---|---|---|---|"]
+    for k, st in enumerate(s1.finalists):
+        tag = (" (the defaults)" if k == 0 else "") + (" **chosen**" if st.setting == s1.winner.setting else "")
+        lines.append(f"| {_fmt_setting(st.setting)}{tag} | {st.mean:.4f} | {st.se:.4f} | {st.seeds} |")
     lines += ["", base_gain_line(s1), ""]
-    for r in s1["rounds"]:
+    for r in s1.rounds:
         moves = [f"{d['axis']} {d['from']:.3g} -> {d['value']:.3g}" + (f" ({d['note']})" if d.get("note") else "")
-                 for d in r["decisions"] if d["value"] != d["from"]]
-        lines.append(f"- round {r['round']}: " + ("; ".join(moves) or "no change"))
-    lines += ["", "## Stage 2: transfer to the wider proxies", "",
-              "| recipe | optimum log2 lr per width (90% interval) | best loss at the largest width | verdict |",
-              "|---|---|---|---|"]
+                 for d in r.decisions if d["value"] != d["from"]]
+        lines.append(f"- round {r.round}: " + ("; ".join(moves) or "no change"))
+    return lines
+
+
+def _stage2_lines(candidates: tuple[Candidate, ...]) -> list[str]:
+    lines = ["## Stage 2: transfer to the wider proxies", "",
+             "| recipe | optimum log2 lr per width (90% interval) | best loss at the largest width | verdict |",
+             "|---|---|---|---|"]
     for cand in candidates:
         per = ", ".join(f"{o.group.get('width')}: {o.value:.2f} ({o.interval[0]:.2f}..{o.interval[1]:.2f})"
-                        for o in cand["optima"])
+                        for o in cand.optima)
         ol = _largest(cand)
-        v = cand.get("verdict")
-        lines.append(f"| {cand['recipe']} | {per} | "
+        v = cand.verdict
+        lines.append(f"| {cand.recipe} | {per} | "
                      + (f"{ol.loss:.4f} ± {loss_se(ol):.4f} at {ol.group.get('width')}" if ol else "-")
-                     + f" | {v.state if v else '-'}" + (f"; dropped: {cand['dropped']}" if cand["dropped"] else "")
+                     + f" | {v.state if v else '-'}" + (f"; dropped: {cand.dropped}" if cand.dropped else "")
                      + " |")
     lines.append("")
     for cand in candidates:
-        if cand.get("verdict"):
-            lines.append(f"- **{cand['recipe']}**: {cand['verdict'].line}")
-        if cand.get("depth_verdict"):
-            lines.append(f"- **{cand['recipe']}** across depth: {cand['depth_verdict'].line}")
-    lines += ["", "### Optimum per width", "", optima_table(panels), "",
-              "## Cost", "",
-              f"- {c['trials']} proxy trials, {c['flops']:.3g} FLOPs in all ("
-              + ", ".join(f"{k} {v:.2g}" for k, v in c["per_stage"].items()) + ")"]
-    if "vs_lr_sweep_at_largest" in c:
-        lines.append(f"- {c['vs_lr_sweep_at_largest']:.2f}x the FLOPs of an LR sweep at width {c['largest_width']} "
+        if cand.verdict:
+            lines.append(f"- **{cand.recipe}**: {cand.verdict.line}")
+        if cand.depth_verdict:
+            lines.append(f"- **{cand.recipe}** across depth: {cand.depth_verdict.line}")
+    panels = {c.recipe: list(c.optima) for c in candidates if c.optima}
+    lines += ["", "### Optimum per width", "", optima_table(panels)]
+    return lines
+
+
+def _cost_lines(result: TuneResult, cfg: TuneConfig) -> list[str]:
+    c = result.cost
+    lines = ["## Cost", "",
+             f"- {c.trials} proxy trials, {c.flops:.3g} FLOPs in all ("
+             + ", ".join(f"{k} {v:.2g}" for k, v in c.per_stage.items()) + ")"]
+    if c.vs_lr_sweep_at_largest is not None:
+        lines.append(f"- {c.vs_lr_sweep_at_largest:.2f}x the FLOPs of an LR sweep at width {c.largest_width} "
                      f"({len(cfg.search.lr.values())} learning rates x {cfg.verify.seeds} seeds: "
-                     f"{c['lr_sweep_at_largest']:.3g} FLOPs)")
-    if "vs_target_run" in c:
-        lines.append(f"- {c['vs_target_run']:.2%} of one training run of the target ({c['target_run']:.3g} FLOPs)")
-    lines += ["", "## Figures", "", *[f"![{f.stem}]({f.name})" for f in figs], ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+                     f"{c.lr_sweep_at_largest:.3g} FLOPs)")
+    if c.vs_target_run is not None:
+        lines.append(f"- {c.vs_target_run:.2%} of one training run of the target ({c.target_run:.3g} FLOPs)")
+    return lines
 
 
-def _params(cfg: TuneConfig, width: int, candidate: dict[str, Any] | None = None) -> int:
-    from ..analysis.predict import count_params
-
+def _params(cfg: TuneConfig, width: int, candidate: Candidate | None = None) -> int:
     if cfg.program is not None:  # the count the program stored with its trials
-        from ..sweep import Sweep
-
-        sweep = Sweep.open(candidate["sweep"]) if candidate and candidate.get("sweep") else None
+        sweep = Sweep.open(candidate.sweep) if candidate and candidate.sweep else None
         counts = [r["params"] for r in (sweep.records() if sweep else []) if r.get("width") == width
                   and r.get("params")]
         return int(counts[0]) if counts else 0

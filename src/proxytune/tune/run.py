@@ -30,19 +30,30 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+import torch
 import yaml
 
 from ..analysis.optimum import Optimum, optima_by_group
+from ..analysis.predict import predict_from_sweep
 from ..analysis.verdict import loss_gap, transfer_verdict
+from ..builders import build_model, load_builder
+from ..errors import PlanError
+from ..plan import parameterize
 from ..sweep import Sweep, SweepConfig
+from ..sweep.config import apply_point
 from ..sweep.errors import RepeatedFailure
+from ..sweep.store import _diff
 from ..thresholds import THRESHOLDS, shallow_base_warning
+from ..train.config import TrainConfig
+from ..train.setup import _builder_options, build_models, flops_per_step, load_data, loss_function
 from .config import TuneConfig, TuneConfigError
+from .report import pick_recommendation, write_report
+from .results import Candidate, Finalist, Round, Stage1Result, TargetPrediction, TuneCost, TuneResult
 from .search import (
     LR_AXIS, default_setting, finalist_settings, lr_scan_points, mean_losses, next_center, oat_points, with_seed,
 )
@@ -71,28 +82,6 @@ def constants_of(setting: dict[str, float]) -> dict[str, Any]:
         else:
             out[axis] = value
     return out
-
-
-@dataclass
-class TuneResult:
-    """What ``tune`` found: the recommendation, the evidence for it, the prediction and the cost."""
-
-    name: str
-    run_dir: str
-    recipe: str
-    log2_lr: float
-    lr: float
-    constants: dict[str, Any]
-    stage1: dict[str, Any]
-    candidates: list[dict[str, Any]]
-    recommendation: list[str]
-    prediction: dict[str, Any] | None
-    cost: dict[str, Any]
-    report: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Tuner:
@@ -151,7 +140,7 @@ class Tuner:
         return records
 
     # ---------------------------------------------------------------- stage 1
-    def stage1(self) -> dict[str, Any]:
+    def stage1(self) -> Stage1Result:
         cfg, s = self.cfg, self.cfg.search
         recipe = cfg.candidates[0]
         lr_grid = s.lr.values()
@@ -162,7 +151,7 @@ class Tuner:
         records += recs
         center, (lr_pick,) = next_center(start, recs, [LR_AXIS])
         defaults = dict(center)
-        rounds: list[dict[str, Any]] = []
+        rounds: list[Round] = []
         if s.strategy == "oat":
             records += self._oat(recipe, center, rounds)
         else:
@@ -172,17 +161,16 @@ class Tuner:
         seeds = list(range(s.seed + 1, s.seed + s.seeds + 1))
         recs = self._run(self._sweep("s1-final", recipe, points=[with_seed(f, k) for f in finalists for k in seeds]),
                          f"stage 1 · {len(finalists)} finalists on {len(seeds)} fresh seeds")
-        stats = mean_losses(recs, finalists, self.axes)
-        ok = [st for st in stats if math.isfinite(st["mean"])]
+        stats = [Finalist(**st) for st in mean_losses(recs, finalists, self.axes)]
+        ok = [st for st in stats if math.isfinite(st.mean)]
         if not ok:
             raise TuneConfigError("every finalist diverged at the base: lower the search.lr grid")
-        winner = min(ok, key=lambda st: st["mean"])
-        control = stats[0]
-        return {"strategy": s.strategy, "lr_scan": lr_pick, "defaults": defaults, "rounds": rounds,
-                "finalists": stats, "winner": winner, "control": control,
-                "trials": len(records) + len(recs)}
+        winner = min(ok, key=lambda st: st.mean)
+        return Stage1Result(strategy=s.strategy, lr_scan=lr_pick, defaults=defaults, rounds=tuple(rounds),
+                            finalists=tuple(stats), winner=winner, control=stats[0],
+                            trials=len(records) + len(recs))
 
-    def _oat(self, recipe: str, center: dict[str, float], rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _oat(self, recipe: str, center: dict[str, float], rounds: list[Round]) -> list[dict[str, Any]]:
         """The one-at-a-time rounds and the final LR scan; appends each round's decisions to ``rounds``."""
         s = self.cfg.search
         records: list[dict[str, Any]] = []
@@ -192,7 +180,7 @@ class Tuner:
                              f"stage 1 · round {r}: one-at-a-time scans of {len(self.mults)} multipliers and the LR")
             records += recs
             new, decisions = next_center(center, recs, self.axes)
-            rounds.append({"round": r, "center": center, "decisions": decisions, "trials": len(recs)})
+            rounds.append(Round(round=r, center=center, decisions=decisions, trials=len(recs)))
             center = new
         points = lr_scan_points(center, s.lr_span, s.seed)
         for _ in range(3):  # an optimum on the scan's edge: scan 2 more octaves on that side (twice at most)
@@ -204,7 +192,7 @@ class Tuner:
                 break
             end = scanned[0] if side < 0 else scanned[-1]
             points = points + [with_seed({**center, LR_AXIS: round(end + side * k, 10)}, s.seed) for k in (1, 2)]
-        rounds.append({"round": "final LR", "center": new, "decisions": [lr_final], "trials": len(recs)})
+        rounds.append(Round(round="final LR", center=new, decisions=[lr_final], trials=len(recs)))
         return records + recs
 
     def _tpe(self, recipe: str, center: dict[str, float]) -> list[dict[str, Any]]:
@@ -259,7 +247,9 @@ class Tuner:
                          f"{', '.join(f'{x:g}' for x in scans[s])}")
         return optima, scans
 
-    def stage2(self, setting: dict[str, float]) -> list[dict[str, Any]]:
+    def stage2(self, setting: dict[str, float]) -> list[Candidate]:
+        """Each candidate recipe's LR scans at the wider proxies (the race among them when several), as
+        :class:`Candidate` evidence with its transfer verdicts."""
         cfg, v = self.cfg, self.cfg.verify
         c = setting[LR_AXIS]
         n = int(math.floor(v.span / v.step + 1e-9))
@@ -298,17 +288,16 @@ class Tuner:
         out = []
         for r, st in state.items():
             optima = st["optima"]
-            entry = {"recipe": r, "optima": optima, "dropped": st["dropped"], "lrs": st["lrs"],
-                     "sweep": str(self.sweeps[f"verify-{r}"].cfg.run_dir)}
             # a single-LR probe says nothing about where the optimum is: the verdict leaves it out
             scanned = [o for o in optima if o.group.get("width") != st.get("probe_only")]
-            entry["probe_only"] = st.get("probe_only")
-            entry["verdict"] = transfer_verdict(scanned, "width") if len(scanned) >= 2 else None
+            cand = Candidate(recipe=r, sweep=str(self.sweeps[f"verify-{r}"].cfg.run_dir), optima=tuple(optima),
+                             lrs=st["lrs"], dropped=st["dropped"], probe_only=st.get("probe_only"),
+                             verdict=transfer_verdict(scanned, "width") if len(scanned) >= 2 else None)
             if cfg.proxy_depths:
                 d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], lrs0, "depth")
-                entry["depth_optima"] = d_optima
-                entry["depth_verdict"] = transfer_verdict(d_optima, "depth") if len(d_optima) >= 2 else None
-            out.append(entry)
+                cand = replace(cand, depth_optima=tuple(d_optima),
+                               depth_verdict=transfer_verdict(d_optima, "depth") if len(d_optima) >= 2 else None)
+            out.append(cand)
         return out
 
     def _probe_largest(self, setting: dict[str, float], survivors: list[str], state: dict[str, dict[str, Any]],
@@ -369,47 +358,40 @@ class Tuner:
             if shallow and deepest > cfg.base_depth:
                 self.log(f"warning: {shallow}")
         s1 = self.stage1()
-        winner = s1["winner"]["setting"]
-        self.log(f"stage 1 done: best setting {_describe(winner)} (loss {s1['winner']['mean']:.4f} on fresh seeds, "
-                 f"defaults {s1['control']['mean']:.4f})")
+        winner = s1.winner.setting
+        self.log(f"stage 1 done: best setting {_describe(winner)} (loss {s1.winner.mean:.4f} on fresh seeds, "
+                 f"defaults {s1.control.mean:.4f})")
         candidates = self.stage2(winner)
-        from .report import pick_recommendation, summarize, write_report
-
         choice, why = pick_recommendation(candidates, cfg)
         prediction = self._predict(choice) if cfg.target else None
         cost = self._cost(candidates, prediction)
         result = TuneResult(
-            name=cfg.name, run_dir=str(cfg.run_dir), recipe=choice["recipe"], log2_lr=_lr_of(choice, winner),
-            lr=2.0 ** _lr_of(choice, winner), constants=constants_of(winner), stage1=_jsonable(s1),
-            candidates=[summarize(c) for c in candidates], recommendation=why, prediction=prediction, cost=cost,
-            notes=list(self.notes))
-        result.report = str(write_report(result, candidates, s1, cfg))
+            name=cfg.name, run_dir=str(cfg.run_dir), recipe=choice.recipe, log2_lr=_lr_of(choice, winner),
+            lr=2.0 ** _lr_of(choice, winner), constants=constants_of(winner), stage1=s1,
+            candidates=tuple(candidates), recommendation=tuple(why), prediction=prediction, cost=cost,
+            notes=tuple(self.notes))
+        result = replace(result, report=str(write_report(result, cfg)))
         (cfg.run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, default=_json_default))
         return result
 
-    def _predict(self, choice: dict[str, Any]) -> dict[str, Any]:
-        from ..analysis.predict import predict_from_sweep
-
+    def _predict(self, choice: Candidate) -> TargetPrediction:
         t = self.cfg.target
-        sweep = Sweep.open(choice["sweep"])
+        sweep = Sweep.open(choice.sweep)
         depth = t.depth or self.cfg.base_depth
-        plan_path = self.cfg.run_dir / "target-plan.json"
+        plan_path: Path | None = self.cfg.run_dir / "target-plan.json"
         res = predict_from_sweep(sweep, width=t.width, depth=depth, tokens=t.tokens, plan_path=plan_path)
-        snippet = self.cfg.run_dir / f"train-width{t.width}-depth{depth}.py"
-        if res["plan"] is not None:
-            snippet.write_text(res["plan"]["snippet"])
+        snippet: Path | None = self.cfg.run_dir / f"train-width{t.width}-depth{depth}.py"
+        if res.snippet is not None:
+            snippet.write_text(res.snippet)
         else:  # a program sweep: the proxies' plans are on disk, the target's is the user's call
             plan_path = snippet = None
-        loss = res.get("loss")
-        return {"width": t.width, "depth": depth, "params": res["target"]["params"], "tokens": res["target"]["tokens"],
-                "log2_lr": res["hp"]["value"], "log2_lr_interval": res["hp"]["interval"], "lr": res["hp"]["lr"],
-                "lr_interval": res["hp"]["lr_interval"],
-                "loss": None if not loss else {k: v for k, v in loss.items() if k != "fit"},
-                "loss_law": loss.get("fit") if loss else None,
-                "warnings": res["warnings"], "notes": res["notes"], "plan": plan_path and str(plan_path),
-                "snippet": snippet and str(snippet)}
+        h = res.hp
+        return TargetPrediction(width=t.width, depth=depth, params=res.target.params, tokens=res.target.tokens,
+                                log2_lr=h.value, log2_lr_interval=h.interval, lr=h.lr, lr_interval=h.lr_interval,
+                                loss=res.loss, warnings=res.warnings, notes=res.notes,
+                                plan=plan_path and str(plan_path), snippet=snippet and str(snippet))
 
-    def _cost(self, candidates: list[dict[str, Any]], prediction: dict[str, Any] | None) -> dict[str, Any]:
+    def _cost(self, candidates: list[Candidate], prediction: TargetPrediction | None) -> TuneCost:
         """FLOPs of every proxy trial, per stage, against one run of the target and an LR sweep at the largest
         proxy (the search's LR grid x the verification seeds: what tuning the LR there alone would cost)."""
         per_stage: dict[str, float] = {}
@@ -424,15 +406,15 @@ class Tuner:
                 if r.get("width") == big and r.get("status") == "complete":
                     largest_trial = max(largest_trial, float(r.get("flops") or 0.0))
         total = sum(per_stage.values())
-        out: dict[str, Any] = {"flops": total, "trials": trials, "per_stage": per_stage}
+        out = TuneCost(flops=total, trials=trials, per_stage=per_stage)
         if largest_trial:
             lr_sweep = largest_trial * len(self.cfg.search.lr.values()) * self.cfg.verify.seeds
-            out.update(lr_sweep_at_largest=lr_sweep, vs_lr_sweep_at_largest=total / lr_sweep,
-                       largest_width=big)
+            out = replace(out, lr_sweep_at_largest=lr_sweep, vs_lr_sweep_at_largest=total / lr_sweep,
+                          largest_width=big)
         if prediction is not None and self.cfg.program is None:  # a program's model is not ours to count
-            target_flops = run_flops(self.cfg, prediction["width"], prediction["depth"], prediction["tokens"])
+            target_flops = run_flops(self.cfg, prediction.width, prediction.depth, prediction.tokens)
             if target_flops:
-                out.update(target_run=target_flops, vs_target_run=total / target_flops)
+                out = replace(out, target_run=target_flops, vs_target_run=total / target_flops)
         return out
 
 
@@ -453,13 +435,6 @@ def inapplicable_multipliers(cfg: TuneConfig, names: list[str]) -> dict[str, str
     this model, under any candidate recipe: the plan of the widest proxy (on ``meta``) against the base (on the
     CPU), with that multiplier alone set to 2. When the model cannot be built or planned even with every
     multiplier at 1, nothing is judged here (every trial would fail with that error; the stage says so)."""
-    import torch
-
-    from .. import PlanError, parameterize
-    from ..sweep.config import apply_point
-    from ..train.config import TrainConfig
-    from ..train.setup import build_models, load_data
-
     def plan(tc: TrainConfig, target: Any, base: Any, data: Any) -> None:
         # the trainer's call (train.setup.prepare), with the model's own attention adapters, roles and patterns
         parameterize(target, base, recipe=tc.recipe, optimizer=tc.optimizer, mode=tc.mode, alignment=tc.alignment,
@@ -499,12 +474,6 @@ def inapplicable_multipliers(cfg: TuneConfig, names: list[str]) -> dict[str, str
 def run_flops(cfg: TuneConfig, width: int, depth: int, tokens: float | None) -> float:
     """FLOPs of one training run of the ``width`` x ``depth`` model on ``tokens`` tokens (the proxies' token
     budget when None), counted by torch on the meta device for one step of the proxies' batch."""
-    import torch
-
-    from ..builders import build_model, load_builder
-    from ..train.config import TrainConfig
-    from ..train.setup import _builder_options, flops_per_step, load_data, loss_function
-
     tc = TrainConfig(**cfg.train_fields(cfg.candidates[0]), width=width, depth=depth)
     data = load_data(tc)
     if getattr(data, "task", "lm") != "lm":
@@ -522,10 +491,10 @@ def _at(optima: list[Optimum], axis: str, size: int) -> Optimum | None:
     return next((o for o in optima if o.group.get(axis) == size), None)
 
 
-def _lr_of(choice: dict[str, Any], winner: dict[str, float]) -> float:
+def _lr_of(choice: Candidate, winner: dict[str, float]) -> float:
     """The recommended base LR: the recipe's optimum at the base width (verified there on 2 seeds), else
     stage 1's."""
-    base = min((o for o in choice["optima"] if math.isfinite(o.value)), key=lambda o: o.group.get("width", 0),
+    base = min((o for o in choice.optima if math.isfinite(o.value)), key=lambda o: o.group.get("width", 0),
                default=None)
     return float(base.value) if base is not None else float(winner[LR_AXIS])
 
@@ -538,8 +507,6 @@ def _describe(setting: dict[str, float]) -> str:
 
 def _check_stored(cfg: TuneConfig) -> None:
     """Save the tune file in its run directory; refuse a changed one (its stored trials would not match)."""
-    from ..sweep.store import _diff
-
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.run_dir / CONFIG_FILE
     if path.is_file():
