@@ -148,6 +148,49 @@ def test_the_lowest_loss_at_the_largest_proxy_is_recommended(tmp_path):
     assert choice is a and "dropped out of the race" in why[2]
 
 
+def _jittered(width, loss, opt=-7.0, noise=0.03, jitter=0.0):
+    """An Optimum whose seeds differ by ``noise`` and whose points scatter by up to ``jitter`` (a less pinned
+    optimum, so a wider drift interval across widths)."""
+    rows = [{"width": width, "log2_lr": x, "seed": s,
+             "val_loss": loss + 0.05 * (x - opt) ** 2 + noise * (-1) ** s + jitter * ((k * 7 + s * 3) % 5 - 2) / 2}
+            for k, x in enumerate((opt - 1, opt - 0.5, opt, opt + 0.5, opt + 1)) for s in (0, 1)]
+    return find_optimum(rows, "log2_lr", seed=0)
+
+
+def _tied_candidate(recipe, losses, opts=(-7.0, -7.0, -7.0), jitter=0.0):
+    from proxytune.analysis.verdict import transfer_verdict
+
+    optima = [_jittered(w, v, o, jitter=jitter) for w, v, o in zip((8, 16, 32), losses, opts)]
+    return {"recipe": recipe, "optima": optima, "dropped": None, "lrs": [], "sweep": "",
+            "verdict": transfer_verdict(optima, "width")}
+
+
+def test_a_tie_is_called_a_tie_and_goes_to_the_better_verdict(tmp_path):
+    """Losses at the widest proxy within the seed noise: the recommendation says it is a tie, takes the recipe
+    whose transfer verdict PASSes over the lower loss that FAILs, and names the runner-up with its numbers."""
+    cfg = TuneConfig.from_dict(tiny(tmp_path))
+    stays = _tied_candidate("mup", [3.0, 2.8, 2.6])
+    drifts = _tied_candidate("sp-perlayer", [3.0, 2.8, 2.59], opts=(-7.0, -7.6, -8.2))
+    assert stays["verdict"].state == "PASS" and drifts["verdict"].state == "FAIL"
+    choice, why = pick_recommendation([stays, drifts], cfg)
+    assert choice is stays
+    assert "in a tie at width 32 with sp-perlayer" in why[0] and "PASS vs FAIL" in why[0]
+    assert "Runner-up: sp-perlayer (best loss 2.5900 vs 2.6000" in why[0] and "defensible" not in why[0]
+
+
+def test_a_tie_between_two_passes_goes_to_the_narrower_drift_interval(tmp_path):
+    cfg = TuneConfig.from_dict(tiny(tmp_path))
+    pinned = _tied_candidate("mup", [3.0, 2.8, 2.6])
+    loose = _tied_candidate("sp-perlayer", [3.0, 2.8, 2.595], jitter=0.02)
+    assert pinned["verdict"].state == loose["verdict"].state == "PASS"
+    choice, why = pick_recommendation([loose, pinned], cfg)
+    assert choice is pinned and "its drift interval is narrower" in why[0] and "either is a defensible" in why[0]
+    # beyond the noise, the lower loss wins as before, with no tie named
+    clear = _tied_candidate("sp-perlayer", [3.0, 2.8, 2.3], jitter=0.02)
+    choice, why = pick_recommendation([pinned, clear], cfg)
+    assert choice is clear and "lowest best loss" in why[0] and "tie" not in why[0]
+
+
 def test_race_drops_a_recipe_clearly_behind_before_the_largest_width(tmp_path, monkeypatch):
     cfg = TuneConfig.from_dict(tiny(tmp_path))
     ran: list[tuple[str, tuple]] = []

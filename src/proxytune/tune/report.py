@@ -66,7 +66,6 @@ def _pick(candidates: list[Candidate], big: int) -> tuple[Candidate, list[str]]:
         eligible = [c for c in eligible if c.depth_verdict is None or not c.depth_verdict.failed]
     if not eligible:  # nothing reached the largest width: whatever has a finite optimum
         eligible = [c for c in candidates if _largest(c) is not None] or candidates[:1]
-    rank = {"PASS": 0, "UNRESOLVED": 1, "FAIL": 2}
     lowest = min(eligible, key=_loss)
     ol = _largest(lowest)
 
@@ -78,17 +77,54 @@ def _pick(candidates: list[Candidate], big: int) -> tuple[Candidate, list[str]]:
         return bool(math.isfinite(se) and gap <= z * se), gap, se
 
     ties = [c for c in eligible if tied(c)[0]]
-    best = min(ties, key=lambda c: (rank[_state(c)], _loss(c)))
+    best = min(ties, key=_tie_break)
     ob = _largest(best)
     width = ob.group.get("width") if ob else None
-    head = (f"recommended: {best.recipe} (lowest best loss at the largest proxy, width {width})" if best is lowest
-            else f"recommended: {best.recipe} (its loss at width {width} ties with {lowest.recipe}'s within "
-                 f"the seed noise, and its transfer verdict is better: {_state(best)} vs {_state(lowest)})")
+    others = [c for c in ties if c is not best]
+    head = (f"recommended: {best.recipe} (lowest best loss at the largest proxy, width {width})" if not others
+            else _tie_line(best, others, width))
     why = [head, *movement(best)]
     for c in candidates:
         if c is not best:
             why.append(_compared(c, ob, width, z))
     return best, why
+
+
+_RANK = {"PASS": 0, "UNRESOLVED": 1, "FAIL": 2}
+
+
+def _drift_width(c: Candidate) -> float:
+    """The width of the 90% interval of a candidate's drift per doubling (inf without a verdict)."""
+    if c.verdict is None:
+        return math.inf
+    lo, hi = c.verdict.drift_interval
+    return hi - lo if math.isfinite(hi - lo) else math.inf
+
+
+def _tie_break(c: Candidate) -> tuple[int, float, float]:
+    """Among recipes whose losses tie within the seed noise: the better transfer verdict (PASS, then UNRESOLVED,
+    then FAIL), then the narrower drift interval (the better-pinned transfer), then the lower loss."""
+    return _RANK[_state(c)], _drift_width(c), _loss(c)
+
+
+def _tie_line(best: Candidate, others: list[Candidate], width: Any) -> str:
+    """The recommendation when losses tie: it says it is a tie, what decided it, and the runner-up's numbers."""
+    runner = min(others, key=_tie_break)
+    ob, orun = _largest(best), _largest(runner)
+    gap, se = loss_gap(orun, ob) if ob is not None and orun is not None else (math.nan, math.nan)
+    if _RANK[_state(best)] < _RANK[_state(runner)]:
+        reason = f"its transfer verdict is better: {_state(best)} vs {_state(runner)}"
+    elif _drift_width(best) < _drift_width(runner):
+        reason = (f"both verdicts are {_state(best)}; its drift interval is narrower: "
+                  f"{_drift_width(best):.2f} vs {_drift_width(runner):.2f} octaves per doubling")
+    else:
+        reason = "neither the verdicts nor the drift intervals separate them: the lower loss"
+    names = ", ".join(c.recipe for c in others)
+    return (f"recommended: {best.recipe}, in a tie at width {width} with {names}: the best losses differ by "
+            f"{abs(gap):.4f} against a standard error of {se:.4f}, within the seed noise; chosen because {reason}. "
+            f"Runner-up: {runner.recipe} (best loss {orun.loss:.4f} vs {ob.loss:.4f}, transfer verdict "
+            f"{_state(runner)})" + ("; either is a defensible choice at this noise"
+                                    if _state(runner) == _state(best) else ""))
 
 
 def _compared(c: Candidate, ob: Optimum | None, width: Any, z: float) -> str:
