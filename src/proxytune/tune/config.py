@@ -27,14 +27,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..rules.recipes import RECIPES
-from ..sweep.config import (
-    ExecutorConfig, FileConfig, Range, SweepConfigError, _unknown, check_base, check_train, field_name,
-    check_program_leaves_model, program_absolute, program_identity, program_relative_to, structure_identity,
-    absolute_data, data_relative_to,
-)
 from ..modelspec import ModelStructure
-from ..sweep.program import ProgramConfig
+from ..rules.recipes import RECIPES
+from ..sweep.errors import SweepConfigError
+from ..sweep.fields import (
+    _unknown, absolute_data, check_base, check_program_leaves_model, check_train, data_relative_to, field_name,
+    program_absolute, program_identity, program_relative_to, structure_identity,
+)
+from ..sweep.schema import ExecutorConfig, FileConfig, ProgramConfig, Range
 from ..train.config import MULTIPLIER_FIELDS, TrainConfig
 
 #: the named multipliers stage 1 scans by default (see docs/tuning.md for why these)
