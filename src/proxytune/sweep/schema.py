@@ -319,7 +319,26 @@ class FileConfig(_Strict):
             raise cls._error(f"{source}: " + _format(exc, cls._sections)) from None
 
 
-class SweepConfig(FileConfig):
+class TrainingFileConfig(FileConfig):
+    """A file that names a program and data (a sweep file, a tune file): the paths in it, relative to its folder
+    when read from YAML, are made absolute. Subclasses declare the ``program`` and ``data`` fields."""
+
+    @classmethod
+    def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+        return data_relative_to(program_relative_to(data, folder), folder)
+
+    @field_validator("program", check_fields=False)
+    @classmethod
+    def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
+        return program_absolute(v)
+
+    @field_validator("data", check_fields=False)
+    @classmethod
+    def _data(cls, v: str) -> str:
+        return absolute_data(v)
+
+
+class SweepConfig(TrainingFileConfig):
     """A whole sweep: what to train, over which axes, how, and where to store it."""
 
     _what: ClassVar[str] = "sweep"
@@ -350,24 +369,10 @@ class SweepConfig(FileConfig):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig,
                                      description="experiment trackers that get every finished trial")
 
-    @classmethod
-    def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
-        return data_relative_to(program_relative_to(data, folder), folder)
-
-    @field_validator("program")
-    @classmethod
-    def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
-        return program_absolute(v)
-
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
         return absolute_storage(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        return absolute_data(v)
 
     @field_validator("data_options")
     @classmethod

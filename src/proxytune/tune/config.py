@@ -31,10 +31,9 @@ from ..modelspec import ModelStructure
 from ..rules.recipes import RECIPES
 from ..sweep.errors import SweepConfigError
 from ..sweep.fields import (
-    _unknown, absolute_data, check_base, check_program_leaves_model, check_train, data_relative_to, field_name,
-    program_absolute, program_identity, program_relative_to, structure_identity,
+    _unknown, check_base, check_program_leaves_model, check_train, field_name, program_identity, structure_identity,
 )
-from ..sweep.schema import ExecutorConfig, FileConfig, ProgramConfig, Range
+from ..sweep.schema import ExecutorConfig, ProgramConfig, Range, TrainingFileConfig
 from ..train.config import MULTIPLIER_FIELDS, TrainConfig
 
 #: the named multipliers stage 1 scans by default (see docs/tuning.md for why these)
@@ -115,7 +114,7 @@ class TargetConfig(_Strict):
     tokens: float | None = Field(None, gt=0, description="training tokens (default: the proxies')")
 
 
-class TuneConfig(FileConfig):
+class TuneConfig(TrainingFileConfig):
     """A whole tuning run: what to train, the proxies, the candidates, how to search and verify."""
 
     _what: ClassVar[str] = "tune"
@@ -195,20 +194,6 @@ class TuneConfig(FileConfig):
         TrainConfig(**self.train_fields(self.candidates[0]), width=bw, depth=self.base_depth, lr=1e-3)
         check_program_leaves_model(self)
         return self
-
-    @classmethod
-    def _relative_to(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
-        return data_relative_to(program_relative_to(data, folder), folder)
-
-    @field_validator("program")
-    @classmethod
-    def _program(cls, v: ProgramConfig | None) -> ProgramConfig | None:
-        return program_absolute(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        return absolute_data(v)
 
     # ------------------------------------------------------------------ derived
     @property
