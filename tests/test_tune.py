@@ -438,9 +438,9 @@ def test_multipliers_that_cannot_apply_are_left_out_of_the_search(tmp_path, monk
 
 def test_tune_on_a_model_without_attention_prints_progress_and_says_which_lr_is_which(tmp_path, monkeypatch):
     """End to end from the command line, output not a terminal: the note on the dropped multiplier, one plain
-    progress line per stage start and per stage's counts, and the two learning rates labelled for what they
-    are (the base LR measured at the base width; the base LR predicted for the target, which the training code
-    uses); predict on a verification sweep says the same."""
+    progress line per stage start and per stage's counts, and one learning rate, printed once as what goes to
+    plan.optimizer(lr=...), the one the training code sets (issue 29, item 3); predict on a verification sweep
+    labels its LR the same way."""
     search = {**TINY["search"], "multipliers": ["role_init.readout", "attn_mult"]}
     cfg = _no_attention(tmp_path, monkeypatch, search=search, recipes=["mup"])
     path = tmp_path / "tune.yaml"
@@ -453,19 +453,22 @@ def test_tune_on_a_model_without_attention_prints_progress_and_says_which_lr_is_
     assert "stage 1 · LR scan at the base, every multiplier at 1: 3 trials" in out
     assert "  stage 1 · LR scan at the base, every multiplier at 1: done, 3 of 3 trials finished (3 complete)" in out
     assert [line for line in out.splitlines() if line.startswith("  stage 2 · mup: ") and "trials finished" in line]
-    assert "base LR 0." in out and "the optimum measured at the base width" in out
-    assert "plan.optimizer(lr=...)" in out and "base LR predicted for the target" in out
-    assert "it trains with the base LR predicted for the target" in out
+    # one learning rate, printed once, labelled as what goes to plan.optimizer(lr=...), and the training code sets it
+    assert out.count("lr for plan.optimizer(lr=...)") == 1
+    assert "base LR predicted for the target" not in out and "the optimum measured at the base width" not in out
     result = json.loads((tmp_path / "runs" / "tiny" / "tune.json").read_text())
+    assert result["lr"] == result["prediction"]["lr"] and result["lr_source"] == result["prediction"]["lr_source"]
+    assert f"{result['lr']:.4g}" in out and f"it sets lr = {result['lr']!r}" in out
     assert any("attn_mult" in n for n in result["notes"])
     report = (tmp_path / "runs" / "tiny" / "report.md").read_text()
-    assert "note: attn_mult is left out" in report and "base LR predicted for the target" in report
+    assert "note: attn_mult is left out" in report and report.count("lr for plan.optimizer(lr=...)") == 1
     snippet = Path(result["prediction"]["snippet"]).read_text()
-    assert "this base LR is the optimum predicted for this target (width 128" in snippet
+    assert f"lr = {result['lr']!r}  # base LR" in snippet
+    assert "this base LR is the LR predicted for this target (width 128" in snippet
     res = runner.invoke(app, ["predict", result["candidates"][0]["sweep"], "--width", "64"])
     assert res.exit_code == 0, res.output
-    assert "base LR predicted for the target:" in res.output and "plan.optimizer(lr=...)" in res.output
-    assert "at the predicted base LR" in res.output
+    assert "lr for plan.optimizer(lr=...) of the target's plan:" in res.output and "  from " in res.output
+    assert ", lr = " in res.output
 
 
 def test_a_stage_whose_trials_keep_failing_stops_and_exits_2(tmp_path, monkeypatch):

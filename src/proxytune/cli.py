@@ -650,13 +650,14 @@ def _print_prediction(result: Any, path: str) -> None:
                   f"(widths {', '.join(map(str, px.widths))}, {px.seeds} seed{'s' if px.seeds > 1 else ''})")
     pct = f"{100 * h.confidence:.0f}%"
     if h.lr is not None:
-        console.print(f"base LR predicted for the target: {h.lr:.4g} ({pct} {h.lr_interval[0]:.3g} .. "
-                      f"{h.lr_interval[1]:.3g}), {h.name} {h.value:.2f} ({h.interval[0]:.2f} .. "
-                      f"{h.interval[1]:.2f})")
-        console.print(f"  (a base LR is {BASE_LR_MEANING}; this one is the sweep's optimum carried to the "
-                      "target's size, see the notes)")
+        console.print(f"lr for plan.optimizer(lr=...) of the target's plan: {h.lr:.4g} ({pct} "
+                      f"{h.lr_interval[0]:.3g} .. {h.lr_interval[1]:.3g}), {h.name} {h.value:.2f} "
+                      f"({h.interval[0]:.2f} .. {h.interval[1]:.2f})")
+        console.print(f"  from {h.source}" if h.source else "  from the sweep's optima", markup=False)
+        console.print(f"  (a base LR is {BASE_LR_MEANING})")
     else:
         console.print(f"{h.name}: {h.value:.2f} ({pct} {h.interval[0]:.2f} .. {h.interval[1]:.2f})")
+        console.print(f"  from {h.source}", markup=False)
     loss = result.loss
     if loss:
         at = f"after {loss.at_tokens:.3g} tokens" if loss.at_tokens is not None else "at the proxies' budget"
@@ -671,7 +672,7 @@ def _print_prediction(result: Any, path: str) -> None:
     code = Path(path).with_name(f"train-width{t.width}-depth{t.depth}.py")
     code.write_text(result.snippet)
     console.print(f"per-tensor plan: {path}")
-    lr_text = f", at the predicted base LR {h.lr:.4g}" if h.lr is not None else ""
+    lr_text = f", lr = {h.lr!r}, the value above" if h.lr is not None else ""
     console.print(f"training code (the tuned optimizer, groups, schedule and warmup{lr_text}; add your data): {code}")
 
 
@@ -778,11 +779,11 @@ def tune(
 def _print_tune(console: Any, result: Any) -> None:
     """A :class:`~proxytune.tune.results.TuneResult` in words."""
     from .analysis.predict import BASE_LR_MEANING
-    from .tune.report import base_gain_line
+    from .tune.report import base_gain_line, lr_line
 
-    console.print(f"\n[bold]Recommended[/bold]: recipe [bold]{result.recipe}[/bold], base LR {result.lr:.4g} "
-                  f"(log2 {result.log2_lr:.2f}, the optimum measured at the base width), multipliers "
+    console.print(f"\n[bold]Recommended[/bold]: recipe [bold]{result.recipe}[/bold], multipliers "
                   + (", ".join(f"{k}={v}" for k, v in result.constants.items()) or "all 1"))
+    console.print(f"  {lr_line(result)}", markup=False)
     console.print(f"  (a base LR is {BASE_LR_MEANING})")
     for note in result.notes:
         console.print(f"  note: {note}", markup=False)
@@ -796,15 +797,13 @@ def _print_tune(console: Any, result: Any) -> None:
     if p:
         tokens = f"{p.tokens:.3g} tokens" if p.tokens is not None else "tokens not reported"
         console.print(f"\n[bold]Target[/bold] width {p.width} x depth {p.depth} ({p.params / 1e6:.1f} M params, "
-                      f"{tokens}): base LR predicted for the target {p.lr:.4g} (90% {p.lr_interval[0]:.3g} .. "
-                      f"{p.lr_interval[1]:.3g}; the proxies' optima carried to this size)"
+                      f"{tokens}): trains with the lr above"
                       + (f", expected loss {p.loss.value:.4f} (90% {p.loss.interval[0]:.4f} .. "
                          f"{p.loss.interval[1]:.4f})" if p.loss else ""))
         for warning in p.warnings:
             console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
         if p.plan:
-            console.print(f"  plan: {p.plan}  training code: {p.snippet} (it trains with the base LR "
-                          f"predicted for the target, {p.lr:.4g})")
+            console.print(f"  plan: {p.plan}  training code: {p.snippet} (it sets lr = {p.lr!r})")
     c = result.cost
     line = f"\n[bold]Cost[/bold]: {c.trials} proxy trials, " + (
         f"{c.flops:.3g} FLOPs" if c.flops else "FLOPs not reported (a program can: trial.set(flops=...))")

@@ -21,6 +21,7 @@ from ..plan import parameterize
 from ..sweep import Sweep
 from ..sweep.config import base_config
 from ..thresholds import THRESHOLDS, shallow_base_warning
+from .carry import carry_lr, size_axis_of
 from .laws import fit_log_linear, fit_saturating_power_law
 from .optimum import Optimum, optima_by_group
 from .prediction import HPEstimate, LossEstimate, Prediction, ProxySummary, RecipeRef, TargetSize
@@ -73,7 +74,8 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     target = TargetSize(width=width, depth=depth, params=n_target,
                         tokens=target_vars["D"] if tokens_known or tokens is not None else None,
                         batch_tokens=target_vars["B"] if not program else batch_tokens)
-    value, lo, hi = _hp_from_optima(hp, optima, nvars, target_vars, confidence, notes)
+    target_vars.update(width=width, depth=depth)
+    value, lo, hi, source = _hp_from_optima(hp, optima, nvars, target_vars, confidence, notes, first.recipe)
     if tokens is not None and not tokens_known:
         notes.append("the program did not report its training tokens (trial.set(tokens=...)): the LR is not moved "
                      "for the target's token budget")
@@ -81,9 +83,10 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
         lr = apply_rule("token-horizon", lr_ref=2.0 ** value, tokens_ref=tokens_proxy, tokens=tokens)["lr"]
         shift = math.log2(lr) - value
         value, lo, hi = value + shift, lo + shift, hi + shift
+        source += f"; then moved {shift:+.2f} octaves for the target's tokens by the token-horizon rule (not measured)"
         notes.append(f"the sweep has no data on tokens: moved by {shift:+.2f} octaves from {tokens_proxy:.3g} to "
                      f"{tokens:.3g} tokens with the token-horizon rule (Bjorck et al. 2024, lr ∝ D^-0.32)")
-    estimate = HPEstimate(name=hp, value=value, interval=(lo, hi), confidence=confidence)
+    estimate = HPEstimate(name=hp, value=value, interval=(lo, hi), confidence=confidence, source=source)
     loss = _loss_from_optima(optima, nvars, n_target, tokens, confidence, notes)
     if loss is not None and not tokens_known:
         loss = replace(loss, at_tokens=None)
@@ -150,31 +153,42 @@ def _varying(nvars: dict[str, list[float]]) -> list[str]:
 
 
 def _hp_from_optima(hp: str, optima: list[Optimum], nvars: dict[str, list[float]], target_vars: dict[str, float],
-                    confidence: float, notes: list[str]) -> tuple[float, float, float]:
-    """(value, lo, hi) of ``hp`` at the target: a law over the varied sizes when the optima allow one, else the
-    largest proxy's optimum; appends how it was found to ``notes``."""
+                    confidence: float, notes: list[str], recipe: str = "the recipe") -> tuple[float, float, float, str]:
+    """(value, lo, hi, source) of ``hp`` at the target; ``source`` says how it was found.
+
+    The LR over sizes alone: :func:`proxytune.analysis.carry.carry_lr` (the drift extrapolated only when the
+    verdict resolved it). Other cases: a law over the varied sizes when the optima allow one, else the largest
+    proxy's optimum."""
     varying = _varying(nvars)
     ys = [2.0 ** o.value for o in optima] if hp.startswith("log2_") else [o.value for o in optima]
+    if varying == ["N"] and hp == "log2_lr":
+        # Only the size varies: one LR, carried with the drift only when the verdict resolved one (analysis.carry)
+        axis = size_axis_of(optima)
+        target_size = target_vars.get(axis) if axis else None
+        carried = carry_lr(optima, np.log2(np.asarray(nvars["N"], dtype=float)).tolist(),
+                           math.log2(target_vars["N"]), target_size=target_size, confidence=confidence,
+                           recipe=recipe)
+        return carried.value, carried.interval[0], carried.interval[1], carried.source
     if varying == ["N"] and hp.startswith("log2_"):
-        # Only the size varies: the line of the optimum against log2 N, refitted to every bootstrap draw of the
+        # Another log2 HP: the line of the optimum against log2 N, refitted to every bootstrap draw of the
         # optima, so its interval carries each optimum's measured noise (as the transfer verdict's drift does)
         # instead of a t-quantile on the 1-2 residual degrees of freedom of a few points.
         value, lo, hi, slope = _line_through_draws(optima, nvars["N"], target_vars["N"], confidence)
-        notes.append(f"{hp} from the law fitted on {len(optima)} optima: {hp} = {slope:+.3f} log2 N + const, "
-                     f"its interval from the optima's bootstrap draws")
+        source = (f"the law fitted on {len(optima)} optima: {hp} = {slope:+.3f} log2 N + const, its interval from "
+                  "the optima's bootstrap draws")
     elif varying and len(optima) >= len(varying) + 2 and len(set(nvars["N"])) >= 2:
         law = fit_log_linear({k: nvars[k] for k in varying}, ys, confidence=confidence,
                              y_name=hp[5:] + "*" if hp.startswith("log2_") else hp)
         at = {k: target_vars[k] for k in varying}
         value = float(math.log2(law.predict(at)))
         lo, hi = (float(math.log2(v)) for v in law.interval(at, confidence))
-        notes.append(f"{hp} from the law fitted on {len(optima)} optima: {law}")
+        source = f"the law fitted on {len(optima)} optima: {law}"
     else:
         largest = max(optima, key=lambda o: nvars["N"][optima.index(o)])
         value, (lo, hi) = largest.value, largest.interval
-        notes.append(f"{hp} transferred from the largest proxy ({len(optima)} optima; a law in "
-                     f"{', '.join(varying) or 'N'} needs {len(varying or ['N']) + 2} or more)")
-    return value, lo, hi
+        source = (f"the optimum measured at the largest proxy ({len(optima)} optima; a law in "
+                  f"{', '.join(varying) or 'N'} needs {len(varying or ['N']) + 2} or more)")
+    return value, lo, hi, source
 
 
 def _loss_from_optima(optima: list[Optimum], nvars: dict[str, list[float]], n_target: float,
@@ -351,8 +365,11 @@ def target_plan(sweep: Sweep, width: int, depth: int, hp: HPEstimate | Mapping[s
                    for g in plan.param_groups(lr, first.weight_decay, eps=first.eps, model=target)]
     if path is not None:
         Path(path).write_text(json.dumps(d, indent=1, default=str))
-    source = (f"the optimum predicted for this target (width {width}, depth {depth}) from the sweep's optima"
-              if hp.lr is not None else f"the sweep's train.lr: the prediction was for {hp.name}, not the LR")
+    if hp.lr is None:
+        source = f"the sweep's train.lr: the prediction was for {hp.name}, not the LR"
+    else:
+        source = (f"the LR predicted for this target (width {width}, depth {depth})"
+                  + (f": {hp.source}" if hp.source else " from the sweep's optima"))
     d["snippet"] = training_snippet(first, width=width, depth=depth, lr=lr,
                                     params=sum(p.numel() for p in target.parameters()), lr_source=source)
     return d

@@ -26,12 +26,14 @@ class TargetSize(Record):
 
 @dataclass(frozen=True)
 class HPEstimate(Record):
-    """The predicted value of one HP axis (``log2_lr``...) with its interval at ``confidence``."""
+    """The predicted value of one HP axis (``log2_lr``...) with its interval at ``confidence``, and ``source``:
+    how it was found, in words (which law or estimate, and why that one)."""
 
     name: str
     value: float
     interval: tuple[float, float]
     confidence: float
+    source: str = ""
 
     @property
     def natural_name(self) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +180,7 @@ def _device_lines(cfg: TrainConfig, mem: _Memory, lr: float, lr_source: str | No
         L = [f"device = {device_expr}"]
     L.append(f"lr = {lr!r}  # base LR: the lr given to plan.optimizer below, which scales it per tensor")
     if lr_source:
-        L.append(f"# (this base LR is {lr_source})")
+        L += ["# " + line for line in textwrap.wrap(f"(this base LR is {lr_source})", 110)]
     L += [f"options = {options!r}  # the proxies' model options", ""]
     return L
 

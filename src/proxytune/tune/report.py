@@ -270,12 +270,22 @@ def _figures(result: TuneResult, cfg: TuneConfig, unit: str) -> list[Path]:
     return figs
 
 
+def lr_line(result: TuneResult) -> str:
+    """The one learning rate of the answer, labelled as what goes to ``plan.optimizer(lr=...)``, with its interval
+    and where it came from."""
+    p = result.prediction
+    where = f"the target's plan (width {p.width}, depth {p.depth})" if p else "the plan (no target given: the proxies' size)"
+    iv = result.lr_interval
+    text = f"lr for plan.optimizer(lr=...) of {where}: {result.lr:.4g} (log2 {result.log2_lr:.2f}"
+    text += f"; 90% {iv[0]:.3g} .. {iv[1]:.3g})" if iv else ")"
+    return text + (f", from {result.lr_source}" if result.lr_source else "")
+
+
 def _recommendation_lines(result: TuneResult) -> list[str]:
     lines = [
         "## Recommendation", "",
         f"- **recipe**: `{result.recipe}`",
-        f"- **base LR**: {result.lr:.4g} (log2 {result.log2_lr:.2f}), the recommended recipe's optimum measured at "
-        f"the base width; a base LR is {BASE_LR_MEANING}",
+        f"- **{lr_line(result)}**; a base LR is {BASE_LR_MEANING}",
         "- **named multipliers** (at the base, carried by the recipe): "
         + (", ".join(f"`{k}: {v}`" for k, v in result.constants.items()) or "all 1"),
         *[f"- note: {n}" for n in result.notes],
@@ -285,9 +295,7 @@ def _recommendation_lines(result: TuneResult) -> list[str]:
     if p:
         tokens = f"{p.tokens:.3g} tokens" if p.tokens is not None else "tokens not reported"
         lines += [f"- **target** width {p.width} x depth {p.depth} ({p.params / 1e6:.1f} M parameters, "
-                  f"{tokens}): base LR predicted for the target {p.lr:.4g} (90% {p.lr_interval[0]:.3g} .. "
-                  f"{p.lr_interval[1]:.3g}; the proxies' optima carried to this size, see the notes; the training "
-                  "code uses this one)"
+                  f"{tokens}): trains with the lr above (the training code sets exactly it)"
                   + (f", expected loss {p.loss.value:.4f} (90% {p.loss.interval[0]:.4f} .. "
                      f"{p.loss.interval[1]:.4f})" if p.loss else ", no loss prediction"),
                   *[f"- **trust**: {x}" for x in p.warnings], *[f"- note: {x}" for x in p.notes],

@@ -108,6 +108,7 @@ class TargetPrediction(Record):
     notes: tuple[str, ...]
     plan: str | None
     snippet: str | None
+    lr_source: str = ""
 
     @property
     def loss_law(self) -> Any:
@@ -150,7 +151,11 @@ class TuneCost(Record):
 
 @dataclass(frozen=True)
 class TuneResult(Record):
-    """What ``tune`` found: the recommendation, the evidence for it, the prediction and the cost."""
+    """What ``tune`` found: the recommendation, the evidence for it, the prediction and the cost.
+
+    ``lr`` (``log2_lr``, ``lr_interval``) is the one learning rate of the answer: what goes to
+    ``plan.optimizer(lr=...)`` of the target's plan (the proxies' size when no target is given), the number the
+    training code uses; ``lr_source`` says how it was found (the optima's mean, or a resolved drift carried)."""
 
     name: str
     run_dir: str
@@ -165,3 +170,5 @@ class TuneResult(Record):
     cost: TuneCost
     report: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    lr_interval: tuple[float, float] | None = None
+    lr_source: str = ""

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..analysis.carry import carry_lr
 from ..analysis.optimum import Optimum, optima_by_group
 from ..analysis.predict import predict_from_sweep
 from ..analysis.verdict import loss_gap, transfer_verdict
@@ -365,11 +366,15 @@ class Tuner:
         choice, why = pick_recommendation(candidates, cfg)
         prediction = self._predict(choice) if cfg.target else None
         cost = self._cost(candidates, prediction)
+        if prediction is not None:  # one LR: the target's, which the plan and the training code use
+            log2_lr, interval, source = prediction.log2_lr, prediction.log2_lr_interval, prediction.lr_source
+        else:
+            log2_lr, interval, source = _lr_of(choice, winner)
         result = TuneResult(
-            name=cfg.name, run_dir=str(cfg.run_dir), recipe=choice.recipe, log2_lr=_lr_of(choice, winner),
-            lr=2.0 ** _lr_of(choice, winner), constants=constants_of(winner), stage1=s1,
-            candidates=tuple(candidates), recommendation=tuple(why), prediction=prediction, cost=cost,
-            notes=tuple(self.notes))
+            name=cfg.name, run_dir=str(cfg.run_dir), recipe=choice.recipe, log2_lr=log2_lr, lr=2.0 ** log2_lr,
+            constants=constants_of(winner), stage1=s1, candidates=tuple(candidates), recommendation=tuple(why),
+            prediction=prediction, cost=cost, notes=tuple(self.notes),
+            lr_interval=(2.0 ** interval[0], 2.0 ** interval[1]), lr_source=source)
         result = replace(result, report=str(write_report(result, cfg)))
         (cfg.run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, default=_json_default))
         return result
@@ -389,7 +394,8 @@ class Tuner:
         return TargetPrediction(width=t.width, depth=depth, params=res.target.params, tokens=res.target.tokens,
                                 log2_lr=h.value, log2_lr_interval=h.interval, lr=h.lr, lr_interval=h.lr_interval,
                                 loss=res.loss, warnings=res.warnings, notes=res.notes,
-                                plan=plan_path and str(plan_path), snippet=snippet and str(snippet))
+                                plan=plan_path and str(plan_path), snippet=snippet and str(snippet),
+                                lr_source=h.source)
 
     def _cost(self, candidates: list[Candidate], prediction: TargetPrediction | None) -> TuneCost:
         """FLOPs of every proxy trial, per stage, against one run of the target and an LR sweep at the largest
@@ -491,12 +497,16 @@ def _at(optima: list[Optimum], axis: str, size: int) -> Optimum | None:
     return next((o for o in optima if o.group.get(axis) == size), None)
 
 
-def _lr_of(choice: Candidate, winner: dict[str, float]) -> float:
-    """The recommended base LR: the recipe's optimum at the base width (verified there on 2 seeds), else
-    stage 1's."""
-    base = min((o for o in choice.optima if math.isfinite(o.value)), key=lambda o: o.group.get("width", 0),
-               default=None)
-    return float(base.value) if base is not None else float(winner[LR_AXIS])
+def _lr_of(choice: Candidate, winner: dict[str, float]) -> tuple[float, tuple[float, float], str]:
+    """The recommended log2 LR without a target, its interval and source: the recipe's optima over the verified
+    widths (a single-LR probe left out), carried by :func:`proxytune.analysis.carry.carry_lr` (their mean, or the
+    largest proxy's optimum when the verdict resolved a drift), else stage 1's."""
+    scanned = [o for o in choice.optima if math.isfinite(o.value) and o.group.get("width") != choice.probe_only]
+    if not scanned:
+        return float(winner[LR_AXIS]), (float(winner[LR_AXIS]),) * 2, "stage 1's optimum at the base"
+    sizes = [math.log2(float(o.group.get("width", 1))) for o in scanned]
+    carried = carry_lr(scanned, sizes, None, recipe=choice.recipe, size_name="width")
+    return carried.value, carried.interval, carried.source
 
 
 def _describe(setting: dict[str, float]) -> str:
