@@ -44,6 +44,17 @@ and one HP axis (usually ``log2_lr``):
    same window, so the refit has more points over the same span. Sweeps run
    them as a second pass when ``strategy.refine`` is on (the default); a best
    point whose neighbours are half steps away asks for no further pass.
+8. **Two candidates.** When the interval excludes the best measured point
+   and the measured curve has a bump in the fit window next to it (a point
+   above both neighbours), the fit and the measurements disagree on where
+   the minimum is: :attr:`Optimum.unimodal`
+   is False, a note names both candidates (and the bump), and ``refine`` also
+   holds the unmeasured half-step points inside the bracket next to the best
+   point and on each side of the fitted minimum, whatever the interval's
+   width. The interval and the value stay as fitted. An interval that merely
+   falls between grid points on a clean curve is not flagged. On the
+   synthetic 2-seed parabola sweeps of ``tests/test_optimum.py`` 13/150 are
+   flagged, each for a bump the seed noise made.
 
 Coverage of the interval, measured by ``bench/optimum_noise.py`` (2-core CPU;
 2-seed synthetic sweeps, 200 per case, on the 14 smoothed loss curves of real
@@ -152,6 +163,9 @@ class Optimum:
     # bootstrap draws (not serialized): optimum per draw, and the curve of that draw (None: grid fallback)
     draws: list[float] = field(default_factory=list, repr=False)
     draw_fits: list[Curve | None] = field(default_factory=list, repr=False)
+    # False when the interval excludes the best measured point and the measured curve has a bump next to it (not
+    # unimodal there): ``notes`` names both candidates and the bump, ``refine`` asks for points around both
+    unimodal: bool = True
 
     @property
     def ok(self) -> bool:
@@ -177,7 +191,8 @@ class Optimum:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("group", "hp", "value", "loss", "best_grid_value", "best_grid_loss",
                                            "grid", "mean_losses", "n_seeds", "method", "edge", "flat", "notes",
-                                           "noise", "noise_df", "level_se", "confidence", "refine")}
+                                           "noise", "noise_df", "level_se", "confidence", "refine",
+                                           "unimodal")}
         d["interval"] = list(self.interval)
         d["bracket"] = list(self.bracket)
         d["fit"] = None if self.fit is None else self.fit.__dict__.copy()
@@ -385,9 +400,74 @@ def find_optimum(records: list[dict[str, Any]], hp: str = "log2_lr", *, window: 
         refine = [round(grid[i] + d * local_step / 2, 10) for d in (-1, 1)]
     noise = math.sqrt(est.rss / est.df) if est.df > 0 else math.nan
     level_se = _level_se(table, est)
-    return Optimum(group, hp, est.value, interval, est.loss, grid[i], float(means[i]), grid, means.tolist(),
-                   len(seeds), "quadratic" if est.fit is not None else "grid", edge, flat, notes, est.bracket,
-                   noise, est.df, level_se, confidence, refine, est.fit, draws, fits)
+    opt = Optimum(group, hp, est.value, interval, est.loss, grid[i], float(means[i]), grid, means.tolist(),
+                  len(seeds), "quadratic" if est.fit is not None else "grid", edge, flat, notes, est.bracket,
+                  noise, est.df, level_se, confidence, refine, est.fit, draws, fits)
+    _flag_two_candidates(opt, est.window, coarse)
+    return opt
+
+
+def _flag_two_candidates(opt: Optimum, window: np.ndarray, coarse: float) -> None:
+    """When the interval excludes the best measured point, say so (``unimodal`` False, a note naming both
+    candidates and the bump between them, if there is one) and ask for half-step points around both."""
+    best, (lo, hi) = opt.best_grid_value, opt.interval
+    tol = 1e-9 * max(1.0, abs(best))
+    if opt.fit is None or lo - tol <= best <= hi + tol:
+        return
+    # An interval between grid points is what a good fit gives on a clean curve; it contradicts the measurements
+    # when the measured curve has a bump there (a point above both neighbours): then it is not unimodal.
+    bumps = _bumps(opt.grid, opt.mean_losses, window, best, opt.value)
+    if not bumps:
+        return
+    opt.unimodal = False
+    if not opt.flat and math.isfinite(coarse) and coarse > 0:
+        opt.refine = _refine_around(opt.grid, opt.bracket, best, opt.value, coarse / 2, opt.refine)
+    why = f" (a bump at {' and '.join(_num(x) for x in bumps)})"
+    if opt.refine:
+        todo = f"refine around both ({opt.hp} = {', '.join(_num(x) for x in opt.refine)})"
+    else:
+        todo = "the points around both are measured already: more seeds there would tell them apart"
+    opt.notes.append(f"the fitted curve's minimum ({_num(opt.value)}, {opt.confidence:.0%} {_num(lo)} .. "
+                     f"{_num(hi)}) excludes the best measured point ({_num(best)}, loss {opt.best_grid_loss:.5g}; "
+                     f"the fit's loss at its minimum {opt.loss:.5g}): the measured curve is not unimodal "
+                     f"here{why}; {todo}")
+
+
+def _num(x: float) -> str:
+    """An HP value for a note: 2 decimals at most, no trailing zeros (-10.5, -10.99, -10)."""
+    text = f"{x:.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _refine_around(grid: list[float], bracket: tuple[float, float], best: float, value: float, half: float,
+                   refine: list[float]) -> list[float]:
+    """``refine`` plus the half-step points (on the lattice of ``half`` through ``best``) next to the best
+    point and on each side of the fitted minimum, strictly inside the bracket and not yet measured; sorted.
+
+    Inside the bracket, on the coarse step's lattice and unmeasured: once they are measured, the best point's
+    neighbours are half steps away and no lattice point is left between them, so no further pass is asked."""
+    k = (value - best) / half
+    points = set(refine)
+    for x in (best - half, best + half, best + math.floor(k + 1e-9) * half, best + math.ceil(k - 1e-9) * half):
+        x = round(x, 10)
+        measured = any(abs(x - g) <= 1e-9 * max(1.0, abs(g)) for g in grid)
+        if bracket[0] + 1e-9 < x < bracket[1] - 1e-9 and not measured:
+            points.add(x)
+    return sorted(points)
+
+
+def _bumps(grid: list[float], means: list[float], window: np.ndarray, best: float, value: float) -> list[float]:
+    """The grid points of the fit window, between the two candidates or next to them, whose seed-mean loss is
+    higher than both neighbours': the bumps that make the measured curve not unimodal there."""
+    lo, hi = min(best, value), max(best, value)
+    first = max([j for j, x in enumerate(grid) if x < lo - 1e-9], default=0)
+    last = min([j for j, x in enumerate(grid) if x > hi + 1e-9], default=len(grid) - 1)
+    found = []
+    for j in sorted(int(k) for k in window):
+        if first <= j <= last and 0 < j < len(grid) - 1 and all(math.isfinite(means[k]) for k in (j - 1, j, j + 1)) \
+                and means[j] > means[j - 1] and means[j] > means[j + 1]:
+            found.append(grid[j])
+    return found
 
 
 def _level_se(table: np.ndarray, est: _Estimate) -> float:
