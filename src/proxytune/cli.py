@@ -779,7 +779,7 @@ def tune(
 def _print_tune(console: Any, result: Any) -> None:
     """A :class:`~proxytune.tune.results.TuneResult` in words."""
     from .analysis.predict import BASE_LR_MEANING
-    from .tune.report import base_gain_line, lr_line
+    from .tune.report import base_gain_line, horizon_cost_line, lr_line, setting_lines
 
     console.print(f"\n[bold]Recommended[/bold]: recipe [bold]{result.recipe}[/bold], multipliers "
                   + (", ".join(f"{k}={v}" for k, v in result.constants.items()) or "all 1"))
@@ -800,6 +800,8 @@ def _print_tune(console: Any, result: Any) -> None:
                       f"{tokens}): trains with the lr above"
                       + (f", expected loss {p.loss.value:.4f} (90% {p.loss.interval[0]:.4f} .. "
                          f"{p.loss.interval[1]:.4f})" if p.loss else ""))
+        for line in setting_lines(p):
+            console.print(f"  {line}", markup=False)
         for warning in p.warnings:
             console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
         if p.plan:
@@ -812,6 +814,9 @@ def _print_tune(console: Any, result: Any) -> None:
     if c.vs_target_run is not None:
         line += f"; {c.vs_target_run:.2%} of one target run"
     console.print(line)
+    stage3 = horizon_cost_line(result)
+    if stage3:
+        console.print(f"  of which {stage3}")
     console.print(f"report: {result.report}")
 
 

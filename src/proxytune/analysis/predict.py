@@ -339,16 +339,20 @@ def _prediction_of(d: Mapping[str, Any]) -> Prediction:
 
 
 def target_plan(sweep: Sweep, width: int, depth: int, hp: HPEstimate | Mapping[str, Any],
-                path: str | Path | None = None) -> dict[str, Any]:
+                path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The target's per-tensor plan (role, init, lr, wd, eps) as a dict, optionally saved as JSON.
 
     ``hp`` is the prediction's :class:`HPEstimate` (or its dict form): when it is the LR, the plan's groups and
-    the training code use it; else the sweep's ``train.lr``."""
+    the training code use it; else the sweep's ``train.lr``. ``overrides``: TrainConfig fields of the target run
+    that differ from the proxies' (``batch_size``, ``steps``, ``weight_decay``, ``betas``...), which the plan's
+    groups and the training code then use."""
     if isinstance(hp, Mapping):
         hp = HPEstimate(name=hp["name"], value=hp["value"], interval=tuple(hp["interval"]),
                         confidence=hp.get("confidence", 0.9))
     cfg = sweep.cfg
     first = base_config(cfg)
+    if overrides:
+        first = first.model_copy(update=dict(overrides))
     options = dict(first.model_options)
     if first.model in ("gpt", "moe"):
         options.setdefault("seq_len", first.seq_len)

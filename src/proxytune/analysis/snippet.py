@@ -234,7 +234,8 @@ def _plan_lines(cfg: TrainConfig) -> list[str]:
 
 
 def _schedule_lines(cfg: TrainConfig, task: str) -> list[str]:
-    L = [f"steps = {cfg.steps}  # the proxies' run length; warmup and cooldown below follow it"]
+    L = [f"steps = {cfg.steps}  # training steps (tune's answer for its target, else the proxies'); warmup and "
+         "cooldown below follow it"]
     if isinstance(cfg.warmup, float):
         L.append(f"warmup = int(round({cfg.warmup!r} * steps))")
     else:

@@ -9,7 +9,8 @@ Example (``tune.yaml``)::
     base: {width: 32, depth: 2}     # the smallest proxy: stage 1 searches here
     widths: [64, 128, 256]          # the wider proxies of stage 2 (default: 2x, 4x, 8x the base)
     recipes: [mup, sp-perlayer]     # candidates (default; completep joins when depths are given)
-    target: {width: 4096, depth: 2} # what the settings are for: prediction and cost figures
+    target: {width: 4096, depth: 2, tokens: 2.0e9, batch: 256}  # the run the settings are for
+    horizon: {horizons: [1, 2, 4, 8], batches: [1, 2, 4]}     # stage 3 at the base width: LR vs tokens, batch
     train: {steps: 300, batch_size: 16, seq_len: 64, warmup: 0.1}
     search: {strategy: tpe}          # or oat (one-at-a-time rounds)
     verify: {seeds: 2}
@@ -109,9 +110,59 @@ class VerifyConfig(_Strict):
 
 
 class TargetConfig(_Strict):
+    """The run the settings are for: its shape, its training tokens in total, its batch."""
+
     width: int = Field(..., gt=0)
     depth: int | None = Field(None, gt=0, description="default: the base depth")
-    tokens: float | None = Field(None, gt=0, description="training tokens (default: the proxies')")
+    tokens: float | None = Field(None, gt=0, description="training tokens in total (default: the proxies')")
+    batch: int | None = Field(None, gt=0, description="sequences per step (default: the optimal batch tune "
+                                                      "finds, else the proxies')")
+    batch_tokens: float | None = Field(None, gt=0, description="tokens per step, instead of batch")
+
+    @model_validator(mode="after")
+    def _one_batch(self) -> TargetConfig:
+        if self.batch is not None and self.batch_tokens is not None:
+            raise ValueError("target: give batch (sequences per step) or batch_tokens (tokens per step), not both")
+        return self
+
+
+class HorizonConfig(_Strict):
+    """Stage 3, at the base width only (cheap): LR scans at longer horizons and larger batches than the proxies',
+    for the laws LR*(D, B) and B_opt(D); optionally a weight-decay scan at the shortest and the longest horizon
+    (the AdamW timescale, tuned at one and checked at the other). See docs/tuning.md, "Horizon, batch and weight
+    decay"."""
+
+    run: bool | None = Field(None, description="None: run it when the target's tokens or batch differ from the "
+                                               "proxies'; false: use the published rules instead (named, marked "
+                                               "not measured)")
+    horizons: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0],
+                                  description="training tokens, as multiples of the proxies'")
+    batches: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0],
+                                 description="batch sizes, as multiples of the proxies' (the steps follow: "
+                                             "tokens / batch)")
+    span: float = Field(1.0, gt=0, description="octaves of LR scanned on each side of the expected optimum")
+    step: float = Field(0.5, gt=0, description="scan step, octaves")
+    seeds: int = Field(2, ge=1)
+    weight_decay: Range | None = Field(None, description="log2 grid of the weight decay, scanned at the shortest "
+                                                         "and the longest horizon (proxies' batch) at their "
+                                                         "optimal LR")
+    min_steps: int = Field(10, ge=1, description="a (horizon, batch) with fewer steps is left out")
+
+    @field_validator("horizons", "batches")
+    @classmethod
+    def _multiples(cls, v: list[float]) -> list[float]:
+        if not v or any(not x > 0 for x in v):
+            raise ValueError("give one or more positive multiples")
+        if len(set(v)) != len(v):
+            raise ValueError("a multiple is listed twice")
+        return sorted(float(x) for x in v)
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _wd(cls, v: Range | None) -> Range | None:
+        if v is not None and (v.start is None or len(v.values()) < 3):
+            raise ValueError("horizon.weight_decay is a log2 grid of 3 or more points: {start, stop, step}")
+        return v
 
 
 class TuneConfig(TrainingFileConfig):
@@ -120,7 +171,8 @@ class TuneConfig(TrainingFileConfig):
     _what: ClassVar[str] = "tune"
     _error: ClassVar[type[ValueError]] = TuneConfigError
     _sections: ClassVar[dict[str, type[BaseModel]]] = {"search": SearchConfig, "verify": VerifyConfig,
-                                                       "target": TargetConfig, "executor": ExecutorConfig,
+                                                       "target": TargetConfig, "horizon": HorizonConfig,
+                                                       "executor": ExecutorConfig,
                                                        "program": ProgramConfig}
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -139,6 +191,7 @@ class TuneConfig(TrainingFileConfig):
     recipes: list[str] | None = Field(None, description="candidate recipes (default: mup, sp-perlayer; "
                                                         "+ completep when depths are given)")
     target: TargetConfig | None = None
+    horizon: HorizonConfig = Field(default_factory=HorizonConfig)
     train: dict[str, Any] = Field(default_factory=dict, description="fixed TrainConfig fields of every trial")
     search: SearchConfig = Field(default_factory=SearchConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)

@@ -16,7 +16,7 @@ from ..analysis.verdict import Verdict, loss_gap, loss_se
 from ..sweep import Sweep
 from ..thresholds import THRESHOLDS
 from .config import TuneConfig
-from .results import Candidate, Stage1Result, TuneResult
+from .results import Candidate, Stage1Result, TargetPrediction, TuneResult
 from .search import LR_AXIS
 
 C = TypeVar("C", Candidate, dict)
@@ -281,6 +281,20 @@ def lr_line(result: TuneResult) -> str:
     return text + (f", from {result.lr_source}" if result.lr_source else "")
 
 
+def setting_lines(p: TargetPrediction) -> list[str]:
+    """One line per setting of the target run: value, interval, measured or not, and where it came from."""
+    out = []
+    for x in p.settings:
+        value = f"{x.value:.4g}" if x.name != "steps" else f"{x.value:,.0f}"
+        if x.name == "batch_tokens":
+            value += " tokens per step"
+        iv = f" (90% {x.interval[0]:.3g} .. {x.interval[1]:.3g})" if x.interval else ""
+        tag = "" if x.source.startswith(("measured", "not measured", "partly measured")) else (
+            "measured: " if x.measured else "not measured: ")
+        out.append(f"{x.name} = {value}{iv}: {tag}{x.source}")
+    return out
+
+
 def _recommendation_lines(result: TuneResult) -> list[str]:
     lines = [
         "## Recommendation", "",
@@ -298,6 +312,8 @@ def _recommendation_lines(result: TuneResult) -> list[str]:
                   f"{tokens}): trains with the lr above (the training code sets exactly it)"
                   + (f", expected loss {p.loss.value:.4f} (90% {p.loss.interval[0]:.4f} .. "
                      f"{p.loss.interval[1]:.4f})" if p.loss else ", no loss prediction"),
+                  "", "### The target run's settings", "",
+                  *[f"- {line}" for line in setting_lines(p)], "",
                   *[f"- **trust**: {x}" for x in p.warnings], *[f"- note: {x}" for x in p.notes],
                   (f"- per-tensor plan `{Path(p.plan).name}`, training code `{Path(p.snippet).name}`"
                    if p.plan and p.snippet else "- per-tensor plans of the proxies: the sweeps' `plans/` folders")]
@@ -355,7 +371,20 @@ def _cost_lines(result: TuneResult, cfg: TuneConfig) -> list[str]:
                      f"{c.lr_sweep_at_largest:.3g} FLOPs)")
     if c.vs_target_run is not None:
         lines.append(f"- {c.vs_target_run:.2%} of one training run of the target ({c.target_run:.3g} FLOPs)")
+    stage3 = horizon_cost_line(result)
+    if stage3:
+        lines.append(f"- {stage3}")
     return lines
+
+
+def horizon_cost_line(result: TuneResult) -> str | None:
+    """Stage 3's FLOPs, and as a fraction of one target run, or None when it did not run."""
+    c = result.cost
+    flops = sum(v for k, v in c.per_stage.items() if k.startswith("horizon"))
+    if not flops:
+        return None
+    of_target = f", {flops / c.target_run:.3%} of one target run" if c.target_run else ""
+    return f"stage 3 (horizon and batch at the base width): {flops:.3g} FLOPs{of_target}"
 
 
 def _params(cfg: TuneConfig, width: int, candidate: Candidate | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..analysis.horizon import HorizonStage, TargetSetting
 from ..analysis.optimum import Optimum
 from ..analysis.prediction import LossEstimate
 from ..analysis.verdict import Verdict, loss_se
@@ -109,6 +110,15 @@ class TargetPrediction(Record):
     plan: str | None
     snippet: str | None
     lr_source: str = ""
+    #: the target run's settings (lr, batch_tokens, steps, weight_decay, warmup, beta2), each with its interval,
+    #: whether proxies measured it and where it came from (:class:`proxytune.analysis.horizon.TargetSetting`)
+    settings: tuple[TargetSetting, ...] = ()
+    #: stage 3's measurements (None when it did not run: the settings then rest on the published rules, named)
+    horizon: HorizonStage | None = None
+
+    def setting(self, name: str) -> TargetSetting | None:
+        """The target setting called ``name`` (``lr``, ``batch_tokens``, ``steps``...), None when absent."""
+        return next((s for s in self.settings if s.name == name), None)
 
     @property
     def loss_law(self) -> Any:

@@ -40,19 +40,22 @@ import yaml
 
 from ..analysis.carry import carry_lr
 from ..analysis.optimum import Optimum, optima_by_group
-from ..analysis.predict import predict_from_sweep
+from ..analysis.horizon import HorizonStage, TargetSetting
+from ..analysis.predict import predict_from_sweep, target_plan, trust_warnings
+from ..analysis.prediction import HPEstimate
 from ..analysis.verdict import loss_gap, transfer_verdict
 from ..builders import build_model, load_builder
 from ..errors import PlanError
 from ..plan import parameterize
 from ..sweep import Sweep, SweepConfig
-from ..sweep.config import apply_point
+from ..sweep.config import apply_point, base_config
 from ..sweep.errors import RepeatedFailure
 from ..sweep.store import _diff
 from ..thresholds import THRESHOLDS, shallow_base_warning
 from ..train.config import TrainConfig
 from ..train.setup import _builder_options, build_models, flops_per_step, load_data, loss_function
 from .config import TuneConfig, TuneConfigError
+from .horizon import run_horizon_stage, target_settings, wants_horizon
 from .report import pick_recommendation, write_report
 from .results import Candidate, Finalist, Round, Stage1Result, TargetPrediction, TuneCost, TuneResult
 from .search import (
@@ -364,7 +367,11 @@ class Tuner:
                  f"defaults {s1.control.mean:.4f})")
         candidates = self.stage2(winner)
         choice, why = pick_recommendation(candidates, cfg)
-        prediction = self._predict(choice) if cfg.target else None
+        stage3 = None
+        if wants_horizon(cfg):
+            center = _lr_of(choice, winner)[0]
+            stage3 = run_horizon_stage(self, choice.recipe, winner, constants_of(winner), center)
+        prediction = self._predict(choice, stage3) if cfg.target else None
         cost = self._cost(candidates, prediction)
         if prediction is not None:  # one LR: the target's, which the plan and the training code use
             log2_lr, interval, source = prediction.log2_lr, prediction.log2_lr_interval, prediction.lr_source
@@ -379,23 +386,44 @@ class Tuner:
         (cfg.run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, default=_json_default))
         return result
 
-    def _predict(self, choice: Candidate) -> TargetPrediction:
+    def _predict(self, choice: Candidate, stage3: HorizonStage | None = None) -> TargetPrediction:
+        """The target's settings: the width answer from the recipe's verification sweep at the proxies' tokens and
+        batch, moved for the target's tokens and batch by stage 3's law (or the named published rules), the batch,
+        steps, weight decay, warmup and beta2; the plan and training code written with exactly them."""
         t = self.cfg.target
         sweep = Sweep.open(choice.sweep)
         depth = t.depth or self.cfg.base_depth
+        res = predict_from_sweep(sweep, width=t.width, depth=depth)  # at the proxies' tokens and batch
+        h = res.hp
+        settings, notes = target_settings(self.cfg, stage3, (h.value, h.interval, h.source))
+        lr, batch, steps = (next(x for x in settings if x.name == n) for n in ("lr", "batch_tokens", "steps"))
+        tokens = steps.value * batch.value
+        covered = res.proxies
+        if stage3 is not None:  # what the trust warnings measure the target against: the longest, widest covered
+            covered = replace(covered, tokens=max(c.tokens for c in stage3.cells),
+                              batch_tokens=tuple(sorted({c.batch_tokens for c in stage3.cells})))
+        warnings = trust_warnings(replace(res, target=replace(res.target, tokens=tokens, batch_tokens=batch.value),
+                                          proxies=covered, hp=replace(h, interval=tuple(math.log2(x)
+                                                                                       for x in lr.interval))))
         plan_path: Path | None = self.cfg.run_dir / "target-plan.json"
-        res = predict_from_sweep(sweep, width=t.width, depth=depth, tokens=t.tokens, plan_path=plan_path)
         snippet: Path | None = self.cfg.run_dir / f"train-width{t.width}-depth{depth}.py"
         if res.snippet is not None:
-            snippet.write_text(res.snippet)
+            hp = HPEstimate("log2_lr", math.log2(lr.value), tuple(math.log2(x) for x in lr.interval), h.confidence,
+                            lr.source)
+            plan = target_plan(sweep, t.width, depth, hp, plan_path, overrides=_run_fields(settings, sweep))
+            snippet.write_text(plan["snippet"])
         else:  # a program sweep: the proxies' plans are on disk, the target's is the user's call
             plan_path = snippet = None
-        h = res.hp
-        return TargetPrediction(width=t.width, depth=depth, params=res.target.params, tokens=res.target.tokens,
-                                log2_lr=h.value, log2_lr_interval=h.interval, lr=h.lr, lr_interval=h.lr_interval,
-                                loss=res.loss, warnings=res.warnings, notes=res.notes,
+        if res.loss is not None and res.proxies.tokens and not math.isclose(tokens, res.proxies.tokens, rel_tol=1e-6):
+            notes.append(f"the expected loss is for the proxies' token budget ({res.proxies.tokens:.3g}), not the "
+                         f"target's ({tokens:.3g}): the loss law is fitted across width only")
+        lo, hi = lr.interval
+        return TargetPrediction(width=t.width, depth=depth, params=res.target.params, tokens=tokens,
+                                log2_lr=math.log2(lr.value), log2_lr_interval=(math.log2(lo), math.log2(hi)),
+                                lr=lr.value, lr_interval=(lo, hi), loss=res.loss, warnings=tuple(warnings),
+                                notes=(*res.notes, *notes, *(stage3.notes if stage3 else ())),
                                 plan=plan_path and str(plan_path), snippet=snippet and str(snippet),
-                                lr_source=h.source)
+                                lr_source=lr.source, settings=settings, horizon=stage3)
 
     def _cost(self, candidates: list[Candidate], prediction: TargetPrediction | None) -> TuneCost:
         """FLOPs of every proxy trial, per stage, against one run of the target and an LR sweep at the largest
@@ -507,6 +535,16 @@ def _lr_of(choice: Candidate, winner: dict[str, float]) -> tuple[float, tuple[fl
     sizes = [math.log2(float(o.group.get("width", 1))) for o in scanned]
     carried = carry_lr(scanned, sizes, None, recipe=choice.recipe, size_name="width")
     return carried.value, carried.interval, carried.source
+
+
+def _run_fields(settings: tuple[TargetSetting, ...], sweep: Sweep) -> dict[str, Any]:
+    """TrainConfig fields of the target run from its settings: batch (whole sequences), steps, weight decay,
+    beta2, warmup (as the proxies' fraction)."""
+    first = base_config(sweep.cfg)
+    per_seq = first.tokens_per_step() / first.batch_size
+    by = {x.name: x.value for x in settings}
+    return {"batch_size": max(1, round(by["batch_tokens"] / per_seq)), "steps": int(by["steps"]),
+            "weight_decay": by["weight_decay"], "betas": (first.betas[0], by["beta2"]), "warmup": float(by["warmup"])}
 
 
 def _describe(setting: dict[str, float]) -> str:
