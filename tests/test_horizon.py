@@ -168,7 +168,8 @@ def test_stage_3_measures_the_law_and_the_target_gets_every_setting(tmp_path, mo
     law = lr.source.split("the law lr* ∝ ")[1]
     assert float(law.split("D^")[1].split()[0]) == pytest.approx(A_D, abs=0.05)
     assert float(law.split("B^")[1].split()[0]) == pytest.approx(A_B, abs=0.05)
-    assert by["batch_tokens"].value == 4 * REF_B and "given in the tune file" in by["batch_tokens"].source
+    assert by["batch_tokens"].value == 4 * REF_B
+    assert by["batch_tokens"].source == "given: yours, from the tune file (target.batch)"
     assert by["steps"].value == 64 * REF_D / (4 * REF_B)
     # weight decay: tuned at the shortest horizon, its timescale kept at the target: wd = B / (lr tau D)
     wd = by["weight_decay"]

@@ -840,7 +840,7 @@ def demo(
     preset = "quick" if quick else ("gpu" if gpu or (torch.cuda.is_available() and not cpu) else "cpu")
     console = Console()
     console.print(f"[bold]proxytune demo[/bold] ({preset} preset) -> {out}/")
-    planned = {r: preset_trials(preset) for r in RECIPES}
+    planned = {r: preset_trials(preset, r) for r in RECIPES}
     planned["tune"] = _sweep_errors(lambda: tune_trials(demo_tune_config(Path(out), preset, workers)))
     done_by: dict[str, int] = {r: 0 for r in planned}
     labels = {**RECIPES, "tune": "tune"}
@@ -878,20 +878,20 @@ def demo(
     pred = summary["prediction"]
     loss = pred["loss"]
     t = summary["tune"]
-    console.print(f"\n[bold]Recommended[/bold] (proxytune tune): {t['recipe']}, base LR {t['lr']:.3g} (the optimum "
-                  "measured at the base width), constants "
+    console.print(f"\n[bold]Recommended[/bold] (proxytune tune): {t['recipe']}, constants "
                   + (", ".join(f"{k}={v}" for k, v in t["constants"].items()) or "all 1")
                   + f"; tuning cost {t['cost']['flops']:.3g} FLOPs"
                   + (f" ({t['cost']['vs_lr_sweep_at_largest']:.2f}x an LR sweep at the largest proxy)"
                      if "vs_lr_sweep_at_largest" in t["cost"] else ""))
     for line in t["recommendation"][1:]:
         console.print(f"  {line}")
-    console.print(f"\n[bold]Prediction[/bold] with {pred['recipe']} for a target of width "
-                  f"{pred['target_width']} ({pred['target_params'] / 1e6:.2f} M params, {pred['tokens']:,} tokens): "
-                  f"base LR predicted for the target {pred['lr']:.3g} (90% {pred['lr_interval'][0]:.3g} .. "
-                  f"{pred['lr_interval'][1]:.3g}; the value for plan.optimizer(lr=...) of the target's plan)"
+    console.print(f"\n[bold]The target run[/bold] with {pred['recipe']}: width {pred['target_width']} "
+                  f"({pred['target_params'] / 1e6:.2f} M params), {pred['tokens']:,.0f} tokens"
                   + (f", expected loss {loss['value']:.3f} nats/byte (90% {loss['interval'][0]:.3f} .. "
-                     f"{loss['interval'][1]:.3f})" if loss else ""))
+                     f"{loss['interval'][1]:.3f})" if loss else "")
+                  + "; its settings (the lr is the one for plan.optimizer(lr=...) of the target's plan):")
+    for line in pred.get("setting_lines", []):
+        console.print(f"  {line}", markup=False)
     for warning in pred["warnings"]:
         console.print(f"  [bold yellow]trust:[/bold yellow] {warning}")
     console.print(f"\nruns: {', '.join(summary['runs'].values())}")

@@ -23,22 +23,30 @@ from typing import Any
 from .analysis.optimum import Optimum, optima_by_group
 from .analysis.predict import count_params
 from .analysis.report import loss_figure, lr_curves_figure, optima_table, optimum_figure
-from .analysis.verdict import Verdict, loss_se, transfer_verdict
+from .analysis.verdict import Verdict, transfer_verdict
 from .sweep import Sweep, SweepConfig
 from .sweep.config import Range
 from .tune import TuneConfig, Tuner, TuneResult
+from .tune.report import setting_lines
 
 PLAN_FILE = "target-plan.json"
 SNIPPET_FILE = "target_snippet.py"
 
 # Each verdict-issuing preset runs 2 seeds per point: one seed cannot tell the optimum's noise from its drift.
-# The CPU grids reach low learning rates because SP's optimum falls with width (about -1 octave per doubling).
+# The grids reach low learning rates because SP's optimum falls with width (about -1.3 octaves per doubling in
+# B6). ``recipe_lr`` overrides ``lr`` for one recipe: the demo compares the tuned recipe with SP swept at the
+# widest proxy, which is fair only when SP's optimum there is inside its grid (issue 29, item 7). SP's grid
+# reaches 2 octaves lower than muP's: on the stored cpu run SP's best point at width 256 was -11, the grid's
+# low end; the quick preset's SP optimum at 256 was -10, inside its grid; the gpu preset is extrapolated (its
+# widest proxy is 5 doublings above 32, where SP's optimum sat near -6.5 on the CPU).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"widths": [64, 128, 256], "lr": {"start": -12, "stop": -4, "step": 1}, "depth": 2, "seeds": 2,
               "train": {"steps": 60, "batch_size": 8, "seq_len": 64, "eval_every": 60, "eval_batches": 4}},
     "cpu": {"widths": [32, 64, 128, 256], "lr": {"start": -11, "stop": -5, "step": 1}, "depth": 2, "seeds": 2,
+            "recipe_lr": {"sp": {"start": -13}},
             "train": {"steps": 200, "batch_size": 16, "seq_len": 64, "eval_every": 100, "eval_batches": 8}},
     "gpu": {"widths": [128, 256, 512, 1024], "lr": {"start": -13, "stop": -5, "step": 1}, "depth": 4, "seeds": 2,
+            "recipe_lr": {"sp": {"start": -15}},
             "train": {"steps": 1000, "batch_size": 32, "seq_len": 256, "eval_every": 250, "eval_batches": 16,
                       "device": "cuda", "precision": "bf16"}},
 }
@@ -73,10 +81,19 @@ def demo_executor(workers: int, gpu: bool, batch: int) -> dict[str, Any]:
     return {"workers": 1 if gpu else workers, "threads": 1 if workers > 1 and not gpu else 2, "batch": batch}
 
 
-def preset_trials(preset: str) -> int:
-    """Trials of the grid of one recipe of ``preset`` (the refinement pass may add a few)."""
+def recipe_lr(preset: str, recipe: str) -> dict[str, float]:
+    """The log2 LR grid (``{start, stop, step}``) of ``recipe``'s sweep in ``preset``: the preset's ``lr`` with
+    the recipe's own ``recipe_lr`` fields over it."""
     p = PRESETS[preset]
-    return len(p["widths"]) * len(Range(**p["lr"]).values()) * p["seeds"]
+    return {**p["lr"], **p.get("recipe_lr", {}).get(recipe, {})}
+
+
+def preset_trials(preset: str, recipe: str | None = None) -> int:
+    """Trials of the grid of ``recipe``'s sweep in ``preset`` (the refinement pass may add a few); None: the
+    grid of a recipe without a grid of its own (a progress bar that counts on it grows when SP's sweep starts)."""
+    p = PRESETS[preset]
+    grid = recipe_lr(preset, recipe) if recipe is not None else p["lr"]
+    return len(p["widths"]) * len(Range(**grid).values()) * p["seeds"]
 
 
 def demo_sweeps(out: Path, preset: str, workers: int) -> dict[str, SweepConfig]:
@@ -86,7 +103,8 @@ def demo_sweeps(out: Path, preset: str, workers: int) -> dict[str, SweepConfig]:
     return {recipe: SweepConfig.from_dict({
         "name": f"demo-{preset}-{recipe}", "model": "gpt", "data": "stdlib", "recipe": recipe,
         "optimizer": "adamw", "base": {"width": p["widths"][0], "depth": p["depth"]},
-        "axes": {"width": p["widths"], "log2_lr": p["lr"], "seed": list(range(p["seeds"]))}, "train": train,
+        "axes": {"width": p["widths"], "log2_lr": recipe_lr(preset, recipe), "seed": list(range(p["seeds"]))},
+        "train": train,
         "executor": demo_executor(workers, gpu, batch=8 if gpu else 1),
         "runs_dir": str(out / "runs"),
     }) for recipe in RECIPES}
@@ -118,21 +136,64 @@ def tune_trials(cfg: TuneConfig) -> int:
             + len(cfg.candidates) * scan * v.seeds * (1 + len(cfg.proxy_widths)))
 
 
+# What the demo's losses at the widest proxy are, for the gain figures (issue 29, items 5 and 7).
+MEASURE = ("the seed-mean validation loss at each recipe's best measured grid LR at the widest proxy; the fitted "
+           "curve's minimum is reported beside it")
+
+
+def measured_se(o: Optimum) -> float:
+    """Standard error of the seed-mean loss at ``o``'s best grid point: the seed-to-seed spread of the loss
+    level and the residual noise of one point's mean over the seeds (nan with one seed)."""
+    if not math.isfinite(o.level_se):
+        return math.nan
+    point = o.noise / math.sqrt(o.n_seeds) if math.isfinite(o.noise) and o.n_seeds > 0 else 0.0
+    return math.hypot(o.level_se, point)
+
+
+def grid_extension(o: Optimum) -> float | None:
+    """Where ``o``'s grid should reach for its optimum to be inside: 2 grid steps past the edge its best point
+    is on (the estimator's own advice); None when the best point is inside the grid."""
+    if o.edge is None or len(o.grid) < 2:
+        return None
+    if o.edge == "low":
+        return o.grid[0] - 2 * (o.grid[1] - o.grid[0])
+    return o.grid[-1] + 2 * (o.grid[-1] - o.grid[-2])
+
+
+def comparison(o: Optimum, tuned: Optimum) -> dict[str, Any]:
+    """A comparator ``o`` swept at the same size against the tuned recipe's optimum ``tuned``: the gap of the
+    best measured seed-mean grid losses (positive: tuned is better) with its standard error, the fitted gap
+    beside it, and whether the comparison is fair (the comparator's best point inside its grid; on the edge
+    its best loss may be lower, and ``extend_to`` says how far its grid should reach)."""
+    loss, fitted = o.best_grid_loss, o.loss
+    gain = loss - tuned.best_grid_loss
+    gain_fitted = fitted - tuned.loss
+    return {"loss": loss, "gain": gain, "relative": gain / loss if math.isfinite(loss) and loss else math.nan,
+            "se": math.hypot(measured_se(o), measured_se(tuned)), "log2_lr": o.best_grid_value,
+            "loss_fitted": fitted, "gain_fitted": gain_fitted,
+            "relative_fitted": gain_fitted / fitted if math.isfinite(fitted) and fitted else math.nan,
+            "log2_lr_fitted": o.value, "grid": [o.grid[0], o.grid[-1]] if o.grid else [],
+            "edge": o.edge, "extend_to": grid_extension(o), "fair": o.edge is None and math.isfinite(gain)}
+
+
 def tuned_gain(result: TuneResult, panels: dict[str, list[Optimum]]) -> dict[str, Any]:
-    """The recommended setting's best loss at the largest proxy against muP with every multiplier 1 and SP,
-    each at its own best LR there, with the standard error of each gap."""
+    """The recommended setting at the largest proxy against muP with every multiplier 1 and SP, each at its own
+    best LR there: best measured seed-mean grid losses on both sides (``loss``, ``gain``, ``relative``, ``se``),
+    the fitted ones beside them (``*_fitted``), and whether each comparator's optimum is inside its grid."""
     largest = max(o.group["width"] for ops in panels.values() for o in ops)
     tuned = next(c for c in result.candidates if c.recipe == result.recipe)
     opt = next((o for o in tuned.optima if o.group.get("width") == largest), None)
-    opt_se = loss_se(opt) if opt else math.nan
-    out: dict[str, Any] = {"width": largest, "recipe": result.recipe, "loss": opt.loss if opt else math.nan,
-                           "loss_se": opt_se}
+    out: dict[str, Any] = {"width": largest, "recipe": result.recipe, "measure": MEASURE,
+                           "loss": opt.best_grid_loss if opt else math.nan,
+                           "loss_se": measured_se(opt) if opt else math.nan,
+                           "log2_lr": opt.best_grid_value if opt else math.nan,
+                           "loss_fitted": opt.loss if opt else math.nan,
+                           "log2_lr_fitted": opt.value if opt else math.nan,
+                           "edge": opt.edge if opt else None}
     for key, ops in panels.items():
         o = next((o for o in ops if o.group["width"] == largest), None)
-        if o is None or opt is None:
-            continue
-        se = math.hypot(loss_se(o), opt_se) if math.isfinite(opt_se) else math.nan
-        out[key] = {"loss": o.loss, "gain": o.loss - opt.loss, "relative": (o.loss - opt.loss) / o.loss, "se": se}
+        if o is not None and opt is not None:
+            out[key] = comparison(o, opt)
     return out
 
 
@@ -207,6 +268,8 @@ def run_demo(out: str | Path = "proxytune-demo", preset: str = "cpu", workers: i
                   "tokens": pred.tokens, "lr": pred.lr, "lr_interval": list(pred.lr_interval),
                   "log2_lr": pred.log2_lr, "log2_lr_interval": list(pred.log2_lr_interval), "loss": loss,
                   "warnings": list(pred.warnings), "notes": list(pred.notes),
+                  "lr_source": pred.lr_source, "settings": [x.to_dict() for x in pred.settings],
+                  "setting_lines": setting_lines(pred),
                   "plan": str(out / PLAN_FILE), "snippet": str(out / SNIPPET_FILE)}
     summary = {
         "preset": preset,
@@ -239,22 +302,61 @@ def _tuned_label(tuned: TuneResult) -> str:
     return f"{tuned.recipe} + tuned constants"
 
 
+COMPARATORS = {"mup": "muP with default constants", "sp": "SP with its LR tuned at width {w}"}
+
+
+def _pair(measured: float, fitted: float) -> str:
+    return f"{measured:.3f} measured, {fitted:.3f} fitted"
+
+
+def _against(label: str, g: dict[str, Any]) -> str:
+    """One comparison of the gain line: the measured gap with its noise when the comparator's optimum is inside
+    its grid; else that the comparison is not fair, why, and how far to extend the comparator's grid."""
+    head = f"against {label} ({_pair(g['loss'], g['loss_fitted'])})"
+    noise = f" ± {g['se']:.3f}" if math.isfinite(g["se"]) else ""
+    gap = f"{g['gain']:+.3f}{noise} nats/byte ({g['relative']:+.1%}; fitted {g['gain_fitted']:+.3f})"
+    if g.get("fair", True):
+        return f"{head}: {gap}"
+    if g.get("edge") is None:  # no finite measured loss on one side
+        return f"{head}: no measured gap"
+    side = "lowest" if g["edge"] == "low" else "highest"
+    lo, hi = g["grid"]
+    return (f"{head}: NOT a fair comparison, its best measured log2 lr {g['log2_lr']:g} is the {side} of its "
+            f"grid ({lo:g} .. {hi:g}), so its best loss may be lower; extend its grid to log2 lr "
+            f"{g['extend_to']:g} (2 more points) before quoting the gap, {gap} as measured, which may shrink")
+
+
+def gain_line(tuned: TuneResult, gain: dict[str, Any]) -> str:
+    """What the tuned constants buy at the largest proxy: best measured seed-mean losses on both sides of each
+    comparison, the fitted ones beside them, and a comparator whose optimum is on its grid's edge called so."""
+    w = gain["width"]
+    consts = ", ".join(f"{k} {v}" for k, v in tuned.constants.items()) or "every multiplier at 1 (none beat them)"
+    parts = [_against(label.format(w=w), gain[key]) for key, label in COMPARATORS.items() if gain.get(key)]
+    own = (f"; its own best LR is on the {gain['edge']} edge of its scan, so its best loss may be lower and the gaps "
+           "larger" if gain.get("edge") else "")
+    return (f"Tuned constants ({consts}) at width {w}: loss {_pair(gain['loss'], gain['loss_fitted'])} with "
+            f"{tuned.recipe}{own}; " + "; ".join(parts)
+            + " (positive = tuned is better; measured: the seed mean at each recipe's best grid LR there).")
+
+
 def tune_story(tuned: TuneResult, gain: dict[str, Any]) -> list[str]:
     """What the tuned constants buy at the largest proxy, in plain words, and the recommendation."""
-    w = gain["width"]
-    lines = []
-    consts = ", ".join(f"{k} {v}" for k, v in tuned.constants.items()) or "every multiplier at 1 (none beat them)"
-    parts = []
-    for key, label in (("mup", "muP with default constants"), ("sp", f"SP with its LR tuned at width {w}")):
-        g = gain.get(key)
-        if g:
-            noise = (f" ± {g['se']:.3f}" if math.isfinite(g["se"]) else "")
-            parts.append(f"{g['gain']:+.3f}{noise} nats/byte ({g['relative']:+.1%}) against {label} ({g['loss']:.3f})")
-    lines.append(f"Tuned constants ({consts}) at width {w}: loss {gain['loss']:.3f} with {tuned.recipe}; "
-                 + "; ".join(parts) + " (positive = tuned is better).")
-    lines.append(f"Recommendation: train the big model with {tuned.recipe}, base lr {tuned.lr:.3g} and these "
-                 "constants; " + tuned.recommendation[0].split(": ", 1)[-1] + ".")
+    lines = [gain_line(tuned, gain)]
+    lines.append("Recommendation: train the big model with " + tuned.recommendation[0].split(": ", 1)[-1]
+                 + " and these constants; " + _run_advice(tuned) + ".")
     return lines
+
+
+def _run_advice(tuned: TuneResult) -> str:
+    """The target run the settings are for, with its tokens and batch, and what to do for another run."""
+    p = tuned.prediction
+    if p is None or not p.settings:
+        return "the settings are for the proxies' tokens and batch"
+    batch, steps = p.setting("batch_tokens"), p.setting("steps")
+    return (f"the settings below (lr, batch, steps, weight decay, warmup, beta2) are for a run of width {p.width} on "
+            f"{p.tokens:,.0f} tokens at {batch.value:,.0f} tokens per step ({steps.value:,.0f} steps), the proxies' "
+            "tokens and batch; for your run, put its tokens and batch in the tune file (target: {tokens, batch}): "
+            "tune then measures how the LR moves with them at the base width and answers for that run")
 
 
 def next_steps(out: Path, configs: dict[str, SweepConfig], tune: TuneConfig) -> list[str]:
@@ -289,6 +391,7 @@ def write_report(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[str
         "", *[f"- {EXPLAIN[k]}" for k in ("octave", "drift", "regret", "wider", "interval")], "",
         "## Optimum per width", "", optima_table(names), "",
         *_tune_lines(out, tuned, summary),
+        *gain_table(summary.get("tune", {}).get("gain")),
         *_prediction_lines(tuned),
         "", "## Next", "", *[f"    {c}" for c in summary.get("next", [])], "",
         "## Figures", "",
@@ -317,8 +420,9 @@ def _demo_figures(out: Path, panels: dict[str, list[Optimum]], verdicts: dict[st
         rows = sorted((o for o in ops if math.isfinite(o.best_grid_loss)), key=lambda o: o.group["width"])
         points[RECIPES[r]] = ([n_of(o.group["width"]) for o in rows], [o.best_grid_loss for o in rows])
     cand = next(c for c in tuned.candidates if c.recipe == tuned.recipe)
-    rows = sorted((o for o in cand.optima if math.isfinite(o.loss)), key=lambda o: o.group["width"])
-    points[_tuned_label(tuned)] = ([n_of(o.group["width"]) for o in rows], [o.loss for o in rows])
+    # the same measure as the sweeps' points and the prediction's loss law: the seed mean at the best grid LR
+    rows = sorted((o for o in cand.optima if math.isfinite(o.best_grid_loss)), key=lambda o: o.group["width"])
+    points[_tuned_label(tuned)] = ([n_of(o.group["width"]) for o in rows], [o.best_grid_loss for o in rows])
     pred = tuned.prediction
     extrapolation = ({"recipe": _tuned_label(tuned), "law": pred.loss_law, "target": pred.params,
                       "interval": pred.loss.interval}
@@ -334,14 +438,44 @@ def _tune_lines(out: Path, tuned: TuneResult, summary: dict[str, Any]) -> list[s
         "## What tuned constants buy", "",
         f"`proxytune tune` searched the named multipliers and the LR at the smallest width, verified them at "
         f"the wider ones for {', '.join(c.recipe for c in tuned.candidates)}, and recommends:", "",
-        f"- recipe `{tuned.recipe}`, base lr {tuned.lr:.4g}, constants "
-        + (", ".join(f"`{k}: {v}`" for k, v in tuned.constants.items()) or "all 1"),
+        f"- recipe `{tuned.recipe}`, constants "
+        + (", ".join(f"`{k}: {v}`" for k, v in tuned.constants.items()) or "all 1")
+        + " (the lr and the run's other settings: the prediction below)",
         *[f"- {line}" for line in tuned.recommendation],
         f"- cost: {cost.trials} trials, {cost.flops:.3g} FLOPs"
         + (f" ({cost.vs_lr_sweep_at_largest:.2f}x an LR sweep at the largest proxy)"
            if cost.vs_lr_sweep_at_largest is not None else ""),
         f"- its report: `{os.path.relpath(tuned.report, out)}`; its config, to adapt to your model: "
         f"`{t.get('config', '')}`", ""]
+
+
+def gain_table(gain: dict[str, Any] | None) -> list[str]:
+    """The report's table of what the tuned constants buy at the largest proxy: each recipe's best measured
+    seed-mean loss and the fitted one beside it, the measured and fitted gaps, and whether each comparison is
+    fair (a comparator's optimum on its grid's edge is not, and the row says how far to extend its grid)."""
+    if not gain:
+        return []
+    w = gain["width"]
+    rows = [f"| {gain['recipe']} + tuned constants | {gain['loss']:.4f} ({gain['log2_lr']:g}) | "
+            f"{gain['loss_fitted']:.4f} ({gain['log2_lr_fitted']:.2f}) | | | "
+            + (f"its best LR is on the {gain['edge']} edge of its scan |" if gain.get("edge") else "|")]
+    for key, label in COMPARATORS.items():
+        g = gain.get(key)
+        if not g:
+            continue
+        noise = f" ± {g['se']:.4f}" if math.isfinite(g["se"]) else ""
+        fair = "yes" if g["fair"] else (
+            f"**no**: its best point is on the {g['edge']} edge of its grid ({g['grid'][0]:g} .. {g['grid'][1]:g}), "
+            f"so its best loss may be lower; extend the grid to log2 lr {g['extend_to']:g}" if g["edge"] else "no")
+        rows.append(f"| {label.format(w=w)} | {g['loss']:.4f} ({g['log2_lr']:g}) | {g['loss_fitted']:.4f} "
+                    f"({g['log2_lr_fitted']:.2f}) | {g['gain']:+.4f}{noise} ({g['relative']:+.1%}) | "
+                    f"{g['gain_fitted']:+.4f} ({g['relative_fitted']:+.1%}) | {fair} |")
+    return [f"At width {w}, each recipe at its own best LR. Measured: the seed-mean loss at the best grid point "
+            "(log2 lr in brackets); fitted: the fitted curve's minimum (where it is). Gaps: positive = the tuned "
+            "recipe is better; the measured gap's standard error is the seed-to-seed noise of both points.", "",
+            "| at the largest proxy | best measured loss (log2 lr) | fitted loss (log2 lr) | tuned better by, "
+            "measured | tuned better by, fitted | fair comparison |",
+            "|---|---|---|---|---|---|", *rows, ""]
 
 
 def _prediction_lines(tuned: TuneResult) -> list[str]:
@@ -353,7 +487,9 @@ def _prediction_lines(tuned: TuneResult) -> list[str]:
         "## Prediction for the target", "",
         f"- with {_tuned_label(tuned)}, from `{tuned.run_dir}`",
         f"- target: width {p.width} ({p.params / 1e6:.2f} M parameters), {p.tokens or 0:,.0f} tokens",
-        f"- learning rate: {p.lr:.4g} (90% interval {p.lr_interval[0]:.3g} .. {p.lr_interval[1]:.3g})",
+        "- the target run's settings (the lr is the one for `plan.optimizer(lr=...)` of the target's plan; the "
+        "training code uses every one of them):",
+        *[f"  - {line}" for line in setting_lines(p)],
         (f"- expected loss after {loss.at_tokens:,.0f} tokens: {loss.value:.3f} nats/byte (90% interval "
          f"{loss.interval[0]:.3f} .. {loss.interval[1]:.3f}); law {loss.law}" if loss
          else "- expected loss: not predicted"),

@@ -312,14 +312,15 @@ def trust_warnings(result: Prediction | Mapping[str, Any], hp: str = "log2_lr") 
                    f"than {th.max_width_extrapolation:g}x: add a wider proxy to shorten the extrapolation")
     if t.tokens is not None and px.tokens is not None and t.tokens > px.tokens * (1 + 1e-9):
         out.append(f"the target trains on {t.tokens:.3g} tokens, the proxies on at most {px.tokens:.3g}: "
-                   "beyond the swept token budgets (see the notes for how the LR was moved)")
+                   "beyond the swept token budgets (see the notes, or the lr's source, for how the LR was moved)")
     shallow = shallow_base_warning(result.recipe.recipe, px.base_depth, t.depth, px.base_residual)
     if shallow:
         out.append(shallow)
     b = px.batch_tokens
     if b and t.batch_tokens is not None and not b[0] * (1 - 1e-9) <= t.batch_tokens <= b[-1] * (1 + 1e-9):
         out.append(f"a batch of {t.batch_tokens:.3g} tokens per step is outside the swept ones "
-                   f"({', '.join(f'{x:g}' for x in b)}): the LR depends on the batch; sweep a batch_size axis")
+                   f"({', '.join(f'{x:g}' for x in b)}): the LR depends on the batch; sweep a batch_size axis (in a tune "
+                   "file: larger horizon.batches)")
     return out
 
 

@@ -166,7 +166,8 @@ def _batch_setting(cfg: TuneConfig, tc: TrainConfig, stage: HorizonStage | None,
     notes = []
     measured = batch_answer(stage.batch_optima, tokens, ref_d, ref_b) if stage is not None else None
     if given is not None:
-        s = TargetSetting("batch_tokens", given, None, False, "given in the tune file (target.batch)", "tokens")
+        key = "target.batch_tokens" if cfg.target is not None and cfg.target.batch_tokens else "target.batch"
+        s = TargetSetting("batch_tokens", given, None, False, f"given: yours, from the tune file ({key})", "tokens")
         if measured is not None:
             notes.append(f"batch: the target's batch is yours ({given:.3g} tokens per step); the optimal batch at "
                          f"{tokens:.3g} tokens would be {measured.value:.3g} tokens per step ({measured.source})")

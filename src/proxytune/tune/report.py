@@ -289,7 +289,7 @@ def setting_lines(p: TargetPrediction) -> list[str]:
         if x.name == "batch_tokens":
             value += " tokens per step"
         iv = f" (90% {x.interval[0]:.3g} .. {x.interval[1]:.3g})" if x.interval else ""
-        tag = "" if x.source.startswith(("measured", "not measured", "partly measured")) else (
+        tag = "" if x.source.startswith(("measured", "not measured", "partly measured", "given")) else (
             "measured: " if x.measured else "not measured: ")
         out.append(f"{x.name} = {value}{iv}: {tag}{x.source}")
     return out
