@@ -26,7 +26,7 @@ def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatc
     res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cpu", "--workers", "0"])
     assert res.exit_code == 0, res.output
     for text in ("What it shows", "Drift per doubling:", "Regret:", "Wider is better:", "An octave is",
-                 "Recommended", "Prediction", "runs:", "Next", "proxytune predict", "proxytune check",
+                 "Recommended", "The target run", "runs:", "Next", "proxytune predict", "proxytune check",
                  "proxytune tune"):
         assert text in res.output, text
     assert str(out / "runs" / "demo-quick-mup") in res.output.replace("\n", "")
@@ -38,6 +38,9 @@ def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatc
     assert len(summary["story"]) == 5
     assert "Tuned constants" in summary["story"][3] and "at width 80" in summary["story"][3]
     assert summary["story"][4].startswith("Recommendation: train the big model with")
+    # the advice names the tokens and batch its settings are for, and how to get them for another run
+    assert "on 1,024 tokens at 64 tokens per step (16 steps)" in summary["story"][4]
+    assert "target: {tokens, batch}" in summary["story"][4]
     tuned = summary["tune"]
     assert tuned["recipe"] in ("mup", "sp-perlayer") and tuned["lr"] > 0
     assert set(tuned["gain"]) >= {"width", "loss", "mup", "sp"} and tuned["gain"]["width"] == 80
@@ -45,6 +48,13 @@ def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatc
     pred = summary["prediction"]
     assert pred["target_width"] == 320 and pred["lr"] > 0 and pred["lr_interval"][0] <= pred["lr"]
     assert pred["recipe"] == f"{tuned['recipe']} + tuned constants" and pred["tokens"] == 16 * 4 * 16
+    # one learning rate: tune's is the target's, printed once (the settings' lr line), the snippet sets it
+    assert tuned["lr"] == pred["lr"]
+    assert sum(line.startswith("lr = ") for line in pred["setting_lines"]) == 1
+    assert sum(line.lstrip().startswith("lr = ") for line in res.output.splitlines()) == 1
+    assert f"lr = {pred['lr']!r}" in (out / "target_snippet.py").read_text()
+    assert {x["name"] for x in pred["settings"]} == {"lr", "batch_tokens", "steps", "weight_decay", "warmup",
+                                                    "beta2"}
     report = (out / "report.md").read_text()
     for text in ("Transfer verdict", "Optimum per width", "What it shows", "1,024 tokens", "2 seeds per point",
                  "nats/byte", "## Next", "## What tuned constants buy"):

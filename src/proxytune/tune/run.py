@@ -407,9 +407,11 @@ class Tuner:
                                                                                        for x in lr.interval))))
         plan_path: Path | None = self.cfg.run_dir / "target-plan.json"
         snippet: Path | None = self.cfg.run_dir / f"train-width{t.width}-depth{depth}.py"
+        # one float from here on: the LR printed, stored, planned and written into the training code
+        hp = HPEstimate("log2_lr", math.log2(lr.value), tuple(math.log2(x) for x in lr.interval), h.confidence,
+                        lr.source)
+        settings = tuple(replace(x, value=hp.lr) if x.name == "lr" else x for x in settings)
         if res.snippet is not None:
-            hp = HPEstimate("log2_lr", math.log2(lr.value), tuple(math.log2(x) for x in lr.interval), h.confidence,
-                            lr.source)
             plan = target_plan(sweep, t.width, depth, hp, plan_path, overrides=_run_fields(settings, sweep))
             snippet.write_text(plan["snippet"])
         else:  # a program sweep: the proxies' plans are on disk, the target's is the user's call
@@ -417,10 +419,9 @@ class Tuner:
         if res.loss is not None and res.proxies.tokens and not math.isclose(tokens, res.proxies.tokens, rel_tol=1e-6):
             notes.append(f"the expected loss is for the proxies' token budget ({res.proxies.tokens:.3g}), not the "
                          f"target's ({tokens:.3g}): the loss law is fitted across width only")
-        lo, hi = lr.interval
         return TargetPrediction(width=t.width, depth=depth, params=res.target.params, tokens=tokens,
-                                log2_lr=math.log2(lr.value), log2_lr_interval=(math.log2(lo), math.log2(hi)),
-                                lr=lr.value, lr_interval=(lo, hi), loss=res.loss, warnings=tuple(warnings),
+                                log2_lr=hp.value, log2_lr_interval=hp.interval, lr=hp.lr,
+                                lr_interval=hp.lr_interval, loss=res.loss, warnings=tuple(warnings),
                                 notes=(*res.notes, *notes, *(stage3.notes if stage3 else ())),
                                 plan=plan_path and str(plan_path), snippet=snippet and str(snippet),
                                 lr_source=lr.source, settings=settings, horizon=stage3)
