@@ -35,10 +35,17 @@ def test_the_lr_law_recovers_known_exponents_and_carries_them_to_a_held_out_poin
     assert s.exponents["D"][0] == pytest.approx(-0.4, abs=0.05)
     assert s.exponents["B"][0] == pytest.approx(0.5, abs=0.05)
     assert s.exponents["D"][1] <= s.exponents["D"][0] <= s.exponents["D"][2]
-    # 6 octaves of tokens at -0.4 and 4 of batch at +0.5: -2.4 + 2.0
-    assert s.shift == pytest.approx(-0.4, abs=0.3)
+    # 6 octaves of tokens at -0.4; the batch only up to the largest measured (4x, 2 octaves at +0.5): the law
+    # is not extrapolated past it (near the critical batch the optimal LR stops rising)
+    assert s.shift == pytest.approx(-2.4 + 1.0, abs=0.3)
     assert s.interval[0] <= s.shift <= s.interval[1]
     assert s.source.startswith("measured") and s.cells == 12
+    assert "not extrapolated past the largest batch measured (4.1e+03 tokens)" in s.source
+    # inside the measured batches, and below them, the law is used as fitted
+    inside = lr_shift(cells, (D0, B0), (64 * D0, 2 * B0))
+    assert inside.shift == pytest.approx(-2.4 + 0.5, abs=0.3) and "not extrapolated" not in inside.source
+    below = lr_shift(cells, (D0, B0), (D0, B0 / 4))
+    assert below.shift == pytest.approx(-1.0, abs=0.2)
     # a wrong exponent is caught: the same cells cannot give the rule's -0.32 for an exponent of -0.8
     steep = lr_shift(_grid(a=-0.8, b=0.5), (D0, B0), (64 * D0, B0))
     assert steep.exponents["D"][2] < -0.6
@@ -162,8 +169,8 @@ def test_stage_3_measures_the_law_and_the_target_gets_every_setting(tmp_path, mo
     settings, notes = target_settings(cfg, stage, (-7.0, (-7.25, -6.75), "width: the test's"))
     by = {s.name: s for s in settings}
     lr = by["lr"]
-    # 64x the tokens at -0.5, 4x the batch at +0.5: -3 + 1 = -2 octaves from -7
-    assert math.log2(lr.value) == pytest.approx(-9.0, abs=0.15)
+    # 64x the tokens at -0.5; the batch (4x) taken at the largest measured, 2x, at +0.5: -3 + 0.5 from -7
+    assert math.log2(lr.value) == pytest.approx(-9.5, abs=0.15)
     assert lr.measured and lr.interval[0] <= lr.value <= lr.interval[1]
     law = lr.source.split("the law lr* ∝ ")[1]
     assert float(law.split("D^")[1].split()[0]) == pytest.approx(A_D, abs=0.05)

@@ -33,7 +33,7 @@ def test_a_prediction_is_read_by_attribute_and_its_dict_form_is_generated():
     assert p.hp.lr == 2.0 ** -7 and p.hp.lr_interval == (2.0 ** -7.5, 2.0 ** -6.5) and p.snippet is None
     d = p.to_dict()
     assert list(d) == ["target", "hp", "loss", "notes", "recipe", "proxies", "warnings", "plan"]
-    assert d["hp"] == {"name": "log2_lr", "value": -7.0, "interval": [-7.5, -6.5], "confidence": 0.9,
+    assert d["hp"] == {"name": "log2_lr", "value": -7.0, "interval": [-7.5, -6.5], "confidence": 0.9, "source": "",
                        "lr": 2.0 ** -7, "lr_interval": [2.0 ** -7.5, 2.0 ** -6.5]}
     assert d["loss"]["fit"] is p.loss.fit  # the law object, as the dict form has always carried it
     assert d["proxies"]["widths"] == [32, 64, 128]

@@ -86,7 +86,9 @@ def lr_shift(cells: Sequence[Cell], reference: tuple[float, float], target: tupl
              confidence: float = 0.9) -> LRShift:
     """The octaves the optimal LR moves from ``reference`` (D0, B0) to ``target`` (D, B), tokens both, from the law
     ``lr* = c D^a B^b`` fitted on ``cells`` (only the variables the cells vary; at least 2 more cells than
-    variables)."""
+    variables). The law is extrapolated in D, and in B downwards; a target batch above the largest measured
+    is taken at the largest (near the critical batch the optimal LR stops rising, and where that is was not
+    measured)."""
     finite = [c for c in cells if math.isfinite(c.optimum.value)]
     ok = [c for c in finite if c.optimum.edge is None]  # an optimum on its scan's edge is a bound, not a value
     names = [k for k, v in (("D", [c.tokens for c in ok]), ("B", [c.batch_tokens for c in ok])) if len(set(v)) >= 2]
@@ -94,6 +96,10 @@ def lr_shift(cells: Sequence[Cell], reference: tuple[float, float], target: tupl
         raise ValueError(f"a law of the optimal LR in {' and '.join(names) or 'D or B'} needs {len(names) + 2} or "
                          f"more cells with a finite optimum inside their LR scan, the stage has {len(ok)}")
     cols = {"D": np.log2([c.tokens for c in ok]), "B": np.log2([c.batch_tokens for c in ok])}
+    b_max = max(c.batch_tokens for c in ok)
+    clamped = "B" in names and target[1] > b_max * (1 + 1e-9)
+    if clamped:  # above the batches measured the optimal LR may have stopped rising: not extrapolated
+        target = (target[0], b_max)
     X = np.column_stack([np.ones(len(ok))] + [cols[k] for k in names])
     pinv = np.linalg.pinv(X)
     values = np.asarray([c.optimum.value for c in ok])
@@ -115,6 +121,12 @@ def lr_shift(cells: Sequence[Cell], reference: tuple[float, float], target: tupl
               f"B {reference[1]:.3g} tokens to D {target[0]:.3g}, B {target[1]:.3g}")
     if unswept:
         source += f"; {', '.join(unswept)} not varied, so not moved"
+    if clamped:
+        source += (f"; the batch law is not extrapolated past the largest batch measured ({b_max:.3g} tokens): the "
+                   "optimal LR stops rising with the batch near the critical batch (McCandlish et al. 2018, 'An "
+                   "Empirical Model of Large-Batch Training'; Li et al. 2024, 'Surge Phenomenon in Optimal "
+                   "Learning Rate and Batch Size Scaling'), and the proxies do not say where that is; add larger "
+                   "horizon.batches to measure it")
     if len(finite) > len(ok):
         source += (f"; {len(finite) - len(ok)} cell(s) left out: their optimum is on the edge of their LR scan "
                    "(grow verify.max_extend)")
