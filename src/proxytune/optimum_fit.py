@@ -408,8 +408,8 @@ def find_optimum(records: list[dict[str, Any]], hp: str = "log2_lr", *, window: 
 
 
 def _flag_two_candidates(opt: Optimum, window: np.ndarray, coarse: float) -> None:
-    """When the interval excludes the best measured point, say so (``unimodal`` False, a note naming both
-    candidates and the bump between them, if there is one) and ask for half-step points around both."""
+    """When the interval excludes the best measured point and the measured curve has a bump next to it, say so
+    (``unimodal`` False, a note naming both candidates and the bump) and ask for half-step points around both."""
     best, (lo, hi) = opt.best_grid_value, opt.interval
     tol = 1e-9 * max(1.0, abs(best))
     if opt.fit is None or lo - tol <= best <= hi + tol:
