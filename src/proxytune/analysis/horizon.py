@@ -33,7 +33,7 @@ from ..typed import Record
 from .laws import LogLinearLaw, fit_log_linear
 from .optimum import Optimum
 from .rules_of_thumb import (
-    POWER_LINES_BOPT_EXP, STEPLAW_BATCH_COEF, STEPLAW_BATCH_D_EXP, TOKEN_HORIZON_EXP, steplaw_batch_tokens,
+    BATCH_LR_OPTIMIZERS, POWER_LINES_BOPT_EXP, STEPLAW_BATCH_COEF, STEPLAW_BATCH_D_EXP, TOKEN_HORIZON_EXP, steplaw_batch_tokens,
 )
 from .verdict import loss_se, optimum_draws
 
@@ -138,7 +138,8 @@ def prior_lr_shift(reference: tuple[float, float], target: tuple[float, float], 
     2024's horizon rule (``lr ∝ D^-0.32`` at fixed batch) and the batch rule of the optimizer (square root for Adam,
     Malladi et al. 2022; linear for SGD, Goyal et al. 2017). Not measured; no interval."""
     dd, db = math.log2(target[0] / reference[0]), math.log2(target[1] / reference[1])
-    b_exp = 1.0 if optimizer.lower() in ("sgd",) else 0.5
+    # the optimizer's batch rule where the rules table names one; square root (Adam's) otherwise
+    b_exp = 1.0 if BATCH_LR_OPTIMIZERS.get(optimizer.strip().lower().replace("_", "-")) == "linear" else 0.5
     shift = TOKEN_HORIZON_EXP * dd + b_exp * db
     rule = "linear (Goyal et al. 2017)" if b_exp == 1.0 else "square-root (Malladi et al. 2022)"
     source = (f"not measured: the published rules, lr ∝ D^{TOKEN_HORIZON_EXP} at fixed batch (Bjorck et al. 2024, "

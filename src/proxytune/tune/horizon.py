@@ -22,7 +22,7 @@ from ..analysis.horizon import (
     lr_shift, prior_lr_shift, timescale_wd,
 )
 from ..analysis.optimum import optima_by_group
-from ..analysis.rules_of_thumb import TOKEN_HORIZON_EXP, sqrt_rule_beta
+from ..analysis.rules_of_thumb import sqrt_rule_beta
 from ..train.config import TrainConfig
 from .config import TuneConfig
 from .search import LR_AXIS
@@ -68,7 +68,6 @@ def _cells_plan(cfg: TuneConfig, tc: TrainConfig, center: float) -> tuple[dict[t
     Each scan is centred on the base optimum moved by the published rules (so it starts near the optimum)."""
     h = cfg.horizon
     n = int(math.floor(h.span / h.step + 1e-9))
-    b_exp = 1.0 if cfg.optimizer.lower() == "sgd" else 0.5
     scans: dict[tuple[int, int], list[float]] = {}
     notes = []
     for mult_d in h.horizons:
@@ -78,7 +77,8 @@ def _cells_plan(cfg: TuneConfig, tc: TrainConfig, center: float) -> tuple[dict[t
             if steps < h.min_steps:
                 notes.append(f"horizon x{mult_d:g} at batch x{mult_b:g} left out: {steps} steps (< {h.min_steps})")
                 continue
-            mid = center + TOKEN_HORIZON_EXP * math.log2(mult_d) + b_exp * math.log2(bs / tc.batch_size)
+            ref = (1.0, float(tc.batch_size))  # the rules move the LR by ratios: tokens as multiples, batch in sequences
+            mid = center + prior_lr_shift(ref, (mult_d, float(bs)), cfg.optimizer).shift
             mid = round(mid / h.step) * h.step
             scans[(steps, bs)] = [round(mid + k * h.step, 10) for k in range(-n, n + 1)]
     return scans, notes
