@@ -209,3 +209,23 @@ def test_the_target_batch_is_given_once(tmp_path):
         _cfg(tmp_path, target={"width": 128, "batch": 8, "batch_tokens": 128})
     with pytest.raises(TuneConfigError, match="did you mean 'horizons'"):
         _cfg(tmp_path, horizon={"horizon": [1, 2]})
+
+
+def test_a_stage_without_a_law_falls_back_to_the_named_rules_instead_of_failing(tmp_path):
+    """Every cell's optimum on the edge of its scan (a bound, not a value): no law can be fitted; the answer is the
+    published rules, marked not measured, with the reason, and nothing raises after the trials were run."""
+    from proxytune.analysis.horizon import HorizonStage
+
+    def low_edge(d: float, b: float) -> Cell:  # losses falling toward the scan's low end: the optimum is below it
+        recs = [{"log2_lr": float(x), "seed": s, "val_loss": 3.0 + 0.05 * (x + 20) ** 2 + 0.001 * s}
+                for x in range(-10, -4) for s in (0, 1)]
+        return Cell(d, b, find_optimum(recs, "log2_lr", n_boot=50))
+
+    edge = [low_edge(REF_D * h, REF_B * k) for h in (1, 2, 4) for k in (1, 2)]
+    assert all(c.optimum.edge == "low" for c in edge)
+    stage = HorizonStage((REF_D, REF_B), tuple(edge), ())
+    settings, _ = target_settings(_cfg(tmp_path), stage, (-7.0, (-7.25, -6.75), "w"))
+    lr = next(s for s in settings if s.name == "lr")
+    assert not lr.measured and "not measured: the published rules" in lr.source
+    assert "stage 3 gave no law" in lr.source and "inside their LR scan" in lr.source
+    assert math.log2(lr.value) == pytest.approx(-7.0 - 0.32 * 6 + 0.5 * 2)

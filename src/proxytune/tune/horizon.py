@@ -15,6 +15,7 @@ the batch, the steps, the weight decay, the warmup and Adam's beta2, each a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.horizon import (
@@ -24,7 +25,7 @@ from ..analysis.horizon import (
 from ..analysis.optimum import optima_by_group
 from ..analysis.rules_of_thumb import sqrt_rule_beta
 from ..train.config import TrainConfig
-from .config import TuneConfig
+from .config import TuneConfig, TuneConfigError
 from .search import LR_AXIS
 
 if TYPE_CHECKING:
@@ -93,7 +94,9 @@ def run_horizon_stage(tuner: Tuner, recipe: str, setting: dict[str, float], fixe
     tc = proxy_train(cfg)
     scans, notes = _cells_plan(cfg, tc, center)
     if len(scans) < 3:
-        raise ValueError(f"horizon: {len(scans)} (horizon, batch) cells remain, 3 or more are needed for a law")
+        raise TuneConfigError(f"horizon: {len(scans)} (horizon, batch) cells have {cfg.horizon.min_steps} or more "
+                              "steps, 3 or more are needed for a law: add horizons or batches, or lower "
+                              "horizon.min_steps")
     seeds = list(range(cfg.horizon.seeds))
     for attempt in range(cfg.verify.max_extend + 1):
         points = [{"steps": st, "batch_size": bs, LR_AXIS: x, "seed": k}
@@ -188,18 +191,24 @@ def _batch_setting(cfg: TuneConfig, tc: TrainConfig, stage: HorizonStage | None,
 def _lr_setting(cfg: TuneConfig, stage: HorizonStage | None, reference: tuple[float, float],
                 target: tuple[float, float], width_lr: tuple[float, tuple[float, float], str]) -> TargetSetting:
     value, iv, width_source = width_lr
+    measured = stage is not None
     if stage is not None:
-        shift = lr_shift(stage.cells, reference, target)
+        try:
+            shift = lr_shift(stage.cells, reference, target)
+        except ValueError as exc:  # too few optima inside their scans: the trials stay stored, the rules answer
+            shift = prior_lr_shift(reference, target, cfg.optimizer)
+            shift = replace(shift, source=f"{shift.source}; stage 3 gave no law ({exc})")
+            measured = False
     elif math.isclose(target[0], reference[0]) and math.isclose(target[1], reference[1]):
         return TargetSetting("lr", 2.0 ** value, (2.0 ** iv[0], 2.0 ** iv[1]), True,
                              f"width: {width_source}; tokens and batch: the proxies'", "")
     else:
         shift = prior_lr_shift(reference, target, cfg.optimizer)
     v, (lo, hi) = _combine(value, iv, shift)
-    far = target[0] / max(c.tokens for c in stage.cells) if stage is not None else 1.0
+    far = target[0] / max(c.tokens for c in stage.cells) if measured else 1.0
     extra = (f"; the target's tokens are {far:.3g}x the longest horizon measured: the law is extrapolated that far"
              if far > 1.0 + 1e-9 else "")
-    return TargetSetting("lr", 2.0 ** v, (2.0 ** lo, 2.0 ** hi), stage is not None,
+    return TargetSetting("lr", 2.0 ** v, (2.0 ** lo, 2.0 ** hi), measured,
                          f"width: {width_source}; tokens and batch ({shift.shift:+.2f} octaves): {shift.source}{extra}")
 
 
