@@ -159,7 +159,9 @@ def _fake_run(self, sweep, label):
 
 def test_stage_3_measures_the_law_and_the_target_gets_every_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(Tuner, "_run", _fake_run)
-    cfg = _cfg(tmp_path)
+    # the power law in D and B (the critical-batch law has its own test below)
+    cfg = _cfg(tmp_path, horizon={"horizons": [1, 2, 4], "batches": [1, 2], "min_steps": 2, "noise_scale": False,
+                                  "weight_decay": {"start": -6, "stop": 2, "step": 1}})
     assert wants_horizon(cfg)
     tuner = Tuner(cfg, log=lambda m: None)
     stage = run_horizon_stage(tuner, "mup", {"log2_lr": -7.0}, {}, center=-7.0)
@@ -229,3 +231,98 @@ def test_a_stage_without_a_law_falls_back_to_the_named_rules_instead_of_failing(
     assert not lr.measured and "not measured: the published rules" in lr.source
     assert "stage 3 gave no law" in lr.source and "inside their LR scan" in lr.source
     assert math.log2(lr.value) == pytest.approx(-7.0 - 0.32 * 6 + 0.5 * 2)
+
+
+# ------------------------------------------------------------------ the critical batch (the gradient noise scale)
+BN = 4.0 * REF_B  # the synthetic noise scale, tokens: the target's batch (4x) reaches it, its tokens do not move it
+
+
+def _critical_loss(p) -> float:
+    from proxytune.analysis.horizon import batch_lr_factor
+
+    b = p["batch_size"] * SEQ
+    opt = -7.0 + A_D * math.log2(p["steps"] / STEPS) + float(batch_lr_factor(b, BN) - batch_lr_factor(REF_B, BN))
+    return 3.0 + 0.05 * (p["log2_lr"] - opt) ** 2
+
+
+def _fake_critical_run(self, sweep, label):
+    out = []
+    for i, p in enumerate(sweep.cfg.points or []):
+        rec = {**p, "status": "complete", "val_loss": _critical_loss(p) + 0.001 * p.get("seed", 0), "trial": i}
+        if p.get("noise_scale"):
+            rec["noise_scale"] = BN * (1.0 + 0.02 * p.get("seed", 0))
+        out.append(rec)
+    return out
+
+
+def test_stage_3_with_the_noise_scale_moves_the_lr_by_the_critical_batch_law(tmp_path, monkeypatch):
+    """The cells follow lr* ∝ S^-0.5 x factor(B, Bn): the probes measure Bn, the fit recovers the steps exponent,
+    and the target's LR, 4x the batch (at Bn) and 64x the tokens (16x the steps), is the law's, not the power
+    law's clamped at the largest batch measured."""
+    from proxytune.analysis.horizon import batch_lr_factor
+
+    monkeypatch.setattr(Tuner, "_run", _fake_critical_run)
+    cfg = _cfg(tmp_path)
+    assert cfg.horizon.noise_scale  # on by default
+    stage = run_horizon_stage(Tuner(cfg, log=lambda m: None), "mup", {"log2_lr": -7.0}, {}, center=-7.0)
+    assert stage.noise is not None and len(stage.noise.points) == 3 * cfg.horizon.seeds
+    assert stage.noise.at(64 * REF_D) == pytest.approx(BN, rel=0.05)
+    settings, notes = target_settings(cfg, stage, (-7.0, (-7.25, -6.75), "width: the test's"))
+    assert any("the critical batch" in n and "is at it" in n for n in notes)  # the target's batch is 4x = Bn
+    lr = next(s for s in settings if s.name == "lr")
+    truth = -7.0 + A_D * 4 + float(batch_lr_factor(4 * REF_B, BN) - batch_lr_factor(REF_B, BN))
+    assert math.log2(lr.value) == pytest.approx(truth, abs=0.15)
+    assert lr.measured and "factor(B, B_noise(D))" in lr.source and "Li et al. 2024" in lr.source
+    assert float(lr.source.split("S^")[1].split()[0]) == pytest.approx(A_D, abs=0.05)
+    # the old power law, clamped at the largest batch measured, would have said something else here
+    assert abs(truth - (-7.0 + A_D * 4 + 0.5 * 1 + A_D * 2)) > 0.3
+
+
+def test_batch_lr_factor_is_the_square_root_rule_below_the_critical_batch_and_peaks_at_it():
+    from proxytune.analysis.horizon import batch_lr_factor
+
+    bn = 1e4
+    # well below Bn: +0.5 octave per doubling (Adam), +1 (SGD); a wrong exponent fails these
+    assert float(batch_lr_factor(20.0, bn) - batch_lr_factor(10.0, bn)) == pytest.approx(0.5, abs=0.01)
+    assert float(batch_lr_factor(20.0, bn, "linear") - batch_lr_factor(10.0, bn, "linear")) == pytest.approx(1.0, abs=0.01)
+    # Adam's peaks at Bn and falls symmetrically beyond it (in log B); SGD's flattens
+    bs = 2.0 ** np.arange(0, 28)
+    f = batch_lr_factor(bs, bn)
+    assert bs[int(np.argmax(f))] == pytest.approx(bn, rel=0.5)
+    assert float(batch_lr_factor(bn * 8, bn)) == pytest.approx(float(batch_lr_factor(bn / 8, bn)))
+    lin = batch_lr_factor(np.asarray([1e6, 2e6]), bn, "linear")
+    assert float(lin[1] - lin[0]) == pytest.approx(0.0, abs=0.02)
+
+
+def test_the_noise_scale_law_over_horizons():
+    from proxytune.analysis.horizon import noise_scale_law
+
+    d = [2.0 ** k for k in (14, 15, 16) for _ in (0, 1)]
+    law = noise_scale_law([(x, 3.0 * x ** 0.5 * (1.03 if i % 2 else 0.97)) for i, x in enumerate(d)])
+    assert law.gamma == pytest.approx(0.5, abs=0.02)
+    assert law.at(2.0 ** 20) == pytest.approx(3.0 * 2.0 ** 10, rel=0.05)
+    draws = law.draws([2.0 ** 20], 2000, np.random.default_rng(0))
+    assert np.percentile(draws, 5) < 10 + math.log2(3.0) < np.percentile(draws, 95)
+    # one horizon: a constant; a probe whose |G|^2 estimate was not positive is dropped and counted
+    one = noise_scale_law([(2.0 ** 14, 100.0), (2.0 ** 14, 120.0), (2.0 ** 14, math.inf)])
+    assert one.gamma == 0.0 and one.dropped == 1 and 100 < one.at(2.0 ** 30) < 120
+    assert "one horizon measured" in one.line()
+    assert noise_scale_law([(2.0 ** 14, math.inf)]) is None
+
+
+def test_lr_shift_with_the_noise_scale_recovers_a_known_law_and_extrapolates_past_the_batches():
+    from proxytune.analysis.horizon import NoiseScaleLaw, batch_lr_factor
+
+    bn = 8 * B0
+    noise = NoiseScaleLaw(((D0, bn), (8 * D0, bn)), math.log2(bn), 0.0, ((1e-4, 0.0), (0.0, 1e-6)))
+
+    def opt(d, b):
+        return -8.0 - 0.3 * math.log2(d / b / (D0 / B0)) + float(batch_lr_factor(b, bn) - batch_lr_factor(B0, bn))
+
+    cells = [_cell(D0 * h, B0 * k, opt(D0 * h, B0 * k), seed=int(10 * h + k)) for h in (1, 2, 4, 8) for k in (1, 2)]
+    target = (64 * D0, 32 * B0)  # 4x past the critical batch, 16x past the batches measured
+    s = lr_shift(cells, (D0, B0), target, noise=noise)
+    assert s.exponents["S"][0] == pytest.approx(-0.3, abs=0.05)
+    assert s.shift == pytest.approx(opt(*target) - opt(D0, B0), abs=0.15)
+    assert s.interval[0] <= s.shift <= s.interval[1]
+    assert "above its critical batch" in s.source and "check: the free law's batch exponent" in s.source

@@ -81,8 +81,10 @@ from typing import Any
 import numpy as np
 
 SEED_AXES = ("seed", "data_seed")
-_META = ("trial", "status", "stage", "val_loss", "train_loss", "steps_done", "tokens", "flops", "params", "wall_time",
-         "diverged_step", "error")
+#: the columns of a trial record (:meth:`proxytune.sweep.results.TrialResults.records`) that are results, not the
+#: point's axes
+RECORD_META = ("trial", "status", "stage", "val_loss", "train_loss", "steps_done", "tokens", "flops", "params",
+               "wall_time", "diverged_step", "noise_scale", "error")
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,7 @@ def find_optimum(records: list[dict[str, Any]], hp: str = "log2_lr", *, window: 
     table = np.array([[by_x[x].get(s, math.nan) for s in seeds] for x in grid])  # (points, seeds)
     xs = np.array(grid)
     means = _row_means(table)
-    group = {k: v for k, v in records[0].items() if k not in (hp, *_META) and k not in SEED_AXES}
+    group = {k: v for k, v in records[0].items() if k not in (hp, *RECORD_META) and k not in SEED_AXES}
     coarse = _coarse_step(xs)
     reach = window * coarse if math.isfinite(coarse) else 0.0
     est = _estimate(xs, table, reach)
@@ -504,7 +506,7 @@ def optima_by_group(records: list[dict[str, Any]], hp: str = "log2_lr", size_axe
 
 def group_axes(records: list[dict[str, Any]], hp: str) -> list[str]:
     """The axes that tell groups apart: every key of a record but ``hp``, the seeds and the result fields."""
-    return [k for k in records[0] if k not in _META and k != hp and k not in SEED_AXES]
+    return [k for k in records[0] if k not in RECORD_META and k != hp and k not in SEED_AXES]
 
 
 def _sort_key(key: tuple) -> tuple:

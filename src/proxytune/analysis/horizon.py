@@ -5,7 +5,12 @@ horizon D and the batch B separate: the width answer comes from the width proxie
 the horizon and batch answer from LR scans at the base width over several (D, B), where the runs are cheap. In log2
 units the two add: ``log2 lr*(target) = log2 lr*(width, D0, B0) + [log2 lr*(D_t, B_t) - log2 lr*(D0, B0)]``.
 
-- **LR*(D, B)**: ``lr* = c D^a B^b``, fitted on the per-cell optima (:func:`proxytune.analysis.laws.fit_log_linear`
+- **The critical batch**: the gradient noise scale ``B_simple`` (McCandlish et al. 2018) measured at every horizon
+  (:mod:`proxytune.train.noise`) gives ``B_noise = k D^gamma`` (:func:`noise_scale_law`). With it, the LR law is
+  ``log2 lr* = c + a log2 S + factor(B, B_noise(D))`` (S = D / B the steps, :func:`lr_shift_critical`): the batch
+  acts through :func:`batch_lr_factor`, the square-root rule below the critical batch and saturating near it (Li et
+  al. 2024), so a target batch past the batches measured is answered, not clamped.
+- **LR*(D, B)** without a noise scale: ``lr* = c D^a B^b``, fitted on the per-cell optima (:func:`proxytune.analysis.laws.fit_log_linear`
   for the point fit); its interval comes from refitting the law to bootstrap draws of every cell's optimum, so it
   carries each optimum's measured noise. Published priors, for comparison and where nothing was measured: Bjorck et
   al. 2024 (``a = -0.32`` at fixed batch), the square-root rule for Adam (``b = 1/2``, Malladi et al. 2022), Step
@@ -77,18 +82,92 @@ class LRShift(Record):
     fit: LogLinearLaw | None = None
 
 
+@dataclass(frozen=True)
+class NoiseScaleLaw(Record):
+    """The gradient noise scale B_simple (McCandlish et al. 2018; tokens) at the base width against the training
+    tokens D: ``B_noise = k D^gamma`` through one value per probe run (``points``: (tokens, B_simple)), with the
+    covariance of (log2 k, gamma); a constant (``gamma`` 0, the points' mean) where one horizon was measured."""
+
+    points: tuple[tuple[float, float], ...]
+    log2_k: float
+    gamma: float
+    cov: tuple[tuple[float, float], tuple[float, float]]
+    dropped: int = 0  # probes whose gradient estimate was not positive (noise dominated): no value
+
+    def log2_at(self, tokens: float) -> float:
+        return self.log2_k + self.gamma * math.log2(tokens)
+
+    def at(self, tokens: float) -> float:
+        """B_noise (tokens) at ``tokens`` of training."""
+        return 2.0 ** self.log2_at(tokens)
+
+    def draws(self, tokens: Sequence[float], n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` draws of log2 B_noise at each of ``tokens`` (n, len(tokens)), from the fit's covariance."""
+        coef = rng.multivariate_normal([self.log2_k, self.gamma], np.asarray(self.cov), size=n)
+        return coef[:, :1] + coef[:, 1:] * np.log2(np.asarray(tokens, dtype=float))[None, :]
+
+    def line(self) -> str:
+        horizons = len({d for d, _ in self.points})
+        law = (f"B_noise ∝ D^{self.gamma:+.2f} (+-{1.645 * math.sqrt(self.cov[1][1]):.2f})" if horizons > 1
+               else "one horizon measured: taken as constant")
+        return (f"gradient noise scale B_simple (McCandlish et al. 2018) measured in {len(self.points)} run(s) at "
+                f"{horizons} horizon(s): {law}")
+
+
+def noise_scale_law(points: Sequence[tuple[float, float]]) -> NoiseScaleLaw | None:
+    """Fit ``log2 B_noise = log2 k + gamma log2 D`` by least squares on (tokens, B_simple) points (non-finite or
+    non-positive values dropped and counted); None when no point is usable."""
+    good = [(d, b) for d, b in points if b is not None and math.isfinite(b) and b > 0 and d > 0]
+    dropped = len(points) - len(good)
+    if not good:
+        return None
+    x = np.log2([d for d, _ in good])
+    y = np.log2([b for _, b in good])
+    if len(set(x.tolist())) >= 2 and len(good) >= 3:
+        X = np.column_stack([np.ones_like(x), x])
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        resid = y - X @ coef
+        s2 = float(resid @ resid) / max(1, len(y) - 2)
+        cov = s2 * np.linalg.inv(X.T @ X)
+        return NoiseScaleLaw(tuple(good), float(coef[0]), float(coef[1]),
+                             ((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))), dropped)
+    sd = float(np.std(y, ddof=1)) if len(y) > 1 else 1.0  # one run: its value give or take a factor of 2
+    return NoiseScaleLaw(tuple(good), float(np.mean(y)), 0.0, ((sd * sd / len(y), 0.0), (0.0, 0.0)), dropped)
+
+
+def batch_lr_factor(batch: np.ndarray | float, b_noise: np.ndarray | float, rule: str = "sqrt") -> np.ndarray:
+    """log2 of the optimal LR's batch factor (up to a constant) at ``batch`` for a noise scale ``b_noise``, both in
+    tokens: ``sqrt`` (Adam): ``1 / ((sqrt(Bn/B) + sqrt(B/Bn)) / 2)``, which grows as the square root of B well below
+    Bn, peaks at Bn and falls beyond it (Li et al. 2024, "Surge Phenomenon in Optimal Learning Rate and Batch Size
+    Scaling"); ``linear`` (SGD): ``1 / (1 + Bn/B)``, linear below Bn, flat beyond (McCandlish et al. 2018)."""
+    r = np.asarray(b_noise, dtype=float) / np.asarray(batch, dtype=float)
+    if rule == "linear":
+        return -np.log2(1.0 + r)
+    return -np.log2((np.sqrt(r) + 1.0 / np.sqrt(r)) / 2.0)
+
+
+def _batch_rule(optimizer: str) -> str:
+    return "linear" if BATCH_LR_OPTIMIZERS.get(optimizer.strip().lower().replace("_", "-")) == "linear" else "sqrt"
+
+
 def _draw_matrix(optima: Sequence[Optimum], n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.stack([optimum_draws(o, n, rng)[0] for o in optima], axis=1)  # (draws, cells)
 
 
 def lr_shift(cells: Sequence[Cell], reference: tuple[float, float], target: tuple[float, float], *,
-             confidence: float = 0.9) -> LRShift:
+             confidence: float = 0.9, noise: NoiseScaleLaw | None = None, optimizer: str = "adamw") -> LRShift:
     """The octaves the optimal LR moves from ``reference`` (D0, B0) to ``target`` (D, B), tokens both, from the law
     ``lr* = c D^a B^b`` fitted on ``cells`` (only the variables the cells vary; at least 2 more cells than
     variables). The law is extrapolated in D, and in B downwards; a target batch above the largest measured
     is taken at the largest (near the critical batch the optimal LR stops rising, and where that is was not
-    measured)."""
+    measured).
+
+    With ``noise`` (the measured gradient noise scale), the batch enters through the critical-batch form
+    :func:`batch_lr_factor` instead, at the noise scale of each cell's tokens, and the fitted law is
+    ``log2 lr* = c + a log2 S + factor(B, B_noise(D))`` with S = D / B the steps (:func:`lr_shift_critical`)."""
+    if noise is not None:
+        return lr_shift_critical(cells, reference, target, noise, confidence=confidence, optimizer=optimizer)
     finite = [c for c in cells if math.isfinite(c.optimum.value)]
     ok = [c for c in finite if c.optimum.edge is None]  # an optimum on its scan's edge is a bound, not a value
     names = [k for k, v in (("D", [c.tokens for c in ok]), ("B", [c.batch_tokens for c in ok])) if len(set(v)) >= 2]
@@ -131,6 +210,76 @@ def lr_shift(cells: Sequence[Cell], reference: tuple[float, float], target: tupl
         source += (f"; {len(finite) - len(ok)} cell(s) left out: their optimum is on the edge of their LR scan "
                    "(grow verify.max_extend)")
     return LRShift(shift, (float(min(lo, shift)), float(max(hi, shift))), law, exps, len(ok), source, fit)
+
+
+def lr_shift_critical(cells: Sequence[Cell], reference: tuple[float, float], target: tuple[float, float],
+                      noise: NoiseScaleLaw, *, confidence: float = 0.9, optimizer: str = "adamw") -> LRShift:
+    """The LR shift from ``reference`` to ``target`` (tokens D, tokens per step B) under the law
+    ``log2 lr* = c + a log2 S + factor(B, B_noise(D))``: the steps S = D / B carry the horizon (Bjorck et al. 2024
+    measured theirs at a fixed batch, where D is proportional to S), and the batch acts through the measured noise
+    scale (:func:`batch_lr_factor`): the square-root rule well below the critical batch, saturating near it. Only
+    ``c`` and ``a`` are fitted to the cells' optima; the interval draws both the optima and the noise-scale law.
+    The free log-linear law's batch exponent is reported beside it as a check."""
+    finite = [c for c in cells if math.isfinite(c.optimum.value)]
+    ok = [c for c in finite if c.optimum.edge is None]
+    steps = np.log2([c.tokens / c.batch_tokens for c in ok])
+    vary = len(set(np.round(steps, 9).tolist())) >= 2
+    need = 3 if vary else 2
+    if len(ok) < need:
+        raise ValueError(f"a law of the optimal LR over the steps needs {need} or more cells with a finite optimum "
+                         f"inside their LR scan, the stage has {len(ok)}")
+    rule = _batch_rule(optimizer)
+    rng = np.random.default_rng(1)
+    d_all = [c.tokens for c in ok] + [reference[0], target[0]]
+    bn = noise.draws(d_all, _N_DRAWS, rng)  # (draws, cells + 2), log2
+    bn_point = np.asarray([noise.log2_at(d) for d in d_all])
+    b_all = np.asarray([c.batch_tokens for c in ok] + [reference[1], target[1]])
+    f_point = batch_lr_factor(b_all, 2.0 ** bn_point, rule)
+    f_draws = batch_lr_factor(b_all[None, :], 2.0 ** bn, rule)
+    X = np.column_stack([np.ones(len(ok))] + ([steps] if vary else []))
+    pinv = np.linalg.pinv(X)
+    values = np.asarray([c.optimum.value for c in ok])
+    ds = math.log2((target[0] / target[1]) / (reference[0] / reference[1]))
+    coef = pinv @ (values - f_point[:-2])
+    a = float(coef[1]) if vary else 0.0
+    shift = a * ds + float(f_point[-1] - f_point[-2])
+    y_draws = _draw_matrix([c.optimum for c in ok], _N_DRAWS) - f_draws[:, :-2]
+    coef_draws = y_draws @ pinv.T
+    a_draws = coef_draws[:, 1] if vary else np.zeros(_N_DRAWS)
+    shift_draws = a_draws * ds + f_draws[:, -1] - f_draws[:, -2]
+    tail = 50 * (1 - confidence)
+    lo, hi = np.percentile(shift_draws, [tail, 100 - tail])
+    a_lo, a_hi = np.percentile(a_draws, [tail, 100 - tail])
+    bn_t = 2.0 ** bn_point[-1]
+    bn_lo, bn_hi = 2.0 ** np.percentile(bn[:, -1], [tail, 100 - tail])
+    form = ("1 / ((sqrt(Bn/B) + sqrt(B/Bn)) / 2), Li et al. 2024" if rule == "sqrt"
+            else "1 / (1 + Bn/B), McCandlish et al. 2018")
+    law = f"lr* ∝ S^{a:+.3f} x factor(B, B_noise(D))"
+    exps = {"S": (a, float(a_lo), float(a_hi))} if vary else {}
+    far = target[0] / max(d for d, _ in noise.points)
+    source = (f"measured: the law {law} ({100 * confidence:.0f}% S^{a_lo:+.2f} .. {a_hi:+.2f}; steps S = D / B; "
+              f"batch factor {form}), fitted on {len(ok)} LR scans at the base width; {noise.line()}: "
+              f"{noise.at(reference[0]):.3g} tokens at the proxies' D {reference[0]:.3g}, {bn_t:.3g} "
+              f"({100 * confidence:.0f}% {bn_lo:.3g} .. {bn_hi:.3g}) at the target's D {target[0]:.3g}"
+              + (f" (extrapolated {far:.3g}x past the longest probe)" if far > 1 + 1e-9 else "")
+              + f"; steps {ds:+.2f} doublings: {a * ds:+.2f} octaves; batch {reference[1]:.3g} -> {target[1]:.3g} "
+              f"tokens: {float(f_point[-1] - f_point[-2]):+.2f} octaves")
+    if not vary:
+        source += "; the steps were not varied, so the horizon does not move the LR"
+    if target[1] > bn_t:
+        source += (f"; the target's batch is above its critical batch ({bn_t:.3g} tokens): past it the optimal LR "
+                   "falls, and each step buys less")
+    try:
+        free = lr_shift(cells, reference, target, confidence=confidence)
+        if "B" in free.exponents:
+            b, b_lo, b_hi = free.exponents["B"]
+            source += f"; check: the free law's batch exponent is {b:+.2f} ({100 * confidence:.0f}% {b_lo:+.2f} .. {b_hi:+.2f})"
+    except ValueError:
+        pass
+    if len(finite) > len(ok):
+        source += (f"; {len(finite) - len(ok)} cell(s) left out: their optimum is on the edge of their LR scan "
+                   "(grow verify.max_extend)")
+    return LRShift(shift, (float(min(lo, shift)), float(max(hi, shift))), law, exps, len(ok), source)
 
 
 def prior_lr_shift(reference: tuple[float, float], target: tuple[float, float], optimizer: str) -> LRShift:
@@ -305,6 +454,7 @@ class HorizonStage(Record):
     batch_optima: tuple[Any, ...]
     weight_decay: WeightDecayCheck | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    noise: NoiseScaleLaw | None = None
 
     def fields_for_dict(self) -> dict[str, Any]:
         out = super().fields_for_dict()

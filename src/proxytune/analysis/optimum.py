@@ -9,7 +9,7 @@ from __future__ import annotations
 # re-exported for one release; import from proxytune.optimum_fit
 from ..optimum_fit import (  # noqa: F401
     SEED_AXES,
-    _META,
+    RECORD_META,
     Curve,
     Optimum,
     Parabola,

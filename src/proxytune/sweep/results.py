@@ -80,6 +80,7 @@ class TrialResults:
                 "steps_done": res.get("steps_done"), "tokens": res.get("tokens"), "flops": res.get("flops"),
                 "params": res.get("n_params"),
                 "wall_time": res.get("wall_time"), "diverged_step": res.get("diverged_step"),
+                "noise_scale": _float(res["noise_scale"]) if res.get("noise_scale") is not None else None,
                 "error": t.user_attrs.get("error", ""),
             })
             rows.append(row)

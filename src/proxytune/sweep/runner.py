@@ -19,6 +19,7 @@ import yaml
 
 from ..builders import build_model, load_builder
 from ..errors import PlanError
+from ..optimum_fit import RECORD_META
 from ..shapes import analyze_model
 from ..train.config import TrainConfig
 from ..train.setup import _builder_options, load_data
@@ -320,7 +321,7 @@ def best_per_group(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r["status"] != "complete" or not math.isfinite(r["val_loss"]):
             continue
-        point = {k: v for k, v in r.items() if k not in _RECORD_KEYS}
+        point = {k: v for k, v in r.items() if k not in RECORD_META}
         key = group_key(point)
         if key not in best or r["val_loss"] < best[key]["val_loss"]:
             best[key] = {"size": {k: v for k, v in point.items() if not is_batchable_axis(k)},
@@ -329,8 +330,6 @@ def best_per_group(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-_RECORD_KEYS = {"trial", "status", "stage", "val_loss", "train_loss", "steps_done", "tokens", "flops", "params",
-                "wall_time", "diverged_step", "error"}
 
 
 # ------------------------------------------------------------------ executors

@@ -60,6 +60,8 @@ def check_batchable(configs: Sequence[TrainConfig]) -> None:
     if configs[0].optimizer not in BATCHED_OPTIMIZERS:
         raise BatchError(f"optimizer {configs[0].optimizer!r} has no batched update (batched: "
                          f"{', '.join(BATCHED_OPTIMIZERS)}); train these configs one by one")
+    if configs[0].noise_scale:
+        raise BatchError("noise_scale back-propagates each batch in halves: its trials train one by one")
     if configs[0].precision in ("bf16-pure", "fp8-sim"):
         raise BatchError(f"precision {configs[0].precision!r} trains one trial at a time")
     if get_recipe(configs[0].recipe).unit:

@@ -110,6 +110,11 @@ class TrainConfig(BaseModel):
     eval_batches: int = Field(4, gt=0)
     diverge_factor: float = Field(3.0, gt=1, description="stop when loss exceeds this multiple of the first loss")
 
+    # measurements
+    noise_scale: bool = Field(False, description="measure the gradient noise scale (McCandlish et al. 2018's "
+                                                 "B_simple, in tokens): each step's batch is split in two halves "
+                                                 "whose gradients are compared; needs an even batch_size")
+
     # execution
     seed: int = Field(0, description="seed of init and batch order")
     data_seed: int | None = Field(None, description="seed of the batch order (None: same as seed)")
@@ -178,6 +183,9 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if isinstance(self.warmup, float) and self.warmup >= 1:
             raise ValueError("warmup as a float is a fraction of steps and must be < 1; give an int for steps")
+        if self.noise_scale and (self.batch_size < 2 or self.batch_size % 2):
+            raise ValueError(f"noise_scale splits each batch in two equal halves: batch_size must be even, got "
+                             f"{self.batch_size}")
         if self.role_lr.get("hidden", 1.0) == 0 and self.optimizer == "muon":
             raise ValueError("role_lr[hidden] = 0 freezes every Muon matrix")
         return self

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
+from .noise import NoiseScaleMeter
 from .result import RunResult, final_train_loss
 from .schedule import lr_factor
 from .setup import Prepared, check_output, environment, flops_per_step, optimizer_kwargs, prepare, to_device
@@ -60,6 +61,20 @@ def val_batches(prep: Prepared) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [to_device(b, prep) for b in prep.data.val_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)]
 
 
+def _backward(prep: Prepared, x: torch.Tensor, y: torch.Tensor, meter: NoiseScaleMeter | None) -> torch.Tensor:
+    """The batch's loss, back-propagated (in halves when the noise scale is measured); the forward under autocast,
+    the backward outside it."""
+    def forward(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        with _autocast(prep):
+            return prep.loss(prep.model, xs, ys)
+
+    if meter is not None:
+        return meter.backward(forward, x, y)
+    loss = forward(x, y)
+    loss.backward()
+    return loss
+
+
 def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None = None,
           on_eval: EvalFn | None = None) -> RunResult:
     """Train one model as ``config`` says and return what happened.
@@ -85,6 +100,8 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
     evals: list[dict[str, float]] = []
     flops_step = 0
     status, reason, diverged_step = "complete", "", None
+    meter = NoiseScaleMeter(list(model.parameters()), cfg.tokens_per_step() // cfg.batch_size) \
+        if cfg.noise_scale else None
     model.train()
     for step in range(cfg.steps):
         factor = lr_factor(step, cfg.steps, cfg.schedule, warmup, cfg.final_lr_frac, cfg.cooldown)
@@ -94,9 +111,7 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
         if step == 0:
             check_output(prep, x, y)
             flops_step = flops_per_step(model, prep.loss_fn, x, y, prep.forward)
-        with _autocast(prep):
-            loss = prep.loss(model, x, y)
-        loss.backward()
+        loss = _backward(prep, x, y, meter)
         if cfg.grad_clip is not None:  # in the explicit form's units: folded trains as explicit does
             prep.plan.clip_grad_norm_(model, cfg.grad_clip)
         opt.step()
@@ -137,4 +152,5 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
         env=environment(prep.data, device),
         diverged_step=diverged_step,
         reason=reason,
+        noise_scale=meter.value() if meter is not None and ok else None,
     )

@@ -37,6 +37,8 @@ class RunResult:
     env: dict[str, Any] = field(default_factory=dict)
     diverged_step: int | None = None
     reason: str = ""
+    #: the gradient noise scale B_simple in tokens, when the config asked for it (``TrainConfig.noise_scale``)
+    noise_scale: float | None = None
 
     @property
     def loss(self) -> float:

@@ -147,6 +147,10 @@ class HorizonConfig(_Strict):
                                                          "and the longest horizon (proxies' batch) at their "
                                                          "optimal LR")
     min_steps: int = Field(10, ge=1, description="a (horizon, batch) with fewer steps is left out")
+    noise_scale: bool = Field(True, description="measure the gradient noise scale (the critical batch) at every "
+                                                "horizon, one run per seed at its best LR, so the batch moves the "
+                                                "LR by the critical-batch law instead of a power law that stops at "
+                                                "the largest batch measured")
 
     @field_validator("horizons", "batches")
     @classmethod

@@ -19,8 +19,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.horizon import (
-    Cell, HorizonStage, LRShift, TargetSetting, WeightDecayCheck, batch_answer, batch_optima, check_timescale,
-    lr_shift, prior_lr_shift, timescale_wd,
+    Cell, HorizonStage, LRShift, NoiseScaleLaw, TargetSetting, WeightDecayCheck, batch_answer, batch_optima,
+    check_timescale, lr_shift, noise_scale_law, prior_lr_shift, timescale_wd,
 )
 from ..analysis.optimum import optima_by_group
 from ..analysis.rules_of_thumb import sqrt_rule_beta
@@ -114,8 +114,37 @@ def run_horizon_stage(tuner: Tuner, recipe: str, setting: dict[str, float], fixe
     per_seq = tc.tokens_per_step() / tc.batch_size
     cells = tuple(Cell(st * bs * per_seq, bs * per_seq, o) for (st, bs), o in sorted(optima.items()))
     reference = (float(tc.steps * tc.tokens_per_step()), float(tc.tokens_per_step()))
+    noise = _noise_probe(tuner, recipe, fixed, cells, tc, notes) if cfg.horizon.noise_scale else None
     wd = _wd_check(tuner, recipe, fixed, cells, tc) if cfg.horizon.weight_decay is not None else None
-    return HorizonStage(reference, cells, tuple(batch_optima(cells)), wd, tuple(notes))
+    return HorizonStage(reference, cells, tuple(batch_optima(cells)), wd, tuple(notes), noise)
+
+
+def _noise_probe(tuner: Tuner, recipe: str, fixed: dict[str, Any], cells: tuple[Cell, ...], tc: TrainConfig,
+                 notes: list[str]) -> NoiseScaleLaw | None:
+    """The gradient noise scale at every horizon: one run per seed at the cell nearest the proxies' batch (an even
+    number of sequences), at its best measured LR (``TrainConfig.noise_scale``)."""
+    per_seq = tc.tokens_per_step() / tc.batch_size
+    ref_b = float(tc.tokens_per_step())
+    probes = []
+    for d in sorted({c.tokens for c in cells}):
+        row = [c for c in cells if c.tokens == d and math.isfinite(c.optimum.best_grid_value)
+               and round(c.batch_tokens / per_seq) % 2 == 0]
+        if row:
+            probes.append(min(row, key=lambda c: abs(math.log2(c.batch_tokens / ref_b))))
+    if not probes:
+        notes.append("noise scale not measured: no horizon has a cell with an even batch and a finite optimum")
+        return None
+    points = [{"steps": round(c.tokens / c.batch_tokens), "batch_size": round(c.batch_tokens / per_seq),
+               LR_AXIS: c.optimum.best_grid_value, "noise_scale": True, "seed": k}
+              for c in probes for k in range(tuner.cfg.horizon.seeds)]
+    recs = tuner._run(tuner._sweep("horizon-noise", recipe, fixed=fixed, points=points),
+                      f"stage 3 · {recipe}: gradient noise scale at {len(probes)} horizons, base width")
+    measured = [(float(r["steps"]) * float(r["batch_size"]) * per_seq, r.get("noise_scale")) for r in recs
+                if r.get("status") == "complete"]
+    law = noise_scale_law([(d, b) for d, b in measured if b is not None])
+    if law is None:
+        notes.append("noise scale not measured: no probe run gave a value (noise dominated every estimate)")
+    return law
 
 
 def _cell_optima(recs: list[dict[str, Any]], scans: dict[tuple[int, int], list[float]]) -> dict[tuple[int, int], Any]:
@@ -181,6 +210,13 @@ def _batch_setting(cfg: TuneConfig, tc: TrainConfig, stage: HorizonStage | None,
                           "tokens and no batch was given", "tokens")
     else:
         s = batch_answer((), tokens, ref_d, ref_b)
+    if stage is not None and stage.noise is not None:
+        bn = stage.noise.at(tokens)
+        where = "above" if s.value > bn * 1.05 else "below" if s.value < bn / 1.05 else "at"
+        notes.append(f"batch: the critical batch (the gradient noise scale measured at the base width, "
+                     f"{stage.noise.line().split(': ', 1)[1]}) is about {bn:.3g} tokens at the target's {tokens:.3g} "
+                     f"tokens; the batch ({s.value:.3g}) is {where} it. Past it a larger batch saves few steps for "
+                     "its tokens (McCandlish et al. 2018)")
     seqs = max(1, round(s.value / per_seq))
     if not math.isclose(seqs * per_seq, s.value):
         s = TargetSetting(s.name, seqs * per_seq, s.interval, s.measured,
@@ -194,7 +230,7 @@ def _lr_setting(cfg: TuneConfig, stage: HorizonStage | None, reference: tuple[fl
     measured = stage is not None
     if stage is not None:
         try:
-            shift = lr_shift(stage.cells, reference, target)
+            shift = lr_shift(stage.cells, reference, target, noise=stage.noise, optimizer=cfg.optimizer)
         except ValueError as exc:  # too few optima inside their scans: the trials stay stored, the rules answer
             shift = prior_lr_shift(reference, target, cfg.optimizer)
             shift = replace(shift, source=f"{shift.source}; stage 3 gave no law ({exc})")
