@@ -1,4 +1,7 @@
+import importlib
 import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +34,17 @@ def postgres_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """Import a script of ``bench/`` by name (the scripts are not a package: their folder joins sys.path for the
+    session, as when one is run from there)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(BENCH))

@@ -4,8 +4,6 @@ the fitted ones beside them, and do not claim a gain against a comparator whose 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +12,6 @@ from proxytune import demo
 from proxytune.optimum_fit import Optimum
 from proxytune.sweep import SweepConfig
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 GRID = [-11.0, -10.0, -9.0, -8.0, -7.0, -6.0, -5.0]
 
 
@@ -123,13 +120,8 @@ def test_sp_sweeps_reach_lower_than_the_shared_grid_and_the_trial_counts_follow(
 
 
 @pytest.fixture(scope="module")
-def transfer():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import transfer
-        yield transfer
-    finally:
-        sys.path.remove(str(BENCH))
+def transfer(bench_script):
+    return bench_script("transfer")
 
 
 def test_b1_compares_with_measured_best_losses_and_flags_a_reference_on_its_edge(transfer):
@@ -155,12 +147,8 @@ def test_b1_compares_with_measured_best_losses_and_flags_a_reference_on_its_edge
     assert goal.count("not judged (sp on the grid edge at 256, see above)") == 2 and "-> met" not in goal.split(";")[0]
 
 
-def test_b1_sp_row_reaches_lower_on_the_gpu_only(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import b1_rows
-    finally:
-        sys.path.remove(str(BENCH))
+def test_b1_sp_row_reaches_lower_on_the_gpu_only(tmp_path, bench_script):
+    b1_rows = bench_script("b1_rows")
     for preset, low in (("cpu", -12), ("gpu", -16)):
         sp = SweepConfig.from_dict(b1_rows.row_sweep(preset, "sp", "sp", tmp_path))
         mup = SweepConfig.from_dict(b1_rows.row_sweep(preset, "mup", "mup", tmp_path))
