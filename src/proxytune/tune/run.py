@@ -46,10 +46,11 @@ from ..analysis.prediction import HPEstimate
 from ..analysis.verdict import loss_gap, transfer_verdict
 from ..builders import build_model, load_builder
 from ..errors import PlanError
+from ..optimum_fit import RECORD_META
 from ..plan import parameterize
 from ..sweep import Sweep, SweepConfig
 from ..sweep.config import apply_point, base_config
-from ..sweep.errors import RepeatedFailure
+from ..sweep.errors import RepeatedFailure, SweepConfigError
 from ..sweep.store import _diff
 from ..thresholds import THRESHOLDS, shallow_base_warning
 from ..train.config import TrainConfig
@@ -99,6 +100,7 @@ class Tuner:
         self.axes = [LR_AXIS, *self.mults]
         self.sweeps: dict[str, Sweep] = {}
         self.notes: list[str] = []
+        self.costs = StageCosts(cfg)
 
     # ---------------------------------------------------------------- sweeps
     def _sweep(self, stage: str, recipe: str, *, fixed: dict[str, Any] | None = None,
@@ -125,7 +127,8 @@ class Tuner:
 
     def _run(self, sweep: Sweep, label: str) -> list[dict[str, Any]]:
         n = len(sweep.cfg.points or []) or None
-        self.log(f"{label}" + (f": {n} trials" if n else "") + f" -> {sweep.cfg.run_dir}")
+        self.log(f"{label}" + (f": {n} trials" if n else "") + f" -> {sweep.cfg.run_dir}"
+                 + self.costs.before(sweep))
         poll = (lambda counts, store: self.on_poll(label, counts)) if self.on_poll else None
         try:
             counts = sweep.run(on_poll=poll, stop_after_failures=MAX_SAME_FAILURES)
@@ -136,6 +139,7 @@ class Tuner:
         if self.on_poll is not None:
             self.on_poll(label, counts)  # the final counts (the last poll may have come before the last trial)
         records = sweep.records()
+        self.log(f"  {label.split(':')[0]}: {self.costs.after(records)}")
         failed = [r for r in records if r.get("status") == "failed"]
         if failed and not any(r.get("status") in _DONE for r in records):
             last = (failed[0].get("error") or "").strip().splitlines()
@@ -504,6 +508,69 @@ def inapplicable_multipliers(cfg: TuneConfig, names: list[str]) -> dict[str, str
             except PlanError as exc:
                 out[name] = " ".join(str(exc).split()) + (f", under recipe {recipe}" if len(cfg.candidates) > 1 else "")
     return out
+
+
+class StageCosts:
+    """Each stage's FLOPs, estimated before it runs (its trials not yet stored, each one's model counted on the meta
+    device at its width, depth, steps and batch) and counted after (its trials' own FLOPs), both also as a fraction
+    of one run of the target (``target:``; its tokens, else the proxies')."""
+
+    def __init__(self, cfg: TuneConfig) -> None:
+        self.cfg = cfg
+        self._per_token: dict[tuple[int, int], float] = {}
+        self._target: float | None = None
+
+    def per_token(self, width: int, depth: int) -> float:
+        if (width, depth) not in self._per_token:
+            tc = TrainConfig(**self.cfg.train_fields(self.cfg.candidates[0]), width=width, depth=depth)
+            self._per_token[(width, depth)] = run_flops(self.cfg, width, depth, None) / (tc.steps * tc.tokens_per_step())
+        return self._per_token[(width, depth)]
+
+    def target(self) -> float:
+        """FLOPs of one target run (0 without a target, or when the model is a program's)."""
+        t = self.cfg.target
+        if self._target is None:
+            self._target = (run_flops(self.cfg, t.width, t.depth or self.cfg.base_depth, t.tokens)
+                            if t is not None and self.cfg.program is None else 0.0)
+        return self._target
+
+    def _words(self, flops: float) -> str:
+        target = self.target()
+        return f"{flops:.3g} FLOPs" + (f", {100 * flops / target:.3g}% of one target run" if target else "")
+
+    def before(self, sweep: Sweep) -> str:
+        """``"; about ... FLOPs (...)"``: the estimate for the sweep's trials not stored yet ('' where it cannot be
+        counted: a program's model, a sampled sweep)."""
+        if self.cfg.program is not None or sweep.cfg.points is None:
+            return ""
+        try:
+            stored = {_point_key(r) for r in sweep.records() if r.get("status") in (*_DONE, "pruned")}
+        except SweepConfigError:  # not created yet: nothing stored
+            stored = set()
+        try:
+            base = TrainConfig(**{**self.cfg.train_fields(self.cfg.candidates[0]), **dict(sweep.cfg.train)})
+            flops = 0.0
+            for pt in sweep.cfg.points:
+                if _point_key(pt) in stored:
+                    continue
+                get = lambda k: pt.get(k, getattr(base, k))  # noqa: E731
+                tokens = get("steps") * get("batch_size") * get("seq_len")
+                flops += self.per_token(int(get("width")), int(get("depth"))) * tokens
+        except Exception:  # noqa: BLE001 -- an estimate must never stop a stage
+            return ""
+        if stored and not flops:
+            return f"; all {len(stored)} trials stored: nothing to train"
+        return f"; about {self._words(flops)}" + (f" ({len(stored)} stored trials reused)" if stored else "")
+
+    def after(self, records: list[dict[str, Any]]) -> str:
+        """The FLOPs of the stage's finished trials, in words."""
+        flops = sum(float(r.get("flops") or 0.0) for r in records if r.get("status") in (*_DONE, "pruned"))
+        return f"{self._words(flops)} spent"
+
+
+def _point_key(point: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in point.items()
+                        if k not in RECORD_META))
 
 
 def run_flops(cfg: TuneConfig, width: int, depth: int, tokens: float | None) -> float:

@@ -1,0 +1,51 @@
+"""Issue 30, item 2: every stage of ``tune`` says its cost before it runs (an estimate: its trials not stored yet,
+each model counted at its width, depth, steps and batch) and after (its trials' own FLOPs), in FLOPs and as a
+fraction of one target run."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from proxytune.tune.config import TuneConfig
+from proxytune.tune.run import Tuner, run_flops
+
+
+def _tuner(tmp_path, logs: list[str], **over) -> Tuner:
+    d = {"name": "c", "model": "gpt", "model_options": {"head_dim": 8}, "data_options": {"max_bytes": 100_000},
+         "base": {"width": 8, "depth": 1}, "widths": [16, 32], "recipes": ["mup"],
+         "target": {"width": 64, "tokens": 1e6},
+         "train": {"steps": 6, "batch_size": 4, "seq_len": 16, "eval_every": 6, "eval_batches": 1},
+         "executor": {"kind": "inline", "batch": 1}, "runs_dir": str(tmp_path / "runs"), **over}
+    return Tuner(TuneConfig.from_dict(d), log=logs.append)
+
+
+def _flops(line: str, word: str) -> float:
+    return float(re.search(rf"{word} ([0-9.e+]+) FLOPs", line).group(1))
+
+
+def test_the_estimate_before_a_stage_is_what_its_trials_then_cost(tmp_path):
+    logs: list[str] = []
+    t = _tuner(tmp_path, logs)
+    # two shapes, two step counts, two batches: the estimate scales each trial by its own model and tokens
+    pts = [{"log2_lr": -6.0, "seed": 0, "width": 8, "steps": 6, "batch_size": 4},
+           {"log2_lr": -5.0, "seed": 0, "width": 16, "steps": 3, "batch_size": 8}]
+    recs = t._run(t._sweep("x", "mup", points=pts), "probe")
+    spent = sum(r["flops"] for r in recs)
+    before, after = logs[0], logs[1]
+    assert before.startswith("probe: 2 trials -> ") and _flops(before, "about") == pytest.approx(spent, rel=1e-2)
+    assert _flops(after, "probe:") == pytest.approx(spent, rel=1e-2) and after.endswith("spent")
+    target = run_flops(t.cfg, 64, 1, 1e6)
+    share = float(re.search(r"([0-9.e+-]+)% of one target run", before).group(1))
+    assert share == pytest.approx(100 * spent / target, rel=1e-2)
+    # run again: every trial is stored, nothing is estimated to train
+    t._run(t._sweep("x", "mup", points=pts), "probe")
+    assert logs[2].endswith("all 2 trials stored: nothing to train")
+
+
+def test_without_a_target_the_cost_is_in_flops_only(tmp_path):
+    logs: list[str] = []
+    t = _tuner(tmp_path, logs, target=None)
+    t._run(t._sweep("y", "mup", points=[{"log2_lr": -6.0, "seed": 0}]), "one")
+    assert "FLOPs" in logs[0] and "target run" not in logs[0] and "target run" not in logs[1]
