@@ -49,3 +49,13 @@ def test_without_a_target_the_cost_is_in_flops_only(tmp_path):
     t = _tuner(tmp_path, logs, target=None)
     t._run(t._sweep("y", "mup", points=[{"log2_lr": -6.0, "seed": 0}]), "one")
     assert "FLOPs" in logs[0] and "target run" not in logs[0] and "target run" not in logs[1]
+
+
+def test_a_sampled_stage_is_estimated_at_its_shape(tmp_path):
+    logs: list[str] = []
+    t = _tuner(tmp_path, logs)
+    sweep = t._sweep("s1-tpe", "mup", axes={"log2_lr": {"low": -8, "high": -4}, "seed": [0]},
+                     strategy={"kind": "tpe", "n_trials": 3, "seed": 0})
+    recs = t._run(sweep, "tpe")
+    assert len(recs) == 3
+    assert _flops(logs[0], "about") == pytest.approx(sum(r["flops"] for r in recs), rel=1e-2)

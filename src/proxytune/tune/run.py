@@ -540,8 +540,9 @@ class StageCosts:
 
     def before(self, sweep: Sweep) -> str:
         """``"; about ... FLOPs (...)"``: the estimate for the sweep's trials not stored yet ('' where it cannot be
-        counted: a program's model, a sampled sweep)."""
-        if self.cfg.program is not None or sweep.cfg.points is None:
+        counted: a program's model); a sampled sweep's trials at its own shape."""
+        n_sampled = getattr(sweep.cfg.strategy, "n_trials", None)
+        if self.cfg.program is not None or (sweep.cfg.points is None and not n_sampled):
             return ""
         try:
             stored = {_point_key(r) for r in sweep.records() if r.get("status") in (*_DONE, "pruned")}
@@ -550,7 +551,9 @@ class StageCosts:
         try:
             base = TrainConfig(**{**self.cfg.train_fields(self.cfg.candidates[0]), **dict(sweep.cfg.train)})
             flops = 0.0
-            for pt in sweep.cfg.points:
+            # a sampled sweep (TPE): its trials at the sweep's own shape, the ones stored not counted
+            points = sweep.cfg.points or [{}] * max(0, n_sampled - len(stored))
+            for pt in points:
                 if _point_key(pt) in stored:
                     continue
                 get = lambda k: pt.get(k, getattr(base, k))  # noqa: E731
