@@ -382,6 +382,34 @@ def test_stage1_with_tpe(tmp_path):
     assert set(s1["winner"]["setting"]) == {LR_AXIS, "role_init.readout", "attn_mult"}
 
 
+def test_stage1_with_successive_halving(tmp_path):
+    """Issue 30, item 1: TPE's points under successive halving. With 9 steps, factor 3 and 2 rungs, trials report
+    at steps 1 and 3 and only the best third of those reaching a rung go on; only full-length trials can be
+    finalists, and the stage costs less than its trials at full length would."""
+    search = {"strategy": "halving", "n_trials": 12, "lr": {"start": -8, "stop": -6, "step": 1},
+              "multipliers": ["role_init.readout", "attn_mult"], "finalists": 2}
+    cfg = tiny(tmp_path, search=search, train={**TINY["train"], "steps": 9, "eval_every": 9},
+               executor={"kind": "inline", "batch": 1})  # one at a time: each rung sees the trials before it
+    logs: list[str] = []
+    tuner = Tuner(TuneConfig.from_dict(cfg), log=logs.append)
+    s1 = tuner.stage1()
+    recs = tuner.sweeps["s1-halving"].records()
+    pruned = [r for r in recs if r["status"] == "pruned"]
+    full = [r for r in recs if r["status"] in ("complete", "diverged")]
+    assert len(pruned) + len(full) == 12 and pruned and full
+    assert {r["steps_done"] for r in pruned} <= {1, 3}
+    assert "stopped at step 1, 3 of 9 unless in the best 1/3" in " ".join(logs)
+    # the stage cost less than 12 full-length trials
+    assert sum(r["flops"] for r in recs) < 0.8 * 12 * max(r["flops"] for r in full)
+    # the finalists are the control and full-length trials, re-run on fresh seeds
+    kept = {tuple(round(r[a], 6) for a in (LR_AXIS, "log2_role_init.readout", "log2_attn_mult")) for r in full}
+    for f in s1.finalists[1:]:
+        st = f.setting
+        assert (round(st[LR_AXIS], 6), round(math.log2(st["role_init.readout"]), 6),
+                round(math.log2(st["attn_mult"]), 6)) in kept
+    assert s1.strategy == "halving"
+
+
 # ------------------------------------------------------------------ multipliers that cannot apply, failing stages
 _NO_ATTENTION = '''
 import torch

@@ -249,6 +249,18 @@ class HalvingStrategy(EarlyStopping):
 
 
 @register
+class TPEHalvingStrategy(HalvingStrategy):
+    """TPE's points with successive halving (as BOHB, Falkner et al. 2018, pairs a model-based sampler with
+    Hyperband): a trial continues past each rung (``min_resource`` x ``reduction_factor``^k eval steps) only if its
+    loss there is in the best 1 / ``reduction_factor`` of the trials that reached that rung."""
+
+    name = "tpe-halving"
+
+    def sampler(self, cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed)
+
+
+@register
 class HyperbandStrategy(EarlyStopping):
     """Random points with Hyperband, up to the trials' ``steps``."""
 

@@ -56,9 +56,11 @@ class _Strict(BaseModel):
 class SearchConfig(_Strict):
     """Stage 1: the search at the base shape (all recipes coincide there, so it runs once)."""
 
-    strategy: Literal["oat", "tpe"] = Field(
+    strategy: Literal["oat", "tpe", "halving"] = Field(
         "tpe", description="oat: one-at-a-time scans of each multiplier around the current best, combined, "
-                           "in rounds; tpe: Optuna's TPE over all of them at once, same budget")
+                           "in rounds; tpe: Optuna's TPE over all of them at once, same budget; halving: TPE's "
+                           "points with successive halving on their learning curves (twice the trials, most "
+                           "stopped early)")
     lr: Range = Field(default_factory=lambda: Range(start=-12, stop=-4, step=1),
                       description="log2 grid of the first LR scan, with every multiplier at 1")
     multipliers: list[str] = Field(default_factory=lambda: list(DEFAULT_MULTIPLIERS),
@@ -67,7 +69,13 @@ class SearchConfig(_Strict):
     step: float = Field(1.0, gt=0, description="oat: scan step, octaves")
     lr_span: float = Field(2.0, gt=0, description="oat: octaves of LR scanned around the center in each round")
     rounds: int = Field(2, ge=1, le=6, description="oat: rounds of scans")
-    n_trials: int | None = Field(None, gt=0, description="tpe: trials (default: the oat budget)")
+    n_trials: int | None = Field(None, gt=0, description="tpe: trials (default: the oat budget); halving: "
+                                                         "trials started (default: twice the oat budget)")
+    reduction_factor: int = Field(3, ge=2, description="halving: a trial goes on past a rung only if its loss "
+                                                       "there is in the best 1 / reduction_factor of the trials "
+                                                       "that reached it")
+    rungs: int = Field(2, ge=1, le=4, description="halving: rungs before full length, at steps / "
+                                                  "reduction_factor^k (k = rungs .. 1)")
     bound: float = Field(3.0, gt=0, description="tpe: each multiplier searched over 2^-bound .. 2^bound")
     finalists: int = Field(3, ge=1, description="best distinct settings re-run on fresh seeds (plus the defaults)")
     seeds: int = Field(2, ge=2, description="fresh seeds per finalist")

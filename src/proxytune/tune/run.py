@@ -163,7 +163,7 @@ class Tuner:
         if s.strategy == "oat":
             records += self._oat(recipe, center, rounds)
         else:
-            records += self._tpe(recipe, center)
+            records += self._tpe(recipe, center, halving=s.strategy == "halving")
         finalists = finalist_settings(records, self.axes, s.finalists, defaults)
         # fresh seeds: the search picked on one seed, so its best look better than they are (winner's curse)
         seeds = list(range(s.seed + 1, s.seed + s.seeds + 1))
@@ -203,15 +203,29 @@ class Tuner:
         rounds.append(Round(round="final LR", center=new, decisions=[lr_final], trials=len(recs)))
         return records + recs
 
-    def _tpe(self, recipe: str, center: dict[str, float]) -> list[dict[str, Any]]:
-        """TPE over log2 lr (+-3 octaves around the LR scan's best) and log2 of every multiplier."""
+    def _tpe(self, recipe: str, center: dict[str, float], halving: bool = False) -> list[dict[str, Any]]:
+        """TPE over log2 lr (+-3 octaves around the LR scan's best) and log2 of every multiplier; with ``halving``,
+        twice the trials (default) under successive halving: each is evaluated at the rungs ``steps / f^k`` and
+        stopped there unless in the best 1 / f of those that reached the rung (only full-length trials can be
+        finalists, and the finalists are re-run at full length on fresh seeds)."""
         s = self.cfg.search
-        budget = s.n_trials or self.oat_budget()
         bounds = {LR_AXIS: {"low": center[LR_AXIS] - 3, "high": center[LR_AXIS] + 3},
                   **{f"log2_{m}": {"low": -s.bound, "high": s.bound} for m in self.mults}}
-        sweep = self._sweep("s1-tpe", recipe, axes={**bounds, "seed": [s.seed]},
-                            strategy={"kind": "tpe", "n_trials": budget, "seed": 0})
-        return self._run(sweep, f"stage 1 · TPE over the LR and {len(self.mults)} multipliers, {budget} trials")
+        if not halving:
+            budget = s.n_trials or self.oat_budget()
+            sweep = self._sweep("s1-tpe", recipe, axes={**bounds, "seed": [s.seed]},
+                                strategy={"kind": "tpe", "n_trials": budget, "seed": 0})
+            return self._run(sweep, f"stage 1 · TPE over the LR and {len(self.mults)} multipliers, {budget} trials")
+        budget = s.n_trials or 2 * self.oat_budget()
+        steps = int(self.cfg.train.get("steps", TrainConfig.model_fields["steps"].default))
+        first = max(1, steps // s.reduction_factor ** s.rungs)
+        rungs = [first * s.reduction_factor ** k for k in range(s.rungs)]
+        sweep = self._sweep("s1-halving", recipe, axes={**bounds, "seed": [s.seed]}, fixed={"eval_every": first},
+                            strategy={"kind": "tpe-halving", "n_trials": budget, "seed": 0, "min_resource": first,
+                                      "reduction_factor": s.reduction_factor})
+        return self._run(sweep, f"stage 1 · TPE with successive halving over the LR and {len(self.mults)} "
+                                f"multipliers, {budget} trials, each stopped at step {', '.join(map(str, rungs))} "
+                                f"of {steps} unless in the best 1/{s.reduction_factor} of those that reached it")
 
     def oat_budget(self) -> int:
         """Trials of the one-at-a-time rounds and final LR scan, for a TPE run of the same size."""
@@ -563,7 +577,10 @@ class StageCosts:
             return ""
         if stored and not flops:
             return f"; all {len(stored)} trials stored: nothing to train"
-        return f"; about {self._words(flops)}" + (f" ({len(stored)} stored trials reused)" if stored else "")
+        early = getattr(sweep.cfg.strategy, "kind", "") in ("halving", "hyperband", "tpe-halving")
+        return (f"; {'at most' if early else 'about'} {self._words(flops)}"
+                + (" (trials stopped early cost less)" if early else "")
+                + (f" ({len(stored)} stored trials reused)" if stored else ""))
 
     def after(self, records: list[dict[str, Any]]) -> str:
         """The FLOPs of the stage's finished trials, in words."""
