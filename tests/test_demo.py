@@ -117,6 +117,13 @@ def test_predict_report_and_rules_from_a_three_width_sweep(tmp_path):
     assert res.exit_code == 0, res.output
     report = (tmp_path / "runs" / "p" / "report" / "report.md").read_text()
     assert "## Verdict" in report and (tmp_path / "runs" / "p" / "report" / "lr_curves.png").exists()
+    # a target batch outside the swept one (64 tokens per step) is flagged
+    res = runner.invoke(app, ["predict", str(tmp_path / "runs" / "p"), "--width", "256", "--batch-tokens", "4096",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["target"]["batch_tokens"] == 4096
+    assert any("4.1e+03 tokens per step is outside the swept ones" in w for w in got["warnings"]), got["warnings"]
     res = runner.invoke(app, ["predict", "--rule", "steplaw", "--params", "1.2e9", "--tokens", "2.4e10", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["lr"] == pytest.approx(1.79 * 1.2e9 ** -0.713 * 2.4e10 ** 0.307)

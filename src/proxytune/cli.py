@@ -588,6 +588,8 @@ def predict(
     width: Optional[int] = typer.Option(None, help="target width"),
     depth: Optional[int] = typer.Option(None, help="target depth [the proxies' depth]"),
     tokens: Optional[float] = typer.Option(None, help="target training tokens"),
+    batch_tokens: Optional[float] = typer.Option(None, "--batch-tokens",
+                                                 help="target tokens per step [the largest swept]"),
     hp: str = typer.Option("log2_lr", help="the HP axis to predict"),
     rule: Optional[str] = typer.Option(None, help="a rule of thumb instead of a sweep (see: proxytune rules)"),
     params: Optional[float] = typer.Option(None, help="parameter count N of the target (--rule; or for a sweep of "
@@ -608,7 +610,8 @@ def predict(
 
     sw = _sweep_errors(lambda: Sweep.open(run_dir))
     path = plan_out or str(Path(run_dir) / f"plan-width{width}.json")
-    result = _sweep_errors(lambda: predict_from_sweep(sw, width, depth, tokens, hp, plan_path=path, params=params))
+    result = _sweep_errors(lambda: predict_from_sweep(sw, width, depth, tokens, hp, plan_path=path, params=params,
+                                                      batch_tokens=batch_tokens))
     if as_json:
         typer.echo(json.dumps(result.to_dict(), default=str))
         return
