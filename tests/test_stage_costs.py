@@ -59,3 +59,14 @@ def test_a_sampled_stage_is_estimated_at_its_shape(tmp_path):
     recs = t._run(sweep, "tpe")
     assert len(recs) == 3
     assert _flops(logs[0], "about") == pytest.approx(sum(r["flops"] for r in recs), rel=1e-2)
+
+
+def test_a_stage_that_reuses_part_of_a_bigger_stored_sweep_counts_only_its_own_points(tmp_path):
+    logs: list[str] = []
+    t = _tuner(tmp_path, logs)
+    three = [{"log2_lr": x, "seed": 0} for x in (-7.0, -6.0, -5.0)]
+    t._run(t._sweep("z", "mup", points=three), "three")
+    t._run(t._sweep("z", "mup", points=three[:2]), "two")
+    assert logs[2].endswith("all 2 trials stored: nothing to train")
+    t._run(t._sweep("z", "mup", points=[*three[:2], {"log2_lr": -4.0, "seed": 0}]), "one new")
+    assert "(2 stored trials reused)" in logs[4]

@@ -564,23 +564,26 @@ class StageCosts:
             stored = set()
         try:
             base = TrainConfig(**{**self.cfg.train_fields(self.cfg.candidates[0]), **dict(sweep.cfg.train)})
-            flops = 0.0
+            flops, reused = 0.0, 0
             # a sampled sweep (TPE): its trials at the sweep's own shape, the ones stored not counted
             points = sweep.cfg.points or [{}] * max(0, n_sampled - len(stored))
+            if sweep.cfg.points is None:
+                reused = min(len(stored), n_sampled)
             for pt in points:
                 if _point_key(pt) in stored:
+                    reused += 1
                     continue
                 get = lambda k: pt.get(k, getattr(base, k))  # noqa: E731
                 tokens = get("steps") * get("batch_size") * get("seq_len")
                 flops += self.per_token(int(get("width")), int(get("depth"))) * tokens
         except Exception:  # noqa: BLE001 -- an estimate must never stop a stage
             return ""
-        if stored and not flops:
-            return f"; all {len(stored)} trials stored: nothing to train"
+        if reused and not flops:
+            return f"; all {reused} trials stored: nothing to train"
         early = getattr(sweep.cfg.strategy, "kind", "") in ("halving", "hyperband", "tpe-halving")
         return (f"; {'at most' if early else 'about'} {self._words(flops)}"
                 + (" (trials stopped early cost less)" if early else "")
-                + (f" ({len(stored)} stored trials reused)" if stored else ""))
+                + (f" ({reused} stored trials reused)" if reused else ""))
 
     def after(self, records: list[dict[str, Any]]) -> str:
         """The FLOPs of the stage's finished trials, in words."""
