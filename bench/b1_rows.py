@@ -14,13 +14,15 @@ from typing import Any
 # overrides ``lr`` for one row: B1 compares every row with SP swept at the largest width, which is fair only when
 # SP's optimum there is inside its grid (issue 29, item 7). On the CPU it is (-10.54 at 256, grid from -12). On
 # the GPU preset it is extrapolated: SP's optimum fell 0.85..1.3 octaves per doubling on the CPU (B1, B6), and
-# 2048 is 4 doublings above 128, so it may fall below -14; the SP row reaches 2 octaves lower.
+# 2048 is 4 doublings above 128, so it may fall below -14; the SP row reaches 2 octaves lower. The tuned rows
+# reach 2 octaves higher: with the constants tune found on 2026-12-06 their optimum was the old grid's top, -4.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"widths": [32, 64, 128, 256], "lr": {"start": -12, "stop": -4, "step": 1}, "depth": 2, "seeds": 2,
-            "workers": 2, "threads": 1,
+            "workers": 2, "threads": 1, "row_lr": {"mup-tuned": {"stop": -2}, "sp-perlayer-tuned": {"stop": -2}},
             "train": {"steps": 300, "batch_size": 16, "seq_len": 64, "eval_every": 300, "eval_batches": 8}},
     "gpu": {"widths": [128, 256, 512, 1024, 2048], "lr": {"start": -14, "stop": -4, "step": 1}, "depth": 4,
-            "seeds": 2, "workers": 1, "threads": 4, "row_lr": {"sp": {"start": -16}},
+            "seeds": 2, "workers": 1, "threads": 4,
+            "row_lr": {"sp": {"start": -16}, "mup-tuned": {"stop": -2}, "sp-perlayer-tuned": {"stop": -2}},
             "train": {"steps": 2000, "batch_size": 32, "seq_len": 256, "eval_every": 500, "eval_batches": 16,
                       "device": "cuda", "precision": "bf16"}},
 }

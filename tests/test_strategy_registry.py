@@ -13,8 +13,8 @@ from proxytune.sweep.space import grid_points
 from proxytune.sweep.strategy import STRATEGIES, GridStrategy, register, strategy_of
 from proxytune.sweep.worker import SAMPLED
 
-DOCUMENTED = ["grid", "list", "random", "tpe", "halving", "hyperband", "telescoping"]
-KNOWN = "Input should be 'grid', 'list', 'random', 'tpe', 'halving', 'hyperband' or 'telescoping'"
+DOCUMENTED = ["grid", "list", "random", "tpe", "halving", "tpe-halving", "hyperband", "telescoping"]
+KNOWN = "Input should be 'grid', 'list', 'random', 'tpe', 'halving', 'tpe-halving', 'hyperband' or 'telescoping'"
 
 
 class ReverseGrid(GridStrategy):
@@ -52,7 +52,7 @@ def sweep_dict(tmp_path: Path, kind: str) -> dict:
 def test_the_registry_holds_the_documented_strategies():
     assert list(STRATEGIES) == DOCUMENTED
     assert all(STRATEGIES[name].name == name for name in DOCUMENTED)
-    assert SAMPLED == ("random", "tpe", "halving", "hyperband")
+    assert SAMPLED == ("random", "tpe", "halving", "tpe-halving", "hyperband")
     assert [name for name in DOCUMENTED if STRATEGIES[name].samples] == list(SAMPLED)
 
 
