@@ -106,12 +106,16 @@ class NoiseScaleLaw(Record):
         coef = rng.multivariate_normal([self.log2_k, self.gamma], np.asarray(self.cov), size=n)
         return coef[:, :1] + coef[:, 1:] * np.log2(np.asarray(tokens, dtype=float))[None, :]
 
+    def law(self) -> str:
+        """The fitted law in words (its exponent with a 90% half-width), or that it is a constant."""
+        if len({d for d, _ in self.points}) > 1:
+            return f"B_noise ∝ D^{self.gamma:+.2f} (+-{1.645 * math.sqrt(self.cov[1][1]):.2f})"
+        return "one horizon measured: taken as constant"
+
     def line(self) -> str:
         horizons = len({d for d, _ in self.points})
-        law = (f"B_noise ∝ D^{self.gamma:+.2f} (+-{1.645 * math.sqrt(self.cov[1][1]):.2f})" if horizons > 1
-               else "one horizon measured: taken as constant")
         return (f"gradient noise scale B_simple (McCandlish et al. 2018) measured in {len(self.points)} run(s) at "
-                f"{horizons} horizon(s): {law}")
+                f"{horizons} horizon(s): {self.law()}")
 
 
 def noise_scale_law(points: Sequence[tuple[float, float]]) -> NoiseScaleLaw | None:

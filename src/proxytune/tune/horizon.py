@@ -214,7 +214,7 @@ def _batch_setting(cfg: TuneConfig, tc: TrainConfig, stage: HorizonStage | None,
         bn = stage.noise.at(tokens)
         where = "above" if s.value > bn * 1.05 else "below" if s.value < bn / 1.05 else "at"
         notes.append(f"batch: the critical batch (the gradient noise scale measured at the base width, "
-                     f"{stage.noise.line().split(': ', 1)[1]}) is about {bn:.3g} tokens at the target's {tokens:.3g} "
+                     f"{stage.noise.law()}) is about {bn:.3g} tokens at the target's {tokens:.3g} "
                      f"tokens; the batch ({s.value:.3g}) is {where} it. Past it a larger batch saves few steps for "
                      "its tokens (McCandlish et al. 2018)")
     seqs = max(1, round(s.value / per_seq))
