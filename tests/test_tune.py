@@ -263,6 +263,89 @@ def test_race_scans_the_largest_width_for_the_leader_only(tmp_path, monkeypatch)
     assert any("sp-perlayer: loss 2.0300 at width 32 at its transferred LR" in w for w in why)
 
 
+def _race_run(trained, level32, opt=None, jitter=0.02):
+    """A fake ``Tuner._run``: recipes level at widths 8 and 16 (losses = parabola + seed offset +-``jitter``); at
+    width 32 each recipe's level is ``level32[recipe]``. Every trained point is appended to ``trained``."""
+    opt = opt or {}
+
+    def fake_run(self, sweep, label):
+        r = sweep.cfg.recipe
+        out = []
+        for i, p in enumerate(sweep.cfg.points or []):
+            trained.append((r, p))
+            level = level32[r] if p["width"] == 32 else 2.0
+            o = opt.get(r, -7.0) if p["width"] > 8 else -7.0
+            out.append({**p, "status": "complete", "trial": i,
+                        "val_loss": level + 0.1 * (p[LR_AXIS] - o) ** 2 + jitter * (-1) ** p["seed"]})
+        return out
+    return fake_run
+
+
+def test_race_probe_clearly_behind_on_its_first_seed_trains_no_second_seed(tmp_path, monkeypatch):
+    """At the largest width the probes train seed 0 first. sp-perlayer is 0.3 above mup there, far beyond the
+    margin (z x sqrt(2) x the per-run noise at width 16, about 0.066 here): its second seed is not trained, the
+    candidate says why, and the recommendation names it. The transferred LR is not a round number: the probe is
+    still the scan's centre point, not a fourth LR (its key rounded differently once cost 2 runs at the largest)."""
+    trained: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Tuner, "_run", _race_run(trained, {"mup": 2.0, "sp-perlayer": 2.3}))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, verify={"max_extend": 2}))
+    c = -7.0 + 1e-12  # a transferred LR with more digits than the scan keeps
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: c, "role_init.readout": 1.0})
+    at32 = {r: sorted({(p[LR_AXIS], p["seed"]) for rr, p in trained if rr == r and p["width"] == 32})
+            for r in ("mup", "sp-perlayer")}
+    assert at32["sp-perlayer"] == [(-7.0, 0)]
+    assert at32["mup"] == [(x, s) for x in (-7.5, -7.0, -6.5) for s in (0, 1)]
+    mup, sp = (next(c for c in out if c.recipe == r) for r in ("mup", "sp-perlayer"))
+    assert sp.one_seed and "0.3000 above the leader's, beyond the margin 0.06" in sp.one_seed
+    assert mup.one_seed is None and sp.probe_only == 32
+    choice, why = pick_recommendation(out, cfg)
+    assert choice is mup
+    assert any(w.startswith("sp-perlayer: loss 2.3200 at width 32 at its transferred LR") and "one seed" in w
+               for w in why)
+
+
+def test_race_probe_within_the_margin_trains_every_seed(tmp_path, monkeypatch):
+    """0.05 behind on seed 0, inside the margin (0.066): a second seed could change the leader, so it trains."""
+    trained: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Tuner, "_run", _race_run(trained, {"mup": 2.0, "sp-perlayer": 2.05}))
+    out = Tuner(TuneConfig.from_dict(tiny(tmp_path, verify={"max_extend": 2})), log=lambda m: None).stage2(
+        {LR_AXIS: -7.0, "role_init.readout": 1.0})
+    assert sorted({p["seed"] for r, p in trained if r == "sp-perlayer" and p["width"] == 32}) == [0, 1]
+    assert next(c for c in out if c.recipe == "sp-perlayer")["one_seed"] is None
+
+
+def test_race_margin_is_z_sqrt2_times_the_per_run_noise():
+    from proxytune.tune.run import race_margin
+
+    rows = [{"width": 16, "log2_lr": x, "seed": s, "val_loss": 2 + 0.1 * (x + 7) ** 2 + 0.02 * (-1) ** s}
+            for x in (-7.5, -7.0, -6.5) for s in (0, 1)]
+    o = find_optimum(rows, "log2_lr")
+    margin, noise = race_margin([o, o])
+    # no residual (a parabola), seed offsets +-0.02: one run's spread is their std, 0.0283
+    assert noise == pytest.approx(0.02 * math.sqrt(2), rel=1e-3)
+    assert margin == pytest.approx(1.6449 * math.sqrt(2) * noise, rel=1e-3)
+    assert margin == pytest.approx(race_margin([o], confidence=0.9)[0])
+    assert race_margin([o], confidence=0.99)[0] > margin
+    one = find_optimum([r for r in rows if r["seed"] == 0], "log2_lr")
+    assert all(math.isnan(x) for x in race_margin([one]))  # one seed: no noise to judge by, every seed trains
+
+
+def test_stage_costs_count_the_points_asked_for_not_every_stored_trial():
+    from types import SimpleNamespace
+
+    from proxytune.tune.run import asked
+
+    pts = [{"width": 32, LR_AXIS: -7.0, "seed": 0}, {"width": 32, LR_AXIS: -6.5, "seed": 0}]
+    recs = [{**p, "status": "complete", "flops": 1.0, "trial": i} for i, p in enumerate(pts)]
+    left = {"width": 32, LR_AXIS: -7.0, "seed": 1, "status": "complete", "flops": 1.0, "trial": 9}
+    assert asked(SimpleNamespace(cfg=SimpleNamespace(points=pts)), [*recs, left]) == recs
+    assert len(asked(SimpleNamespace(cfg=SimpleNamespace(points=None)), [*recs, left])) == 3  # sampled: all
+    # a point stored twice (an LR written with more digits by an earlier run) counts once, its finished record
+    twice = [{**recs[0], "status": "failed"}, {**recs[0], LR_AXIS: -7.0 + 1e-12, "trial": 5}, recs[1]]
+    got = asked(SimpleNamespace(cfg=SimpleNamespace(points=pts)), twice)
+    assert len(got) == 2 and got[0]["trial"] == 5
+
+
 # ------------------------------------------------------------------ list strategy
 def test_list_strategy_runs_exactly_its_points(tmp_path):
     pts = [{"log2_lr": -8, "role_init.readout": 0.0, "seed": 0}, {"log2_lr": -7, "role_init.readout": 2.0, "seed": 0}]

@@ -33,7 +33,8 @@ def _as_candidate(c: Candidate | dict[str, Any]) -> Candidate:
         return c
     return Candidate(recipe=c["recipe"], sweep=c.get("sweep", ""), optima=tuple(c["optima"]), lrs=c.get("lrs", {}),
                      dropped=c.get("dropped"), probe_only=c.get("probe_only"), verdict=c.get("verdict"),
-                     depth_optima=c.get("depth_optima"), depth_verdict=c.get("depth_verdict"))
+                     depth_optima=c.get("depth_optima"), depth_verdict=c.get("depth_verdict"),
+                     one_seed=c.get("one_seed"))
 
 
 def pick_recommendation(candidates: list[C], cfg: TuneConfig) -> tuple[C, list[str]]:
@@ -134,6 +135,9 @@ def _compared(c: Candidate, ob: Optimum | None, width: Any, z: float) -> str:
         return f"{c.recipe} dropped out of the race: {c.dropped}"
     if oc is None or ob is None or oc.group.get("width") != width:
         return f"{c.recipe}: no optimum at width {width} to compare"
+    if c.one_seed and c.probe_only == width:
+        return (f"{c.recipe}: loss {oc.loss:.4f} at width {width} at its transferred LR (2^{oc.value:g}), one seed, "
+                f"vs {ob.loss:.4f}: {c.one_seed}; transfer verdict {_state(c)}")
     gap, se = loss_gap(oc, ob)
     within = math.isfinite(se) and abs(gap) <= z * se
     what = (f"loss {oc.loss:.4f} at width {width} at its transferred LR (2^{oc.value:g}; the race scanned "

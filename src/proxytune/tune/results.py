@@ -67,7 +67,7 @@ class Candidate(Record):
     verified), its transfer verdicts, the LR scans it ran, and whether the race dropped it.
 
     ``probe_only`` is the width where it trained at its transferred LR only (the race scanned the LR there for
-    the leader alone), else None. The dict form summarises each optimum as plain data."""
+    the leader alone), else None; ``one_seed`` says why that probe trained one seed only (clearly behind on it). The dict form summarises each optimum as plain data."""
 
     recipe: str
     sweep: str
@@ -78,10 +78,11 @@ class Candidate(Record):
     verdict: Verdict | None = None
     depth_optima: tuple[Optimum, ...] | None = None
     depth_verdict: Verdict | None = None
+    one_seed: str | None = None
 
     def fields_for_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"recipe": self.recipe, "sweep": self.sweep, "dropped": self.dropped, "lrs": self.lrs,
-                               "probe_only": self.probe_only,
+                               "probe_only": self.probe_only, "one_seed": self.one_seed,
                                "optima": [_optimum_summary(o) for o in self.optima],
                                "verdict": self.verdict.to_dict() if self.verdict else None}
         if self.depth_optima is not None:

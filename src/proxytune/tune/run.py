@@ -12,8 +12,9 @@ optimum), 2 seeds. A width whose optimum sits on the edge of its scan grows
 that scan by a step (that width's only). The
 recipes race: one clearly behind the leader (beyond the seed noise) at the
 second-largest width does not run at the largest; the others run there at the
-transferred LR, and only the lowest of them gets the full LR scan at the
-largest width.
+transferred LR (the first seed first: one clearly behind on it, beyond
+:func:`race_margin`, trains no other seed), and only the lowest of them gets
+the full LR scan at the largest width.
 
 Then: the recipe with the best loss at the largest proxy, its transfer
 verdict, the base LR and loss predicted for the target (the sweep's laws,
@@ -139,7 +140,7 @@ class Tuner:
         if self.on_poll is not None:
             self.on_poll(label, counts)  # the final counts (the last poll may have come before the last trial)
         records = sweep.records()
-        self.log(f"  {label.split(':')[0]}: {self.costs.after(records)}")
+        self.log(f"  {label.split(':')[0]}: {self.costs.after(asked(sweep, records))}")
         failed = [r for r in records if r.get("status") == "failed"]
         if failed and not any(r.get("status") in _DONE for r in records):
             last = (failed[0].get("error") or "").strip().splitlines()
@@ -237,14 +238,15 @@ class Tuner:
     # ---------------------------------------------------------------- stage 2
     def _verify(self, recipe: str, setting: dict[str, float], sizes: list[int],
                 lrs: dict[int, list[float]] | list[float], axis: str = "width", frozen: tuple[int, ...] = (),
-                ) -> tuple[list[Optimum], dict[int, list[float]]]:
+                seeds_at: dict[int, list[int]] | None = None) -> tuple[list[Optimum], dict[int, list[float]]]:
         """Run the LR scan of ``recipe`` at ``sizes`` (widths, or depths with ``axis="depth"``).
 
         ``lrs`` is the scan per size (or one list for every size; a size not in the dict gets the first
         size's list). Only a size whose optimum sits on an edge of its own scan grows, by one step on that
         side, up to ``max_extend`` times: growing every size's scan for one size's edge would train the
         widest proxies at learning rates nobody needs. A size in ``frozen`` never grows (the race's single-LR
-        probe). Returns the optima per size and the final scans."""
+        probe). A size in ``seeds_at`` trains those seeds only (the race's one-seed probe), the others every
+        verification seed. Returns the optima per size and the final scans."""
         v = self.cfg.verify
         stage = f"verify-{recipe}" + ("" if axis == "width" else "-depth")
         fixed = constants_of(setting)
@@ -252,9 +254,12 @@ class Tuner:
         scans = {s: sorted(lrs.get(s, default) if isinstance(lrs, dict) else default) for s in sizes}
         seeds = list(range(v.seeds))
         for attempt in range(v.max_extend + 1):
-            points = [{axis: s, LR_AXIS: x, "seed": k} for s in sizes for x in scans[s] for k in seeds]
+            points = [{axis: s, LR_AXIS: x, "seed": k} for s in sizes for x in scans[s]
+                      for k in (seeds_at or {}).get(s, seeds)]
             sweep = self._sweep(stage, recipe, fixed=fixed, points=points)
-            recs = self._run(sweep, f"stage 2 · {recipe}: LR scan at {axis} {', '.join(map(str, sizes))}")
+            # the points asked for only: a seed the race did not ask for may be stored from an earlier run
+            recs = asked(sweep, self._run(sweep, f"stage 2 · {recipe}: LR scan at {axis} "
+                                                 f"{', '.join(map(str, sizes))}"))
             wanted = {(s, round(x, 6)) for s in sizes for x in scans[s]}
             optima = optima_by_group([r for r in recs if r.get(axis) in scans and r.get(LR_AXIS) is not None
                                       and (r[axis], round(float(r[LR_AXIS]), 6)) in wanted], LR_AXIS,
@@ -314,6 +319,7 @@ class Tuner:
             scanned = [o for o in optima if o.group.get("width") != st.get("probe_only")]
             cand = Candidate(recipe=r, sweep=str(self.sweeps[f"verify-{r}"].cfg.run_dir), optima=tuple(optima),
                              lrs=st["lrs"], dropped=st["dropped"], probe_only=st.get("probe_only"),
+                             one_seed=st.get("one_seed"),
                              verdict=transfer_verdict(scanned, "width") if len(scanned) >= 2 else None)
             if cfg.proxy_depths:
                 d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], lrs0, "depth")
@@ -325,23 +331,52 @@ class Tuner:
     def _probe_largest(self, setting: dict[str, float], survivors: list[str], state: dict[str, dict[str, Any]],
                        widths: list[int]) -> None:
         """The race at the largest width: every surviving recipe trains there at the transferred LR (the
-        base's, which is what the recipe carries to any width) on the verification seeds; only the lowest loss
-        among them gets the full LR scan (and its edge growth). The others keep their probe: their loss at the
-        largest proxy at the LR they transfer, compared with the leader's best."""
+        base's, which is what the recipe carries to any width); only the lowest loss among them gets the full LR
+        scan (and its edge growth). The others keep their probe: their loss at the largest proxy at the LR they
+        transfer, compared with the leader's best.
+
+        The probes train the first verification seed first. A recipe whose loss on that seed is above the
+        leader's by more than :func:`race_margin` (z x sqrt(2) x the per-run noise measured at the
+        second-largest width) is not given the other seeds: at that confidence more seeds could not make it
+        lead, so they would not change the decision. The others train every seed and lead on the seed mean."""
         v = self.cfg.verify
-        big, c = widths[-1], setting[LR_AXIS]
+        big = widths[-1]
+        c = round(setting[LR_AXIS], 10)  # the scan's own rounding: the probe is the scan's centre point
         n = int(math.floor(v.span / v.step + 1e-9))
         scan = [round(c + k * v.step, 10) for k in range(-n, n + 1)]
+        first = {big: list(range(min(1, v.seeds)))}
         for r in survivors:
             st = state[r]
-            st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [c]}, frozen=(big,))
+            st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [c]}, frozen=(big,),
+                                                   seeds_at=first if v.seeds > 1 else None)
+        margin, noise = race_margin([o for r in survivors for o in state[r]["optima"]
+                                     if o.group.get("width") == widths[-2]])
         probes = {r: _at(state[r]["optima"], "width", big) for r in survivors}
-        finite = {r: o for r, o in probes.items() if o is not None and math.isfinite(o.loss)}
-        leader = min(finite, key=lambda r: finite[r].loss) if finite else survivors[0]
+        finite = {r: o.loss for r, o in probes.items() if o is not None and math.isfinite(o.loss)}
+        if v.seeds > 1:
+            lead0 = min(finite.values()) if finite else math.nan
+            self.log(f"  race at width {big}: first seed " + ", ".join(f"{r} {x:.4f}" for r, x in finite.items())
+                     + (f"; margin {margin:.4f} (per-run noise {noise:.4f} at width {widths[-2]})"
+                        if math.isfinite(margin) else "; no noise measured: every seed trains"))
+            for r in survivors:
+                behind = finite.get(r, math.inf) - lead0
+                if math.isfinite(margin) and math.isfinite(lead0) and behind > margin:
+                    state[r]["one_seed"] = (f"on seed 0 its loss at width {big} is {behind:.4f} above the leader's, "
+                                            f"beyond the margin {margin:.4f} (z x sqrt(2) x the per-run noise "
+                                            f"{noise:.4f}): a second seed could not make it lead, so it did not run")
+                    self.log(f"  race at width {big}: {r} trains one seed only: {state[r]['one_seed']}")
+                    continue
+                st = state[r]  # within the margin (or no noise to judge by): every seed
+                st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [c]}, frozen=(big,))
+            probes = {r: _at(state[r]["optima"], "width", big) for r in survivors}
+            finite = {r: probes[r].loss for r in survivors if "one_seed" not in state[r] and probes[r] is not None
+                      and math.isfinite(probes[r].loss)}
+        leader = min(finite, key=finite.__getitem__) if finite else survivors[0]
         for r in survivors:
             o = probes[r]
             self.log(f"  race at width {big}: {r} at log2 lr {c:g}: "
                      + (f"loss {o.loss:.4f}" if o is not None and math.isfinite(o.loss) else "no finite loss")
+                     + (f" ({o.n_seeds} seed{'s' * (o.n_seeds != 1)})" if o is not None else "")
                      + (" (leads: its LR scan there follows)" if r == leader else ""))
         st = state[leader]
         st["optima"], st["lrs"] = self._verify(leader, setting, widths, {**st["lrs"], big: scan})
@@ -452,7 +487,7 @@ class Tuner:
         largest_trial = 0.0
         big = max(self.cfg.proxy_widths)
         for stage, sweep in self.sweeps.items():
-            recs = [r for r in sweep.records() if r.get("status") in (*_DONE, "pruned")]
+            recs = [r for r in asked(sweep, sweep.records()) if r.get("status") in (*_DONE, "pruned")]
             trials += len(recs)
             per_stage[stage] = per_stage.get(stage, 0.0) + sum(float(r.get("flops") or 0.0) for r in recs)
             for r in recs:
@@ -589,6 +624,36 @@ class StageCosts:
         """The FLOPs of the stage's finished trials, in words."""
         flops = sum(float(r.get("flops") or 0.0) for r in records if r.get("status") in (*_DONE, "pruned"))
         return f"{self._words(flops)} spent"
+
+
+def race_margin(optima: list[Optimum], confidence: float | None = None) -> tuple[float, float]:
+    """(margin, per-run noise): how far above the leader's a single seed's loss must be before more seeds could
+    not make it lead, at ``confidence`` (default: the thresholds'). The per-run noise of one loss pools, over
+    ``optima`` (the race's recipes at one width, at least 2 seeds each), the residual noise of each fit and the
+    spread of its seed offsets (std = level_se x sqrt(seeds)); two recipes' losses on one seed are taken as
+    independent, so their difference has sqrt(2) times that noise. nan when no optimum has both measured."""
+    conf = THRESHOLDS.confidence if confidence is None else confidence
+    var = [o.noise ** 2 + o.level_se ** 2 * o.n_seeds for o in optima
+           if o.n_seeds > 1 and math.isfinite(o.noise) and math.isfinite(o.level_se)]
+    if not var:
+        return math.nan, math.nan
+    noise = math.sqrt(sum(var) / len(var))
+    z = NormalDist().inv_cdf(0.5 + conf / 2)
+    return z * math.sqrt(2) * noise, noise
+
+
+def asked(sweep: Sweep, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the points ``sweep`` asks for now (all of a sampled sweep's): a stage's cost counts what this
+    run's decisions used, not the other trials an earlier run left in the same folder."""
+    if sweep.cfg.points is None:
+        return records
+    keys = {_point_key(pt) for pt in sweep.cfg.points}
+    out: dict[tuple, dict[str, Any]] = {}
+    for r in records:  # one record per point: a finished one over a failed or waiting one
+        k = _point_key(r)
+        if k in keys and (k not in out or (r.get("status") in _DONE and out[k].get("status") not in _DONE)):
+            out[k] = r
+    return list(out.values())
 
 
 def _point_key(point: dict[str, Any]) -> tuple:
