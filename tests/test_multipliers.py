@@ -140,7 +140,8 @@ def test_folded_equals_explicit_with_named_multipliers(optimizer):
     """The fold-equivalence test of test_fold.py, with every named multiplier set (float64, 12 steps)."""
     options = {"sgd": dict(lr=0.02, momentum=0.9), "adam": dict(lr=1e-3, eps=1e-4),
                "adamw": dict(lr=1e-3, eps=1e-4), "adam-atan2": dict(lr=1e-3), "adafactor": dict(lr=1e-2),
-               "muon": dict(lr=1e-3, muon_lr=1e-2, eps=1e-4)}[optimizer]
+               "muon": dict(lr=1e-3, muon_lr=1e-2, eps=1e-4), "soap": dict(lr=1e-3, eps=1e-4),
+               "shampoo": dict(lr=1e-3, eps=1e-4)}[optimizer]
 
     def run(mode):
         torch.manual_seed(0)
@@ -162,7 +163,10 @@ def test_folded_equals_explicit_with_named_multipliers(optimizer):
         return losses
 
     folded, explicit = run("folded"), run("explicit")
-    assert folded == pytest.approx(explicit, rel=1e-6, abs=0)
+    # SOAP's eigenbasis of the statistics' null space (rank-deficient G G^T) is set by rounding, and Adam's
+    # per-entry step there depends on it: a 1e-9 change of the gradient's scale moves this loss by 3e-4 after 12
+    # steps. Folded and explicit agree within 5e-3; a wrong LR or eps fold is off by 0.1 to 1.
+    assert folded == pytest.approx(explicit, rel=2e-2 if optimizer == "soap" else 1e-6, abs=0)
     assert folded[-2] < folded[0]
 
 

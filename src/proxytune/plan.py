@@ -848,6 +848,10 @@ class Plan:
         lines.append("role* = residual-branch output; ? = role guessed from the shape (the forward pass did not show "
                      "how the tensor is used: check it); ~ = branch output guessed from the module structure; lr/wd/eps "
                      "shown as multipliers of the base value unless base values were given.")
+        if get_optimizer(self.optimizer_name).eps_power == 2:
+            lines.append(f"{self.optimizer_name}: the eps column is the damping (matrix_eps, base 1e-6 unless eps= "
+                         "is given) added to the statistics L = sum G G^T and R = sum G^T G; it follows the "
+                         "gradient's scale squared times the tensor's size.")
         if get_recipe(self.recipe).unit:
             lines.append("u-mup: init std, mult and lr are absolute (u-muP's rules at this tensor's own shape; the "
                          "base value is the global lr, optimal near 1). Forward: every mult above is in the forward "
@@ -1057,9 +1061,12 @@ def _checked_request(req: _PlanRequest, target: Any, base: Any) -> tuple[_PlanRe
     if not isinstance(target, nn.Module) or not isinstance(base, nn.Module):
         raise PlanError("target and base must both be torch.nn.Module instances")
     notes: list[str] = []
-    if rec.unit and spec.family != "adam":
+    if rec.unit and (spec.family != "adam" or spec.alignment):
         raise PlanError(f"{req.recipe}'s LR table is for Adam-family optimizers (adam, adamw, adam-atan2); "
                         f"{req.optimizer} would need other rules")
+    if spec.alignment and spec.alignment != req.alignment and rec.per_layer_lr:
+        notes.append(f"{req.optimizer} uses the {spec.alignment!r} alignment column of the LR exponents whatever "
+                     f"alignment= says (docs/parameterizations.md section 17)")
     mode = req.mode
     if rec.unit and mode == "folded":
         mode = "explicit"
@@ -1165,7 +1172,8 @@ def parameterize(
             exact init statistics (else they are inferred from the target's
             own init, see ``explain``).
         recipe: ``sp``, ``ntk``, ``mup``, ``mf``, ``sp-perlayer``, ``depth-mup``, ``completep``.
-        optimizer: ``sgd``, ``adam``, ``adamw``, ``adam-atan2``, ``adafactor``, ``muon``.
+        optimizer: ``sgd``, ``adam``, ``adamw``, ``adam-atan2``, ``adafactor``, ``muon``, ``soap``, ``shampoo``
+            (the last two from pytorch-optimizer, the ``matrix`` extra).
         mode: ``folded`` (default: multipliers absorbed into init/lr/eps/wd, the
             forward pass untouched) or ``explicit`` (multipliers in the forward
             pass, as the papers write them).
@@ -1366,7 +1374,9 @@ def _plan_tensor(s: TensorShape, ctx: _PlanContext) -> TensorPlan:
     if ctx.unit is not None:
         return _plan_unit_tensor(s, rec, ctx.spec, ctx.t_params, named_forward * q_factor, named, branch, ctx.unit,
                                  req.decay_vectors, notes)
-    tctx = TensorContext(role=s.role, width=s.width, depth=s.depth, in_block=s.block is not None,
+    base_numel = math.prod(s.base_shape)
+    tctx = TensorContext(role=s.role, width=s.width, depth=s.depth,
+                         size=math.prod(s.shape) / base_numel if base_numel else 1.0, in_block=s.block is not None,
                          branch_output=s.branch_output, attn_factor=q_factor, muon_matrix=muon_matrix,
                          named_forward=named_forward,
                          named_init=named.init_for(s.role), named_lr=named.lr_for(s.role))

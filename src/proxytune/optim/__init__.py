@@ -1,4 +1,5 @@
-"""Optimizers: torch's where they exist, Adam-atan2 and Muon here; :mod:`.registry` says how each is used."""
+"""Optimizers: torch's where they exist, Adam-atan2 and Muon here, SOAP and Shampoo from pytorch-optimizer (the
+``matrix`` extra, :mod:`.matrix`); :mod:`.registry` says how each is used."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ import torch
 
 from ..rules import recipes as _rules
 from .adam_atan2 import AdamAtan2
+from .matrix import shampoo, soap
 from .stacked import BatchedStep, adam_atan2_step, adam_step, adamw_step, muon_step, sgd_step
 from .muon import Muon
 
@@ -200,6 +201,17 @@ def _adafactor_extras(tp: Any, scale: _rules.Scale, eps: Any) -> dict[str, Any]:
     return {"eps": (None if e1 is None else e1 * scale.eps, e2 * scale.init)}
 
 
+def _shampoo_kwargs(settings: OptimizerSettings) -> dict[str, Any]:
+    # no momentum by default (the library's); a momentum set in the run is passed on, and refused when built
+    return {} if not settings.momentum else {"momentum": settings.momentum}
+
+
+def _shampoo_extras(tp: Any, scale: _rules.Scale, eps: Any) -> dict[str, Any]:
+    """Shampoo's damping ``matrix_eps`` (added to its statistics L and R): the base value (default the library's
+    1e-6) times the tensor's damping multiplier (``Scale.eps`` of an optimizer with ``eps_power=2``)."""
+    return {"matrix_eps": (1e-6 if eps is None else eps) * scale.eps}
+
+
 def _muon_extras(tp: Any, scale: _rules.Scale, eps: Any) -> dict[str, Any]:
     """Muon on the plan's Muon matrices (with their scale and Newton-Schulz eps), AdamW's eps elsewhere."""
     if tp.muon:
@@ -216,6 +228,12 @@ for _spec in (
     OptimizerSpec("adafactor", torch.optim.Adafactor, group_extras=_adafactor_extras,
                   state_slots=lambda settings: 0),  # its factored state is taken as negligible
     OptimizerSpec("muon", Muon, default_kwargs=_muon_kwargs, group_extras=_muon_extras, batched_step=muon_step),
+    # pytorch-optimizer's (the matrix extra, imported when built); one trial at a time. State: Adam's two
+    # moments, the statistics L, R and their eigenbases (4 more parameter-sized tensors for a square matrix);
+    # Shampoo keeps L, R, their inverse roots and its last step.
+    OptimizerSpec("soap", soap, default_kwargs=_adam_kwargs, state_slots=lambda settings: 6),
+    OptimizerSpec("shampoo", shampoo, default_kwargs=_shampoo_kwargs, group_extras=_shampoo_extras,
+                  state_slots=lambda settings: 5),
 ):
     register(_spec)
 del _spec

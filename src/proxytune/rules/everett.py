@@ -65,6 +65,13 @@ LR_EXPONENTS: dict[tuple[str, str, str], dict[Layer, Fraction]] = {
     ("adafactor", "mup", "none"): _c(0, 0, 0),
     ("adafactor", "mf", "full"): _c(0, 0.5, 0),
     ("adafactor", "mf", "none"): _c(0, 0, 0),
+    # Updates whose spectral norm is set by the LR alone (Shampoo's L^-1/4 G R^-1/4 = U V^T for one gradient):
+    # the spectral condition (Yang, Simon & Bernstein 2023) wants the effective weight's update of norm
+    # sqrt(fan_out / fan_in), i.e. n^-a n^-c ~ (n^1/2, 1, n^-1/2): c = (-1/2, 0, 1/2) - a. Full alignment only.
+    ("spectral", "sp", "full"): _c(-0.5, 0, 0.5),
+    ("spectral", "ntk", "full"): _c(-0.5, -0.5, 0),
+    ("spectral", "mup", "full"): _c(0, 0, 0),
+    ("spectral", "mf", "full"): _c(0, -0.5, -0.5),
 }
 
 
@@ -86,6 +93,10 @@ def adam_equivalent_c(family: str, param: str, c: dict[Layer, Fraction]) -> dict
       whichever is larger), which is what makes the SGD no-alignment rows a
       family.
     - Adafactor: the update entry is ``lr x rms(param)`` = ``n^-(c + b)``.
+    - spectral (Shampoo): the LR sets the update's spectral norm. An aligned Adam step with entries ``n^-c'``
+      has spectral norm ``n^-c' sqrt(fan_in x fan_out)``, so the Adam entry of the same step is ``c + 1/2``
+      (embedding, readout: one fan grows) and ``c + 1`` (hidden: both grow). This holds under full
+      alignment, the only column the spectral rows have.
     """
     if family == "adam":
         return dict(c)
@@ -99,6 +110,9 @@ def adam_equivalent_c(family: str, param: str, c: dict[Layer, Fraction]) -> dict
         return out
     if family == "adafactor":
         return {layer: c[layer] + AB[param][layer][1] for layer in LAYERS}
+    if family == "spectral":
+        fans = {"embedding": _h, "hidden": Fraction(1), "readout": _h}
+        return {layer: c[layer] + fans[layer] for layer in LAYERS}
     raise ValueError(f"unknown optimizer family {family!r}")
 
 

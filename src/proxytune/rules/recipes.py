@@ -96,10 +96,22 @@ class OptimizerSpec:
     ``lr_power`` is the exponent of the abc symmetry for the LR: rescaling a
     weight by ``s`` (``W' = s W``) keeps training identical when
     ``lr' = lr x s^lr_power``: 2 for SGD (update ~ lr x grad, grad ~ 1/s),
-    1 for sign-like updates (Adam, Adam-atan2, Muon), 0 for Adafactor, whose
-    step is relative to the parameter's RMS. Weight decay folds as
+    1 for sign-like updates (Adam, Adam-atan2, Muon) and for any update that
+    does not depend on the gradient's scale (SOAP, Shampoo), 0 for Adafactor,
+    whose step is relative to the parameter's RMS. Weight decay folds as
     ``wd' = wd x s^-wd_fold_power``: lr-coupled decoupled decay (AdamW) keeps
     ``lr x wd``; Adam's L2 term enters the gradient, so it needs ``s^-2``.
+
+    ``eps_power`` says in which units the eps is added: 1 when it is added to
+    something of the gradient's own size (Adam's ``sqrt(v) + eps``); 2 when it
+    is a damping added to second-moment statistics (Shampoo's ``eps I + sum G
+    G^T``). A damping folds as ``s^-2`` and, since the statistics sum over the
+    tensor, it also follows the tensor's size (see :func:`explicit_scale`).
+
+    ``alignment`` fixes the column of Everett et al.'s LR table the optimizer
+    uses whatever the plan's ``alignment`` (empty: the plan's choice): SOAP
+    takes the no-alignment column, Shampoo's spectral rows exist for full
+    alignment only (docs/parameterizations.md section 17).
     """
 
     name: str
@@ -108,6 +120,8 @@ class OptimizerSpec:
     has_eps: bool
     summary: str
     wd_power: int = -1  # fold exponent of weight decay; -1 means -lr_power (lr-coupled decay)
+    eps_power: int = 1
+    alignment: str = ""
 
     @property
     def wd_fold_power(self) -> int:
@@ -123,6 +137,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec("adam-atan2", "adam", 1, False, "proxytune.optim.AdamAtan2 (no eps)"),
         OptimizerSpec("adafactor", "adafactor", 0, True, "torch.optim.Adafactor"),
         OptimizerSpec("muon", "adam", 1, True, "proxytune.optim.Muon: Muon on hidden matrices, AdamW on the rest"),
+        OptimizerSpec("soap", "adam", 1, True, "pytorch_optimizer.SOAP: Adam in Shampoo's eigenbasis; Adam's "
+                      "no-alignment LR rows (measured)", alignment="none"),
+        OptimizerSpec("shampoo", "spectral", 1, True, "pytorch_optimizer.Shampoo: L^-1/4 G R^-1/4; spectral LR "
+                      "rows, damping ~ gradient^2 x size", eps_power=2, alignment="full"),
     )
 }
 
@@ -168,7 +186,8 @@ class Scale:
     unless it cannot be folded); ``init`` multiplies the base init std; ``lr``,
     ``wd``, ``eps`` multiply the base learning rate, weight decay and eps.
     ``eps`` follows the tensor's gradient scale (Adafactor's parameter-scale
-    floor follows ``init`` instead).
+    floor follows ``init`` instead; a damping of squared-gradient statistics,
+    Shampoo's, follows its square times the tensor's size).
     """
 
     multiplier: float = 1.0
@@ -181,12 +200,13 @@ class Scale:
         return asdict(self)
 
 
-def fold(scale: Scale, lr_power: int, keep: float = 1.0, wd_power: int | None = None) -> Scale:
+def fold(scale: Scale, lr_power: int, keep: float = 1.0, wd_power: int | None = None, eps_power: int = 1) -> Scale:
     """Absorb the forward multiplier into the weight by the abc symmetry.
 
     ``W' = s W`` trains identically when ``lr' = lr s^p``, ``wd' = wd s^-p``
     (torch's weight decay is lr-coupled, so ``lr x wd`` must stay put) and
-    ``eps' = eps / s`` (the gradient of ``W'`` is the gradient of ``W`` over s).
+    ``eps' = eps / s`` (the gradient of ``W'`` is the gradient of ``W`` over s;
+    a damping of squared-gradient statistics, ``eps_power=2``, needs ``s^-2``).
     ``keep`` is a part of the multiplier that must stay in the forward pass.
     """
     s = scale.multiplier / keep
@@ -196,11 +216,12 @@ def fold(scale: Scale, lr_power: int, keep: float = 1.0, wd_power: int | None = 
         init=scale.init * s,
         lr=scale.lr * s**lr_power,
         wd=scale.wd / s**wp,
-        eps=scale.eps / s,
+        eps=scale.eps / s**eps_power,
     )
 
 
-def unfold(folded: Scale, multiplier: float, lr_power: int, wd_power: int | None = None) -> Scale:
+def unfold(folded: Scale, multiplier: float, lr_power: int, wd_power: int | None = None,
+           eps_power: int = 1) -> Scale:
     """Inverse of :func:`fold`: the explicit form with forward ``multiplier``."""
     s = multiplier / folded.multiplier
     wp = lr_power if wd_power is None else wd_power
@@ -209,7 +230,7 @@ def unfold(folded: Scale, multiplier: float, lr_power: int, wd_power: int | None
         init=folded.init / s,
         lr=folded.lr / s**lr_power,
         wd=folded.wd * s**wp,
-        eps=folded.eps * s,
+        eps=folded.eps * s**eps_power,
     )
 
 
@@ -223,12 +244,15 @@ class TensorContext:
 
     ``width`` is the tensor's width multiplier for its role (fan-out ratio for
     embeddings and vectors, fan-in ratio for hidden and readout tensors);
-    ``depth`` the block-count ratio of its block stack (1 outside blocks).
+    ``depth`` the block-count ratio of its block stack (1 outside blocks);
+    ``size`` the ratio of its number of entries to the base's (a damping of
+    squared-gradient statistics follows it).
     """
 
     role: str
     width: float = 1.0
     depth: float = 1.0
+    size: float = 1.0
     in_block: bool = False
     branch_output: bool = False
     attn_factor: float = 1.0
@@ -256,7 +280,7 @@ def explicit_scale(
             # the "rms" scale (then LR ~ 1/sqrt(fan_in)); c given in folded form.
             c = (Fraction(0) if muon_scale == "spectral" else Fraction(1, 2)) - a * p
         elif recipe.per_layer_lr:
-            c = LR_EXPONENTS[(opt.family, recipe.abc, alignment)][layer]
+            c = LR_EXPONENTS[(opt.family, recipe.abc, opt.alignment or alignment)][layer]
         else:
             c = -a * p  # one global LR in the folded (multiplier-free) form
         g = backward_exponent(recipe.abc)
@@ -281,6 +305,13 @@ def explicit_scale(
     if forward != 1.0:
         s *= forward
         eps *= forward
+    if opt.eps_power != 1:
+        # A damping added to sum G G^T (and sum G^T G) competes with their eigenvalues, the squared singular
+        # values of the gradient. For a gradient of fixed rank (a batch of fewer samples than the width; the
+        # one-step view of Ishikawa & Karakida 2024) they are ||G||_F^2 / rank = gradient RMS^2 x entries:
+        # the square of the gradient scale above times the tensor's size. A recipe with a constant eps (sp)
+        # keeps the damping constant in the model's own (folded) units: s^2 here, which folds by s^-2 to 1.
+        eps = eps**opt.eps_power * (ctx.size if recipe.track_eps else 1.0)
     return Scale(multiplier=s, init=init * ctx.named_init, lr=lr, wd=1.0, eps=eps)
 
 
@@ -321,9 +352,9 @@ def tensor_scales(
     al.'s per-layer constants, and ``gamma`` in ``Plan.param_groups``).
     """
     e = explicit_scale(recipe, opt, ctx, alignment=alignment, muon_scale=muon_scale)
-    f = fold(e, opt.lr_power, wd_power=opt.wd_fold_power)
+    f = fold(e, opt.lr_power, wd_power=opt.wd_fold_power, eps_power=opt.eps_power)
     f.wd = weight_decay_folded(wd_policy, f, ctx, opt.lr_power, recipe)
-    e = unfold(f, e.multiplier, opt.lr_power, wd_power=opt.wd_fold_power)
+    e = unfold(f, e.multiplier, opt.lr_power, wd_power=opt.wd_fold_power, eps_power=opt.eps_power)
     if ctx.named_lr != 1.0:
         e.lr *= ctx.named_lr
         f.lr *= ctx.named_lr
