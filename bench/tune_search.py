@@ -10,7 +10,7 @@ on fresh seeds; the figures of merit are the mean fresh-seed loss of its chosen 
 (every multiplier 1) as control, and the stage's FLOPs (a cut trial's FLOPs count as far as it ran).
 
     python bench/tune_search.py                          # ~1 h on 2 cores
-    python bench/tune_search.py --strategies tpe halving
+    python bench/tune_search.py --strategies tpe halving halving-1x
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-transfer"))
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--strategies", nargs="+", default=["oat", "tpe", "halving"], choices=["oat", "tpe", "halving"])
+    ap.add_argument("--strategies", nargs="+", default=["oat", "tpe", "halving", "halving-1x"],
+                    choices=["oat", "tpe", "halving", "halving-1x"],
+                    help="halving-1x: successive halving that starts as many trials as tpe trains (not twice)")
     args = ap.parse_args()
     base = tune_config("cpu", args.runs)
     rows = []
@@ -40,9 +42,12 @@ def main() -> None:
         for seed in SEARCH_SEEDS:
             # the default strategy's run with search seed 0 is the stage 1 of B1's tune run: same stored trials
             name = base.name if (strategy, seed) == (base.search.strategy, 0) else f"{base.name}-{strategy}-s{seed}"
-            cfg = base.model_copy(update={"name": name,
-                                          "search": base.search.model_copy(update={"strategy": strategy,
-                                                                                   "seed": seed})})
+            search = {"strategy": strategy, "seed": seed}
+            if strategy == "halving":  # measured when twice the tpe budget was halving's default
+                search = {**search, "n_trials": 2 * Tuner(base).oat_budget()}
+            if strategy == "halving-1x":  # halving's default since
+                search = {**search, "strategy": "halving", "n_trials": Tuner(base).oat_budget()}
+            cfg = base.model_copy(update={"name": name, "search": base.search.model_copy(update=search)})
             t = time.perf_counter()
             tuner = Tuner(cfg, log=lambda m: print(m, flush=True))
             s1 = tuner.stage1()
@@ -59,7 +64,8 @@ def main() -> None:
         f"{base.search.rounds} rounds (scans over 2^-2..2^2, LR +-2 octaves) and a final LR scan; tpe: Optuna TPE "
         "over log2 lr (+-3 octaves around the grid's best) and every multiplier in 2^-3..2^3, the same number of "
         f"trials; halving: TPE's points, twice the trials, each cut at steps/9 and steps/3 unless in the best "
-        f"third of those that reached the cut. {base.search.finalists} finalists + the defaults re-run on "
+        "third of those that reached the cut; halving-1x: the same with as many trials started as tpe trains. "
+        f"{base.search.finalists} finalists + the defaults re-run on "
         f"{base.search.seeds} fresh seeds.",
         "",
         "| strategy | search seed | trials | FLOPs | chosen setting | its loss, fresh seeds (std error) | "

@@ -493,6 +493,22 @@ def test_stage1_with_successive_halving(tmp_path):
     assert s1.strategy == "halving"
 
 
+def test_halving_starts_as_many_trials_as_tpe_trains_by_default(tmp_path, monkeypatch):
+    """B1b: twice the trials cost 0.97x tpe's FLOPs and picked no better; as many cost 0.59x and picked as well."""
+    asked: dict[str, int] = {}
+
+    def fake_run(self, sweep, label):
+        asked[sweep.cfg.name.rsplit("-", 1)[-1]] = sweep.cfg.strategy.n_trials
+        return []
+
+    monkeypatch.setattr(Tuner, "_run", fake_run)
+    for strategy in ("tpe", "halving"):
+        tuner = Tuner(TuneConfig.from_dict(tiny(tmp_path, search={**TINY["search"], "strategy": strategy})),
+                      log=lambda m: None)
+        tuner._tpe("mup", {LR_AXIS: -7.0}, halving=strategy == "halving")
+    assert asked["tpe"] == asked["halving"] == tuner.oat_budget()
+
+
 # ------------------------------------------------------------------ multipliers that cannot apply, failing stages
 _NO_ATTENTION = '''
 import torch
