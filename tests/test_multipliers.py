@@ -141,7 +141,7 @@ def test_folded_equals_explicit_with_named_multipliers(optimizer):
     options = {"sgd": dict(lr=0.02, momentum=0.9), "adam": dict(lr=1e-3, eps=1e-4),
                "adamw": dict(lr=1e-3, eps=1e-4), "adam-atan2": dict(lr=1e-3), "adafactor": dict(lr=1e-2),
                "muon": dict(lr=1e-3, muon_lr=1e-2, eps=1e-4), "soap": dict(lr=1e-3, eps=1e-4),
-               "shampoo": dict(lr=1e-3, eps=1e-4)}[optimizer]
+               "shampoo": dict(lr=1e-3, eps=1e-4), "dion": dict(lr=1e-3, muon_lr=1e-2, eps=1e-4)}[optimizer]
 
     def run(mode):
         torch.manual_seed(0)

@@ -74,19 +74,19 @@ TINY = dict(model="gpt", width=32, depth=1, base_width=16, batch_size=4, seq_len
 def test_registry_names_are_the_documented_optimizers():
     row = next(line for line in README.read_text().splitlines() if line.startswith("| `optimizer` |"))
     documented = re.findall(r"`([^`]+)`", row.split("|")[2])
-    assert list(REGISTRY) == ["sgd", "adam", "adamw", "adam-atan2", "adafactor", "muon", "soap", "shampoo"]
+    assert list(REGISTRY) == ["sgd", "adam", "adamw", "adam-atan2", "adafactor", "muon", "soap", "shampoo", "dion"]
     assert documented[:len(REGISTRY)] == list(REGISTRY)
     assert list(REGISTRY) == list(rules.OPTIMIZERS)  # every optimizer has its rules entry, and only those
     assert BATCHED_OPTIMIZERS == ("sgd", "adam", "adamw", "adam-atan2", "muon")
     assert "adafactor" not in BATCHED_OPTIMIZERS and "muon" in BATCHED_OPTIMIZERS
-    assert {n for n in REGISTRY if has_eps(n)} == {"adam", "adamw", "adafactor", "muon", "soap", "shampoo"}
+    assert {n for n in REGISTRY if has_eps(n)} == {"adam", "adamw", "adafactor", "muon", "soap", "shampoo", "dion"}
     for name, spec in REGISTRY.items():
         assert spec.name == name and spec.has_eps == rules.OPTIMIZERS[name].has_eps
 
 
 def test_unknown_optimizer_errors_unchanged():
     with pytest.raises(ValueError, match=r"^unknown optimizer 'lion'; valid: sgd, adam, adamw, adam-atan2, "
-                                         r"adafactor, muon, soap, shampoo$"):
+                                         r"adafactor, muon, soap, shampoo, dion$"):
         build_optimizer("lion", [], lr=1e-3)
     with pytest.raises(ValueError, match=r"unknown optimizer 'adamx'.*did you mean 'adam'"):
         TrainConfig(optimizer="adamx")

@@ -40,6 +40,8 @@ def test_base_identity(recipe, optimizer):
             assert g["eps"] == (None, pytest.approx(BASE_EPS))
         elif optimizer == "muon" and g["use_muon"]:
             assert g["eps"] == pytest.approx(1e-7)
+        elif optimizer == "dion" and g["use_dion"]:
+            assert g["eps"] == pytest.approx(1e-8)  # the column normalization's
         elif optimizer == "shampoo":
             assert g["matrix_eps"] == pytest.approx(BASE_EPS, rel=1e-12), g["name"]  # the damping
         elif "eps" in g:

@@ -38,6 +38,7 @@ from .shapes import FactorRatio, PlanError, TensorShape, analyze_model, canonica
 from .nn.unit import InputGradScale, LogitGradScale
 from .nn.unit import install_unit_weight
 from .optim import build_optimizer
+from .optim.dion import DION_MATRIX_EPS
 from .optim.registry import group_extras
 from .rules.everett import AB
 from .rules.umup import ACTIVATIONS, activation_grad_scale, activation_scale, branch_weights, causal_attention_output_scale
@@ -94,8 +95,8 @@ class TensorPlan:
     readout_use: str | None = None
     readout_multiplier: float = 1.0
     attn_factor: float = 1.0
-    muon: bool = False
-    muon_scale: float = 1.0
+    muon: bool = False  # stepped by the optimizer's orthonormalized matrix update (Muon's, or Dion's)
+    muon_scale: float = 1.0  # that update's scale (Muon: per muon_scale=; Dion: sqrt(fan_out / fan_in))
     no_decay: bool = False
     notes: list[str] = field(default_factory=list)
     grad_scale: float = 1.0  # u-muP: the tensor's backward scale (see proxytune.nn.unit.UnitWeight)
@@ -709,10 +710,11 @@ class Plan:
         ``lr``, ``weight_decay`` and ``eps`` are the base values (tuned at the
         base shape). ``gamma`` holds per-role LR constants (Everett et al.'s
         ``gamma_l``: ``{"embedding": 2.0, "readout": 0.5}``), tuned at the base
-        and transferred unchanged. ``muon_lr`` is the base LR of Muon's matrix
-        groups (default ``lr``). ``merge=True`` puts tensors whose settings are
-        all equal into one group (``names`` lists them), so foreach/fused
-        optimizer kernels batch them as they would for a plain model.
+        and transferred unchanged. ``muon_lr`` is the base LR of Muon's (or
+        Dion's) matrix groups (default ``lr``). ``merge=True`` puts tensors
+        whose settings are all equal into one group (``names`` lists them), so
+        foreach/fused optimizer kernels batch them as they would for a plain
+        model.
         """
         _check_positive("lr", lr)
         if muon_lr is not None:
@@ -822,6 +824,8 @@ class Plan:
         def rel(base: float | None, mult: float) -> str:
             return f"x{mult:.4g}" if base is None else f"{base * mult:.3g}"
 
+        dion = get_optimizer(self.optimizer_name).family == "dion"
+        matrix_mark = "/dion" if dion else "/muon"
         for name, tp in self.tensors.items():
             sc = tp.scale(mode)
             mult = sc.multiplier
@@ -830,8 +834,10 @@ class Plan:
                 wd_txt = ("wd / lr" if weight_decay is None or lr is None
                           else f"{weight_decay / (lr * sc.lr):.3g}" if sc.lr > 0 else "0")
             eps_txt = "-" if not get_optimizer(self.optimizer_name).has_eps else rel(eps, sc.eps)
+            if dion and tp.muon:  # the column-normalization eps: its own base value, not AdamW's eps
+                eps_txt = rel(None if eps is None else DION_MATRIX_EPS, sc.eps)
             role = (tp.role + ("*" if tp.branch_output else "") + ("?" if tp.role_source == "guess" else "")
-                    + ("~" if tp.branch_source == "structure" else "") + ("/muon" if tp.muon else ""))
+                    + ("~" if tp.branch_source == "structure" else "") + (matrix_mark if tp.muon else ""))
             init_txt = (f"{tp.base_std * sc.init:.3g}" if tp.base_std > 0
                         else "const" if sc.init == 1 else f"const x{sc.init:.3g}")
             rows.append([
@@ -852,6 +858,11 @@ class Plan:
             lines.append(f"{self.optimizer_name}: the eps column is the damping (matrix_eps, base 1e-6 unless eps= "
                          "is given) added to the statistics L = sum G G^T and R = sum G^T G; it follows the "
                          "gradient's scale squared times the tensor's size.")
+        if dion:
+            lines.append(f"{self.optimizer_name}: role/dion = Dion's matrix step (rank-r power iteration with error "
+                         "feedback, scaled by sqrt(fan_out/fan_in); its lr from muon_lr= when given; its eps is "
+                         f"the column normalization's, base {DION_MATRIX_EPS:g}); every other row steps with AdamW "
+                         "(Adam's rows and eps).")
         if get_recipe(self.recipe).unit:
             lines.append("u-mup: init std, mult and lr are absolute (u-muP's rules at this tensor's own shape; the "
                          "base value is the global lr, optimal near 1). Forward: every mult above is in the forward "
@@ -1066,7 +1077,10 @@ def _checked_request(req: _PlanRequest, target: Any, base: Any) -> tuple[_PlanRe
                         f"{req.optimizer} would need other rules")
     if spec.alignment and spec.alignment != req.alignment and rec.per_layer_lr:
         notes.append(f"{req.optimizer} uses the {spec.alignment!r} alignment column of the LR exponents whatever "
-                     f"alignment= says (docs/parameterizations.md section 17)")
+                     f"alignment= says (docs/parameterizations.md section {18 if spec.family == 'dion' else 17})")
+    if spec.family == "dion" and req.muon_scale != "spectral":
+        notes.append(f"muon_scale={req.muon_scale!r} is Muon's: Dion's matrices step with the paper's scale "
+                     "sqrt(fan_out / fan_in) whatever it says")
     mode = req.mode
     if rec.unit and mode == "folded":
         mode = "explicit"
@@ -1173,7 +1187,7 @@ def parameterize(
             own init, see ``explain``).
         recipe: ``sp``, ``ntk``, ``mup``, ``mf``, ``sp-perlayer``, ``depth-mup``, ``completep``.
         optimizer: ``sgd``, ``adam``, ``adamw``, ``adam-atan2``, ``adafactor``, ``muon``, ``soap``, ``shampoo``
-            (the last two from pytorch-optimizer, the ``matrix`` extra).
+            (these two from pytorch-optimizer, the ``matrix`` extra), ``dion``.
         mode: ``folded`` (default: multipliers absorbed into init/lr/eps/wd, the
             forward pass untouched) or ``explicit`` (multipliers in the forward
             pass, as the papers write them).
@@ -1354,7 +1368,10 @@ def _plan_tensor(s: TensorShape, ctx: _PlanContext) -> TensorPlan:
     req, rec, named = ctx.req, ctx.rec, ctx.req.named
     q_factor = ctx.q_factor.get(s.name, 1.0)
     branch = _branch_kind(s.name, ctx.attn_modules)
-    muon_matrix = req.optimizer == "muon" and s.role == "hidden" and len(s.shape) >= 2
+    # hidden matrices take the optimizer's matrix step (Muon's, with its own LR rule; Dion's, with its rows)
+    matrix_step = (req.optimizer == "muon" or ctx.spec.family == "dion") and s.role == "hidden" \
+        and len(s.shape) >= 2
+    muon_matrix = matrix_step and req.optimizer == "muon"
     own_role, own_readout = ctx.own.get(s.name, (1.0, 1.0))
     named_forward = named.forward_for(s.role, query=s.name in ctx.named_query,
                                       branch=branch if s.branch_output else None,
@@ -1384,10 +1401,12 @@ def _plan_tensor(s: TensorShape, ctx: _PlanContext) -> TensorPlan:
                                      wd_policy=req.weight_decay)
     base_std, source = _base_std(s, ctx)
     muon_scale_value = 1.0
+    fi, fo = s.fan_in, s.fan_out
     if muon_matrix:
-        fi, fo = s.fan_in, s.fan_out
         muon_scale_value = (math.sqrt(max(1.0, fo / fi)) if req.muon_scale == "spectral"
                             else 0.2 * math.sqrt(max(fi, fo)))
+    elif matrix_step:
+        muon_scale_value = math.sqrt(fo / fi)  # Dion's (Ahn et al. 2025)
     readout_multiplier = 1.0
     if s.tied_readout is not None:
         readout_multiplier = _tied_readout_multiplier(s, rec, named, named_forward, own_readout)
@@ -1396,7 +1415,7 @@ def _plan_tensor(s: TensorShape, ctx: _PlanContext) -> TensorPlan:
         fan_in=s.fan_in, fan_out=s.fan_out, m_in=s.m_in, m_out=s.m_out, width=s.width, depth=s.depth,
         block=s.block, branch_output=s.branch_output, base_std=base_std, init_source=source,
         explicit=explicit, folded=folded, aliases=s.aliases, readout_use=s.tied_readout,
-        readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=muon_matrix,
+        readout_multiplier=readout_multiplier, attn_factor=q_factor, muon=matrix_step,
         muon_scale=muon_scale_value, no_decay=(len(s.shape) < 2 and not req.decay_vectors), notes=notes,
         role_source=s.role_source, branch_source=s.branch_source,
         lookup_module=s.lookup_module, lookup_multiplier=lookup_multiplier)

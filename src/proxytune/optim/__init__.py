@@ -1,5 +1,5 @@
-"""Optimizers: torch's where they exist, Adam-atan2 and Muon here, SOAP and Shampoo from pytorch-optimizer (the
-``matrix`` extra, :mod:`.matrix`); :mod:`.registry` says how each is used."""
+"""Optimizers: torch's where they exist, Adam-atan2, Muon and Dion here, SOAP and Shampoo from pytorch-optimizer
+(the ``matrix`` extra, :mod:`.matrix`); :mod:`.registry` says how each is used."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 import torch
 
 from .adam_atan2 import AdamAtan2
+from .dion import Dion
 from .muon import Muon, newton_schulz
 from .registry import REGISTRY, OptimizerSpec, get_spec, register, unregister
 
-__all__ = ["AdamAtan2", "Muon", "newton_schulz", "build_optimizer", "OptimizerSpec", "REGISTRY", "register",
+__all__ = ["AdamAtan2", "Dion", "Muon", "newton_schulz", "build_optimizer", "OptimizerSpec", "REGISTRY", "register",
            "unregister", "get_spec"]
 
 

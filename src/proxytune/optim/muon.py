@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-__all__ = ["Muon", "newton_schulz"]
+__all__ = ["Muon", "MatrixAndAdamW", "newton_schulz", "adamw_update"]
 
 _DEFAULT_NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 
@@ -72,7 +72,54 @@ def _default_scale(shape: torch.Size) -> float:
     return math.sqrt(max(1.0, rows / cols))
 
 
-class Muon(Optimizer):
+class MatrixAndAdamW(Optimizer):
+    """An optimizer with its own step on the groups flagged ``FLAG`` (matrices) and AdamW's on the others: the
+    shared part of :class:`Muon` and :class:`proxytune.optim.Dion`. A subclass sets ``NAME`` and ``FLAG`` and
+    implements ``_matrix_update(group, p, grad)``; its defaults carry ``adam_eps``, the default ``eps`` of the
+    AdamW groups (the shared ``eps`` default is the matrix step's)."""
+
+    NAME = ""
+    FLAG = ""
+
+    def _add_group(self, param_group: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Torch's ``add_param_group``, then the new group's kind: ``FLAG`` defaults to whether all its params
+        have ``ndim >= 2``, and an AdamW group without its own ``eps`` takes ``adam_eps``. Returns the group and
+        its name for error messages."""
+        has_eps = "eps" in param_group
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        group = self.param_groups[index]
+        where = f"param group {index}" + (f" ({group['name']!r})" if "name" in group else "")
+        if self.FLAG not in group:
+            group[self.FLAG] = all(p.ndim >= 2 for p in group["params"])
+        adam_eps = group.pop("adam_eps")
+        if not has_eps and not group[self.FLAG]:
+            group["eps"] = adam_eps
+        return group, where
+
+    def _matrix_update(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimization step; ``closure`` re-evaluates the loss."""
+        with torch.enable_grad():
+            loss = None if closure is None else closure()
+        for group in self.param_groups:
+            matrix = group[self.FLAG]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{self.NAME} does not support sparse gradients")
+                if matrix:
+                    self._matrix_update(group, p, p.grad)
+                else:
+                    adamw_update(self.state[p], group, p, p.grad)
+        return loss
+
+
+class Muon(MatrixAndAdamW):
     """Muon for hidden matrices and AdamW for everything else, chosen per group.
 
     Muon groups (``use_muon=True``)::
@@ -103,6 +150,9 @@ class Muon(Optimizer):
         betas: AdamW moment decay rates.
         adam_eps: default ``eps`` of AdamW groups that do not set one.
     """
+
+    NAME = "Muon"
+    FLAG = "use_muon"
 
     def __init__(
         self,
@@ -135,19 +185,7 @@ class Muon(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group, deciding its kind and validating its hyperparameters."""
-        has_eps = "eps" in param_group
-        super().add_param_group(param_group)
-        index = len(self.param_groups) - 1
-        group = self.param_groups[index]
-        where = f"param group {index}" + (f" ({group['name']!r})" if "name" in group else "")
-
-        if "use_muon" not in group:
-            group["use_muon"] = all(p.ndim >= 2 for p in group["params"])
-        adam_eps = group.pop("adam_eps")
-        if not has_eps and not group["use_muon"]:
-            # The shared default `eps` is the Newton-Schulz one; AdamW has its own.
-            group["eps"] = adam_eps
-
+        group, where = self._add_group(param_group)  # the shared eps default is the Newton-Schulz one
         _check_common(group["lr"], group["weight_decay"], where)
         if not group["eps"] >= 0.0:
             raise ValueError(f"Muon: invalid eps {group['eps']!r} in {where}; expected eps >= 0")
@@ -173,24 +211,7 @@ class Muon(Optimizer):
             if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
                 raise ValueError(f"Muon: invalid betas {betas!r} in {where}; expected two values in [0, 1)")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one optimization step; ``closure`` re-evaluates the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            update = self._muon_update if group["use_muon"] else self._adamw_update
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Muon does not support sparse gradients")
-                update(group, p, p.grad)
-        return loss
-
-    def _muon_update(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
+    def _matrix_update(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
         """Momentum, orthogonalization and scaled step for one matrix."""
         state = self.state[p]
         if "momentum_buffer" not in state:
@@ -215,27 +236,31 @@ class Muon(Optimizer):
             p.mul_(1.0 - lr * wd)
         p.add_(ortho.reshape(p.shape), alpha=-lr * scale)
 
-    def _adamw_update(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
-        """Standard AdamW step (same operation order as ``torch.optim.AdamW``)."""
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        step_t = state["step"]
-        if isinstance(step_t, Tensor):
-            step_t.add_(1.0)
-            step = float(step_t)
-        else:
-            step = state["step"] = float(step_t) + 1.0
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        beta1, beta2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
 
-        if wd != 0.0:
-            p.mul_(1.0 - lr * wd)
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        # sqrt(v) / bc2**0.5 rather than sqrt(v_hat): keeps results identical to torch's AdamW.
-        denom = (exp_avg_sq.sqrt() / (1.0 - beta2**step) ** 0.5).add_(group["eps"])
-        p.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**step))
+
+def adamw_update(state: dict[str, Any], group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
+    """One AdamW step of ``p`` in place, with the same operation order as ``torch.optim.AdamW``: decoupled decay
+    ``p *= 1 - lr * wd``, then ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with bias-corrected moments. ``state`` is
+    the parameter's optimizer state (filled at the first step); ``group`` gives ``lr``, ``weight_decay``,
+    ``betas`` and ``eps``. Muon's and Dion's non-matrix groups step with it."""
+    if not state:
+        state["step"] = torch.tensor(0.0)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    step_t = state["step"]
+    if isinstance(step_t, Tensor):
+        step_t.add_(1.0)
+        step = float(step_t)
+    else:
+        step = state["step"] = float(step_t) + 1.0
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    beta1, beta2 = group["betas"]
+    lr, wd = group["lr"], group["weight_decay"]
+
+    if wd != 0.0:
+        p.mul_(1.0 - lr * wd)
+    exp_avg.lerp_(grad, 1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    # sqrt(v) / bc2**0.5 rather than sqrt(v_hat): keeps results identical to torch's AdamW.
+    denom = (exp_avg_sq.sqrt() / (1.0 - beta2**step) ** 0.5).add_(group["eps"])
+    p.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**step))

@@ -30,6 +30,7 @@ import torch
 
 from ..rules import recipes as _rules
 from .adam_atan2 import AdamAtan2
+from .dion import DION_MATRIX_EPS, Dion
 from .matrix import shampoo, soap
 from .stacked import BatchedStep, adam_atan2_step, adam_step, adamw_step, muon_step, sgd_step
 from .muon import Muon
@@ -212,11 +213,28 @@ def _shampoo_extras(tp: Any, scale: _rules.Scale, eps: Any) -> dict[str, Any]:
     return {"matrix_eps": (1e-6 if eps is None else eps) * scale.eps}
 
 
-def _muon_extras(tp: Any, scale: _rules.Scale, eps: Any) -> dict[str, Any]:
-    """Muon on the plan's Muon matrices (with their scale and Newton-Schulz eps), AdamW's eps elsewhere."""
-    if tp.muon:
-        return {"use_muon": tp.muon, "scale": tp.muon_scale, "eps": 1e-7 * scale.eps}
-    return {"use_muon": tp.muon, "eps": (1e-8 if eps is None else eps) * scale.eps}
+def _dion_kwargs(settings: OptimizerSettings) -> dict[str, Any]:
+    if settings.nesterov:
+        raise ValueError("dion: nesterov=True is not offered: Dion's momentum is its error-feedback buffer "
+                         "(Ahn et al. 2025), which has no Nesterov form; leave nesterov unset")
+    return {"betas": settings.betas, "mu": 0.95 if settings.momentum is None else settings.momentum}
+
+
+def _matrix_extras(flag: str, matrix_eps: float) -> GroupExtras:
+    """The group keys of an optimizer with a matrix step on the plan's matrices (``tp.muon``) and AdamW
+    elsewhere: the ``flag`` key, the matrix step's scale and its own eps (base ``matrix_eps``; the user's eps is
+    AdamW's, default 1e-8), each eps times the tensor's eps multiplier."""
+
+    def extras(tp: Any, scale: _rules.Scale, eps: Any) -> dict[str, Any]:
+        if tp.muon:
+            return {flag: tp.muon, "scale": tp.muon_scale, "eps": matrix_eps * scale.eps}
+        return {flag: tp.muon, "eps": (1e-8 if eps is None else eps) * scale.eps}
+
+    return extras
+
+
+#: Muon on the plan's Muon matrices (their scale, the Newton-Schulz eps), AdamW elsewhere
+_muon_extras = _matrix_extras("use_muon", 1e-7)
 
 
 for _spec in (
@@ -234,6 +252,10 @@ for _spec in (
     OptimizerSpec("soap", soap, default_kwargs=_adam_kwargs, state_slots=lambda settings: 6),
     OptimizerSpec("shampoo", shampoo, default_kwargs=_shampoo_kwargs, group_extras=_shampoo_extras,
                   state_slots=lambda settings: 5),
+    # Dion on the plan's hidden matrices (their sqrt(fan_out/fan_in) scale, the column-normalization eps), AdamW
+    # elsewhere; one trial at a time. State: the momentum buffer and Q (at most parameter-sized).
+    OptimizerSpec("dion", Dion, default_kwargs=_dion_kwargs, group_extras=_matrix_extras("use_dion", DION_MATRIX_EPS),
+                  state_slots=lambda settings: 2),
 ):
     register(_spec)
 del _spec

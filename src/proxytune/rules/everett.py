@@ -72,6 +72,14 @@ LR_EXPONENTS: dict[tuple[str, str, str], dict[Layer, Fraction]] = {
     ("spectral", "ntk", "full"): _c(-0.5, -0.5, 0),
     ("spectral", "mup", "full"): _c(0, 0, 0),
     ("spectral", "mf", "full"): _c(0, -0.5, -0.5),
+    # Dion (Ahn et al. 2025, "Dion: Distributed Orthonormalized Updates"): hidden matrices take its low-rank
+    # orthonormalized step scaled by sqrt(fan_out / fan_in), whose spectral norm is set by the LR alone: the
+    # spectral row's hidden entry, -a. Embeddings, vectors and the readout take AdamW's step: Adam's
+    # full-alignment entries. Full alignment only (the spectral entry is maximal there).
+    ("dion", "sp", "full"): _c(0, 0, 1),
+    ("dion", "ntk", "full"): _c(0, -0.5, 0.5),
+    ("dion", "mup", "full"): _c(0.5, 0, 0.5),
+    ("dion", "mf", "full"): _c(0.5, -0.5, 0),
 }
 
 
@@ -97,6 +105,7 @@ def adam_equivalent_c(family: str, param: str, c: dict[Layer, Fraction]) -> dict
       has spectral norm ``n^-c' sqrt(fan_in x fan_out)``, so the Adam entry of the same step is ``c + 1/2``
       (embedding, readout: one fan grows) and ``c + 1`` (hidden: both grow). This holds under full
       alignment, the only column the spectral rows have.
+    - dion: its hidden matrices step as the spectral rows do (``c + 1``), the rest is Adam (``c``).
     """
     if family == "adam":
         return dict(c)
@@ -113,6 +122,8 @@ def adam_equivalent_c(family: str, param: str, c: dict[Layer, Fraction]) -> dict
     if family == "spectral":
         fans = {"embedding": _h, "hidden": Fraction(1), "readout": _h}
         return {layer: c[layer] + fans[layer] for layer in LAYERS}
+    if family == "dion":
+        return {layer: c[layer] + (1 if layer == "hidden" else 0) for layer in LAYERS}
     raise ValueError(f"unknown optimizer family {family!r}")
 
 

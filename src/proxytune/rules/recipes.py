@@ -97,7 +97,7 @@ class OptimizerSpec:
     weight by ``s`` (``W' = s W``) keeps training identical when
     ``lr' = lr x s^lr_power``: 2 for SGD (update ~ lr x grad, grad ~ 1/s),
     1 for sign-like updates (Adam, Adam-atan2, Muon) and for any update that
-    does not depend on the gradient's scale (SOAP, Shampoo), 0 for Adafactor,
+    does not depend on the gradient's scale (SOAP, Shampoo, Dion), 0 for Adafactor,
     whose step is relative to the parameter's RMS. Weight decay folds as
     ``wd' = wd x s^-wd_fold_power``: lr-coupled decoupled decay (AdamW) keeps
     ``lr x wd``; Adam's L2 term enters the gradient, so it needs ``s^-2``.
@@ -110,8 +110,8 @@ class OptimizerSpec:
 
     ``alignment`` fixes the column of Everett et al.'s LR table the optimizer
     uses whatever the plan's ``alignment`` (empty: the plan's choice): SOAP
-    takes the no-alignment column, Shampoo's spectral rows exist for full
-    alignment only (docs/parameterizations.md section 17).
+    takes the no-alignment column, Shampoo's spectral rows and Dion's rows
+    exist for full alignment only (docs/parameterizations.md sections 17, 18).
     """
 
     name: str
@@ -141,6 +141,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       "no-alignment LR rows (measured)", alignment="none"),
         OptimizerSpec("shampoo", "spectral", 1, True, "pytorch_optimizer.Shampoo: L^-1/4 G R^-1/4; spectral LR "
                       "rows, damping ~ gradient^2 x size", eps_power=2, alignment="full"),
+        OptimizerSpec("dion", "dion", 1, True, "proxytune.optim.Dion: low-rank orthonormalized momentum x "
+                      "sqrt(fan_out/fan_in) on hidden matrices (spectral LR rows), AdamW on the rest",
+                      alignment="full"),
     )
 }
 
