@@ -991,7 +991,8 @@ def unit_check_cmd(
                           base_depth=base_depth or depth, recipe=recipe, optimizer=optimizer, data=data,
                           lr=lr, steps=max(steps, 1), batch_size=batch_size, seq_len=seq_len)
         prep = prepare(cfg)
-        opt = prep.plan.optimizer(cfg.lr, cfg.weight_decay, model=prep.model, eps=cfg.eps, **optimizer_kwargs(cfg))
+        opt = prep.plan.optimizer(cfg.lr, cfg.weight_decay, model=prep.model, **cfg.group_kwargs(),
+                                  **optimizer_kwargs(cfg))
         gen = torch.Generator().manual_seed(cfg.seed)
 
         def batch() -> tuple[torch.Tensor, torch.Tensor]:

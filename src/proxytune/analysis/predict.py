@@ -365,9 +365,11 @@ def target_plan(sweep: Sweep, width: int, depth: int, hp: HPEstimate | Mapping[s
                         roles=first.roles or None, multipliers=first.multipliers())
     lr = hp.lr if hp.lr is not None else first.lr
     d = plan.to_dict()
-    d["base_hparams"] = {"lr": lr, "weight_decay": first.weight_decay, "eps": first.eps}
+    hparams = first.group_kwargs(lr)  # the base eps and Muon's matrix LR, as the proxies' trainer gives them
+    d["base_hparams"] = {"lr": lr, "weight_decay": first.weight_decay,
+                         **{k: v for k, v in hparams.items() if v is not None or k == "eps"}}
     d["groups"] = [{k: v for k, v in g.items() if k != "params"}
-                   for g in plan.param_groups(lr, first.weight_decay, eps=first.eps, model=target)]
+                   for g in plan.param_groups(lr, first.weight_decay, model=target, **hparams)]
     if path is not None:
         Path(path).write_text(json.dumps(d, indent=1, default=str))
     if hp.lr is None:

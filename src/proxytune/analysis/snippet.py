@@ -221,13 +221,21 @@ def _plan_lines(cfg: TrainConfig) -> list[str]:
               "                       # embedding and attention multipliers); the recipe carries them to the target",
               f"                       multipliers=pt.Multipliers.from_dict({named.to_dict()!r}))"]
     # The optimizer call is the trainer's: base lr / wd / eps and the optimizer's own keywords.
-    kwargs = ["model=target", f"eps={cfg.eps!r}"]
+    kwargs = ["model=target", f"eps={cfg.base_eps()!r}"]
+    if cfg.muon_lr_ratio != 1.0:
+        kwargs.append(f"muon_lr=lr * {cfg.muon_lr_ratio!r}")
     kwargs += [f"{k}={v!r}" for k, v in optimizer_kwargs(cfg).items()]
     L.append(f"opt = plan.optimizer(lr, {cfg.weight_decay!r}, {', '.join(kwargs)})")
-    if cfg.optimizer == "muon":
+    if cfg.optimizer == "muon" and cfg.muon_lr_ratio == 1.0:
         L.append("# Muon's matrices use the same base lr, as in the proxies (plan.optimizer(muon_lr=...) would "
                  "split it).")
-    if cfg.eps is None and has_eps(cfg.optimizer):
+    elif cfg.muon_lr_ratio != 1.0:
+        L.append(f"# Muon's matrices: base lr x {cfg.muon_lr_ratio!r}, the ratio tuned at the base (muon_lr_ratio); "
+                 "the plan scales each matrix's LR from it.")
+    if cfg.eps_mult != 1.0:
+        L.append(f"# eps: the {'given' if cfg.eps is not None else 'default'} base eps x {cfg.eps_mult!r} tuned at "
+                 "the base (eps_mult), scaled per tensor by the plan, as in the proxies.")
+    elif cfg.eps is None and has_eps(cfg.optimizer):
         L.append("# eps=None: the optimizer's default eps at the base, scaled per tensor by the plan, as in the "
                  "proxies.")
     return L + [""]

@@ -115,7 +115,7 @@ def program_absolute(v: ProgramConfig | None) -> ProgramConfig | None:
 
 
 _LOG2_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "output_mult", "embedding_mult", "attn_mult",
-                "residual_mult", "residual_attn_ratio", "act_mult")
+                "residual_mult", "residual_attn_ratio", "act_mult", "muon_lr_ratio", "eps_mult")
 
 
 def field_name(axis: str, extra: list[str] | None = None) -> str:

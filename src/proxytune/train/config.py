@@ -9,6 +9,7 @@ plain dict (``config.model_dump()``), so it can be rerun exactly.
 from __future__ import annotations
 
 import difflib
+from types import SimpleNamespace
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ..modelspec import ModelSpec, ModelStructure, split_model_section
 from ..rules.multipliers import Multipliers
 from ..optim.registry import REGISTRY as OPTIMIZER_REGISTRY
-from ..rules.recipes import MODES, RECIPES, WD_POLICIES
+from ..rules.recipes import MODES, RECIPES, WD_POLICIES, Scale
 
 SCHEDULES = ("constant", "cosine", "wsd", "linear")
 ROLES = ("embedding", "hidden", "readout", "vector", "scalar")
@@ -33,10 +34,16 @@ DEVICE_PATTERN = r"^(cpu|auto|mps|cuda(:\d+)?)$"
 # Fields that may differ between the members of one batched group (see
 # ``train_batched``); every other field must be equal across the group.
 BATCHABLE_FIELDS = ("lr", "weight_decay", "eps", "init_scale", "role_lr", "role_init", "output_mult",
-                    "embedding_mult", "attn_mult", "seed", "data_seed")
+                    "embedding_mult", "attn_mult", "seed", "data_seed", "muon_lr_ratio", "eps_mult")
 #: the named multipliers a sweep (and ``proxytune tune``) can set, beside ``lr``
 MULTIPLIER_FIELDS = ("init_scale", "role_lr", "role_init", "output_mult", "embedding_mult", "attn_mult",
                      "residual_mult", "residual_attn_ratio", "act_mult")
+#: the optimizers' own constants a sweep (and ``proxytune tune``) can set, as multipliers of the default (1):
+#: Muon's matrix LR relative to ``lr``, and a multiplier on the base eps (Shampoo's damping ``matrix_eps``)
+OPTIMIZER_FIELDS = ("muon_lr_ratio", "eps_mult")
+#: the optimizers whose plans have matrices stepped apart from the AdamW tensors (``TensorPlan.muon``: Muon's and
+#: Dion's), the ones ``muon_lr_ratio`` moves
+MATRIX_STEP_OPTIMIZERS = ("muon", "dion")
 
 
 class TrainConfig(BaseModel):
@@ -78,6 +85,10 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.95)
     momentum: float | None = Field(None, ge=0, lt=1, description="SGD / Muon momentum (None: 0.9 / 0.95)")
     nesterov: bool | None = Field(None, description="Nesterov momentum (None: off for SGD, on for Muon)")
+    muon_lr_ratio: float = Field(1.0, gt=0, description="Muon: base LR of the Muon matrices as a multiple of lr "
+                                                        "(the AdamW LR of the other tensors); 1: the same base LR")
+    eps_mult: float = Field(1.0, gt=0, description="multiplies the base eps (eps, or the optimizer's default when "
+                                                   "eps is None): Adam's eps, Shampoo's damping matrix_eps")
     role_lr: dict[str, float] = Field(default_factory=dict,
                                       description="per-role LR constants (Everett's gamma), e.g. {readout: 0.5}")
     init_scale: float = Field(1.0, ge=0, description="multiplies the init std of every weight matrix and embedding")
@@ -186,8 +197,11 @@ class TrainConfig(BaseModel):
         if self.noise_scale and (self.batch_size < 2 or self.batch_size % 2):
             raise ValueError(f"noise_scale splits each batch in two equal halves: batch_size must be even, got "
                              f"{self.batch_size}")
-        if self.role_lr.get("hidden", 1.0) == 0 and self.optimizer == "muon":
-            raise ValueError("role_lr[hidden] = 0 freezes every Muon matrix")
+        if self.role_lr.get("hidden", 1.0) == 0 and self.optimizer in MATRIX_STEP_OPTIMIZERS:
+            raise ValueError(f"role_lr[hidden] = 0 freezes every {self.optimizer} matrix")
+        for name in OPTIMIZER_FIELDS:
+            if getattr(self, name) != 1.0 and name not in optimizer_fields(self.optimizer):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: {optimizer_field_error(name, self.optimizer)}")
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -218,6 +232,19 @@ class TrainConfig(BaseModel):
                            residual=self.residual_mult, residual_attn_ratio=self.residual_attn_ratio,
                            activation=self.act_mult)
 
+    def base_eps(self) -> float | None:
+        """The base eps the plan scales per tensor: ``eps`` (None: the optimizer's default) times ``eps_mult``."""
+        if self.eps_mult == 1.0:
+            return self.eps
+        return (self.eps if self.eps is not None else default_eps(self.optimizer)) * self.eps_mult
+
+    def group_kwargs(self, lr: float | None = None) -> dict[str, Any]:
+        """``eps`` and ``muon_lr`` for :meth:`proxytune.plan.Plan.param_groups` and ``Plan.optimizer`` with base LR
+        ``lr`` (default: this run's): the base eps times ``eps_mult``, the Muon matrices' base LR ``lr`` times
+        ``muon_lr_ratio`` (None, the plan's default ``lr``, when the ratio is 1)."""
+        lr = self.lr if lr is None else lr
+        return {"eps": self.base_eps(), "muon_lr": None if self.muon_lr_ratio == 1.0 else lr * self.muon_lr_ratio}
+
     def model_spec(self) -> ModelSpec:
         """The one description of this run's model (builder, options and how proxytune reads it)."""
         return ModelSpec(builder=self.model, options=dict(self.model_options),
@@ -230,6 +257,36 @@ class TrainConfig(BaseModel):
     def architecture_key(self) -> dict[str, Any]:
         """The fields batched members must share (everything but BATCHABLE_FIELDS and tags)."""
         return self.model_dump(exclude=set(BATCHABLE_FIELDS) | {"tags"})
+
+
+def default_eps(optimizer: str) -> float | None:
+    """The base eps optimizer ``optimizer`` takes when none is given (Adam's 1e-8, Shampoo's damping 1e-6...), read
+    from its param-group extras (:mod:`proxytune.optim.registry`) at unit scale: the one float key that follows the
+    eps given. None when it has no eps, or not a single float one (Adafactor's pair)."""
+    spec = OPTIMIZER_REGISTRY.get(optimizer)
+    if spec is None or not spec.has_eps:
+        return None
+    tensor = SimpleNamespace(muon=False, muon_scale=1.0)  # a tensor outside Muon's matrices: its Adam eps
+    one, two, default = (spec.extras(tensor, Scale(), eps) for eps in (1.0, 2.0, None))
+    keys = [k for k, v in one.items()
+            if isinstance(v, float) and two.get(k) == 2 * v and isinstance(default.get(k), float)]
+    return float(default[keys[0]]) if len(keys) == 1 else None
+
+
+def optimizer_fields(optimizer: str) -> tuple[str, ...]:
+    """The :data:`OPTIMIZER_FIELDS` that apply to ``optimizer``: ``muon_lr_ratio`` for Muon, ``eps_mult`` for an
+    optimizer with one base eps (:func:`default_eps`)."""
+    return tuple(name for name, applies in (("muon_lr_ratio", optimizer in MATRIX_STEP_OPTIMIZERS),
+                                            ("eps_mult", default_eps(optimizer) is not None)) if applies)
+
+
+def optimizer_field_error(name: str, optimizer: str) -> str:
+    """Why optimizer constant ``name`` does not apply to ``optimizer``, naming the ones that do."""
+    what = {"muon_lr_ratio": "the LR of Muon's or Dion's matrices relative to lr (optimizer muon or dion)",
+            "eps_mult": "a multiplier on a single base eps (Adam's eps, Shampoo's damping)"}[name]
+    valid = optimizer_fields(optimizer)
+    return (f"{name} is {what}; optimizer {optimizer!r} has no such constant (optimizer constants valid for "
+            f"{optimizer!r}: {', '.join(valid) if valid else 'none'})")
 
 
 def _choice(what: str, value: str, valid: Any) -> str:

@@ -90,7 +90,7 @@ def train(config: TrainConfig | dict[str, Any], *, progress: ProgressFn | None =
     prep = prepare(cfg)
     model, device = prep.model, prep.device
     # Tensors with equal settings share a group, so foreach kernels batch them as for a plain model.
-    opt = prep.plan.optimizer(cfg.lr, cfg.weight_decay, model=model, eps=cfg.eps, **optimizer_kwargs(cfg))
+    opt = prep.plan.optimizer(cfg.lr, cfg.weight_decay, model=model, **cfg.group_kwargs(), **optimizer_kwargs(cfg))
     peak = [g["lr"] for g in opt.param_groups]
 
     gen = torch.Generator().manual_seed(cfg.batch_seed)

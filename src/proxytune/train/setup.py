@@ -189,7 +189,7 @@ def prepare(config: TrainConfig) -> Prepared:
 def param_settings(prep: Prepared) -> dict[str, dict[str, Any]]:
     """Per-parameter lr / weight_decay / eps (and Muon keys) from the plan, keyed by parameter name."""
     cfg = prep.config
-    groups = prep.plan.param_groups(cfg.lr, cfg.weight_decay, eps=cfg.eps, model=prep.model)
+    groups = prep.plan.param_groups(cfg.lr, cfg.weight_decay, model=prep.model, **cfg.group_kwargs())
     by_id = {id(p): n for n, p in prep.model.named_parameters()}
     out = {}
     for g in groups:

@@ -35,14 +35,20 @@ from ..sweep.fields import (
     _unknown, check_base, check_program_leaves_model, check_train, field_name, program_identity, structure_identity,
 )
 from ..sweep.schema import ExecutorConfig, ProgramConfig, Range, TrainingFileConfig
-from ..train.config import MULTIPLIER_FIELDS, TrainConfig
+from ..train.config import (
+    MATRIX_STEP_OPTIMIZERS, MULTIPLIER_FIELDS, OPTIMIZER_FIELDS, TrainConfig, optimizer_field_error, optimizer_fields,
+)
 
 #: the named multipliers stage 1 scans by default (see docs/tuning.md for why these)
 DEFAULT_MULTIPLIERS = ("role_init.hidden", "role_init.readout", "role_init.embedding", "role_lr.embedding",
                        "role_lr.readout", "role_lr.vector", "attn_mult")
+#: the optimizer's own constants that join DEFAULT_MULTIPLIERS when ``search.multipliers`` is not given (docs/tuning.md,
+#: "Matrix optimizers"): Muon's matrix LR relative to the AdamW LR, Shampoo's damping
+OPTIMIZER_MULTIPLIERS: dict[str, tuple[str, ...]] = {"muon": ("muon_lr_ratio",), "dion": ("muon_lr_ratio",),
+                                                      "shampoo": ("eps_mult",)}
 # Fields set by the tune file itself, not by ``train:``.
 _OWNED = ("model", "model_options", "model_structure", "data", "data_options", "recipe", "optimizer", "base_width",
-          "base_depth", "width", "depth", "lr", "seed", *MULTIPLIER_FIELDS)
+          "base_depth", "width", "depth", "lr", "seed", *MULTIPLIER_FIELDS, *OPTIMIZER_FIELDS)
 
 
 class TuneConfigError(SweepConfigError):
@@ -64,7 +70,9 @@ class SearchConfig(_Strict):
     lr: Range = Field(default_factory=lambda: Range(start=-12, stop=-4, step=1),
                       description="log2 grid of the first LR scan, with every multiplier at 1")
     multipliers: list[str] = Field(default_factory=lambda: list(DEFAULT_MULTIPLIERS),
-                                   description="named multipliers to tune (sweep axis names)")
+                                   description="named multipliers to tune (sweep axis names); left out: the "
+                                               "defaults and the optimizer's own constants (muon_lr_ratio for "
+                                               "muon and dion, eps_mult for shampoo)")
     span: float = Field(2.0, gt=0, description="oat: each scan covers center x 2^-span .. 2^span")
     step: float = Field(1.0, gt=0, description="oat: scan step, octaves")
     lr_span: float = Field(2.0, gt=0, description="oat: octaves of LR scanned around the center in each round")
@@ -85,10 +93,10 @@ class SearchConfig(_Strict):
     @classmethod
     def _multipliers(cls, v: list[str]) -> list[str]:
         valid = [*MULTIPLIER_FIELDS, *(f"{k}.{r}" for k in ("role_lr", "role_init")
-                                      for r in ("embedding", "hidden", "readout", "vector"))]
+                                      for r in ("embedding", "hidden", "readout", "vector")), *OPTIMIZER_FIELDS]
         for name in v:
             field = field_name(name)  # raises with a suggestion
-            if field not in MULTIPLIER_FIELDS or name.startswith("log2_"):
+            if field not in (*MULTIPLIER_FIELDS, *OPTIMIZER_FIELDS) or name.startswith("log2_"):
                 raise ValueError(_unknown("search.multipliers", name, valid))
         if len(set(v)) != len(v):
             raise ValueError("search.multipliers lists a multiplier twice")
@@ -244,6 +252,23 @@ class TuneConfig(TrainingFileConfig):
                              f"so stage 1 cannot be shared): tune it alone, recipes: [{unit[0]}], with a search.lr "
                              "grid around 0 (its optimum is near lr = 1)")
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _optimizer_constants(self) -> TuneConfig:
+        """The optimizer's own constants join the default search (not a program's: it builds its own optimizer);
+        one named for an optimizer that has no such constant is refused."""
+        extra = OPTIMIZER_MULTIPLIERS.get(self.optimizer, ()) if self.program is None else ()
+        if "multipliers" not in self.search.model_fields_set and extra:
+            self.search.multipliers = [*self.search.multipliers, *extra]
+        for name in self.search.multipliers:
+            if name in OPTIMIZER_FIELDS and name not in optimizer_fields(self.optimizer):
+                raise ValueError(f"search.multipliers: {optimizer_field_error(name, self.optimizer)}")
+        if (self.optimizer in MATRIX_STEP_OPTIMIZERS
+                and {"muon_lr_ratio", "role_lr.hidden"} <= set(self.search.multipliers)):
+            raise ValueError(f"search.multipliers: under {self.optimizer}, role_lr.hidden and muon_lr_ratio both "
+                             f"scale the LR of every {self.optimizer} matrix (the hidden matrices), so only their "
+                             "product is measured: search one of them")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> TuneConfig:

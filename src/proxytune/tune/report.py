@@ -15,6 +15,7 @@ from ..analysis.report import (
 from ..analysis.verdict import Verdict, loss_gap, loss_se
 from ..sweep import Sweep
 from ..thresholds import THRESHOLDS
+from ..train.config import OPTIMIZER_FIELDS
 from .config import TuneConfig
 from .results import Candidate, Stage1Result, TargetPrediction, TuneResult
 from .search import LR_AXIS
@@ -299,13 +300,25 @@ def setting_lines(p: TargetPrediction) -> list[str]:
     return out
 
 
+def optimizer_constant_lines(s1: Stage1Result) -> list[str]:
+    """The optimizer's own constants stage 1 searched (Muon's LR ratio, the eps or damping multiplier), with the
+    value chosen, 1 included; none when it searched none."""
+    chosen = {a: v for a, v in s1.winner.setting.items() if a in OPTIMIZER_FIELDS}
+    if not chosen:
+        return []
+    return ["- **optimizer constants** (at the base; muon_lr = lr x muon_lr_ratio and eps x eps_mult are base "
+            "values, which the plan scales per tensor as it scales lr and eps): "
+            + ", ".join(f"`{k}: {v:g}`" for k, v in chosen.items())]
+
+
 def _recommendation_lines(result: TuneResult) -> list[str]:
     lines = [
         "## Recommendation", "",
         f"- **recipe**: `{result.recipe}`",
         f"- **{lr_line(result)}**; a base LR is {BASE_LR_MEANING}",
         "- **named multipliers** (at the base, carried by the recipe): "
-        + (", ".join(f"`{k}: {v}`" for k, v in result.constants.items()) or "all 1"),
+        + (", ".join(f"`{k}: {v}`" for k, v in result.constants.items() if k not in OPTIMIZER_FIELDS) or "all 1"),
+        *optimizer_constant_lines(result.stage1),
         *[f"- note: {n}" for n in result.notes],
         *[f"- {line}" for line in result.recommendation],
     ]

@@ -111,7 +111,8 @@ class TargetPrediction(Record):
     plan: str | None
     snippet: str | None
     lr_source: str = ""
-    #: the target run's settings (lr, batch_tokens, steps, weight_decay, warmup, beta2), each with its interval,
+    #: the target run's settings (lr, batch_tokens, steps, weight_decay, warmup, beta2; muon_lr or eps when stage 1
+    #: searched an optimizer constant), each with its interval,
     #: whether proxies measured it and where it came from (:class:`proxytune.analysis.horizon.TargetSetting`)
     settings: tuple[TargetSetting, ...] = ()
     #: stage 3's measurements (None when it did not run: the settings then rest on the published rules, named)

@@ -49,12 +49,13 @@ from ..builders import build_model, load_builder
 from ..errors import PlanError
 from ..optimum_fit import RECORD_META
 from ..plan import parameterize
+from ..rules.recipes import get_optimizer
 from ..sweep import Sweep, SweepConfig
 from ..sweep.config import apply_point, base_config
 from ..sweep.errors import RepeatedFailure, SweepConfigError
 from ..sweep.store import _diff
 from ..thresholds import THRESHOLDS, shallow_base_warning
-from ..train.config import TrainConfig
+from ..train.config import TrainConfig, default_eps
 from ..train.setup import _builder_options, build_models, flops_per_step, load_data, loss_function
 from .config import TuneConfig, TuneConfigError
 from .horizon import run_horizon_stage, target_settings, wants_horizon
@@ -465,6 +466,7 @@ class Tuner:
         hp = HPEstimate("log2_lr", math.log2(lr.value), tuple(math.log2(x) for x in lr.interval), h.confidence,
                         lr.source)
         settings = tuple(replace(x, value=hp.lr) if x.name == "lr" else x for x in settings)
+        settings += optimizer_settings(base_config(sweep.cfg), self.mults, hp.lr, lr.interval)
         if res.snippet is not None:
             plan = target_plan(sweep, t.width, depth, hp, plan_path, overrides=_run_fields(settings, sweep))
             snippet.write_text(plan["snippet"])
@@ -680,6 +682,31 @@ def run_flops(cfg: TuneConfig, width: int, depth: int, tokens: float | None) -> 
 # ------------------------------------------------------------------ helpers
 def _at(optima: list[Optimum], axis: str, size: int) -> Optimum | None:
     return next((o for o in optima if o.group.get(axis) == size), None)
+
+
+def optimizer_settings(tc: TrainConfig, searched: list[str], lr: float,
+                       interval: tuple[float, float] | None) -> tuple[TargetSetting, ...]:
+    """The target run's settings from the optimizer constants stage 1 searched (``searched``), as the verified
+    proxies ``tc`` trained with them: Muon's matrix LR (``lr`` x ``muon_lr_ratio``, with the LR's ``interval``) and
+    the base eps (x ``eps_mult``). Both are base values: the plan scales them per tensor as it scales the LR and
+    eps, so they transfer unchanged."""
+    out = []
+    if "muon_lr_ratio" in searched:
+        r = tc.muon_lr_ratio
+        iv = None if interval is None else (interval[0] * r, interval[1] * r)
+        out.append(TargetSetting("muon_lr", lr * r, iv, True,
+                                 f"lr x muon_lr_ratio {r:g} tuned at the base (stage 1): plan.optimizer(muon_lr=...), "
+                                 "scaled per Muon matrix by the plan as lr is"))
+    if "eps_mult" in searched:
+        damping = get_optimizer(tc.optimizer).eps_power == 2
+        given = "train.eps" if tc.eps is not None else f"{tc.optimizer}'s default"
+        base = tc.eps if tc.eps is not None else default_eps(tc.optimizer)
+        out.append(TargetSetting("eps", base * tc.eps_mult, None, True,
+                                 f"{'the damping matrix_eps: ' if damping else ''}{given} {base:g} x eps_mult "
+                                 f"{tc.eps_mult:g} tuned at the base (stage 1): plan.optimizer(eps=...), scaled per "
+                                 "tensor by the plan's eps column"
+                                 + (" (gradient^2 x size)" if damping else "")))
+    return tuple(out)
 
 
 def _lr_of(choice: Candidate, winner: dict[str, float]) -> tuple[float, tuple[float, float], str]:
