@@ -80,7 +80,7 @@ def test_demo_writes_story_report_prediction_and_next_steps(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_quick_preset_tells_the_true_story(tmp_path):
-    """The real --quick preset (about 5 min on 2 cores): SP's optimum is called moving (FAIL), muP is not called
+    """The real --quick preset (about 4.5 min on 2 cores): SP's optimum is called moving (FAIL), muP is not called
     failing (its 60-step proxies may leave it UNRESOLVED, and the demo says so)."""
     from proxytune.demo import run_demo
 
@@ -90,13 +90,11 @@ def test_quick_preset_tells_the_true_story(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 30, item 4: on 2026-12-06 (fresh clone, 2 CPU cores) the full preset "
-                   "gave muP UNRESOLVED (drift -0.54 octaves per doubling, 90% -0.63 .. +0.18: width 32's optimum, "
-                   "-6.24, sits above the wider ones, -7.55 .. -7.93); strict, so it fails once muP PASSes")
 def test_full_preset_tells_the_true_story(tmp_path):
-    """The real default preset (about 26 min on 2 cores): SP FAIL, muP PASS, and the tuned setting's loss at the
-    widest proxy below SP's best measured point swept there, beyond the seed noise, against an SP grid whose
-    optimum is inside it (a fair comparison)."""
+    """The real default preset (widths 32..128, 400 steps; about 13 min on 2 idle cores): SP FAIL, muP PASS, and
+    the tuned setting's loss at the widest proxy below SP's best measured point swept there, beyond the seed
+    noise, against an SP grid whose optimum is inside it (a fair comparison). Measured on 2026-12-06: SP -1.21
+    octaves per doubling (FAIL), muP -0.17 (90% -0.49 .. +0.31, PASS), tuned 0.220 +- 0.030 below SP at 128."""
     from proxytune.demo import run_demo
 
     summary = run_demo(tmp_path / "demo", "cpu", workers=2, log=lambda _: None)

@@ -33,18 +33,23 @@ PLAN_FILE = "target-plan.json"
 SNIPPET_FILE = "target_snippet.py"
 
 # Each verdict-issuing preset runs 2 seeds per point: one seed cannot tell the optimum's noise from its drift.
-# The grids reach low learning rates because SP's optimum falls with width (about -1.3 octaves per doubling in
-# B6). ``recipe_lr`` overrides ``lr`` for one recipe: the demo compares the tuned recipe with SP swept at the
-# widest proxy, which is fair only when SP's optimum there is inside its grid (issue 29, item 7). SP's grid
-# reaches 2 octaves lower than muP's: on the stored cpu run SP's best point at width 256 was -11, the grid's
-# low end; the quick preset's SP optimum at 256 was -10, inside its grid; the gpu preset is extrapolated (its
-# widest proxy is 5 doublings above 32, where SP's optimum sat near -6.5 on the CPU).
+# The grids reach low learning rates because SP's optimum falls with width (about -1.2 octaves per doubling).
+# ``recipe_lr`` overrides ``lr`` for one recipe: the demo compares the tuned recipe with SP swept at the widest
+# proxy, which is fair only when SP's optimum there is inside its grid (issue 29, item 7); on the cpu preset
+# SP's best point at 128 was -10, inside its grid of -12 .. -5. The cpu preset (issue 30, item 4) trains
+# widths 32..128 for 400 steps of 8 x 64 tokens: the same 204,800 tokens per trial as the 200 x 16 x 64 of the
+# widths-32..256 preset before it, at a quarter of its FLOPs. Twice the optimizer steps take the proxies past the
+# loss plateau near 2.5 nats/byte, where at 200 steps two seeds differed by up to 0.1 and muP came out
+# UNRESOLVED (2026-12-06: -0.54 per doubling, 90% -0.63 .. +0.18); at 400 steps they differ by about 0.02 and
+# muP is PASS (-0.17, 90% -0.49 .. +0.31). The quick preset keeps widths 64..256 at 60 steps: on widths 32..128
+# at 51,200 tokens (100 x 8 or 200 x 4) SP came out UNRESOLVED or muP FAIL, inside the plateau's noise. The gpu
+# preset is extrapolated (its widest proxy is 3 doublings above 128).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"widths": [64, 128, 256], "lr": {"start": -12, "stop": -4, "step": 1}, "depth": 2, "seeds": 2,
               "train": {"steps": 60, "batch_size": 8, "seq_len": 64, "eval_every": 60, "eval_batches": 4}},
-    "cpu": {"widths": [32, 64, 128, 256], "lr": {"start": -11, "stop": -5, "step": 1}, "depth": 2, "seeds": 2,
-            "recipe_lr": {"sp": {"start": -13}},
-            "train": {"steps": 200, "batch_size": 16, "seq_len": 64, "eval_every": 100, "eval_batches": 8}},
+    "cpu": {"widths": [32, 64, 128], "lr": {"start": -10, "stop": -4, "step": 1}, "depth": 2, "seeds": 2,
+            "recipe_lr": {"sp": {"start": -12, "stop": -5}},
+            "train": {"steps": 400, "batch_size": 8, "seq_len": 64, "eval_every": 200, "eval_batches": 16}},
     "gpu": {"widths": [128, 256, 512, 1024], "lr": {"start": -13, "stop": -5, "step": 1}, "depth": 4, "seeds": 2,
             "recipe_lr": {"sp": {"start": -15}},
             "train": {"steps": 1000, "batch_size": 32, "seq_len": 256, "eval_every": 250, "eval_batches": 16,
@@ -52,10 +57,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The tune step's stage-1 search per preset (proxytune.tune.SearchConfig fields; the rest are its defaults).
 # The demo searches one-at-a-time: each round trains as one batch, so it is the faster of the two on the
-# demo's small budget; `proxytune tune` defaults to TPE, which found better constants in B1b.
+# demo's small budget; `proxytune tune` defaults to TPE, which found better constants in B1b. One round on the
+# cpu preset and narrower scans on the quick one keep the demo inside its time (15 and 4 min, issue 30).
 TUNE_SEARCH: dict[str, dict[str, Any]] = {
-    "quick": {"strategy": "oat", "rounds": 1, "finalists": 2},
-    "cpu": {"strategy": "oat", "rounds": 2},
+    "quick": {"strategy": "oat", "rounds": 1, "finalists": 1, "span": 1, "lr_span": 1},
+    "cpu": {"strategy": "oat", "rounds": 1},
     "gpu": {"strategy": "oat", "rounds": 2},
 }
 RECIPES = {"sp": "SP, one global LR", "mup": "muP"}
