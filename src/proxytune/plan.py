@@ -851,6 +851,13 @@ class Plan:
         lines += [fmt.format(*r) for r in shown]
         if len(shown) < len(rows):
             lines.append(f"... {len(rows) - len(shown)} more tensors")
+        lines += self._explain_legend(dion)
+        return "\n".join(lines)
+
+    def _explain_legend(self, dion: bool) -> list[str]:
+        """The lines under :meth:`explain`'s table: the columns' legend, what the optimizer's columns mean, u-muP's
+        backward scales, the named multipliers, the plan's notes and the forward-pass state."""
+        lines: list[str] = []
         lines.append("role* = residual-branch output; ? = role guessed from the shape (the forward pass did not show "
                      "how the tensor is used: check it); ~ = branch output guessed from the module structure; lr/wd/eps "
                      "shown as multipliers of the base value unless base values were given.")
@@ -891,7 +898,7 @@ class Plan:
             lines.append("forward-pass state not stored in the weights (after loading a checkpoint, call "
                          "plan.apply(model, reinit=False)): " + "; ".join(state[:4])
                          + (f"; and {len(state) - 4} more" if len(state) > 4 else ""))
-        return "\n".join(lines)
+        return lines
 
 
 def _merge_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
