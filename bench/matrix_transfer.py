@@ -34,10 +34,14 @@ WIDTHS = [32, 64, 128]
 # Muon's and Dion's optima sit higher than Adam's (the update is orthonormalized, not normalized per entry), so
 # the grid reaches 2 octaves above B1's; the refinement pass adds half octaves around each optimum.
 LR = {"start": -11, "stop": -2, "step": 1}
+# Shampoo (pytorch-optimizer's, no grafting) steps by L^-1/4 G R^-1/4, whose size is not Adam's: at width 32 its
+# optimum sat near log2 lr -1 (probe of 2026-12-06, 1 seed: -6: 4.36, -4: 2.78, -2: 2.32, -1: 2.30, 0: 2.33,
+# +2: 3.16), above the common grid's top, so its grid is its own.
+OWN_LR = {"shampoo": {"start": -5, "stop": 1, "step": 1}}
 
 
 def sweep_dict(optimizer: str, runs: Path, smoke: bool) -> dict[str, Any]:
-    d = row_sweep("cpu", f"m-{optimizer}", "mup", runs, lr=LR)
+    d = row_sweep("cpu", f"m-{optimizer}", "mup", runs, lr=OWN_LR.get(optimizer, LR))
     d["optimizer"] = optimizer
     d["axes"]["width"] = WIDTHS
     if smoke:
@@ -97,7 +101,10 @@ def main() -> None:
     lines = [provenance("matrix_transfer.py", "cpu", p["threads"]),
              f"Reference GPT depth {p['depth']}, head dim 16, widths {ax['width']}, {tr['steps']} steps, batch "
              f"{tr['batch_size']} x seq {tr['seq_len']} (B1's), recipe mup, every multiplier and optimizer constant "
-             f"at 1; log2 lr {ax['log2_lr']['start']}..{ax['log2_lr']['stop']} (1 octave, refined by half octaves), "
+             f"at 1; log2 lr {ax['log2_lr']['start']}..{ax['log2_lr']['stop']}"
+             + "".join(f" ({o}: {g['start']}..{g['stop']})" for o, g in OWN_LR.items()
+                       if o in args.optimizers and not args.smoke)
+             + " (1 octave, refined by half octaves), "
              f"{len(ax['seed'])} seeds per point; {p['workers']} workers x {p['threads']} thread. Wall time: "
              + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items()) + ".", "",
              f"| optimizer | log2 lr* per width (90% interval) | drift per doubling (90%) | verdict | loss at {large}, "
