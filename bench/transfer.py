@@ -21,6 +21,12 @@ the largest proxy and of a 4096-wide target).
 
     python bench/transfer.py                 # CPU preset: widths 32..256, 300 steps, 2 seeds (~2 h on 2 cores)
     python bench/transfer.py --preset gpu    # widths 128..2048 on a CUDA machine
+    python bench/transfer.py --tune-only --reference-sp 2.3136 --reference-best 2.0260   # B6 alone (~15 min)
+
+``--tune-only`` runs ``tune`` alone (B6: its cost, split by stage and by width) and compares the loss its own
+verification measured at the largest width, at the transferred LR, with the references given: SP's and the best
+row's best measured seed-mean loss at that width from B1's table (its trials are deterministic, so the same code
+measures the same values without training them again).
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, close_section, optima_cell, provenance, run_sweep
+from _common import ROOT, close_section, emit, optima_cell, provenance, run_sweep
 from b1_rows import PRESETS, row_lr, row_sweep, train_fields
 
 from proxytune.analysis.laws import fit_saturating_power_law
 from proxytune.analysis.optimum import Optimum, optima_by_group
 from proxytune.analysis.predict import count_params
 from proxytune.analysis.verdict import transfer_verdict
+from proxytune.sweep import Sweep
 from proxytune.tune import TuneConfig, Tuner
 from proxytune.tune.run import run_flops
 
@@ -74,7 +81,15 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-transfer"))
     ap.add_argument("--no-package", action="store_true", help="skip the mup package row")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--tune-only", action="store_true", help="run tune alone: B6 and its loss at the largest width")
+    ap.add_argument("--reference-sp", type=float, default=math.nan, help="--tune-only: SP's best measured loss at "
+                                                                         "the largest width (B1's table)")
+    ap.add_argument("--reference-best", type=float, default=math.nan, help="--tune-only: the best row's best "
+                                                                           "measured loss there (B1's table)")
     args = ap.parse_args()
+    if args.tune_only:
+        tune_only(args)
+        return
     p = PRESETS[args.preset]
     widths, small, large = p["widths"], p["widths"][0], p["widths"][-1]
     t0 = time.perf_counter()
@@ -162,6 +177,53 @@ def main() -> None:
     lines += b5_b6(args.preset, optima["tune"], records["tune"], result, tcfg, large)
     close_section(lines, optima, LABELS, "width", "transfer", "B1 loss vs log2 lr", "B1. Width transfer", args.preset,
                   not args.no_write)
+
+
+def tune_only(args: argparse.Namespace) -> None:
+    """B6 for ``tune`` alone: its FLOPs by stage and by width against one run of the target, and its pick's
+    measured loss at the largest width at the transferred LR against the references given."""
+    p = PRESETS[args.preset]
+    large = p["widths"][-1]
+    tcfg = tune_config(args.preset, args.runs)
+    t0 = time.perf_counter()
+    result = Tuner(tcfg).run()
+    minutes = (time.perf_counter() - t0) / 60
+    target = run_flops(tcfg, TARGET_WIDTH, p["depth"], None)
+    x = result.stage1.winner.setting["log2_lr"]  # the base's LR: what every recipe carries to any width
+    recs = [r for r in Sweep.open(str(tcfg.run_dir / f"{tcfg.name}-verify-{result.recipe}")).records()
+            if r.get("width") == large and r.get("status") == "complete" and abs(float(r["log2_lr"]) - x) < 1e-6]
+    measured = sum(float(r["val_loss"]) for r in recs) / len(recs) if recs else math.nan
+    by_width: dict[int, float] = {}
+    for name in result.cost.per_stage:
+        if name.startswith("verify-"):
+            for r in Sweep.open(str(tcfg.run_dir / f"{tcfg.name}-{name}")).records():
+                if r.get("status") in ("complete", "diverged", "pruned"):
+                    by_width[int(r["width"])] = by_width.get(int(r["width"]), 0.0) + float(r.get("flops") or 0)
+    pct = lambda f: f"{100 * f / target:.2f}%"  # noqa: E731
+    lines = [provenance("transfer.py", "cpu", p["threads"]),
+             f"`proxytune tune` at B1's settings (widths {p['widths']}, {p['train']['steps']} steps, batch "
+             f"{p['train']['batch_size']} x {p['train']['seq_len']}, recipes mup and sp-perlayer, stage 1 "
+             f"`{tcfg.search.strategy}`), {minutes:.0f} min. Recommended `{result.recipe}` at base log2 lr {x:.2f}, "
+             "constants " + (", ".join(f"`{k}: {v}`" for k, v in result.constants.items()) or "all 1") + ".", "",
+             f"- **Cost**: {result.cost.trials} trials, {result.cost.flops:.3g} FLOPs = **{pct(result.cost.flops)} of one "
+             f"run of the {TARGET_WIDTH}-wide target** at the same depth and tokens ({target:.3g} FLOPs; goal at most "
+             f"3.5%: {'met' if result.cost.flops / target <= 0.035 else 'not met'}).",
+             "- By stage: " + ", ".join(f"{k} {pct(v)}" for k, v in result.cost.per_stage.items()) + ".",
+             "- Stage 2 by width (both recipes): " + ", ".join(f"{w}: {pct(f)}" for w, f in sorted(by_width.items()))
+             + ".",
+             "- Points of the LR scans trained on one seed only (the rule of docs/tuning.md): "
+             + ("; ".join(f"{c.recipe} at {w}" for c in result.candidates for w in c.one_seed_points) or "none") + ".",
+             f"- **Loss at width {large}** of the pick at the transferred LR (its own verification, seed mean of "
+             f"{len(recs)}): {measured:.4f}."]
+    if math.isfinite(args.reference_sp):
+        gain = (args.reference_sp - measured) / args.reference_sp
+        lines.append(f"  Against SP swept at {large} (best measured {args.reference_sp:.4f}, B1's table): {gain:.2%} "
+                     f"below (goal at least 8%: {'met' if gain >= 0.08 else 'not met'}).")
+    if math.isfinite(args.reference_best):
+        regret = (measured - args.reference_best) / args.reference_best
+        lines.append(f"  Against the best row swept at {large} (best measured {args.reference_best:.4f}, B1's "
+                     f"table): {regret:+.2%} (goal within 0.5%: {'met' if regret <= 0.005 else 'not met'}).")
+    emit(lines, "B6b. `tune` alone at B1's settings: cost by stage (CPU)", write=not args.no_write)
 
 
 def comparators(at: dict[str, dict[Any, Optimum]], large: int) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def test_config_errors_name_the_key(tmp_path, change, message):
 def test_defaults_and_candidates(tmp_path):
     cfg = TuneConfig.from_dict({"name": "x"})
     assert cfg.proxy_widths == [64, 128, 256] and cfg.candidates == ["mup", "sp-perlayer"]
-    assert cfg.search.strategy == "tpe" and cfg.verify.seeds == 2
+    assert cfg.search.strategy == "halving" and cfg.verify.seeds == 2
     deep = TuneConfig.from_dict({"name": "x", "depths": [4, 8]})
     assert deep.candidates == ["mup", "sp-perlayer", "completep"]
     assert TuneConfig.from_dict({"name": "x", "target": {"width": 4096, "depth": 8}}).candidates[-1] == "completep"
@@ -196,7 +196,7 @@ def test_race_drops_a_recipe_clearly_behind_before_the_largest_width(tmp_path, m
     ran: list[tuple[str, tuple]] = []
     loss = {"mup": {8: 3.0, 16: 2.8, 32: 2.6}, "sp-perlayer": {8: 3.0, 16: 3.2, 32: 2.5}}
 
-    def fake_verify(self, recipe, setting, widths, lrs, axis="width", frozen=()):
+    def fake_verify(self, recipe, setting, widths, lrs, axis="width", frozen=(), seeds_at=None, trial=None):
         ran.append((recipe, tuple(widths)))
         self.sweeps[f"verify-{recipe}"] = Sweep(SweepConfig.from_dict({"name": "x", "runs_dir": str(tmp_path)}))
         return [_optimum(w, loss[recipe][w]) for w in widths], {w: lrs for w in widths}
@@ -312,6 +312,93 @@ def test_race_probe_within_the_margin_trains_every_seed(tmp_path, monkeypatch):
         {LR_AXIS: -7.0, "role_init.readout": 1.0})
     assert sorted({p["seed"] for r, p in trained if r == "sp-perlayer" and p["width"] == 32}) == [0, 1]
     assert next(c for c in out if c.recipe == "sp-perlayer")["one_seed"] is None
+
+
+def _curved_run(trained, curvature, level32=None):
+    """A fake ``Tuner._run``: loss = level + curvature x (log2 lr + 7)^2 + 0.02 x (-1)^seed at every width (the
+    per-run noise at width 16 is 0.028, the margin 0.066); ``level32`` moves a recipe's level at width 32."""
+    def fake_run(self, sweep, label):
+        out = []
+        for i, p in enumerate(sweep.cfg.points or []):
+            trained.append((sweep.cfg.recipe, p))
+            level = (level32 or {}).get(sweep.cfg.recipe, 2.0) if p["width"] == 32 else 2.0
+            out.append({**p, "status": "complete", "trial": i,
+                        "val_loss": level + curvature * (p[LR_AXIS] + 7) ** 2 + 0.02 * (-1) ** p["seed"]})
+        return out
+    return fake_run
+
+
+@pytest.mark.parametrize("recipes", [["mup", "sp-perlayer"], ["mup"]])
+def test_largest_width_neighbours_clearly_behind_on_their_first_seed_train_no_second(tmp_path, monkeypatch,
+                                                                                    recipes):
+    """The scan at the largest width: the centre (the transferred LR) trains every seed, its neighbours the first
+    seed first. Here they are 0.25 above the centre on seed 0, beyond the margin 0.066 measured at width 16:
+    a second seed could not make either the optimum, so none trains. The candidate and the report say which
+    points trained one seed, and the verdict still covers every width. With the race (two recipes) and without
+    it (one), the same rule."""
+    trained: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Tuner, "_run", _curved_run(trained, 1.0, {"sp-perlayer": 2.3}))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=recipes, verify={"max_extend": 2}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    at32 = sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if r == "mup" and p["width"] == 32})
+    assert at32 == [(-7.5, 0), (-7.0, 0), (-7.0, 1), (-6.5, 0)]
+    at16 = sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if r == "mup" and p["width"] == 16})
+    assert at16 == [(x, s) for x in (-7.5, -7.0, -6.5) for s in (0, 1)]  # below the largest: every seed
+    mup = next(c for c in out if c.recipe == "mup")
+    assert len(mup.one_seed_points) == 2
+    assert all("0.2500 above the scan's best there, beyond the margin 0.06" in w for w in mup.one_seed_points)
+    assert mup.verdict.sizes == [8, 16, 32]
+    o32 = next(o for o in mup.optima if o.group["width"] == 32)
+    assert o32.value == pytest.approx(-7.0, abs=0.05) and o32.edge is None
+    assert mup.to_dict()["one_seed_points"] == list(mup.one_seed_points)
+
+
+def test_largest_width_neighbours_within_the_margin_train_every_seed(tmp_path, monkeypatch):
+    """0.025 above the centre on seed 0, inside the margin (0.066): the second seed could move the optimum, so
+    it trains, and no point is reported as one-seed."""
+    trained: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Tuner, "_run", _curved_run(trained, 0.1))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"max_extend": 2}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    at32 = sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if p["width"] == 32})
+    assert at32 == [(x, s) for x in (-7.5, -7.0, -6.5) for s in (0, 1)]
+    assert out[0].one_seed_points == ()
+
+
+def test_a_point_a_scan_gains_on_its_edge_trains_its_first_seed_first(tmp_path, monkeypatch):
+    """At width 16 the optimum sits at -6.5, the scan's top edge: the scan gains -6.0, which trains seed 0 first.
+    It is 0.25 above the best there on that seed, beyond the margin that width measured (0.066): one seed only.
+    The optimum at 16 is then inside its scan at -6.5."""
+    trained: list[tuple[str, dict]] = []
+
+    def fake_run(self, sweep, label):
+        out = []
+        for i, p in enumerate(sweep.cfg.points or []):
+            trained.append((sweep.cfg.recipe, p))
+            o = -6.5 if p["width"] == 16 else -7.0
+            out.append({**p, "status": "complete", "trial": i,
+                        "val_loss": 2.0 + (p[LR_AXIS] - o) ** 2 + 0.02 * (-1) ** p["seed"]})
+        return out
+
+    monkeypatch.setattr(Tuner, "_run", fake_run)
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"max_extend": 2}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    at16 = sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if p["width"] == 16})
+    assert at16 == [(-7.5, 0), (-7.5, 1), (-7.0, 0), (-7.0, 1), (-6.5, 0), (-6.5, 1), (-6.0, 0)]
+    assert any(w.startswith("width 16, log2 lr -6:") for w in out[0].one_seed_points)
+    o16 = next(o for o in out[0].optima if o.group["width"] == 16)
+    assert o16.edge is None and o16.value == pytest.approx(-6.5, abs=0.05)
+
+
+def test_one_verification_seed_puts_nothing_on_trial(tmp_path, monkeypatch):
+    """With one seed there is no second to save: every point trains once, nothing is called one-seed."""
+    trained: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Tuner, "_run", _curved_run(trained, 1.0))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"seeds": 1, "max_extend": 2}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    assert sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if p["width"] == 32}) == [
+        (-7.5, 0), (-7.0, 0), (-6.5, 0)]
+    assert out[0].one_seed_points == ()
 
 
 def test_race_margin_is_z_sqrt2_times_the_per_run_noise():

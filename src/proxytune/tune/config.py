@@ -12,7 +12,7 @@ Example (``tune.yaml``)::
     target: {width: 4096, depth: 2, tokens: 2.0e9, batch: 256}  # the run the settings are for
     horizon: {horizons: [1, 2, 4, 8], batches: [1, 2, 4]}     # stage 3 at the base width: LR vs tokens, batch
     train: {steps: 300, batch_size: 16, seq_len: 64, warmup: 0.1}
-    search: {strategy: tpe}          # or oat (one-at-a-time rounds)
+    search: {strategy: halving}      # or tpe (every trial full length), oat (one-at-a-time rounds)
     verify: {seeds: 2}
     executor: {workers: 2, threads: 1, batch: 8}
 
@@ -63,8 +63,8 @@ class SearchConfig(_Strict):
     """Stage 1: the search at the base shape (all recipes coincide there, so it runs once)."""
 
     strategy: Literal["oat", "tpe", "halving"] = Field(
-        "tpe", description="oat: one-at-a-time scans of each multiplier around the current best, combined, "
-                           "in rounds; tpe: Optuna's TPE over all of them at once, same budget; halving: TPE's "
+        "halving", description="oat: one-at-a-time scans of each multiplier around the current best, combined, "
+                           "in rounds; tpe: Optuna's TPE over all of them at once, same budget; halving (default): TPE's "
                            "points with successive halving on their learning curves (as many trials started as tpe trains, most "
                            "stopped early: 0.59x tpe's FLOPs in B1b)")
     lr: Range = Field(default_factory=lambda: Range(start=-12, stop=-4, step=1),

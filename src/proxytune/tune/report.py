@@ -35,7 +35,7 @@ def _as_candidate(c: Candidate | dict[str, Any]) -> Candidate:
     return Candidate(recipe=c["recipe"], sweep=c.get("sweep", ""), optima=tuple(c["optima"]), lrs=c.get("lrs", {}),
                      dropped=c.get("dropped"), probe_only=c.get("probe_only"), verdict=c.get("verdict"),
                      depth_optima=c.get("depth_optima"), depth_verdict=c.get("depth_verdict"),
-                     one_seed=c.get("one_seed"))
+                     one_seed=c.get("one_seed"), one_seed_points=tuple(c.get("one_seed_points", ())))
 
 
 def pick_recommendation(candidates: list[C], cfg: TuneConfig) -> tuple[C, list[str]]:
@@ -372,6 +372,8 @@ def _stage2_lines(candidates: tuple[Candidate, ...]) -> list[str]:
             lines.append(f"- **{cand.recipe}**: {cand.verdict.line}")
         if cand.depth_verdict:
             lines.append(f"- **{cand.recipe}** across depth: {cand.depth_verdict.line}")
+        for why in cand.one_seed_points:
+            lines.append(f"- **{cand.recipe}** trained one seed only at {why}")
     panels = {c.recipe: list(c.optima) for c in candidates if c.optima}
     lines += ["", "### Optimum per width", "", optima_table(panels)]
     return lines

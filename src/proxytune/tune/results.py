@@ -67,7 +67,9 @@ class Candidate(Record):
     verified), its transfer verdicts, the LR scans it ran, and whether the race dropped it.
 
     ``probe_only`` is the width where it trained at its transferred LR only (the race scanned the LR there for
-    the leader alone), else None; ``one_seed`` says why that probe trained one seed only (clearly behind on it). The dict form summarises each optimum as plain data."""
+    the leader alone), else None; ``one_seed`` says why that probe trained one seed only (clearly behind on it);
+    ``one_seed_points``, which points of its LR scans trained one seed only, and why (``tune.run.SeedTrial``).
+    The dict form summarises each optimum as plain data."""
 
     recipe: str
     sweep: str
@@ -79,10 +81,12 @@ class Candidate(Record):
     depth_optima: tuple[Optimum, ...] | None = None
     depth_verdict: Verdict | None = None
     one_seed: str | None = None
+    one_seed_points: tuple[str, ...] = ()
 
     def fields_for_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"recipe": self.recipe, "sweep": self.sweep, "dropped": self.dropped, "lrs": self.lrs,
                                "probe_only": self.probe_only, "one_seed": self.one_seed,
+                               "one_seed_points": list(self.one_seed_points),
                                "optima": [_optimum_summary(o) for o in self.optima],
                                "verdict": self.verdict.to_dict() if self.verdict else None}
         if self.depth_optima is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -226,9 +227,13 @@ class Tuner:
         sweep = self._sweep("s1-halving", recipe, axes={**bounds, "seed": [s.seed]}, fixed={"eval_every": first},
                             strategy={"kind": "tpe-halving", "n_trials": budget, "seed": 0, "min_resource": first,
                                       "reduction_factor": s.reduction_factor})
-        return self._run(sweep, f"stage 1 · TPE with successive halving over the LR and {len(self.mults)} "
-                                f"multipliers, {budget} trials, each stopped at step {', '.join(map(str, rungs))} "
-                                f"of {steps} unless in the best 1/{s.reduction_factor} of those that reached it")
+        with warnings.catch_warnings():
+            # the sweep's warning about early cuts favouring large LRs is answered here: the finalists re-run at
+            # full length on fresh seeds decide, never a cut trial
+            warnings.filterwarnings("ignore", message=".*stops trials early", category=UserWarning)
+            return self._run(sweep, f"stage 1 · TPE with successive halving over the LR and {len(self.mults)} "
+                                    f"multipliers, {budget} trials, each stopped at step {', '.join(map(str, rungs))}"
+                                    f" of {steps} unless in the best 1/{s.reduction_factor} of those that reached it")
 
     def oat_budget(self) -> int:
         """Trials of the one-at-a-time rounds and final LR scan, for a TPE run of the same size."""
@@ -240,7 +245,8 @@ class Tuner:
     # ---------------------------------------------------------------- stage 2
     def _verify(self, recipe: str, setting: dict[str, float], sizes: list[int],
                 lrs: dict[int, list[float]] | list[float], axis: str = "width", frozen: tuple[int, ...] = (),
-                seeds_at: dict[int, list[int]] | None = None) -> tuple[list[Optimum], dict[int, list[float]]]:
+                seeds_at: dict[int, list[int]] | None = None, trial: SeedTrial | None = None,
+                ) -> tuple[list[Optimum], dict[int, list[float]]]:
         """Run the LR scan of ``recipe`` at ``sizes`` (widths, or depths with ``axis="depth"``).
 
         ``lrs`` is the scan per size (or one list for every size; a size not in the dict gets the first
@@ -248,16 +254,19 @@ class Tuner:
         side, up to ``max_extend`` times: growing every size's scan for one size's edge would train the
         widest proxies at learning rates nobody needs. A size in ``frozen`` never grows (the race's single-LR
         probe). A size in ``seeds_at`` trains those seeds only (the race's one-seed probe), the others every
-        verification seed. Returns the optima per size and the final scans."""
+        verification seed. The points in ``trial`` (and every point a scan gains on an edge) train the first
+        seed first and the others only when that seed leaves them in the running (:class:`SeedTrial`).
+        Returns the optima per size and the final scans."""
         v = self.cfg.verify
         stage = f"verify-{recipe}" + ("" if axis == "width" else "-depth")
         fixed = constants_of(setting)
         default = list(lrs) if isinstance(lrs, list) else list(next(iter(lrs.values())))
         scans = {s: sorted(lrs.get(s, default) if isinstance(lrs, dict) else default) for s in sizes}
-        seeds = list(range(v.seeds))
-        for attempt in range(v.max_extend + 1):
+        trial = trial or SeedTrial(v.seeds)
+        grown = 0
+        while True:
             points = [{axis: s, LR_AXIS: x, "seed": k} for s in sizes for x in scans[s]
-                      for k in (seeds_at or {}).get(s, seeds)]
+                      for k in trial.seeds(s, x, (seeds_at or {}).get(s, list(range(v.seeds))))]
             sweep = self._sweep(stage, recipe, fixed=fixed, points=points)
             # the points asked for only: a seed the race did not ask for may be stored from an earlier run
             recs = asked(sweep, self._run(sweep, f"stage 2 · {recipe}: LR scan at {axis} "
@@ -266,15 +275,19 @@ class Tuner:
             optima = optima_by_group([r for r in recs if r.get(axis) in scans and r.get(LR_AXIS) is not None
                                       and (r[axis], round(float(r[LR_AXIS]), 6)) in wanted], LR_AXIS,
                                      size_axes=[axis])
+            if trial.judge(recs, optima, axis, self.log):
+                continue  # a point stayed in the running on its first seed: its other seeds first
             edges = [(o.group[axis], o.edge) for o in optima if o.edge and o.group[axis] not in frozen]
-            if not edges or attempt == v.max_extend:
+            if not edges or grown == v.max_extend:
                 return optima, scans
+            grown += 1
             for s, edge in edges:
                 lo, hi = min(scans[s]), max(scans[s])
-                scans[s] = sorted([*scans[s], round(lo - v.step, 10) if edge == "low" else round(hi + v.step, 10)])
+                x = round(lo - v.step, 10) if edge == "low" else round(hi + v.step, 10)
+                scans[s] = sorted([*scans[s], x])
+                trial.add(s, x)
                 self.log(f"  at {axis} {s} the optimum sits on the {edge} edge of the LR scan: scanning "
                          f"{', '.join(f'{x:g}' for x in scans[s])}")
-        return optima, scans
 
     def stage2(self, setting: dict[str, float]) -> list[Candidate]:
         """Each candidate recipe's LR scans at the wider proxies (the race among them when several), as
@@ -285,12 +298,13 @@ class Tuner:
         lrs0 = [round(c + k * v.step, 10) for k in range(-n, n + 1)]
         widths = [cfg.base_width, *cfg.proxy_widths]
         racing = v.race and len(cfg.candidates) > 1
-        first = widths[:-1] if racing else widths
+        first = widths[:-1] if len(widths) > 1 else widths
         state: dict[str, dict[str, Any]] = {}
         for recipe in cfg.candidates:
-            optima, lrs = self._verify(recipe, setting, first, lrs0)
-            state[recipe] = {"recipe": recipe, "optima": optima, "lrs": lrs, "dropped": None}
-        if racing:
+            trial = SeedTrial(v.seeds)
+            optima, lrs = self._verify(recipe, setting, first, lrs0, trial=trial)
+            state[recipe] = {"recipe": recipe, "optima": optima, "lrs": lrs, "dropped": None, "trial": trial}
+        if racing and len(widths) > 1:
             at = widths[-2]
             best = {r: _at(s["optima"], "width", at) for r, s in state.items()}
             ok = {r: o for r, o in best.items() if o is not None and math.isfinite(o.loss)}
@@ -307,13 +321,15 @@ class Tuner:
                         st["dropped"] = (f"at width {at} its best loss is {gap:.4f} above {leader}'s "
                                          f"(beyond {z:.2f} x its standard error {se:.4f})")
                         self.log(f"  {r} drops out: {st['dropped']}")
-            survivors = [r for r, st in state.items() if st["dropped"] is None]
-            if len(survivors) > 1:
-                self._probe_largest(setting, survivors, state, widths)
-            else:
-                for r in survivors:  # the largest width starts from the scan around the transferred optimum
-                    state[r]["optima"], state[r]["lrs"] = self._verify(
-                        r, setting, widths, {**{w: lrs0 for w in widths}, **state[r]["lrs"]})
+        survivors = [r for r, st in state.items() if st["dropped"] is None]
+        if racing and len(survivors) > 1:
+            self._probe_largest(setting, survivors, state, widths)
+        elif len(widths) > 1:
+            for r in survivors:  # the largest width: the scan around the transferred optimum, its centre every seed
+                st = state[r]
+                self._trial_neighbours(st["trial"], widths[-1], lrs0, setting, st["optima"], widths[-2])
+                st["optima"], st["lrs"] = self._verify(r, setting, widths, {**{w: lrs0 for w in widths}, **st["lrs"]},
+                                                       trial=st["trial"])
         out = []
         for r, st in state.items():
             optima = st["optima"]
@@ -321,7 +337,7 @@ class Tuner:
             scanned = [o for o in optima if o.group.get("width") != st.get("probe_only")]
             cand = Candidate(recipe=r, sweep=str(self.sweeps[f"verify-{r}"].cfg.run_dir), optima=tuple(optima),
                              lrs=st["lrs"], dropped=st["dropped"], probe_only=st.get("probe_only"),
-                             one_seed=st.get("one_seed"),
+                             one_seed=st.get("one_seed"), one_seed_points=tuple(st["trial"].behind.values()),
                              verdict=transfer_verdict(scanned, "width") if len(scanned) >= 2 else None)
             if cfg.proxy_depths:
                 d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], lrs0, "depth")
@@ -350,7 +366,7 @@ class Tuner:
         for r in survivors:
             st = state[r]
             st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [c]}, frozen=(big,),
-                                                   seeds_at=first if v.seeds > 1 else None)
+                                                   seeds_at=first if v.seeds > 1 else None, trial=st["trial"])
         margin, noise = race_margin([o for r in survivors for o in state[r]["optima"]
                                      if o.group.get("width") == widths[-2]])
         probes = {r: _at(state[r]["optima"], "width", big) for r in survivors}
@@ -369,7 +385,8 @@ class Tuner:
                     self.log(f"  race at width {big}: {r} trains one seed only: {state[r]['one_seed']}")
                     continue
                 st = state[r]  # within the margin (or no noise to judge by): every seed
-                st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [c]}, frozen=(big,))
+                st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [c]}, frozen=(big,),
+                                                       trial=st["trial"])
             probes = {r: _at(state[r]["optima"], "width", big) for r in survivors}
             finite = {r: probes[r].loss for r in survivors if "one_seed" not in state[r] and probes[r] is not None
                       and math.isfinite(probes[r].loss)}
@@ -381,10 +398,23 @@ class Tuner:
                      + (f" ({o.n_seeds} seed{'s' * (o.n_seeds != 1)})" if o is not None else "")
                      + (" (leads: its LR scan there follows)" if r == leader else ""))
         st = state[leader]
-        st["optima"], st["lrs"] = self._verify(leader, setting, widths, {**st["lrs"], big: scan})
+        self._trial_neighbours(st["trial"], big, scan, setting, st["optima"], widths[-2], margin)
+        st["optima"], st["lrs"] = self._verify(leader, setting, widths, {**st["lrs"], big: scan}, trial=st["trial"])
         for r in survivors:
             if r != leader:
                 state[r]["probe_only"] = big
+
+    @staticmethod
+    def _trial_neighbours(trial: SeedTrial, size: int, scan: list[float], setting: dict[str, float],
+                          optima: list[Optimum], below: int, margin: float | None = None) -> None:
+        """Put the points of ``scan`` at ``size`` other than its centre (the transferred LR) on trial, judged by
+        the margin measured at ``below`` (the next smaller width) until ``size`` measures its own."""
+        c = round(setting[LR_AXIS], 10)
+        trial.fallback = margin if margin is not None else race_margin([o for o in optima
+                                                                        if o.group.get("width") == below])[0]
+        for x in scan:
+            if round(x, 6) != round(c, 6):
+                trial.add(size, x)
 
     # ---------------------------------------------------------------- all
     def check_multipliers(self) -> list[str]:
@@ -643,6 +673,62 @@ def race_margin(optima: list[Optimum], confidence: float | None = None) -> tuple
     noise = math.sqrt(sum(var) / len(var))
     z = NormalDist().inv_cdf(0.5 + conf / 2)
     return z * math.sqrt(2) * noise, noise
+
+
+class SeedTrial:
+    """The one-seed rule for the points of an LR scan (issue 30): a point on trial trains the first verification
+    seed only. Then it trains the other seeds unless its loss on that seed is above the best loss on that seed at
+    the same size by more than :func:`race_margin` (z x sqrt(2) x the per-run noise measured at that size, else
+    ``fallback``, the margin measured at the next smaller size): at that confidence the other seeds could not make
+    it the optimum of its scan (nor move the scan's edge), so they would not change a decision. A point that
+    diverged on its first seed is behind. With one verification seed, or no noise to judge by, every seed trains.
+
+    On trial: the points a scan gains on an edge (far from the transferred optimum by construction) and the
+    neighbours of the probe at the largest width. One object per recipe, kept across its scans, so a point
+    judged behind stays at one seed when the scan is asked for again."""
+
+    def __init__(self, n_seeds: int, fallback: float = math.nan) -> None:
+        self.n_seeds = n_seeds
+        self.fallback = fallback
+        self.pending: set[tuple[int, float]] = set()
+        self.behind: dict[tuple[int, float], str] = {}
+        self.shown: dict[tuple[int, float], float] = {}
+
+    def add(self, size: int, x: float) -> None:
+        self.shown[(size, round(x, 6))] = x  # the value as the scan logs it
+        if self.n_seeds > 1 and (size, round(x, 6)) not in self.behind:
+            self.pending.add((size, round(x, 6)))
+
+    def seeds(self, size: int, x: float, seeds: list[int]) -> list[int]:
+        key = (size, round(x, 6))
+        return seeds[:1] if key in self.pending or key in self.behind else seeds
+
+    def judge(self, recs: list[dict[str, Any]], optima: list[Optimum], axis: str, log: LogFn) -> bool:
+        """Decide the points on trial from their first seed; True when some must train their other seeds now."""
+        if not self.pending:
+            return False
+        first: dict[tuple[int, float], float] = {}
+        for r in recs:
+            if r.get("seed") == 0 and r.get(LR_AXIS) is not None and r.get("status") in _DONE:
+                loss = r.get("val_loss")
+                bad = r.get("status") == "diverged" or loss is None or not math.isfinite(float(loss))
+                first[(r[axis], round(float(r[LR_AXIS]), 6))] = math.inf if bad else float(loss)
+        more = False
+        for key in sorted(self.pending):
+            size, x = key
+            self.pending.discard(key)
+            margin = race_margin([o for o in optima if o.group.get(axis) == size])[0]
+            margin = margin if math.isfinite(margin) else self.fallback
+            best = min((v for (s, _), v in first.items() if s == size), default=math.nan)
+            gap = first.get(key, math.nan) - best
+            if math.isfinite(margin) and (gap > margin or (math.isinf(gap) and math.isfinite(best))):
+                self.behind[key] = (f"{axis} {size}, log2 lr {self.shown.get(key, x):g}: on seed 0 its loss is "
+                                    + ("diverged" if math.isinf(gap) else f"{gap:.4f} above the scan's best there")
+                                    + f", beyond the margin {margin:.4f}: more seeds could not make it the optimum")
+                log(f"  one seed only at {self.behind[key]}")
+            else:
+                more = True
+        return more
 
 
 def asked(sweep: Sweep, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
