@@ -70,3 +70,44 @@ def test_a_stage_that_reuses_part_of_a_bigger_stored_sweep_counts_only_its_own_p
     assert logs[2].endswith("all 2 trials stored: nothing to train")
     t._run(t._sweep("z", "mup", points=[*three[:2], {"log2_lr": -4.0, "seed": 0}]), "one new")
     assert "(2 stored trials reused)" in logs[4]
+
+
+def test_a_stage_with_one_trial_left_trains_it_in_this_process(tmp_path, monkeypatch):
+    """Starting worker processes costs more than one small trial (issue 30, item 4): a local executor's stage
+    with one trial left runs it inline, at the workers' thread count, and the caller's thread count is put back.
+    Two trials left keep the workers; so does a stage whose trials are all stored (nothing to start)."""
+    import torch
+
+    from proxytune.sweep import Sweep
+    from proxytune.tune.run import _one_trial_inline
+
+    logs: list[str] = []
+    t = _tuner(tmp_path, logs, executor={"workers": 2, "threads": 1, "batch": 8})
+    one = [{"log2_lr": -6.0, "seed": 0}]
+    two = one + [{"log2_lr": -5.0, "seed": 0}]
+    runner, threads = _one_trial_inline(t._sweep("z", "mup", points=one))
+    assert runner.cfg.executor.kind == "inline" and threads == 1
+    runner, threads = _one_trial_inline(t._sweep("z", "mup", points=two))
+    assert runner.cfg.executor.kind == "local" and threads is None
+    seen: list[int] = []
+    real_run = Sweep.run
+
+    def run(self, **kw):  # which executor trains, and at how many threads
+        seen.append((self.cfg.executor.kind, torch.get_num_threads()))
+        return real_run(self, **kw)
+
+    monkeypatch.setattr(Sweep, "run", run)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        recs = t._run(t._sweep("z", "mup", points=one), "one trial")
+        assert seen == [("inline", 1)] and torch.get_num_threads() == 2
+        assert recs[0]["status"] == "complete"
+        # one of the two is stored now: the other is the one trial left
+        t._run(t._sweep("z", "mup", points=two), "one more")
+        assert seen[-1] == ("inline", 1)
+        assert {r["log2_lr"] for r in t.sweeps["z"].records()} == {-6.0, -5.0}
+        runner, _ = _one_trial_inline(t._sweep("z", "mup", points=two))  # both stored: nothing to start
+        assert runner.cfg.executor.kind == "local"
+    finally:
+        torch.set_num_threads(before)

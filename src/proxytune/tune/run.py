@@ -133,12 +133,19 @@ class Tuner:
         self.log(f"{label}" + (f": {n} trials" if n else "") + f" -> {sweep.cfg.run_dir}"
                  + self.costs.before(sweep))
         poll = (lambda counts, store: self.on_poll(label, counts)) if self.on_poll else None
+        runner, threads = _one_trial_inline(sweep)
+        threads_before = torch.get_num_threads()
         try:
-            counts = sweep.run(on_poll=poll, stop_after_failures=MAX_SAME_FAILURES)
+            if threads:  # the workers' thread count, so the trial's numbers are the ones a worker gets
+                torch.set_num_threads(threads)
+            counts = runner.run(on_poll=poll, stop_after_failures=MAX_SAME_FAILURES)
         except RepeatedFailure as exc:
             raise TuneConfigError(f"{label.split(':')[0]} ({sweep.cfg.name}) stopped: {exc}. Fix the cause and run "
                                   f"tune again (finished trials are kept); proxytune status {sweep.cfg.run_dir} "
                                   "lists the trials") from None
+        finally:
+            if threads:
+                torch.set_num_threads(threads_before)
         if self.on_poll is not None:
             self.on_poll(label, counts)  # the final counts (the last poll may have come before the last trial)
         records = sweep.records()
@@ -673,6 +680,27 @@ def race_margin(optima: list[Optimum], confidence: float | None = None) -> tuple
     noise = math.sqrt(sum(var) / len(var))
     z = NormalDist().inv_cdf(0.5 + conf / 2)
     return z * math.sqrt(2) * noise, noise
+
+
+def _one_trial_inline(sweep: Sweep) -> tuple[Sweep, int | None]:
+    """The sweep to run a stage with, and the thread count to train at (None: the sweep's own executor).
+
+    A stage with one trial left to train (a race probe, a point's second seed) trains it in this process:
+    starting the worker processes costs more than such a trial at a small proxy (each imports torch and
+    proxytune, 4 to 5 s a stage on 2 CPU cores, against 2 to 7 s for a trial of the quick demo), and one trial
+    keeps one worker busy anyway. It trains at the workers' thread count, so its numbers are the ones a worker
+    gets. Not for Ray, for an inline executor already, or for a program (its trials run in their own processes)."""
+    cfg = sweep.cfg
+    if cfg.executor.kind != "local" or cfg.program is not None or not cfg.points:
+        return sweep, None
+    try:
+        stored = {_point_key(r) for r in sweep.records() if r.get("status") in (*_DONE, "pruned")}
+    except SweepConfigError:  # not created yet: nothing stored
+        stored = set()
+    if len({_point_key(p) for p in cfg.points} - stored) != 1:
+        return sweep, None
+    inline = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": "inline", "batch": 1})})
+    return Sweep(inline), cfg.executor.threads
 
 
 class SeedTrial:
