@@ -338,7 +338,7 @@ def test_largest_width_neighbours_clearly_behind_on_their_first_seed_train_no_se
     it (one), the same rule."""
     trained: list[tuple[str, dict]] = []
     monkeypatch.setattr(Tuner, "_run", _curved_run(trained, 1.0, {"sp-perlayer": 2.3}))
-    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=recipes, verify={"max_extend": 2}))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=recipes, verify={"max_extend": 2, "one_seed_points": True}))
     out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
     at32 = sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if r == "mup" and p["width"] == 32})
     assert at32 == [(-7.5, 0), (-7.0, 0), (-7.0, 1), (-6.5, 0)]
@@ -358,7 +358,7 @@ def test_largest_width_neighbours_within_the_margin_train_every_seed(tmp_path, m
     it trains, and no point is reported as one-seed."""
     trained: list[tuple[str, dict]] = []
     monkeypatch.setattr(Tuner, "_run", _curved_run(trained, 0.1))
-    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"max_extend": 2}))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"max_extend": 2, "one_seed_points": True}))
     out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
     at32 = sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if p["width"] == 32})
     assert at32 == [(x, s) for x in (-7.5, -7.0, -6.5) for s in (0, 1)]
@@ -381,10 +381,15 @@ def test_a_point_a_scan_gains_on_its_edge_trains_its_first_seed_first(tmp_path, 
         return out
 
     monkeypatch.setattr(Tuner, "_run", fake_run)
-    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"max_extend": 2}))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"max_extend": 2, "one_seed_points": True}))
     out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
     at16 = sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if p["width"] == 16})
     assert at16 == [(-7.5, 0), (-7.5, 1), (-7.0, 0), (-7.0, 1), (-6.5, 0), (-6.5, 1), (-6.0, 0)]
+    # off (the default): the same scan trains every seed at every point
+    trained.clear()
+    cfg = TuneConfig.from_dict(tiny(tmp_path / "off", recipes=["mup"], verify={"max_extend": 2}))
+    assert Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})[0].one_seed_points == ()
+    assert (-6.0, 1) in {(p[LR_AXIS], p["seed"]) for r, p in trained if p["width"] == 16}
     assert any(w.startswith("width 16, log2 lr -6:") for w in out[0].one_seed_points)
     o16 = next(o for o in out[0].optima if o.group["width"] == 16)
     assert o16.edge is None and o16.value == pytest.approx(-6.5, abs=0.05)
@@ -394,7 +399,8 @@ def test_one_verification_seed_puts_nothing_on_trial(tmp_path, monkeypatch):
     """With one seed there is no second to save: every point trains once, nothing is called one-seed."""
     trained: list[tuple[str, dict]] = []
     monkeypatch.setattr(Tuner, "_run", _curved_run(trained, 1.0))
-    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"seeds": 1, "max_extend": 2}))
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"seeds": 1, "max_extend": 2,
+                                                                      "one_seed_points": True}))
     out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
     assert sorted({(p[LR_AXIS], p["seed"]) for r, p in trained if p["width"] == 32}) == [
         (-7.5, 0), (-7.0, 0), (-6.5, 0)]

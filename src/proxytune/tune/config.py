@@ -123,6 +123,11 @@ class VerifyConfig(_Strict):
     race: bool = Field(True, description="drop a recipe whose loss is clearly behind (beyond the seed noise) at "
                                          "the second-largest width; at the largest, train the others at the "
                                          "transferred LR and scan the LR for the lowest only")
+    one_seed_points: bool = Field(False, description="train the points of an LR scan least likely to matter (the "
+                                                     "largest width's neighbours of the probe, points gained on an "
+                                                     "edge) on the first seed first, and the others only within the "
+                                                     "seed noise of the best: fewer FLOPs, but the optimum's interval "
+                                                     "at that width rests on fewer runs (docs/tuning.md)")
 
 
 class TargetConfig(_Strict):

@@ -269,7 +269,7 @@ class Tuner:
         fixed = constants_of(setting)
         default = list(lrs) if isinstance(lrs, list) else list(next(iter(lrs.values())))
         scans = {s: sorted(lrs.get(s, default) if isinstance(lrs, dict) else default) for s in sizes}
-        trial = trial or SeedTrial(v.seeds)
+        trial = trial or SeedTrial(v.seeds if v.one_seed_points else 1)
         grown = 0
         while True:
             points = [{axis: s, LR_AXIS: x, "seed": k} for s in sizes for x in scans[s]
@@ -308,7 +308,7 @@ class Tuner:
         first = widths[:-1] if len(widths) > 1 else widths
         state: dict[str, dict[str, Any]] = {}
         for recipe in cfg.candidates:
-            trial = SeedTrial(v.seeds)
+            trial = SeedTrial(v.seeds if v.one_seed_points else 1)
             optima, lrs = self._verify(recipe, setting, first, lrs0, trial=trial)
             state[recipe] = {"recipe": recipe, "optima": optima, "lrs": lrs, "dropped": None, "trial": trial}
         if racing and len(widths) > 1:
@@ -711,7 +711,7 @@ class SeedTrial:
     it the optimum of its scan (nor move the scan's edge), so they would not change a decision. A point that
     diverged on its first seed is behind. With one verification seed, or no noise to judge by, every seed trains.
 
-    On trial: the points a scan gains on an edge (far from the transferred optimum by construction) and the
+    With ``verify.one_seed_points`` (off by default), on trial: the points a scan gains on an edge and the
     neighbours of the probe at the largest width. One object per recipe, kept across its scans, so a point
     judged behind stays at one seed when the scan is asked for again."""
 
