@@ -193,12 +193,9 @@ def tune_only(args: argparse.Namespace) -> None:
     recs = [r for r in Sweep.open(str(tcfg.run_dir / f"{tcfg.name}-verify-{result.recipe}")).records()
             if r.get("width") == large and r.get("status") == "complete" and abs(float(r["log2_lr"]) - x) < 1e-6]
     measured = sum(float(r["val_loss"]) for r in recs) / len(recs) if recs else math.nan
-    by_width: dict[int, float] = {}
-    for name in result.cost.per_stage:
-        if name.startswith("verify-"):
-            for r in Sweep.open(str(tcfg.run_dir / f"{tcfg.name}-{name}")).records():
-                if r.get("status") in ("complete", "diverged", "pruned"):
-                    by_width[int(r["width"])] = by_width.get(int(r["width"]), 0.0) + float(r.get("flops") or 0)
+    verify = [r for name in result.cost.per_stage if name.startswith("verify-")
+              for r in Sweep.open(str(tcfg.run_dir / f"{tcfg.name}-{name}")).records()]
+    by_width = {w: flops_of(verify, w) for w in sorted({int(r["width"]) for r in verify if r.get("width")})}
     pct = lambda f: f"{100 * f / target:.2f}%"  # noqa: E731
     lines = [provenance("transfer.py", "cpu", p["threads"]),
              f"`proxytune tune` at B1's settings (widths {p['widths']}, {p['train']['steps']} steps, batch "

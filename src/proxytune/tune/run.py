@@ -261,15 +261,16 @@ class Tuner:
         side, up to ``max_extend`` times: growing every size's scan for one size's edge would train the
         widest proxies at learning rates nobody needs. A size in ``frozen`` never grows (the race's single-LR
         probe). A size in ``seeds_at`` trains those seeds only (the race's one-seed probe), the others every
-        verification seed. The points in ``trial`` (and every point a scan gains on an edge) train the first
-        seed first and the others only when that seed leaves them in the running (:class:`SeedTrial`).
+        verification seed. With ``verify.one_seed_points``, the points in ``trial`` (and every point a scan gains
+        on an edge) train the first seed first and the others only when that seed leaves them in the running
+        (:class:`SeedTrial`).
         Returns the optima per size and the final scans."""
         v = self.cfg.verify
         stage = f"verify-{recipe}" + ("" if axis == "width" else "-depth")
         fixed = constants_of(setting)
         default = list(lrs) if isinstance(lrs, list) else list(next(iter(lrs.values())))
         scans = {s: sorted(lrs.get(s, default) if isinstance(lrs, dict) else default) for s in sizes}
-        trial = trial or SeedTrial(v.seeds if v.one_seed_points else 1)
+        trial = trial or SeedTrial.for_config(v)
         grown = 0
         while True:
             points = [{axis: s, LR_AXIS: x, "seed": k} for s in sizes for x in scans[s]
@@ -308,7 +309,7 @@ class Tuner:
         first = widths[:-1] if len(widths) > 1 else widths
         state: dict[str, dict[str, Any]] = {}
         for recipe in cfg.candidates:
-            trial = SeedTrial(v.seeds if v.one_seed_points else 1)
+            trial = SeedTrial.for_config(v)
             optima, lrs = self._verify(recipe, setting, first, lrs0, trial=trial)
             state[recipe] = {"recipe": recipe, "optima": optima, "lrs": lrs, "dropped": None, "trial": trial}
         if racing and len(widths) > 1:
@@ -633,10 +634,7 @@ class StageCosts:
         n_sampled = getattr(sweep.cfg.strategy, "n_trials", None)
         if self.cfg.program is not None or (sweep.cfg.points is None and not n_sampled):
             return ""
-        try:
-            stored = {_point_key(r) for r in sweep.records() if r.get("status") in (*_DONE, "pruned")}
-        except SweepConfigError:  # not created yet: nothing stored
-            stored = set()
+        stored = stored_points(sweep)
         try:
             base = TrainConfig(**{**self.cfg.train_fields(self.cfg.candidates[0]), **dict(sweep.cfg.train)})
             flops, reused = 0.0, 0
@@ -682,6 +680,14 @@ def race_margin(optima: list[Optimum], confidence: float | None = None) -> tuple
     return z * math.sqrt(2) * noise, noise
 
 
+def stored_points(sweep: Sweep) -> set[tuple]:
+    """The keys of the points ``sweep`` has finished (complete, diverged or pruned); empty before it exists."""
+    try:
+        return {_point_key(r) for r in sweep.records() if r.get("status") in (*_DONE, "pruned")}
+    except SweepConfigError:  # not created yet: nothing stored
+        return set()
+
+
 def _one_trial_inline(sweep: Sweep) -> tuple[Sweep, int | None]:
     """The sweep to run a stage with, and the thread count to train at (None: the sweep's own executor).
 
@@ -693,11 +699,7 @@ def _one_trial_inline(sweep: Sweep) -> tuple[Sweep, int | None]:
     cfg = sweep.cfg
     if cfg.executor.kind != "local" or cfg.program is not None or not cfg.points:
         return sweep, None
-    try:
-        stored = {_point_key(r) for r in sweep.records() if r.get("status") in (*_DONE, "pruned")}
-    except SweepConfigError:  # not created yet: nothing stored
-        stored = set()
-    if len({_point_key(p) for p in cfg.points} - stored) != 1:
+    if len({_point_key(p) for p in cfg.points} - stored_points(sweep)) != 1:
         return sweep, None
     inline = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": "inline", "batch": 1})})
     return Sweep(inline), cfg.executor.threads
@@ -721,6 +723,11 @@ class SeedTrial:
         self.pending: set[tuple[int, float]] = set()
         self.behind: dict[tuple[int, float], str] = {}
         self.shown: dict[tuple[int, float], float] = {}
+
+    @classmethod
+    def for_config(cls, v: Any) -> SeedTrial:
+        """The trial of one recipe's scans under ``verify`` settings ``v``: inert unless ``one_seed_points``."""
+        return cls(v.seeds if v.one_seed_points else 1)
 
     def add(self, size: int, x: float) -> None:
         self.shown[(size, round(x, 6))] = x  # the value as the scan logs it
