@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -394,6 +395,31 @@ def test_inline_executor_runs_in_this_process_and_ctrl_c_gives_trials_back(tmp_p
     assert set(completes_per_point(sweep).values()) == {1}
 
 
+def test_workers_see_the_sweep_process_environment_as_it_is_when_they_start(tmp_path, monkeypatch):
+    """Local workers are forked from a fork server started with the first sweep (imports paid once). The server's
+    environment is the one of that moment; a worker must still see the sweep process's environment as it is now
+    (CUDA_VISIBLE_DEVICES per worker, the user's variables), as a spawned worker would."""
+    pkg = tmp_path / "envseeing.py"
+    pkg.write_text(textwrap.dedent("""
+        import os
+        from pathlib import Path
+        from proxytune.models import gpt
+        def build(width, depth, **options):
+            Path(os.environ["PT_TEST_ENV_OUT"]).write_text(os.environ.get("PT_TEST_ENV_VALUE", "unset"))
+            return gpt.build(width=width, depth=depth, **options)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    out = tmp_path / "seen.txt"
+    monkeypatch.setenv("PT_TEST_ENV_OUT", str(out))
+    for k, value in enumerate(("first", "second")):
+        monkeypatch.setenv("PT_TEST_ENV_VALUE", value)
+        d = sweep_dict(tmp_path / str(k), model="envseeing:build", axes={"width": [32], "log2_lr": [-9]},
+                       executor={"kind": "local", "workers": 1})
+        assert Sweep.from_dict(d).run()["complete"] == 1
+        assert out.read_text() == value
+
+
 def test_a_copy_claimed_while_its_original_is_given_back_is_not_a_duplicate(tmp_path):
     """Ctrl-C race: a worker gives its trial back (enqueue a copy, then fail the original); another worker
     claims the copy in between. The copy must run: before, it was failed as a duplicate of the still-running
@@ -421,6 +447,29 @@ def test_a_point_whose_trials_were_all_given_back_is_enqueued_again(tmp_path):
     assert store.requeue_stale() == 0
     waiting = {t.user_attrs["point_id"] for t in store.trials((TrialState.WAITING,))}
     assert waiting == {point_id({"width": 32, "log2_lr": -9}), point_id({"width": 32, "log2_lr": -8})}
+
+
+def test_a_point_being_given_back_by_another_process_is_not_enqueued_twice(tmp_path):
+    """Another process has failed a stale trial and not yet enqueued its copy when this one looks for orphans: the
+    point looks orphaned for that moment. It is enqueued once (by that process), not twice: before, the copy from
+    each process ran, and a point that kills its worker died once more than max_attempts (seen once workers
+    started fast)."""
+    import threading
+
+    sw = Sweep.from_dict(sweep_dict(tmp_path, axes={"width": [32], "log2_lr": [-9]}))
+    store = sw.prepare()
+    (orig,) = store.claim(1)
+    store._finish_state(orig._trial_id, TrialState.FAIL, None, {"status": "requeued"})  # the first half
+
+    def other_process() -> None:
+        time.sleep(0.5)
+        store._reenqueue(store.storage.get_trial(orig._trial_id))  # the second half, a moment later
+
+    helper = threading.Thread(target=other_process)
+    helper.start()
+    assert store.requeue_stale() == 0  # it waited, and the point got its copy from the other process
+    helper.join()
+    assert store.counts()["waiting"] == 1
 
 
 # ------------------------------------------------------- failing trials

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,16 @@ Trials = Callable[..., list[optuna.trial.FrozenTrial]]
 def point_id(point: dict[str, Any]) -> str:
     """Canonical text of a sweep point (the key that makes 'the same point' exact)."""
     return json.dumps({k: point[k] for k in sorted(point)}, sort_keys=True)
+
+
+#: seconds a point given back may look orphaned while the process that gave it back enqueues it again
+ORPHAN_GRACE_S = 3.0
+
+
+def _age(trial: optuna.trial.FrozenTrial) -> float:
+    """Seconds since ``trial`` ended (0 when it has no end time)."""
+    end = trial.datetime_complete
+    return max(0.0, time.time() - end.timestamp()) if end is not None else 0.0
 
 
 class TrialQueue:
@@ -149,7 +160,25 @@ class TrialQueue:
         return n + self.requeue_orphans()
 
     def requeue_orphans(self) -> int:
-        """Enqueue again the points whose every trial was given back or stepped aside (no live trial left)."""
+        """Enqueue again the points whose every trial was given back or stepped aside (no live trial left).
+
+        Another process of the sweep may be between the two steps of :meth:`requeue_stale` (failed, not yet
+        enqueued again): for that moment its point looks orphaned, and enqueueing it here too would run it twice
+        (a point that kills its worker would then die once more than ``max_attempts``). So a point whose last
+        trial was given back less than :data:`ORPHAN_GRACE_S` ago is looked at again until that much time has
+        passed, and enqueued only if it is still orphaned; older ones (a process killed between the steps) at
+        once."""
+        orphans = self._orphans()
+        deadline = time.monotonic() + ORPHAN_GRACE_S
+        while orphans and time.monotonic() < deadline and any(
+                _age(t) < ORPHAN_GRACE_S for t in orphans.values()):
+            time.sleep(0.1)
+            orphans = self._orphans()
+        for t in orphans.values():
+            self.reenqueue(t)
+        return len(orphans)
+
+    def _orphans(self) -> dict[str, optuna.trial.FrozenTrial]:
         trials = self._trials()
         live = {t.user_attrs.get("point_id") for t in trials
                 if t.state != TrialState.FAIL or t.user_attrs.get("status") not in ("requeued", "duplicate", "surplus")}
@@ -158,9 +187,7 @@ class TrialQueue:
             pid = t.user_attrs.get("point_id")
             if pid is not None and pid not in live and t.user_attrs.get("status") == "requeued":
                 orphans[pid] = t
-        for t in orphans.values():
-            self.reenqueue(t)
-        return len(orphans)
+        return orphans
 
     def release(self, trial_id: int) -> bool:
         """Give a claimed trial back (clean stop): enqueue its point again, then fail it as ``requeued``.

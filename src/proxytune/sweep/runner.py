@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -26,6 +27,7 @@ from ..train.setup import _builder_options, load_data
 from .dataid import check_sweep_data
 from .errors import RepeatedFailure, StopRequested, StorageError, SweepConfigError
 from .fields import apply_point, base_config, base_fields
+from .leases import alive
 from .program import check_program
 from .schema import SweepConfig
 from .space import grid_points, group_key, is_batchable_axis
@@ -334,7 +336,13 @@ def best_per_group(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------ executors
 def _worker_entry(config: dict[str, Any], index: int, fatal: Any = None,
-                  failures: tuple[int, float] | None = None, parent: int | None = None) -> None:
+                  failures: tuple[int, float] | None = None, parent: int | None = None,
+                  env: dict[str, str] | None = None) -> None:
+    if env is not None:
+        # A forked worker inherits the fork server's environment, set when it started: the sweep process's own,
+        # as it is now (CUDA_VISIBLE_DEVICES, the user's variables), is what a spawned worker would see.
+        os.environ.clear()
+        os.environ.update(env)
     if parent is not None:
         _watch_parent(parent, _PARENT_GONE_GRACE + float((config.get("program") or {}).get("kill_grace") or 0))
     try:
@@ -357,8 +365,12 @@ def _watch_parent(parent: int, grace: float) -> None:
     worker): SIGTERM to itself takes the ordinary stop path, which gives the trials back. Polling the parent pid
     works however the parent died and needs no help from it. A worker still here ``grace`` seconds later (stuck
     in native code) exits hard; the next resume re-queues what it held."""
+    # A spawned worker's parent is the sweep process; a forked one's is the fork server, which exits when the
+    # sweep process does. Either way the worker is reparented (to init or a subreaper) once the sweep is gone.
+    first = os.getppid()
+
     def watch() -> None:
-        while os.getppid() == parent:  # reparented (to init or a subreaper) once the parent is gone
+        while os.getppid() == first and first != 1 and alive(parent):
             time.sleep(0.5)
         end = time.time() + grace
         while time.time() < end:  # again every 2 s: a stop can be lost (see _run_local); handing back ignores it
@@ -367,6 +379,26 @@ def _watch_parent(parent: int, grace: float) -> None:
         os._exit(3)
 
     threading.Thread(target=watch, name="proxytune-parent-watch", daemon=True).start()
+
+
+#: imported once, by the fork server, before it forks any worker (see :func:`_context`)
+_PRELOAD = ["proxytune.sweep.worker"]
+
+
+def _context() -> Any:
+    """The start method of local workers: ``forkserver`` where the platform has it, else ``spawn``.
+
+    A spawned worker imports torch and proxytune afresh, about 2 s on a 2-core machine, and ``proxytune tune``
+    starts workers for each of its stages. The fork server imports them once, when the first sweep of this
+    process starts workers, and forks every later worker from that clean process (it never runs torch, so no
+    thread pool or CUDA context is copied). A worker still starts from a fresh interpreter state as far as
+    the sweep is concerned: the same ``sys.path``, working directory and environment as a spawned one."""
+    methods = mp.get_all_start_methods()
+    if "forkserver" not in methods:
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # read when the server starts; later calls change nothing
+    return ctx
 
 
 def _gpu_count() -> int:
@@ -378,8 +410,9 @@ def _gpu_count() -> int:
 
 def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll_seconds: float,
                failures: tuple[int, float] | None = None) -> None:
-    """N worker processes (spawned), one GPU each when there are GPUs; respawned while work is waiting."""
-    ctx = mp.get_context("spawn")
+    """N worker processes (forked from the fork server, see :func:`_context`), one GPU each when there are GPUs;
+    started again while work is waiting."""
+    ctx = _context()
     config = cfg.model_dump(mode="json")
     n_gpus = _gpu_count()
     procs: list[mp.Process] = []
@@ -392,7 +425,8 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
             env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
             if n_gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(spawned % n_gpus)
-            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal, failures, os.getpid()),
+            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal, failures, os.getpid(),
+                                                            dict(os.environ)),
                                name=f"proxytune-worker-{spawned}")
             proc.start()
             if n_gpus:
@@ -407,7 +441,13 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
     idle_respawns = 0
     try:
         while True:
-            time.sleep(poll_seconds)
+            # a poll every poll_seconds, and at once when a worker exits: the last one's exit ends the sweep
+            # without waiting out the poll (tune runs many short sweeps)
+            sentinels = [p.sentinel for p in procs if p.is_alive()]
+            if sentinels:
+                mp.connection.wait(sentinels, timeout=poll_seconds)
+            else:
+                time.sleep(poll_seconds)
             if not fatal.empty():
                 kind, message = fatal.get()
                 raise (RepeatedFailure if kind == RepeatedFailure.__name__ else StorageError)(message)
@@ -429,29 +469,34 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
             if not alive and not counts["waiting"] and not counts["running"]:
                 break
     except BaseException:
-        # SIGTERM: the worker gives its trials back to the queue. Sent again every 2 s while it runs: a stop that
-        # lands where Python drops an exception (an at-fork hook, a __del__) is lost, and the worker runs on.
-        deadline = time.time() + 30
-        while True:
-            alive = [p for p in procs if p.is_alive()]
-            if not alive or time.time() > deadline:
-                break
-            for p in alive:
-                p.terminate()
-            end = time.time() + 2
-            for p in alive:
-                p.join(timeout=max(0.0, end - time.time()))
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=10)  # reaped: the store sees its trials' holder gone and re-queues them below
-        try:
-            store.requeue_stale()
-        except StorageError:
-            pass  # the database is gone or the disk is full: resume re-queues them
+        _stop_workers(procs, store)
         raise
     for p in procs:
         p.join()
+
+
+def _stop_workers(procs: list[Any], store: SweepStore) -> None:
+    """Stop the workers of an interrupted sweep, their trials given back to the queue."""
+    # SIGTERM: the worker gives its trials back to the queue. Sent again every 2 s while it runs: a stop that
+    # lands where Python drops an exception (an at-fork hook, a __del__) is lost, and the worker runs on.
+    deadline = time.time() + 30
+    while True:
+        alive = [p for p in procs if p.is_alive()]
+        if not alive or time.time() > deadline:
+            break
+        for p in alive:
+            p.terminate()
+        end = time.time() + 2
+        for p in alive:
+            p.join(timeout=max(0.0, end - time.time()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=10)  # reaped: the store sees its trials' holder gone and re-queues them below
+    try:
+        store.requeue_stale()
+    except StorageError:
+        pass  # the database is gone or the disk is full: resume re-queues them
 
 
 def _ray_worker(config: dict[str, Any], index: int, failures: tuple[int, float] | None = None) -> int:
