@@ -210,6 +210,9 @@ def tune_only(args: argparse.Namespace) -> None:
              + ".",
              "- Points of the LR scans trained on one seed only (the rule of docs/tuning.md): "
              + ("; ".join(f"{c.recipe} at {w}" for c in result.candidates for w in c.one_seed_points) or "none") + ".",
+             f"- Width {large} trained at the transferred LR only (`verify.widest_scan: auto`): "
+             + ("; ".join(f"{c.recipe}: {c.widest_settled}" for c in result.candidates if c.widest_settled)
+                or "no (the narrower widths left doubt, or the race scanned it for the leader)") + ".",
              f"- **Loss at width {large}** of the pick at the transferred LR (its own verification, seed mean of "
              f"{len(recs)}): {measured:.4f}."]
     if math.isfinite(args.reference_sp):

@@ -751,3 +751,109 @@ def test_tune_warns_before_spending_when_a_depth_recipe_has_a_shallow_base(tmp_p
     assert lines_for(recipes=["completep"], base=deep, target={"width": 128, "depth": 16}) == []
     assert lines_for(recipes=["mup"], target={"width": 128, "depth": 8}) == []
     assert lines_for(recipes=["completep"], target={"width": 128, "depth": 1}) == []
+
+
+# ------------------------------------------------------------------ the largest width's scan (widest_scan)
+def _settled_optima(opts, widths=(8, 16, 32), noise=0.001, edge_at=None):
+    out = []
+    for w, o in zip(widths, opts):
+        xs = (o, o + 0.5, o + 1.0) if w == edge_at else (o - 1, o - 0.5, o, o + 0.5, o + 1)
+        rows = [{"width": w, "log2_lr": x, "seed": s, "val_loss": 2.0 + 0.05 * (x - o) ** 2 + noise * (-1) ** s}
+                for x in xs for s in (0, 1)]
+        out.append(find_optimum(rows, "log2_lr", seed=0))
+    return out
+
+
+def test_widest_settled_needs_three_inner_optima_a_pass_and_the_line_inside_the_scan():
+    from proxytune.tune.run import widest_settled
+
+    still = _settled_optima([-7.0, -7.0, -7.0])
+    why = widest_settled(still, [8, 16, 32], 64, -7.0, 0.5)
+    assert why is not None and "PASS" in why and "inside the scan -7.5 .. -6.5" in why
+    # two narrower widths: a line through two points is no evidence of where the third lands
+    assert widest_settled(still[1:], [16, 32], 64, -7.0, 0.5) is None
+    # the line misses the bracket: the same optima, the scan centred elsewhere or narrower
+    assert widest_settled(still, [8, 16, 32], 64, -6.0, 0.5) is None
+    # an optimum on the edge of its scan is not located
+    edged = _settled_optima([-7.0, -7.0, -7.0], edge_at=16)
+    assert edged[1].edge and widest_settled(edged, [8, 16, 32], 64, -7.0, 0.5) is None
+    # a drift the verdict resolves (FAIL): not settled, whatever the line says
+    drifting = _settled_optima([-6.0, -7.0, -8.0])
+    assert widest_settled(drifting, [8, 16, 32], 64, -9.0, 3.0) is None
+
+
+def test_widest_settled_carries_the_line_to_the_largest_width_not_the_mean():
+    """Optima -7.0, -7.1, -7.2 (a PASS: 0.1 octave per doubling): their mean, -7.1, is inside -7 +- 0.25, but the
+    line puts width 64 at -7.3, outside it: the scan there is still needed."""
+    from proxytune.analysis.verdict import transfer_verdict
+    from proxytune.tune.run import widest_settled
+
+    slow = _settled_optima([-7.0, -7.1, -7.2])
+    assert transfer_verdict(slow, "width").state == "PASS"
+    assert widest_settled(slow, [8, 16, 32], 64, -7.0, 0.25) is None
+    assert widest_settled(slow, [8, 16, 32], 64, -7.3, 0.25) is not None
+
+
+def _four_widths(tmp_path, **verify):
+    return TuneConfig.from_dict(tiny(tmp_path, widths=[16, 32, 64], verify={"max_extend": 2, **verify}))
+
+
+def test_race_at_the_largest_width_trains_the_probes_only_when_the_narrower_widths_settle_it(tmp_path, monkeypatch):
+    """Widths 8..64, both recipes' optima at -7 everywhere: the narrower widths PASS and put width 64's optimum
+    inside the scan, so width 64 trains the transferred LR only, for the leader too; its verdict and the target's
+    LR rest on 8..32, and the report says why. With ``widest_scan: always`` the leader scans it as before."""
+    trained: list[tuple[str, dict]] = []
+
+    def fake_run(self, sweep, label):
+        r = sweep.cfg.recipe
+        out = []
+        for i, p in enumerate(sweep.cfg.points or []):
+            trained.append((r, p))
+            level = {"mup": 2.0, "sp-perlayer": 2.01}[r] if p["width"] == 64 else 2.0
+            out.append({**p, "status": "complete", "trial": i,
+                        "val_loss": level + 0.1 * (p[LR_AXIS] + 7.0) ** 2 + 0.001 * (-1) ** p["seed"]})
+        return out
+
+    monkeypatch.setattr(Tuner, "_run", fake_run)
+    logs: list[str] = []
+    out = Tuner(_four_widths(tmp_path), log=logs.append).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    at64 = {r: sorted({p[LR_AXIS] for rr, p in trained if rr == r and p["width"] == 64}) for r in ("mup", "sp-perlayer")}
+    assert at64 == {"mup": [-7.0], "sp-perlayer": [-7.0]}
+    mup = next(c for c in out if c.recipe == "mup")
+    assert mup.probe_only == 64 and mup.widest_settled and "PASS" in mup.widest_settled
+    assert mup.verdict.sizes == [8, 16, 32]
+    assert any("mup trains its transferred LR only" in m for m in logs)
+    choice, why = pick_recommendation(out, _four_widths(tmp_path))
+    assert choice.recipe == "mup"
+    assert any("mup trained width 64 at its transferred LR only" in w and "PASS" in w for w in why)
+
+    trained.clear()
+    out = Tuner(_four_widths(tmp_path / "always", widest_scan="always"), log=lambda m: None).stage2(
+        {LR_AXIS: -7.0, "role_init.readout": 1.0})
+    at64 = {r: sorted({p[LR_AXIS] for rr, p in trained if rr == r and p["width"] == 64}) for r in ("mup", "sp-perlayer")}
+    assert at64 == {"mup": [-7.5, -7.0, -6.5], "sp-perlayer": [-7.0]}
+    assert next(c for c in out if c.recipe == "mup").widest_settled is None
+
+
+def test_one_recipe_scans_the_largest_width_when_the_narrower_widths_drift(tmp_path, monkeypatch):
+    """One candidate, no race: optima -7 at 8, -7.5 at 16, -8 at 32 (a resolved drift): width 64 gets its full scan
+    (grown on the edge the drift reaches). With the optima still, the scan is its centre only."""
+    trained: list[dict] = []
+
+    def drift(p):
+        trained.append(p)
+        o = {8: -7.0, 16: -7.5, 32: -8.0, 64: -8.5}[p["width"]]
+        return 2.0 + 0.1 * (p[LR_AXIS] - o) ** 2
+
+    _synthetic(monkeypatch, drift)
+    cfg = TuneConfig.from_dict(tiny(tmp_path, widths=[16, 32, 64], recipes=["mup"], verify={"max_extend": 3}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    assert out[0].widest_settled is None and out[0].probe_only is None
+    assert {p[LR_AXIS] for p in trained if p["width"] == 64} >= {-7.5, -7.0, -6.5, -8.0}
+
+    trained.clear()
+    _synthetic(monkeypatch, lambda p: trained.append(p) or 2.0 + 0.1 * (p[LR_AXIS] + 7.0) ** 2)
+    cfg = TuneConfig.from_dict(tiny(tmp_path / "b", widths=[16, 32, 64], recipes=["mup"]))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    assert {p[LR_AXIS] for p in trained if p["width"] == 64} == {-7.0}
+    assert out[0].widest_settled and out[0].probe_only == 64 and out[0].verdict.sizes == [8, 16, 32]

@@ -41,7 +41,8 @@ def count_params(model_name: str, width: int, depth: int, options: dict[str, Any
 
 def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, tokens: float | None = None,
                        hp: str = "log2_lr", confidence: float = 0.9, plan_path: str | Path | None = None,
-                       batch_tokens: float | None = None, params: float | None = None) -> Prediction:
+                       batch_tokens: float | None = None, params: float | None = None,
+                       probe_widths: tuple[int, ...] = ()) -> Prediction:
     """HPs, expected loss (with intervals) and per-tensor plan for a target of ``width`` x ``depth``.
 
     The optimal HP follows ``log hp* = log c + sum_k alpha_k log X_k`` over the
@@ -53,12 +54,15 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     program, whose model proxytune cannot build, needs it unless the count can be fitted: see
     :func:`_program_sizes`).
 
+    ``probe_widths``: widths that trained a single LR (``proxytune tune``'s probes): one point says nothing about
+    where the optimum is, so they are left out.
+
     Returns a :class:`~proxytune.analysis.prediction.Prediction` (``.to_dict()`` for the JSON form).
     """
     cfg = sweep.cfg
     first = base_config(cfg)
     depth = depth or first.depth
-    records = sweep.records()
+    records = [r for r in sweep.records() if r.get("width") not in probe_widths]
     optima = _finite_optima(records, hp)
     notes: list[str] = []
     program = cfg.program is not None

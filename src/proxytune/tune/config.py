@@ -128,6 +128,11 @@ class VerifyConfig(_Strict):
                                                      "edge) on the first seed first, and the others only within the "
                                                      "seed noise of the best: fewer FLOPs, but the optimum's interval "
                                                      "at that width rests on fewer runs (docs/tuning.md)")
+    widest_scan: Literal["auto", "always"] = Field(
+        "auto", description="auto: at the largest width, train the transferred LR's neighbours only when the "
+                            "narrower widths leave doubt about where the optimum is there (fewer than 3 of them "
+                            "with an inner optimum, a transfer verdict other than PASS, or their line's 90% "
+                            "interval at the largest width reaching beyond the scan); always: scan it every time")
 
 
 class TargetConfig(_Strict):

@@ -35,7 +35,8 @@ def _as_candidate(c: Candidate | dict[str, Any]) -> Candidate:
     return Candidate(recipe=c["recipe"], sweep=c.get("sweep", ""), optima=tuple(c["optima"]), lrs=c.get("lrs", {}),
                      dropped=c.get("dropped"), probe_only=c.get("probe_only"), verdict=c.get("verdict"),
                      depth_optima=c.get("depth_optima"), depth_verdict=c.get("depth_verdict"),
-                     one_seed=c.get("one_seed"), one_seed_points=tuple(c.get("one_seed_points", ())))
+                     one_seed=c.get("one_seed"), one_seed_points=tuple(c.get("one_seed_points", ())),
+                     widest_settled=c.get("widest_settled"))
 
 
 def pick_recommendation(candidates: list[C], cfg: TuneConfig) -> tuple[C, list[str]]:
@@ -86,6 +87,9 @@ def _pick(candidates: list[Candidate], big: int) -> tuple[Candidate, list[str]]:
     head = (f"recommended: {best.recipe} (lowest best loss at the largest proxy, width {width})" if not others
             else _tie_line(best, others, width))
     why = [head, *movement(best)]
+    if best.widest_settled and best.probe_only == width:
+        why.append(f"{best.recipe} trained width {width} at its transferred LR only (its loss there is at that LR): "
+                   f"{best.widest_settled}")
     for c in candidates:
         if c is not best:
             why.append(_compared(c, ob, width, z))
@@ -141,8 +145,9 @@ def _compared(c: Candidate, ob: Optimum | None, width: Any, z: float) -> str:
                 f"vs {ob.loss:.4f}: {c.one_seed}; transfer verdict {_state(c)}")
     gap, se = loss_gap(oc, ob)
     within = math.isfinite(se) and abs(gap) <= z * se
-    what = (f"loss {oc.loss:.4f} at width {width} at its transferred LR (2^{oc.value:g}; the race scanned "
-            f"the LR there for the leader only)" if c.probe_only == width
+    what = (f"loss {oc.loss:.4f} at width {width} at its transferred LR (2^{oc.value:g}; "
+            + ("the narrower widths settled its optimum there)" if c.widest_settled
+               else "the race scanned the LR there for the leader only)") if c.probe_only == width
             else f"best loss {oc.loss:.4f} at width {width}")
     return (f"{c.recipe}: {what} vs {ob.loss:.4f} ({gap:+.4f}, standard error {se:.4f}: "
             f"{'within' if within else 'beyond'} the seed noise); transfer verdict {_state(c)}")
@@ -374,6 +379,9 @@ def _stage2_lines(candidates: tuple[Candidate, ...]) -> list[str]:
             lines.append(f"- **{cand.recipe}** across depth: {cand.depth_verdict.line}")
         for why in cand.one_seed_points:
             lines.append(f"- **{cand.recipe}** trained one seed only at {why}")
+        if cand.widest_settled:
+            lines.append(f"- **{cand.recipe}** trained the transferred LR only at width {cand.probe_only}: "
+                         f"{cand.widest_settled}")
     panels = {c.recipe: list(c.optima) for c in candidates if c.optima}
     lines += ["", "### Optimum per width", "", optima_table(panels)]
     return lines

@@ -68,7 +68,9 @@ class Candidate(Record):
 
     ``probe_only`` is the width where it trained at its transferred LR only (the race scanned the LR there for
     the leader alone), else None; ``one_seed`` says why that probe trained one seed only (clearly behind on it);
-    ``one_seed_points``, which points of its LR scans trained one seed only, and why (``tune.run.SeedTrial``).
+    ``one_seed_points``, which points of its LR scans trained one seed only, and why (``tune.run.SeedTrial``);
+    ``widest_settled``, why the largest width trained the transferred LR only, its optimum left to the narrower
+    widths (``verify.widest_scan: auto``), else None.
     The dict form summarises each optimum as plain data."""
 
     recipe: str
@@ -82,11 +84,13 @@ class Candidate(Record):
     depth_verdict: Verdict | None = None
     one_seed: str | None = None
     one_seed_points: tuple[str, ...] = ()
+    widest_settled: str | None = None
 
     def fields_for_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"recipe": self.recipe, "sweep": self.sweep, "dropped": self.dropped, "lrs": self.lrs,
                                "probe_only": self.probe_only, "one_seed": self.one_seed,
                                "one_seed_points": list(self.one_seed_points),
+                               "widest_settled": self.widest_settled,
                                "optima": [_optimum_summary(o) for o in self.optima],
                                "verdict": self.verdict.to_dict() if self.verdict else None}
         if self.depth_optima is not None:

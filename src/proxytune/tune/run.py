@@ -14,7 +14,9 @@ recipes race: one clearly behind the leader (beyond the seed noise) at the
 second-largest width does not run at the largest; the others run there at the
 transferred LR (the first seed first: one clearly behind on it, beyond
 :func:`race_margin`, trains no other seed), and only the lowest of them gets
-the full LR scan at the largest width.
+the full LR scan at the largest width, unless the narrower widths already
+place the optimum there inside that scan (:func:`widest_settled`,
+``verify.widest_scan``).
 
 Then: the recipe with the best loss at the largest proxy, its transfer
 verdict, the base LR and loss predicted for the target (the sweep's laws,
@@ -37,6 +39,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -45,7 +48,7 @@ from ..analysis.optimum import Optimum, optima_by_group
 from ..analysis.horizon import HorizonStage, TargetSetting
 from ..analysis.predict import predict_from_sweep, target_plan, trust_warnings
 from ..analysis.prediction import HPEstimate
-from ..analysis.verdict import loss_gap, transfer_verdict
+from ..analysis.verdict import loss_gap, lsq_slope, optimum_draws, transfer_verdict
 from ..builders import build_model, load_builder
 from ..errors import PlanError
 from ..optimum_fit import RECORD_META
@@ -335,7 +338,13 @@ class Tuner:
         elif len(widths) > 1:
             for r in survivors:  # the largest width: the scan around the transferred optimum, its centre every seed
                 st = state[r]
-                self._trial_neighbours(st["trial"], widths[-1], lrs0, setting, st["optima"], widths[-2])
+                big, cr = widths[-1], round(c, 10)
+                if self._widest_settled(r, st, widths, cr) is not None:  # its centre only
+                    st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [cr]},
+                                                           frozen=(big,), trial=st["trial"])
+                    st["probe_only"] = big
+                    continue
+                self._trial_neighbours(st["trial"], big, lrs0, setting, st["optima"], widths[-2])
                 st["optima"], st["lrs"] = self._verify(r, setting, widths, {**{w: lrs0 for w in widths}, **st["lrs"]},
                                                        trial=st["trial"])
         out = []
@@ -346,6 +355,7 @@ class Tuner:
             cand = Candidate(recipe=r, sweep=str(self.sweeps[f"verify-{r}"].cfg.run_dir), optima=tuple(optima),
                              lrs=st["lrs"], dropped=st["dropped"], probe_only=st.get("probe_only"),
                              one_seed=st.get("one_seed"), one_seed_points=tuple(st["trial"].behind.values()),
+                             widest_settled=st.get("widest_settled"),
                              verdict=transfer_verdict(scanned, "width") if len(scanned) >= 2 else None)
             if cfg.proxy_depths:
                 d_optima, _ = self._verify(r, setting, [cfg.base_depth, *cfg.proxy_depths], lrs0, "depth")
@@ -406,11 +416,27 @@ class Tuner:
                      + (f" ({o.n_seeds} seed{'s' * (o.n_seeds != 1)})" if o is not None else "")
                      + (" (leads: its LR scan there follows)" if r == leader else ""))
         st = state[leader]
-        self._trial_neighbours(st["trial"], big, scan, setting, st["optima"], widths[-2], margin)
-        st["optima"], st["lrs"] = self._verify(leader, setting, widths, {**st["lrs"], big: scan}, trial=st["trial"])
+        settled = self._widest_settled(leader, st, widths, c)
+        if settled is None:
+            self._trial_neighbours(st["trial"], big, scan, setting, st["optima"], widths[-2], margin)
+            st["optima"], st["lrs"] = self._verify(leader, setting, widths, {**st["lrs"], big: scan},
+                                                   trial=st["trial"])
         for r in survivors:
-            if r != leader:
+            if r != leader or settled is not None:
                 state[r]["probe_only"] = big
+
+    def _widest_settled(self, recipe: str, st: dict[str, Any], widths: list[int], centre: float) -> str | None:
+        """With ``verify.widest_scan: auto``: why the narrower widths settle where ``recipe``'s optimum is at the
+        largest width, so that its LR scan there (the transferred LR's neighbours) is not trained; None when
+        they leave doubt (:func:`widest_settled`). Logged, and kept in ``st`` for the report."""
+        v = self.cfg.verify
+        if v.widest_scan != "auto" or len(widths) < 2:
+            return None
+        why = widest_settled(st["optima"], widths[:-1], widths[-1], centre, v.span)
+        if why is not None:
+            st["widest_settled"] = why
+            self.log(f"  at width {widths[-1]}: {recipe} trains its transferred LR only (2^{centre:g}): {why}")
+        return why
 
     @staticmethod
     def _trial_neighbours(trial: SeedTrial, size: int, scan: list[float], setting: dict[str, float],
@@ -486,7 +512,9 @@ class Tuner:
         t = self.cfg.target
         sweep = Sweep.open(choice.sweep)
         depth = t.depth or self.cfg.base_depth
-        res = predict_from_sweep(sweep, width=t.width, depth=depth)  # at the proxies' tokens and batch
+        # at the proxies' tokens and batch; a width probed at one LR says nothing about its optimum
+        res = predict_from_sweep(sweep, width=t.width, depth=depth,
+                                 probe_widths=(choice.probe_only,) if choice.probe_only is not None else ())
         h = res.hp
         settings, notes = target_settings(self.cfg, stage3, (h.value, h.interval, h.source))
         lr, batch, steps = (next(x for x in settings if x.name == n) for n in ("lr", "batch_tokens", "steps"))
@@ -662,6 +690,36 @@ class StageCosts:
         """The FLOPs of the stage's finished trials, in words."""
         flops = sum(float(r.get("flops") or 0.0) for r in records if r.get("status") in (*_DONE, "pruned"))
         return f"{self._words(flops)} spent"
+
+
+def widest_settled(optima: list[Optimum], below: list[int], big: int, centre: float, span: float,
+                   confidence: float | None = None) -> str | None:
+    """Why the widths ``below`` leave no doubt about where the optimum is at width ``big``, or None.
+
+    No doubt when at least 3 of them have an inner optimum (not on an edge of its LR scan), their transfer
+    verdict is PASS, and the least-squares line of their optima (log2 lr against log2 width, refitted on draws
+    of each optimum within its interval) puts the optimum at ``big`` inside ``centre +- span`` at ``confidence``
+    (default: the verdicts' 90%): the bracket the LR scan at ``big`` would train. That scan could then only
+    confirm it, and the recipe's verdict and the target's LR rest on the narrower widths either way."""
+    conf = THRESHOLDS.confidence if confidence is None else confidence
+    rows = [o for o in optima if o.group.get("width") in below and math.isfinite(o.value) and not o.edge]
+    if len(rows) < 3:
+        return None
+    verdict = transfer_verdict(rows, "width")
+    if not verdict.passed:
+        return None
+    x = np.log2([float(o.group["width"]) for o in rows])
+    rng = np.random.default_rng(0)
+    draws = np.stack([optimum_draws(o, 2000, rng)[0] for o in rows], axis=1)
+    at = draws.mean(axis=1) + lsq_slope(x, draws) * (math.log2(big) - float(x.mean()))
+    lo, hi = (float(q) for q in np.percentile(at, [50 * (1 - conf), 100 - 50 * (1 - conf)]))
+    if lo < centre - span - 1e-9 or hi > centre + span + 1e-9:
+        return None
+    sizes = ", ".join(str(o.group["width"]) for o in rows)
+    return (f"the widths {sizes} PASS ({verdict.drift_per_doubling:+.2f} octaves per doubling, "
+            f"{100 * conf:.0f}% {verdict.drift_interval[0]:+.2f} .. {verdict.drift_interval[1]:+.2f}) and their line "
+            f"puts the optimum at width {big} at log2 lr {lo:.2f} .. {hi:.2f} ({100 * conf:.0f}%), inside the scan "
+            f"{centre - span:g} .. {centre + span:g} it would train there")
 
 
 def race_margin(optima: list[Optimum], confidence: float | None = None) -> tuple[float, float]:
