@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--no-package", action="store_true", help="skip the mup package row")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--tune-only", action="store_true", help="run tune alone: B6 and its loss at the largest width")
+    ap.add_argument("--recipes", nargs="+", help="--tune-only: the candidate recipes (default: the preset's)")
     ap.add_argument("--reference-sp", type=float, default=math.nan, help="--tune-only: SP's best measured loss at "
                                                                          "the largest width (B1's table)")
     ap.add_argument("--reference-best", type=float, default=math.nan, help="--tune-only: the best row's best "
@@ -185,6 +186,8 @@ def tune_only(args: argparse.Namespace) -> None:
     p = PRESETS[args.preset]
     large = p["widths"][-1]
     tcfg = tune_config(args.preset, args.runs)
+    if args.recipes:
+        tcfg = tcfg.model_copy(update={"recipes": list(args.recipes), "name": f"{tcfg.name}-{'-'.join(args.recipes)}"})
     t0 = time.perf_counter()
     result = Tuner(tcfg).run()
     minutes = (time.perf_counter() - t0) / 60
@@ -199,14 +202,14 @@ def tune_only(args: argparse.Namespace) -> None:
     pct = lambda f: f"{100 * f / target:.2f}%"  # noqa: E731
     lines = [provenance("transfer.py", "cpu", p["threads"]),
              f"`proxytune tune` at B1's settings (widths {p['widths']}, {p['train']['steps']} steps, batch "
-             f"{p['train']['batch_size']} x {p['train']['seq_len']}, recipes mup and sp-perlayer, stage 1 "
+             f"{p['train']['batch_size']} x {p['train']['seq_len']}, recipes {' and '.join(tcfg.candidates)}, stage 1 "
              f"`{tcfg.search.strategy}`), {minutes:.0f} min. Recommended `{result.recipe}` at base log2 lr {x:.2f}, "
              "constants " + (", ".join(f"`{k}: {v}`" for k, v in result.constants.items()) or "all 1") + ".", "",
              f"- **Cost**: {result.cost.trials} trials, {result.cost.flops:.3g} FLOPs = **{pct(result.cost.flops)} of one "
              f"run of the {TARGET_WIDTH}-wide target** at the same depth and tokens ({target:.3g} FLOPs; goal at most "
              f"3.5%: {'met' if result.cost.flops / target <= 0.035 else 'not met'}).",
              "- By stage: " + ", ".join(f"{k} {pct(v)}" for k, v in result.cost.per_stage.items()) + ".",
-             "- Stage 2 by width (both recipes): " + ", ".join(f"{w}: {pct(f)}" for w, f in sorted(by_width.items()))
+             "- Stage 2 by width (every recipe): " + ", ".join(f"{w}: {pct(f)}" for w, f in sorted(by_width.items()))
              + ".",
              "- Points of the LR scans trained on one seed only (the rule of docs/tuning.md): "
              + ("; ".join(f"{c.recipe} at {w}" for c in result.candidates for w in c.one_seed_points) or "none") + ".",

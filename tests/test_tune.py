@@ -769,7 +769,7 @@ def test_widest_settled_needs_three_inner_optima_a_pass_and_the_line_inside_the_
 
     still = _settled_optima([-7.0, -7.0, -7.0])
     why = widest_settled(still, [8, 16, 32], 64, -7.0, 0.5)
-    assert why is not None and "PASS" in why and "inside the scan -7.5 .. -6.5" in why
+    assert why is not None and "PASS" in why and "inside the scan -7.50 .. -6.50" in why
     # two narrower widths: a line through two points is no evidence of where the third lands
     assert widest_settled(still[1:], [16, 32], 64, -7.0, 0.5) is None
     # the line misses the bracket: the same optima, the scan centred elsewhere or narrower

@@ -409,14 +409,14 @@ class Tuner:
             finite = {r: probes[r].loss for r in survivors if "one_seed" not in state[r] and probes[r] is not None
                       and math.isfinite(probes[r].loss)}
         leader = min(finite, key=finite.__getitem__) if finite else survivors[0]
+        st = state[leader]
+        settled = self._widest_settled(leader, st, widths, c)
         for r in survivors:
             o = probes[r]
             self.log(f"  race at width {big}: {r} at log2 lr {c:g}: "
                      + (f"loss {o.loss:.4f}" if o is not None and math.isfinite(o.loss) else "no finite loss")
                      + (f" ({o.n_seeds} seed{'s' * (o.n_seeds != 1)})" if o is not None else "")
-                     + (" (leads: its LR scan there follows)" if r == leader else ""))
-        st = state[leader]
-        settled = self._widest_settled(leader, st, widths, c)
+                     + ("" if r != leader else " (leads)" if settled else " (leads: its LR scan there follows)"))
         if settled is None:
             self._trial_neighbours(st["trial"], big, scan, setting, st["optima"], widths[-2], margin)
             st["optima"], st["lrs"] = self._verify(leader, setting, widths, {**st["lrs"], big: scan},
@@ -719,7 +719,7 @@ def widest_settled(optima: list[Optimum], below: list[int], big: int, centre: fl
     return (f"the widths {sizes} PASS ({verdict.drift_per_doubling:+.2f} octaves per doubling, "
             f"{100 * conf:.0f}% {verdict.drift_interval[0]:+.2f} .. {verdict.drift_interval[1]:+.2f}) and their line "
             f"puts the optimum at width {big} at log2 lr {lo:.2f} .. {hi:.2f} ({100 * conf:.0f}%), inside the scan "
-            f"{centre - span:g} .. {centre + span:g} it would train there")
+            f"{centre - span:.2f} .. {centre + span:.2f} it would train there")
 
 
 def race_margin(optima: list[Optimum], confidence: float | None = None) -> tuple[float, float]:
