@@ -835,6 +835,22 @@ def test_race_at_the_largest_width_trains_the_probes_only_when_the_narrower_widt
     assert next(c for c in out if c.recipe == "mup").widest_settled is None
 
 
+def test_a_largest_width_worse_than_the_next_narrower_is_scanned_though_the_line_settles_it(tmp_path, monkeypatch):
+    """The narrower widths PASS and their line sits inside the scan, but both probes at width 64 are 0.3 above
+    width 32's best loss (far beyond the seed noise): wider should not be worse, so the leader's scan trains."""
+    trained: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Tuner, "_run", _race_run(trained, {"mup": 2.0, "sp-perlayer": 2.0}, jitter=0.001))
+
+    def worse_at_64(self, sweep, label, inner=Tuner._run):
+        return [{**r, "val_loss": r["val_loss"] + 0.3} if r["width"] == 64 else r for r in inner(self, sweep, label)]
+
+    monkeypatch.setattr(Tuner, "_run", worse_at_64)
+    out = Tuner(_four_widths(tmp_path), log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    led = [c for c in out if c.probe_only is None]
+    assert len(led) == 1 and led[0].widest_settled is None
+    assert sorted({p[LR_AXIS] for r, p in trained if r == led[0].recipe and p["width"] == 64}) == [-7.5, -7.0, -6.5]
+
+
 def test_one_recipe_scans_the_largest_width_when_the_narrower_widths_drift(tmp_path, monkeypatch):
     """One candidate, no race: optima -7 at 8, -7.5 at 16, -8 at 32 (a resolved drift): width 64 gets its full scan
     (grown on the edge the drift reaches). With the optima still, the scan is its centre only."""

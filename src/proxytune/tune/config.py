@@ -131,8 +131,9 @@ class VerifyConfig(_Strict):
     widest_scan: Literal["auto", "always"] = Field(
         "auto", description="auto: at the largest width, train the transferred LR's neighbours only when the "
                             "narrower widths leave doubt about where the optimum is there (fewer than 3 of them "
-                            "with an inner optimum, a transfer verdict other than PASS, or their line's 90% "
-                            "interval at the largest width reaching beyond the scan); always: scan it every time")
+                            "with an inner optimum, a transfer verdict other than PASS, their line's 90% "
+                            "interval at the largest width reaching beyond the scan, or the largest width's loss at "
+                            "the transferred LR clearly above the next narrower's best); always: scan it every time")
 
 
 class TargetConfig(_Strict):

@@ -339,13 +339,15 @@ class Tuner:
             for r in survivors:  # the largest width: the scan around the transferred optimum, its centre every seed
                 st = state[r]
                 big, cr = widths[-1], round(c, 10)
-                if self._widest_settled(r, st, widths, cr) is not None:  # its centre only
+                if v.widest_scan == "auto" and len(widths) >= 4:  # the centre first: it may settle the rest
                     st["optima"], st["lrs"] = self._verify(r, setting, widths, {**st["lrs"], big: [cr]},
                                                            frozen=(big,), trial=st["trial"])
-                    st["probe_only"] = big
-                    continue
+                    if self._widest_settled(r, st, widths, cr) is not None:
+                        st["probe_only"] = big
+                        continue
                 self._trial_neighbours(st["trial"], big, lrs0, setting, st["optima"], widths[-2])
-                st["optima"], st["lrs"] = self._verify(r, setting, widths, {**{w: lrs0 for w in widths}, **st["lrs"]},
+                st["optima"], st["lrs"] = self._verify(r, setting, widths,
+                                                       {**{w: lrs0 for w in widths}, **st["lrs"], big: lrs0},
                                                        trial=st["trial"])
         out = []
         for r, st in state.items():
@@ -432,7 +434,8 @@ class Tuner:
         v = self.cfg.verify
         if v.widest_scan != "auto" or len(widths) < 2:
             return None
-        why = widest_settled(st["optima"], widths[:-1], widths[-1], centre, v.span)
+        why = widest_settled(st["optima"], widths[:-1], widths[-1], centre, v.span, probe=_at(st["optima"], "width",
+                                                                                           widths[-1]))
         if why is not None:
             st["widest_settled"] = why
             self.log(f"  at width {widths[-1]}: {recipe} trains its transferred LR only (2^{centre:g}): {why}")
@@ -693,14 +696,18 @@ class StageCosts:
 
 
 def widest_settled(optima: list[Optimum], below: list[int], big: int, centre: float, span: float,
-                   confidence: float | None = None) -> str | None:
+                   confidence: float | None = None, probe: Optimum | None = None) -> str | None:
     """Why the widths ``below`` leave no doubt about where the optimum is at width ``big``, or None.
 
     No doubt when at least 3 of them have an inner optimum (not on an edge of its LR scan), their transfer
     verdict is PASS, and the least-squares line of their optima (log2 lr against log2 width, refitted on draws
     of each optimum within its interval) puts the optimum at ``big`` inside ``centre +- span`` at ``confidence``
     (default: the verdicts' 90%): the bracket the LR scan at ``big`` would train. That scan could then only
-    confirm it, and the recipe's verdict and the target's LR rest on the narrower widths either way."""
+    confirm it, and the recipe's verdict and the target's LR rest on the narrower widths either way.
+
+    ``probe``: the loss at ``big`` at the centre, when trained. Doubt again if it is not finite, or above the
+    best loss of the next narrower width beyond the seed noise (z x the standard error of the gap): wider
+    should not be worse, and a width that behaves unlike the narrower ones is what the scan is for."""
     conf = THRESHOLDS.confidence if confidence is None else confidence
     rows = [o for o in optima if o.group.get("width") in below and math.isfinite(o.value) and not o.edge]
     if len(rows) < 3:
@@ -708,6 +715,13 @@ def widest_settled(optima: list[Optimum], below: list[int], big: int, centre: fl
     verdict = transfer_verdict(rows, "width")
     if not verdict.passed:
         return None
+    if probe is not None:
+        prev = _at(optima, "width", max(below))
+        if not math.isfinite(probe.loss) or prev is None:
+            return None
+        gap, se = loss_gap(probe, prev)
+        if not math.isfinite(se) or gap > NormalDist().inv_cdf(0.5 + conf / 2) * se:
+            return None
     x = np.log2([float(o.group["width"]) for o in rows])
     rng = np.random.default_rng(0)
     draws = np.stack([optimum_draws(o, 2000, rng)[0] for o in rows], axis=1)
