@@ -769,11 +769,14 @@ def test_widest_settled_needs_three_inner_optima_a_pass_and_the_line_inside_the_
 
     still = _settled_optima([-7.0, -7.0, -7.0])
     why = widest_settled(still, [8, 16, 32], 64, -7.0, 0.5)
-    assert why is not None and "PASS" in why and "inside the scan -7.50 .. -6.50" in why
+    assert why is not None and "PASS" in why and "half a step inside the scan -7.50 .. -6.50" in why
     # two narrower widths: a line through two points is no evidence of where the third lands
     assert widest_settled(still[1:], [16, 32], 64, -7.0, 0.5) is None
     # the line misses the bracket: the same optima, the scan centred elsewhere or narrower
     assert widest_settled(still, [8, 16, 32], 64, -6.0, 0.5) is None
+    # inside the scan but not half a step inside its edge: a 3-point optimum's interval can be too narrow
+    assert widest_settled(still, [8, 16, 32], 64, -7.4, 0.5) is None
+    assert widest_settled(still, [8, 16, 32], 64, -7.2, 0.5) is not None
     # an optimum on the edge of its scan is not located
     edged = _settled_optima([-7.0, -7.0, -7.0], edge_at=16)
     assert edged[1].edge and widest_settled(edged, [8, 16, 32], 64, -7.0, 0.5) is None
@@ -783,8 +786,8 @@ def test_widest_settled_needs_three_inner_optima_a_pass_and_the_line_inside_the_
 
 
 def test_widest_settled_carries_the_line_to_the_largest_width_not_the_mean():
-    """Optima -7.0, -7.1, -7.2 (a PASS: 0.1 octave per doubling): their mean, -7.1, is inside -7 +- 0.25, but the
-    line puts width 64 at -7.3, outside it: the scan there is still needed."""
+    """Optima -7.0, -7.1, -7.2 (a PASS: 0.1 octave per doubling): their mean, -7.1, is inside -7 +- 0.25 / 2, but
+    the line puts width 64 at -7.3, outside it: the scan there is still needed."""
     from proxytune.analysis.verdict import transfer_verdict
     from proxytune.tune.run import widest_settled
 

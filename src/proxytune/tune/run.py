@@ -701,9 +701,12 @@ def widest_settled(optima: list[Optimum], below: list[int], big: int, centre: fl
 
     No doubt when at least 3 of them have an inner optimum (not on an edge of its LR scan), their transfer
     verdict is PASS, and the least-squares line of their optima (log2 lr against log2 width, refitted on draws
-    of each optimum within its interval) puts the optimum at ``big`` inside ``centre +- span`` at ``confidence``
-    (default: the verdicts' 90%): the bracket the LR scan at ``big`` would train. That scan could then only
-    confirm it, and the recipe's verdict and the target's LR rest on the narrower widths either way.
+    of each optimum within its interval) puts the optimum at ``big`` inside ``centre +- span / 2`` at
+    ``confidence`` (default: the verdicts' 90%): at least half a step inside the edges of the LR scan ``big``
+    would train (``centre +- span``). That scan could then only confirm it, and the recipe's verdict and the
+    target's LR rest on the narrower widths either way. The half step is there because a 3-point scan's optimum
+    interval can be too narrow: in B1 (2026-12-07) a line inside the scan itself (-5.12 .. -4.26 against
+    -5.19 .. -4.19) met a width-256 optimum at -4.14 in that row's full LR sweep.
 
     ``probe``: the loss at ``big`` at the centre, when trained. Doubt again if it is not finite, or above the
     best loss of the next narrower width beyond the seed noise (z x the standard error of the gap): wider
@@ -727,13 +730,13 @@ def widest_settled(optima: list[Optimum], below: list[int], big: int, centre: fl
     draws = np.stack([optimum_draws(o, 2000, rng)[0] for o in rows], axis=1)
     at = draws.mean(axis=1) + lsq_slope(x, draws) * (math.log2(big) - float(x.mean()))
     lo, hi = (float(q) for q in np.percentile(at, [50 * (1 - conf), 100 - 50 * (1 - conf)]))
-    if lo < centre - span - 1e-9 or hi > centre + span + 1e-9:
+    if lo < centre - span / 2 - 1e-9 or hi > centre + span / 2 + 1e-9:
         return None
     sizes = ", ".join(str(o.group["width"]) for o in rows)
     return (f"the widths {sizes} PASS ({verdict.drift_per_doubling:+.2f} octaves per doubling, "
             f"{100 * conf:.0f}% {verdict.drift_interval[0]:+.2f} .. {verdict.drift_interval[1]:+.2f}) and their line "
-            f"puts the optimum at width {big} at log2 lr {lo:.2f} .. {hi:.2f} ({100 * conf:.0f}%), inside the scan "
-            f"{centre - span:.2f} .. {centre + span:.2f} it would train there")
+            f"puts the optimum at width {big} at log2 lr {lo:.2f} .. {hi:.2f} ({100 * conf:.0f}%), at least half a "
+            f"step inside the scan {centre - span:.2f} .. {centre + span:.2f} it would train there")
 
 
 def race_margin(optima: list[Optimum], confidence: float | None = None) -> tuple[float, float]:
