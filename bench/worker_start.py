@@ -84,7 +84,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "B4c. Starting workers: fork server vs spawn (CPU)", text)
+        write_section(ROOT / "BENCHMARKS.md", "B4f. Starting workers: fork server vs spawn (CPU)", text)
 
 
 if __name__ == "__main__":
