@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 
-from _common import ROOT, provenance, write_section
+from _common import emit, provenance
 
 import proxytune.sweep.runner as runner
 from proxytune.sweep import Sweep
@@ -81,10 +81,7 @@ def main() -> None:
         f"{med['spawn'] - med['forkserver']:.2f} s ({med['spawn'] / med['forkserver']:.1f}x). Largest loss "
         f"difference between the two methods: {diff:.1e}.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "B4f. Starting workers: fork server vs spawn (CPU)", text)
+    emit(lines, "B4f. Starting workers: fork server vs spawn (CPU)", write=not args.no_write)
 
 
 if __name__ == "__main__":

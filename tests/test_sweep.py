@@ -405,19 +405,29 @@ def test_workers_see_the_sweep_process_environment_as_it_is_when_they_start(tmp_
         from pathlib import Path
         from proxytune.models import gpt
         def build(width, depth, **options):
-            Path(os.environ["PT_TEST_ENV_OUT"]).write_text(os.environ.get("PT_TEST_ENV_VALUE", "unset"))
+            Path(os.environ["PT_TEST_ENV_OUT"]).write_text(os.environ.get("PT_TEST_ENV_VALUE", "unset") + ":"
+                                                           + os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
             return gpt.build(width=width, depth=depth, **options)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     out = tmp_path / "seen.txt"
     monkeypatch.setenv("PT_TEST_ENV_OUT", str(out))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     for k, value in enumerate(("first", "second")):
         monkeypatch.setenv("PT_TEST_ENV_VALUE", value)
         d = sweep_dict(tmp_path / str(k), model="envseeing:build", axes={"width": [32], "log2_lr": [-9]},
                        executor={"kind": "local", "workers": 1})
         assert Sweep.from_dict(d).run()["complete"] == 1
-        assert out.read_text() == value
+        assert out.read_text() == f"{value}:none"
+    # with GPUs, each worker gets one (its index modulo their count); the sweep process's own is left alone
+    import proxytune.sweep.runner as runner
+
+    monkeypatch.setattr(runner, "_gpu_count", lambda: 3)
+    d = sweep_dict(tmp_path / "gpus", model="envseeing:build", axes={"width": [32], "log2_lr": [-9]},
+                   executor={"kind": "local", "workers": 1})
+    assert Sweep.from_dict(d).run()["complete"] == 1
+    assert out.read_text() == "second:0" and "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
 def test_a_copy_claimed_while_its_original_is_given_back_is_not_a_duplicate(tmp_path):

@@ -27,7 +27,7 @@ from ..train.setup import _builder_options, load_data
 from .dataid import check_sweep_data
 from .errors import RepeatedFailure, StopRequested, StorageError, SweepConfigError
 from .fields import apply_point, base_config, base_fields
-from .leases import alive
+from . import leases
 from .program import check_program
 from .schema import SweepConfig
 from .space import grid_points, group_key, is_batchable_axis
@@ -340,7 +340,7 @@ def _worker_entry(config: dict[str, Any], index: int, fatal: Any = None,
                   env: dict[str, str] | None = None) -> None:
     if env is not None:
         # A forked worker inherits the fork server's environment, set when it started: the sweep process's own,
-        # as it is now (CUDA_VISIBLE_DEVICES, the user's variables), is what a spawned worker would see.
+        # as it is now, with this worker's CUDA_VISIBLE_DEVICES, is what it must see.
         os.environ.clear()
         os.environ.update(env)
     if parent is not None:
@@ -370,7 +370,7 @@ def _watch_parent(parent: int, grace: float) -> None:
     first = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == first and first != 1 and alive(parent):
+        while os.getppid() == first and first != 1 and leases.alive(parent):
             time.sleep(0.5)
         end = time.time() + grace
         while time.time() < end:  # again every 2 s: a stop can be lost (see _run_local); handing back ignores it
@@ -422,18 +422,11 @@ def _run_local(cfg: SweepConfig, store: SweepStore, on_poll: PollFn | None, poll
     def spawn(n: int) -> None:
         nonlocal spawned
         for _ in range(n):
-            env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
-            if n_gpus:
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(spawned % n_gpus)
-            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal, failures, os.getpid(),
-                                                            dict(os.environ)),
+            # the worker sets its environment before anything touches CUDA: one GPU each, when there are GPUs
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(spawned % n_gpus)} if n_gpus else {})}
+            proc = ctx.Process(target=_worker_entry, args=(config, spawned, fatal, failures, os.getpid(), env),
                                name=f"proxytune-worker-{spawned}")
             proc.start()
-            if n_gpus:
-                if env_before is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = env_before
             procs.append(proc)
             spawned += 1
 
