@@ -185,3 +185,58 @@ def test_refined_grid_keeps_coarse_window_and_asks_no_second_pass():
     assert refined.refine == []  # its neighbours are half steps away: one pass only
     # the skew term cuts the plain parabola's noise-free bias toward the flat side (+0.31 octave here) to ~0.1
     assert abs(first.value + 7.3) < 0.15 and abs(refined.value + 7.3) < 0.15
+
+
+def _scan(width: int, opt: float, noise: float, rng, seeds=(0, 1), centre: float = -7.0) -> list[dict]:
+    """A verification-style scan: 3 points half an octave apart, a per-seed offset, per-run noise."""
+    out = []
+    for s in seeds:
+        offset = 0.01 * s
+        for x in (centre - 0.5, centre, centre + 0.5):
+            eps = rng.normal(0, noise) if noise else 0.0
+            out.append({"width": width, "log2_lr": x, "seed": s, "val_loss": bowl(x, opt, curv=0.03) + offset + eps,
+                        "status": "complete"})
+    return out
+
+
+def test_pooled_noise_gives_a_scan_whose_residuals_vanished_by_luck_the_sweeps_noise():
+    """Width 8's scan fits its parabola exactly (no residual): on its own noise its interval is a point away from
+    the truth; pooled with the other widths' residuals, it is as wide as the noise makes it and holds the truth.
+    A width whose own residuals are above the pool's keeps them."""
+    rng = np.random.default_rng(3)
+    recs = _scan(8, -6.85, 0.0, rng) + _scan(16, -7.0, 0.012, rng) + _scan(32, -7.0, 0.012, rng)
+    own = {o.group["width"]: o for o in optima_by_group(recs, "log2_lr", size_axes=["width"], n_boot=200)}
+    pooled = {o.group["width"]: o for o in optima_by_group(recs, "log2_lr", size_axes=["width"], n_boot=200,
+                                                            pool_noise=True)}
+    assert own[8].noise == pytest.approx(0.0, abs=1e-9) and own[8].width < 1e-6
+    assert own[16].noise_df == 2
+    # width 8 borrows the noise of all three fits, with their degrees of freedom
+    rss = sum(own[w].noise ** 2 * own[w].noise_df for w in (16, 32))
+    assert pooled[8].noise_df == 6 and pooled[8].noise == pytest.approx(math.sqrt(rss / 6)) and rss > 0.0001
+    # a width noisier than the pool keeps its own noise: pooling never makes an interval rest on less noise
+    noisier = max((16, 32), key=lambda w: own[w].noise)
+    assert pooled[noisier].noise == own[noisier].noise and pooled[noisier].noise_df == 2
+    assert all(pooled[w].noise >= own[w].noise for w in (8, 16, 32))
+    assert pooled[8].width > 0.2 and pooled[8].interval[0] <= -6.85 <= pooled[8].interval[1]
+    # the point estimates do not move: only the intervals draw on the pooled noise
+    assert all(pooled[w].value == pytest.approx(own[w].value) for w in (8, 16, 32))
+
+
+def test_residual_noise_and_pooled_noise_checks():
+    from proxytune.optimum_fit import residual_noise
+
+    rng = np.random.default_rng(4)
+    recs = _scan(16, -7.0, 0.02, rng)
+    rss, df = residual_noise(recs)
+    o = find_optimum(recs, n_boot=50)
+    assert df == o.noise_df == 2 and rss == pytest.approx(o.noise ** 2 * 2)
+    # a one-seed scan has no residual freedom of its own: pooled noise gives it an interval, not the bracket
+    one = [r for r in _scan(16, -7.0, 0.001, rng) if r["seed"] == 0]
+    assert residual_noise(one) == (0.0, 0)
+    alone = find_optimum(one, n_boot=100)
+    assert any("too few points and seeds" in n for n in alone.notes)
+    helped = find_optimum(one, n_boot=100, pooled_noise=(rss, df))
+    assert not any("too few points and seeds" in n for n in helped.notes) and helped.noise_df == 2
+    assert len(helped.draws) > 10 and not alone.draws
+    with pytest.raises(ValueError, match="pooled_noise"):
+        find_optimum(recs, pooled_noise=(-1.0, 2))

@@ -232,6 +232,27 @@ def test_stage2_grows_only_the_scan_of_the_width_whose_optimum_is_on_its_edge(tm
     assert {p[LR_AXIS] for p in trained if p["width"] == 32} == {-7.5, -7.0, -6.5}
 
 
+def test_stage2_intervals_draw_on_the_noise_of_every_widths_scan(tmp_path, monkeypatch):
+    """A 3-point scan on 2 seeds leaves 2 degrees of freedom for its noise; width 8's scan fits its parabola exactly
+    here, and on its own noise its interval would be a point. The verification pools the widths' residuals (B5c):
+    width 8's optimum rests on the 6 degrees of freedom of all three scans, and its interval has room."""
+    def loss(p):
+        base = 2.0 + 0.03 * (p[LR_AXIS] + 7.0) ** 2
+        if p["width"] == 8:
+            return base
+        wiggle = {-7.5: 0.01, -7.0: -0.012, -6.5: 0.008}[p[LR_AXIS]] * (-1) ** p["seed"]
+        return base + wiggle * (1 + p["width"] / 64)
+
+    _synthetic(monkeypatch, loss)
+    cfg = TuneConfig.from_dict(tiny(tmp_path, recipes=["mup"], verify={"max_extend": 0, "race": False}))
+    out = Tuner(cfg, log=lambda m: None).stage2({LR_AXIS: -7.0, "role_init.readout": 1.0})
+    optima = {o.group["width"]: o for o in out[0]["optima"]}
+    assert sorted(optima) == [8, 16, 32]
+    assert optima[8].noise_df == 6 and optima[8].noise > 0.005 and optima[8].width > 0.1
+    # the noisiest scan (width 32) keeps its own noise, above the pool's
+    assert optima[32].noise_df == 2 and optima[32].noise > optima[8].noise
+
+
 def test_race_scans_the_largest_width_for_the_leader_only(tmp_path, monkeypatch):
     """Two recipes level at width 16 both reach width 32, but there each trains at one LR first, the
     transferred one (-7); only the lower of the two (mup) gets the 3-LR scan. The other's probe is its loss at the largest proxy, left out of its verdict,

@@ -42,7 +42,7 @@ def count_params(model_name: str, width: int, depth: int, options: dict[str, Any
 def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, tokens: float | None = None,
                        hp: str = "log2_lr", confidence: float = 0.9, plan_path: str | Path | None = None,
                        batch_tokens: float | None = None, params: float | None = None,
-                       probe_widths: tuple[int, ...] = ()) -> Prediction:
+                       probe_widths: tuple[int, ...] = (), pool_noise: bool = False) -> Prediction:
     """HPs, expected loss (with intervals) and per-tensor plan for a target of ``width`` x ``depth``.
 
     The optimal HP follows ``log hp* = log c + sum_k alpha_k log X_k`` over the
@@ -55,15 +55,17 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
     :func:`_program_sizes`).
 
     ``probe_widths``: widths that trained a single LR (``proxytune tune``'s probes): one point says nothing about
-    where the optimum is, so they are left out.
+    where the optimum is, so they are left out. ``pool_noise``: as ``optima_by_group``'s, for tune's short scans.
 
     Returns a :class:`~proxytune.analysis.prediction.Prediction` (``.to_dict()`` for the JSON form).
+    Many parameters because: the target's size, what is predicted, the plan's path and how tune's scans are read
+    are independent choices, each with a default.
     """
     cfg = sweep.cfg
     first = base_config(cfg)
     depth = depth or first.depth
     records = [r for r in sweep.records() if r.get("width") not in probe_widths]
-    optima = _finite_optima(records, hp)
+    optima = _finite_optima(records, hp, pool_noise)
     notes: list[str] = []
     program = cfg.program is not None
     if program:
@@ -116,11 +118,11 @@ def predict_from_sweep(sweep: Sweep, width: int, depth: int | None = None, token
                       warnings=tuple(warnings), plan=plan)
 
 
-def _finite_optima(records: list[dict[str, Any]], hp: str) -> list[Optimum]:
+def _finite_optima(records: list[dict[str, Any]], hp: str, pool_noise: bool = False) -> list[Optimum]:
     """The sweep's optima with a finite value; raises, in words, when there is nothing to predict from."""
     if not any(hp in r for r in records):
         raise ValueError(f"the sweep has no axis {hp!r} to predict")
-    every = optima_by_group(records, hp)
+    every = optima_by_group(records, hp, pool_noise=pool_noise)
     optima = [o for o in every if math.isfinite(o.value)]
     if not optima:
         if every:

@@ -283,9 +283,11 @@ class Tuner:
             recs = asked(sweep, self._run(sweep, f"stage 2 · {recipe}: LR scan at {axis} "
                                                  f"{', '.join(map(str, sizes))}"))
             wanted = {(s, round(x, 6)) for s in sizes for x in scans[s]}
+            # 3 points on 2 seeds leave 2 degrees of freedom for a scan's noise: pooled over the sizes, its
+            # intervals cover (B5c)
             optima = optima_by_group([r for r in recs if r.get(axis) in scans and r.get(LR_AXIS) is not None
                                       and (r[axis], round(float(r[LR_AXIS]), 6)) in wanted], LR_AXIS,
-                                     size_axes=[axis])
+                                     size_axes=[axis], pool_noise=True)
             if trial.judge(recs, optima, axis, self.log):
                 continue  # a point stayed in the running on its first seed: its other seeds first
             edges = [(o.group[axis], o.edge) for o in optima if o.edge and o.group[axis] not in frozen]
@@ -516,7 +518,7 @@ class Tuner:
         sweep = Sweep.open(choice.sweep)
         depth = t.depth or self.cfg.base_depth
         # at the proxies' tokens and batch; a width probed at one LR says nothing about its optimum
-        res = predict_from_sweep(sweep, width=t.width, depth=depth,
+        res = predict_from_sweep(sweep, width=t.width, depth=depth, pool_noise=True,
                                  probe_widths=(choice.probe_only,) if choice.probe_only is not None else ())
         h = res.hp
         settings, notes = target_settings(self.cfg, stage3, (h.value, h.interval, h.source))
