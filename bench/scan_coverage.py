@@ -51,8 +51,7 @@ def truths(preset: str, runs: str) -> dict[str, list[Optimum]]:
     return out
 
 
-def simulate_scan(truth: Optimum, centre: float, v: VerifyConfig, rng: np.random.Generator,
-                  n_boot: int) -> list[dict[str, Any]]:
+def simulate_scan(truth: Optimum, centre: float, v: VerifyConfig, rng: np.random.Generator) -> list[dict[str, Any]]:
     """The records of one synthetic verification scan of ``truth``'s curve, grown on an edge as
     ``Tuner._verify`` grows it (whether the best point sits on an edge does not depend on the interval)."""
     fit = truth.fit
@@ -81,7 +80,7 @@ def scan_set(optima: list[Optimum], centre: Any, v: VerifyConfig, rng: np.random
              ) -> dict[str, list[Optimum]]:
     """One scan per width (``centre``: a float, or a function of the true optimum), estimated on each scan's own
     noise and on the noise pooled over the widths (``optima_by_group(pool_noise=True)``, as ``tune`` does)."""
-    recs = [r for t in optima for r in simulate_scan(t, centre(t) if callable(centre) else centre, v, rng, n_boot)]
+    recs = [r for t in optima for r in simulate_scan(t, centre(t) if callable(centre) else centre, v, rng)]
     return {pooled: optima_by_group(recs, "log2_lr", size_axes=["width"], n_boot=n_boot, pool_noise=pooled == "pooled")
             for pooled in ("own", "pooled")}
 

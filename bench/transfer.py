@@ -227,7 +227,6 @@ def tune_only(args: argparse.Namespace) -> None:
                 f"fitted seed-mean curve at tune's log2 lr {x:.2f}, 90% {result.prediction.log2_lr_interval[0]:.2f} "
                 f".. {result.prediction.log2_lr_interval[1]:.2f}; that row's optimum there {big.value:.2f}, 90% "
                 f"{big.interval[0]:.2f} .. {big.interval[1]:.2f}, its best measured point {big.best_grid_loss:.4f})")
-        recs = [r for r in row if r.get("width") == large]
     else:
         x = result.stage1.winner.setting["log2_lr"]  # the base's LR: what every recipe carries to any width
         recs = [r for r in Sweep.open(str(tcfg.run_dir / f"{tcfg.name}-verify-{result.recipe}")).records()
